@@ -1,0 +1,284 @@
+"""The typed loratune config: one YAML file, one section per part, validated before any model loads.
+
+``load_config(path, overrides)`` reads the YAML, applies ``--set a.b=value`` overrides (values parsed as YAML) and
+validates. Relative paths are taken relative to the config file. Errors name the field and the bad value.
+"""
+
+from __future__ import annotations
+
+import os
+from enum import Enum
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
+
+from loratune.errors import LoratuneError
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class Axis(str, Enum):
+    alignment = "alignment"
+    consistency = "consistency"
+    aesthetics = "aesthetics"
+    quality = "quality"
+    diversity = "diversity"
+
+
+SEED_WEIGHTS: dict[str, float] = {"alignment": 0.30, "consistency": 0.25, "aesthetics": 0.20, "quality": 0.15, "diversity": 0.10}
+
+
+def resolve_path(value: str | None, info: ValidationInfo, must_exist: bool = False) -> str | None:
+    """Resolve ``value`` against the config file's folder (passed as validation context ``base_dir``)."""
+    if value is None:
+        return None
+    base = (info.context or {}).get("base_dir")
+    path = Path(os.path.expanduser(value))
+    if not path.is_absolute() and base is not None:
+        path = Path(base) / path
+    return str(path)
+
+
+def resolve_model(value: str | None, info: ValidationInfo) -> str | None:
+    """A model reference stays a hub id unless a file or folder of that name exists next to the config."""
+    if value is None:
+        return None
+    expanded = Path(os.path.expanduser(value))
+    if expanded.is_absolute():
+        return str(expanded)
+    base = (info.context or {}).get("base_dir")
+    if base is not None and (Path(base) / expanded).exists():
+        return str(Path(base) / expanded)
+    return value
+
+
+class ModelSection(Strict):
+    base: str = Field("stable-diffusion-v1-5/stable-diffusion-v1-5", description="diffusers hub id or local folder")
+    family: Literal["sd15", "sdxl"] = "sd15"
+    dtype: Literal["float32", "float16", "bfloat16"] = "float32"
+    variant: str | None = None
+
+    _resolve = field_validator("base")(resolve_model)
+
+
+class Character(Strict):
+    token: str = Field(..., description="the trigger / class words used in captions and prompts, e.g. 'luca boy'")
+    traits: list[str] = Field(default_factory=list, description="visual traits the VLM checks per image")
+    references: str | None = Field(None, description="folder of reference images for identity scoring")
+
+    @field_validator("references")
+    @classmethod
+    def _refs(cls, v: str | None, info: ValidationInfo) -> str | None:
+        return resolve_path(v, info)
+
+
+class DatasetSection(Strict):
+    path: str | None = None
+    caption_extension: str = ".txt"
+    resolution: int = Field(512, ge=64, le=4096)
+    buckets: bool = True
+    bucket_step: int = Field(64, ge=8)
+    min_bucket: int = Field(256, ge=64)
+    max_bucket: int = Field(1024, ge=64)
+    missing_caption: Literal["error", "class_token"] = "error"
+    characters: dict[str, Character] = Field(default_factory=dict)
+
+    @field_validator("path")
+    @classmethod
+    def _path(cls, v: str | None, info: ValidationInfo) -> str | None:
+        return resolve_path(v, info)
+
+    @field_validator("caption_extension")
+    @classmethod
+    def _ext(cls, v: str) -> str:
+        return v if v.startswith(".") else "." + v
+
+
+class Prompt(Strict):
+    text: str = Field(..., min_length=1)
+    character: str | None = None
+
+
+class SamplingSection(Strict):
+    prompts: list[Prompt] = Field(default_factory=list)
+    negative_prompt: str = ""
+    seeds: list[int] = Field(default_factory=lambda: [0, 1])
+    steps: int = Field(25, ge=1, le=500)
+    cfg: float = Field(7.0, ge=0.0, le=50.0)
+    scheduler: Literal["default", "euler", "euler_a", "dpm++", "ddim", "pndm"] = "default"
+    width: int = Field(512, ge=32, le=4096)
+    height: int = Field(512, ge=32, le=4096)
+    lora_scale: float = Field(1.0, ge=0.0, le=4.0)
+
+    @field_validator("prompts", mode="before")
+    @classmethod
+    def _plain_strings(cls, v: Any) -> Any:
+        if isinstance(v, list):
+            return [{"text": p} if isinstance(p, str) else p for p in v]
+        return v
+
+    @field_validator("width", "height")
+    @classmethod
+    def _multiple_of_8(cls, v: int) -> int:
+        if v % 8:
+            raise ValueError(f"must be a multiple of 8 (got {v})")
+        return v
+
+
+class BackendConfig(BaseModel):
+    """A backend by registry name, with its model reference and backend-specific options (validated by the backend)."""
+
+    model_config = ConfigDict(extra="allow")
+    name: str
+    model: str | None = None
+    norm_range: tuple[float, float] | None = Field(None, description="raw scores mapped onto [0, 1]; registry default")
+
+    _resolve = field_validator("model")(resolve_model)
+
+    @field_validator("norm_range")
+    @classmethod
+    def _range(cls, v: tuple[float, float] | None) -> tuple[float, float] | None:
+        if v is not None and v[1] <= v[0]:
+            raise ValueError(f"norm_range must be [low, high] with high > low (got {list(v)})")
+        return v
+
+    def options(self) -> dict[str, Any]:
+        return dict(self.model_extra or {})
+
+
+def _default_backends() -> dict[str, BackendConfig | None]:
+    return {
+        "alignment": BackendConfig(name="vqascore", model="OpenGVLab/InternVL3-1B-hf"),
+        "consistency": BackendConfig(name="clip_i", model="ViT-L-14", pretrained="openai"),
+        "aesthetics": BackendConfig(name="laion_aesthetic"),
+        "quality": BackendConfig(name="musiq"),
+        "diversity": BackendConfig(name="lpips"),
+    }
+
+
+class EvaluationSection(Strict):
+    backends: dict[Axis, BackendConfig | None] = Field(default_factory=_default_backends)
+    weights: dict[Axis, float] = Field(default_factory=lambda: dict(SEED_WEIGHTS))
+    device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
+    dtype: Literal["float32", "float16", "bfloat16"] = "float32"
+    batch_size: int = Field(8, ge=1, le=1024)
+    trust_remote_code: bool = Field(False, description="allow models whose code ships with the checkpoint")
+    traits: bool = Field(True, description="ask the alignment VLM about each character trait")
+
+    @field_validator("backends", mode="before")
+    @classmethod
+    def _merge_defaults(cls, v: Any) -> Any:
+        if not isinstance(v, dict):
+            return v
+        merged: dict[str, Any] = {k: b for k, b in _default_backends().items()}
+        for axis, backend in v.items():
+            merged[str(axis.value if isinstance(axis, Axis) else axis)] = {"name": backend} if isinstance(backend, str) else backend
+        return merged
+
+    @field_validator("weights")
+    @classmethod
+    def _weights(cls, v: dict[Axis, float]) -> dict[Axis, float]:
+        for axis, w in v.items():
+            if w < 0:
+                raise ValueError(f"weight of {axis.value} must be >= 0 (got {w})")
+        if not any(w > 0 for w in v.values()):
+            raise ValueError("at least one axis weight must be > 0")
+        return v
+
+
+from loratune.search.config import SearchSection
+
+    return SearchSection
+
+
+from loratune.search.config import SearchSection  # noqa: E402  (light: pydantic only)
+from loratune.train.config import TrainSection  # noqa: E402
+
+
+class Config(Strict):
+    model: ModelSection = Field(default_factory=ModelSection)
+    dataset: DatasetSection = Field(default_factory=DatasetSection)
+    sampling: SamplingSection = Field(default_factory=SamplingSection)
+    evaluation: EvaluationSection = Field(default_factory=EvaluationSection)
+    train: TrainSection = Field(default_factory=TrainSection)
+    search: SearchSection = Field(default_factory=SearchSection)
+
+    @model_validator(mode="after")
+    def _characters_known(self) -> Config:
+        for i, prompt in enumerate(self.sampling.prompts):
+            if prompt.character is not None and prompt.character not in self.dataset.characters:
+                known = ", ".join(sorted(self.dataset.characters)) or "none defined"
+                raise ValueError(f"sampling.prompts.{i}.character: unknown character {prompt.character!r} (known: {known})")
+        return self
+
+
+def apply_override(data: dict[str, Any], assignment: str) -> None:
+    """Apply one ``a.b.c=value`` override in place; the value is parsed as YAML (``1e-4``, ``true``, ``[1,2]``)."""
+    if "=" not in assignment:
+        raise LoratuneError(f"--set {assignment!r}: expected KEY=VALUE, e.g. train.learning_rate=1e-4")
+    key, raw = assignment.split("=", 1)
+    parts = [p for p in key.strip().split(".") if p]
+    if not parts:
+        raise LoratuneError(f"--set {assignment!r}: empty key")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw
+    node = data
+    for part in parts[:-1]:
+        nxt = node.get(part)
+        if nxt is None:
+            nxt = node[part] = {}
+        if not isinstance(nxt, dict):
+            raise LoratuneError(f"--set {assignment!r}: {part!r} is not a section")
+        node = nxt
+    node[parts[-1]] = value
+
+
+def format_validation_error(err: ValidationError, data: dict[str, Any] | None = None) -> str:
+    """One line: the first failing field, its bad value and why (plus a count of further problems)."""
+    first = err.errors()[0]
+    loc = ".".join(str(p) for p in first["loc"] if p not in ("function-after[_characters_known(), Config]",))
+    msg = first["msg"].removeprefix("Value error, ")
+    value = first.get("input")
+    shown = "" if isinstance(value, dict) or value is None or first["type"] == "missing" else f" (got {value!r})"
+    more = f" [+{len(err.errors()) - 1} more]" if len(err.errors()) > 1 else ""
+    return f"config error: {loc + ': ' if loc else ''}{msg}{shown}{more}"
+
+
+def validate_config(data: dict[str, Any], base_dir: str | Path | None = None) -> Config:
+    try:
+        return Config.model_validate(data, context={"base_dir": str(base_dir) if base_dir else None})
+    except ValidationError as err:
+        raise LoratuneError(format_validation_error(err, data)) from None
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
+    """Read, override and validate a config. ``path=None`` gives the defaults (plus overrides)."""
+    data: dict[str, Any] = {}
+    base_dir: Path | None = None
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise LoratuneError(f"config file not found: {path}")
+        try:
+            loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
+        except (yaml.YAMLError, UnicodeDecodeError) as err:
+            raise LoratuneError(f"{path}: not valid YAML: {str(err).splitlines()[0]}") from None
+        if loaded is None:
+            loaded = {}
+        if not isinstance(loaded, dict):
+            raise LoratuneError(f"{path}: expected a mapping of sections at the top level")
+        data = loaded
+        base_dir = path.resolve().parent
+    for assignment in overrides or []:
+        apply_override(data, assignment)
+    return validate_config(data, base_dir or Path.cwd())
+
+
+def dump_config(config: Config) -> str:
+    return yaml.safe_dump(config.model_dump(mode="json", exclude_none=True), sort_keys=False)

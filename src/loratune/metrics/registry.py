@@ -1,0 +1,102 @@
+"""The declarative table of metric backends (pyiqa-style): what each one is, and ``create_backend`` to build it.
+
+Adding a metric = one ``BackendSpec`` entry here + one ``Backend`` subclass in its own module. Classes are imported
+lazily by dotted path so reading the table never imports torch.
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from loratune.errors import LoratuneError
+
+if TYPE_CHECKING:
+    from loratune.config import BackendConfig
+    from loratune.metrics.base import Backend, Runtime
+
+AXES = ("alignment", "consistency", "aesthetics", "quality", "diversity")
+
+
+@dataclass(frozen=True)
+class BackendSpec:
+    name: str
+    axis: str
+    target: str  # "module:Class", imported on use
+    score_range: tuple[float, float]  # the natural range of the raw score
+    higher_is_better: bool
+    norm_range: tuple[float, float]  # raw values mapped linearly onto [0, 1] (clipped); overridable per config
+    needs_prompts: bool
+    needs_references: bool
+    licence: str
+    default_model: str | None
+    description: str
+
+
+_SPECS = [
+    # --- prompt alignment -----------------------------------------------------------------------------------------
+    BackendSpec(
+        "clipscore", "alignment", "loratune.metrics.clipscore:OpenClipScore", (0.0, 100.0), True, (15.0, 40.0),
+        True, False, "MIT (OpenAI CLIP weights) / model's own for other open_clip weights", "ViT-L-14",
+        "CLIPScore = 100·max(cos(image, text), 0) with any open_clip model (incl. EVA02-CLIP) or local checkpoint",
+    ),
+    BackendSpec(
+        "hf_clipscore", "alignment", "loratune.metrics.clipscore:HFClipScore", (0.0, 100.0), True, (15.0, 40.0),
+        True, False, "MIT (openai/clip-*) / model's own", "openai/clip-vit-large-patch14",
+        "CLIPScore with a Hugging Face transformers CLIPModel",
+    ),
+    # --- character consistency ------------------------------------------------------------------------------------
+    BackendSpec(
+        "clip_i", "consistency", "loratune.metrics.embedding_identity:ClipImageIdentity", (-1.0, 1.0), True, (0.5, 1.0),
+        False, False, "MIT (OpenAI CLIP weights) / model's own", "ViT-L-14",
+        "CLIP-I: cosine similarity of CLIP image embeddings to the character's references and across generations",
+    ),
+    BackendSpec(
+        "dino", "consistency", "loratune.metrics.embedding_identity:DinoIdentity", (-1.0, 1.0), True, (0.0, 1.0),
+        False, False, "Apache-2.0 (DINOv2)", "facebook/dinov2-base",
+        "DINO-style: cosine similarity of a self-supervised vision model's embeddings (HF or timm)",
+    ),
+    # --- aesthetics -----------------------------------------------------------------------------------------------
+    BackendSpec(
+        "laion_aesthetic", "aesthetics", "loratune.metrics.aesthetic:LaionAesthetic", (1.0, 10.0), True, (3.0, 8.0),
+        False, False, "Apache-2.0 (improved-aesthetic-predictor); MIT (CLIP ViT-L/14)",
+        "camenduru/improved-aesthetic-predictor/sac+logos+ava1-l14-linearMSE.pth",
+        "LAION Aesthetics Predictor V2: MLP on L2-normalised CLIP ViT-L/14 image embeddings, 1-10",
+    ),
+    # --- diversity ------------------------------------------------------------------------------------------------
+    BackendSpec(
+        "lpips", "diversity", "loratune.metrics.diversity:LpipsDiversity", (0.0, 1.0), True, (0.0, 0.7),
+        False, False, "BSD-2-Clause (lpips)", "alex",
+        "mean pairwise LPIPS distance among images that share a prompt (different seeds)",
+    ),
+]
+
+BACKENDS: dict[str, BackendSpec] = {spec.name: spec for spec in _SPECS}
+
+
+def get_spec(name: str, field: str = "evaluation.backends") -> BackendSpec:
+    try:
+        return BACKENDS[name]
+    except KeyError:
+        known = ", ".join(sorted(BACKENDS))
+        raise LoratuneError(f"{field}: unknown backend {name!r} (known: {known})") from None
+
+
+def backends_for_axis(axis: str) -> list[BackendSpec]:
+    return [spec for spec in _SPECS if spec.axis == axis]
+
+
+def backend_class(spec: BackendSpec) -> type[Backend]:
+    module, _, cls = spec.target.partition(":")
+    return getattr(importlib.import_module(module), cls)
+
+
+def create_backend(config: BackendConfig, runtime: Runtime, axis: str | None = None) -> Backend:
+    """Build (but do not load) the backend named in ``config``; checks it belongs on ``axis`` when given."""
+    field = f"evaluation.backends.{axis}" if axis else "evaluation.backends"
+    spec = get_spec(config.name, field)
+    if axis is not None and spec.axis != axis:
+        others = ", ".join(s.name for s in backends_for_axis(axis))
+        raise LoratuneError(f"{field}: backend {config.name!r} scores {spec.axis}, not {axis} (choose: {others})")
+    return backend_class(spec)(config, runtime, field_path=field)

@@ -1,0 +1,1 @@
+"""LoRA training: the built-in diffusers+peft trainer and the external-command adapter."""
