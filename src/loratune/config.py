@@ -190,11 +190,6 @@ class EvaluationSection(Strict):
         return v
 
 
-from loratune.search.config import SearchSection
-
-    return SearchSection
-
-
 from loratune.search.config import SearchSection  # noqa: E402  (light: pydantic only)
 from loratune.train.config import TrainSection  # noqa: E402
 
