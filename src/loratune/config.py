@@ -7,7 +7,6 @@ validates. Relative paths are taken relative to the config file. Errors name the
 from __future__ import annotations
 
 import os
-from enum import Enum
 from pathlib import Path
 from typing import Any, Literal
 
@@ -21,12 +20,7 @@ class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
-class Axis(str, Enum):
-    alignment = "alignment"
-    consistency = "consistency"
-    aesthetics = "aesthetics"
-    quality = "quality"
-    diversity = "diversity"
+AxisName = Literal["alignment", "consistency", "aesthetics", "quality", "diversity"]
 
 
 SEED_WEIGHTS: dict[str, float] = {"alignment": 0.30, "consistency": 0.25, "aesthetics": 0.20, "quality": 0.15, "diversity": 0.10}
@@ -161,8 +155,8 @@ def _default_backends() -> dict[str, BackendConfig | None]:
 
 
 class EvaluationSection(Strict):
-    backends: dict[Axis, BackendConfig | None] = Field(default_factory=_default_backends)
-    weights: dict[Axis, float] = Field(default_factory=lambda: dict(SEED_WEIGHTS))
+    backends: dict[AxisName, BackendConfig | None] = Field(default_factory=_default_backends)
+    weights: dict[AxisName, float] = Field(default_factory=lambda: dict(SEED_WEIGHTS))
     device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
     dtype: Literal["float32", "float16", "bfloat16"] = "float32"
     batch_size: int = Field(8, ge=1, le=1024)
@@ -174,17 +168,30 @@ class EvaluationSection(Strict):
     def _merge_defaults(cls, v: Any) -> Any:
         if not isinstance(v, dict):
             return v
-        merged: dict[str, Any] = {k: b for k, b in _default_backends().items()}
+        merged: dict[str, Any] = {k: b.model_dump(exclude_none=True) for k, b in _default_backends().items() if b}
         for axis, backend in v.items():
-            merged[str(axis.value if isinstance(axis, Axis) else axis)] = {"name": backend} if isinstance(backend, str) else backend
+            if isinstance(backend, str):
+                backend = {"name": backend}
+            elif isinstance(backend, BackendConfig):
+                backend = backend.model_dump(exclude_none=True)
+            # Keys given without a name refine the default backend of that axis (e.g. only its model).
+            if isinstance(backend, dict) and "name" not in backend and isinstance(merged.get(axis), dict):
+                backend = {**merged[axis], **backend}
+            merged[axis] = backend
         return merged
+
+    @field_validator("weights", mode="before")
+    @classmethod
+    def _weights_merge_defaults(cls, v: Any) -> Any:
+        # Weights given refine the seed weights; set an axis to 0 to leave it out of the composite.
+        return {**SEED_WEIGHTS, **v} if isinstance(v, dict) else v
 
     @field_validator("weights")
     @classmethod
-    def _weights(cls, v: dict[Axis, float]) -> dict[Axis, float]:
+    def _weights(cls, v: dict[AxisName, float]) -> dict[AxisName, float]:
         for axis, w in v.items():
             if w < 0:
-                raise ValueError(f"weight of {axis.value} must be >= 0 (got {w})")
+                raise ValueError(f"weight of {axis} must be >= 0 (got {w})")
         if not any(w > 0 for w in v.values()):
             raise ValueError("at least one axis weight must be > 0")
         return v

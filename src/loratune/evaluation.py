@@ -1,0 +1,294 @@
+"""The evaluation pipeline: decode images once, run every configured backend, normalise, combine, write.
+
+``Evaluator(config)`` builds and loads the backends once (models are cached per process), so a search can score many
+checkpoints with one evaluator. ``score(samples)`` returns an ``EvaluationResult`` whose ``write(out_dir)`` produces
+``per_image.csv`` and ``scores.json`` atomically.
+
+>>> ev = Evaluator(load_config("loratune.yaml"))  # doctest: +SKIP
+>>> ev.score([Sample("out/0.png", prompt="lucaboy on a beach")]).composite  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import platform
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from loratune.atomic import atomic_write_json, atomic_write_text
+from loratune.config import Config
+from loratune.errors import LoratuneError
+from loratune.images import is_image_file, list_images, load_image
+from loratune.manifest import match_prompts
+from loratune.metrics.base import AxisResult, Backend, EvalImage, References, Runtime
+from loratune.metrics.composite import composite, normalise
+from loratune.metrics.registry import AXES, create_backend
+from loratune.progress import progress_bar
+
+STAND_IN_WARNING = "ran on stand-in (randomly initialised) weights: its scores mean nothing"
+_VERSIONED = ("loratune", "torch", "diffusers", "transformers", "peft", "open_clip_torch", "timm", "pyiqa", "lpips",
+              "insightface", "onnxruntime", "optuna")
+
+
+@dataclass
+class Sample:
+    """A generated image and what it was generated from."""
+
+    path: Path
+    prompt: str | None = None
+    seed: int | None = None
+    character: str | None = None
+
+    def __post_init__(self) -> None:
+        self.path = Path(self.path)
+
+
+@dataclass
+class EvaluationResult:
+    samples: list[Sample]
+    axes: dict[str, AxisResult]
+    normalised: dict[str, float | None]
+    composite: float | None
+    weights_used: dict[str, float]
+    missing: list[str]
+    backends: list[dict[str, Any]]
+    runtime: dict[str, Any]
+    seconds: float
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def stand_in(self) -> bool:
+        return any(r.stand_in for r in self.axes.values())
+
+    def per_image_rows(self, norm_ranges: dict[str, tuple[float, float, bool]]) -> list[dict[str, Any]]:
+        rows = []
+        for i, sample in enumerate(self.samples):
+            row: dict[str, Any] = {"file": str(sample.path), "prompt": sample.prompt or "", "seed": sample.seed,
+                                   "character": sample.character or ""}
+            normed: dict[str, float | None] = {}
+            for axis, result in self.axes.items():
+                raw = result.per_image[i] if result.per_image is not None else None
+                lo, hi, higher = norm_ranges[axis]
+                normed[axis] = normalise(raw, lo, hi, higher)
+                row[f"{axis}_raw"] = raw
+                row[f"{axis}"] = normed[axis]
+            per_image = composite(normed, self.weights_used or {a: 1.0 for a in normed})
+            row["composite_of_per_image_axes"] = per_image.value
+            rows.append(row)
+        return rows
+
+    def to_json(self) -> dict[str, Any]:
+        axes = {}
+        for axis in AXES:
+            if axis not in self.axes:
+                axes[axis] = {"backend": None, "raw": None, "normalised": None, "missing_reason": "not configured"}
+                continue
+            r = self.axes[axis]
+            axes[axis] = {
+                "backend": r.backend,
+                "model": r.model_id,
+                "raw": r.value,
+                "normalised": self.normalised.get(axis),
+                "weight": self.weights_used.get(axis, 0.0),
+                "missing_reason": r.missing_reason,
+                "stand_in_weights": r.stand_in,
+                "details": r.details,
+            }
+        note = None
+        if self.missing:
+            note = (f"axes not computed: {', '.join(self.missing)}; they are reported missing (not 0) and the "
+                    "composite's weights were renormalised over the others")
+        return {
+            "loratune_version": _version("loratune"),
+            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "n_images": len(self.samples),
+            "composite": self.composite,
+            "composite_weights_used": self.weights_used,
+            "missing_axes": self.missing,
+            "composite_note": note,
+            "stand_in_weights": self.stand_in,
+            "warnings": self.warnings,
+            "axes": axes,
+            "backends": self.backends,
+            "runtime": self.runtime,
+            "seconds": round(self.seconds, 3),
+            "versions": {name: _version(name) for name in _VERSIONED},
+        }
+
+    def write(self, out_dir: str | Path, norm_ranges: dict[str, tuple[float, float, bool]]) -> tuple[Path, Path]:
+        """Write ``per_image.csv`` then ``scores.json`` (the latter last: its presence means the evaluation finished)."""
+        out_dir = Path(out_dir)
+        rows = self.per_image_rows(norm_ranges)
+        buf = io.StringIO()
+        writer = csv.DictWriter(buf, fieldnames=list(rows[0]) if rows else ["file"])
+        writer.writeheader()
+        writer.writerows(rows)
+        csv_path = atomic_write_text(out_dir / "per_image.csv", buf.getvalue())
+        json_path = atomic_write_json(out_dir / "scores.json", self.to_json())
+        return json_path, csv_path
+
+
+def _version(dist: str) -> str | None:
+    try:
+        return metadata.version(dist)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def load_references(config: Config, references_dir: str | Path | None = None) -> References:
+    """Reference images per character from the config (``dataset.characters.*.references``) and ``--references``.
+
+    A ``--references`` folder with one sub-folder per character name is split by character; otherwise its images
+    are references for every character.
+    """
+    refs = References()
+    for name, character in config.dataset.characters.items():
+        refs.traits[name] = list(character.traits)
+        refs.tokens[name] = character.token
+        if character.references:
+            paths = list_images(character.references, what=f"dataset.characters.{name}.references")
+            refs.paths[name] = paths
+    if references_dir is not None:
+        root = Path(references_dir)
+        if not root.exists():
+            raise LoratuneError(f"references folder not found: {root}")
+        direct = [p for p in root.iterdir() if is_image_file(p)] if root.is_dir() else [root]
+        subdirs = [d for d in sorted(root.iterdir()) if d.is_dir() and not d.name.startswith(".")] if root.is_dir() else []
+        if subdirs and not direct:
+            for d in subdirs:
+                refs.paths[d.name] = list_images(d, what=f"references folder {d}")
+        else:
+            refs.paths[None] = list_images(root, what="references folder")
+    refs.images = {key: [load_image(p) for p in paths] for key, paths in refs.paths.items()}
+    return refs
+
+
+class Evaluator:
+    """Builds the configured backends once; scores any number of sample sets with them."""
+
+    def __init__(self, config: Config, references: References | None = None, show_progress: bool = True) -> None:
+        from loratune.device import pick_device, torch_dtype
+
+        self.config = config
+        ev = config.evaluation
+        device = pick_device(ev.device)
+        self.runtime = Runtime(device=device, dtype=torch_dtype(ev.dtype, device), batch_size=ev.batch_size,
+                               trust_remote_code=ev.trust_remote_code)
+        self.show_progress = show_progress
+        # Build every backend first: option and name errors surface before any model loads.
+        self.backends: dict[str, Backend] = {}
+        for axis in AXES:
+            backend_config = ev.backends.get(axis)  # type: ignore[call-overload]
+            if backend_config is not None:
+                self.backends[axis] = create_backend(backend_config, self.runtime, axis)
+        if not self.backends:
+            raise LoratuneError("evaluation.backends: no backend configured")
+        self.references = references if references is not None else References()
+        self._loaded = False
+
+    @property
+    def norm_ranges(self) -> dict[str, tuple[float, float, bool]]:
+        ranges = {}
+        for axis, backend in self.backends.items():
+            lo, hi = backend.config.norm_range or backend.spec.norm_range
+            ranges[axis] = (lo, hi, backend.spec.higher_is_better)
+        return ranges
+
+    def check(self, samples: list[Sample]) -> None:
+        """User errors that need no model: prompts where a backend needs them, unknown characters."""
+        if not samples:
+            raise LoratuneError("no images to evaluate")
+        for axis, backend in self.backends.items():
+            if backend.spec.needs_prompts:
+                lacking = [s.path for s in samples if not s.prompt]
+                if lacking:
+                    raise LoratuneError(
+                        f"{lacking[0]}: no prompt, but evaluation.backends.{axis} ({backend.spec.name}) needs one "
+                        f"({len(lacking)} image(s) lack prompts; give --prompts FILE.jsonl/.csv or sidecar .txt files)"
+                    )
+        known = set(self.config.dataset.characters)
+        for s in samples:
+            if s.character is not None and known and s.character not in known:
+                raise LoratuneError(f"{s.path}: unknown character {s.character!r} (config knows: {', '.join(sorted(known))})")
+
+    def load(self) -> None:
+        if self._loaded:
+            return
+        with progress_bar("loading scorers", total=len(self.backends), enabled=self.show_progress) as advance:
+            for backend in self.backends.values():
+                backend.load()
+                backend.setup(self.references)
+                advance(1)
+        self._loaded = True
+
+    def score(self, samples: list[Sample]) -> EvaluationResult:
+        self.check(samples)
+        started = time.perf_counter()
+        with progress_bar("decoding images", total=len(samples), enabled=self.show_progress) as advance:
+            images = []
+            for s in samples:
+                images.append(EvalImage(s.path, load_image(s.path), s.prompt, s.seed, s.character))
+                advance(1)
+        self.load()
+        batch_size = self.runtime.batch_size
+        results: dict[str, AxisResult] = {}
+        total = len(self.backends) * len(images)
+        with progress_bar("scoring", total=total, enabled=self.show_progress) as advance:
+            for axis, backend in self.backends.items():
+                backend.reset()
+                for start in range(0, len(images), batch_size):
+                    batch = images[start : start + batch_size]
+                    backend.update(batch)
+                    advance(len(batch))
+                results[axis] = backend.compute()
+        ranges = self.norm_ranges
+        normalised = {axis: normalise(r.value, *ranges[axis]) for axis, r in results.items()}
+        weights = dict(self.config.evaluation.weights)
+        comp = composite({a: normalised.get(a) for a in weights}, weights)
+        warnings = [f"{axis} ({r.backend}) {STAND_IN_WARNING}" for axis, r in results.items() if r.stand_in]
+        warnings += [f"{axis} ({r.backend}) missing: {r.missing_reason}" for axis, r in results.items() if r.value is None]
+        return EvaluationResult(
+            samples=samples,
+            axes=results,
+            normalised=normalised,
+            composite=comp.value,
+            weights_used=comp.weights_used,
+            missing=comp.missing,
+            backends=[{**b.describe(), "stand_in_weights": results[a].stand_in} for a, b in self.backends.items()],
+            runtime={"device": str(self.runtime.device), "dtype": str(self.runtime.dtype).removeprefix("torch."),
+                     "batch_size": batch_size, "python": platform.python_version()},
+            seconds=time.perf_counter() - started,
+            warnings=warnings,
+        )
+
+
+def collect_samples(images: str | Path, prompts: str | Path | None = None) -> list[Sample]:
+    """Samples for every image in ``images`` (a folder or one file) with prompts from a manifest or sidecars."""
+    paths = list_images(images, what="images folder")
+    info = match_prompts(paths, prompts)
+    return [Sample(p, info[p].prompt, info[p].seed, info[p].character) for p in paths]
+
+
+def evaluate_images(
+    images: str | Path,
+    config: Config,
+    prompts: str | Path | None = None,
+    references: str | Path | None = None,
+    out_dir: str | Path | None = None,
+    show_progress: bool = True,
+) -> tuple[EvaluationResult, Path]:
+    """The ``loratune evaluate`` API: score a folder of images and write ``scores.json`` + ``per_image.csv``."""
+    samples = collect_samples(images, prompts)
+    evaluator = Evaluator(config, show_progress=show_progress)
+    evaluator.check(samples)
+    evaluator.references = load_references(config, references)
+    result = evaluator.score(samples)
+    images_path = Path(images)
+    target = Path(out_dir) if out_dir is not None else (images_path if images_path.is_dir() else images_path.parent)
+    json_path, _ = result.write(target, evaluator.norm_ranges)
+    return result, json_path

@@ -1,0 +1,123 @@
+"""The report's plots: Optuna's own plotly figures, rendered as HTML fragments that share one inline plotly.js.
+
+Each figure is built independently; one that cannot be drawn (too few trials for importances, a single-objective plot
+on a multi-objective study) becomes a short note instead of breaking the report.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import optuna
+    import plotly.graph_objects as go
+
+    from loratune.report.rundir import RunData
+
+
+@dataclass
+class Figure:
+    key: str
+    title: str
+    html: str | None  # the plot's <div> + <script>, or None when it could not be drawn
+    note: str | None = None  # why not, or what the reader should know
+
+
+_PLOT_CONFIG = {"displaylogo": False, "responsive": True, "toImageButtonOptions": {"format": "png"}}
+
+
+def _render(fig: go.Figure, key: str) -> str:
+    fig.update_layout(template="plotly_white", height=420, margin={"l": 60, "r": 30, "t": 50, "b": 50})
+    # plotly.js itself is embedded once in the page head; each figure only carries its data.
+    return fig.to_html(full_html=False, include_plotlyjs=False, config=_PLOT_CONFIG, div_id=f"plot-{key}")
+
+
+def _figure(key: str, title: str, build: Callable[[], go.Figure | None], note: str | None = None) -> Figure:
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # optuna's ExperimentalWarning and "no trials" warnings
+            fig = build()
+    except Exception as err:  # optuna raises ValueError/RuntimeError/ZeroDivisionError on degenerate studies
+        return Figure(key, title, None, f"not available: {str(err).splitlines()[0] if str(err) else type(err).__name__}")
+    if fig is None:
+        return Figure(key, title, None, note or "not available for this run")
+    return Figure(key, title, _render(fig, key), note)
+
+
+def _completed(study: optuna.study.Study) -> list[optuna.trial.FrozenTrial]:
+    import optuna
+
+    return study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+
+
+def build_figures(run: RunData) -> list[Figure]:
+    """All plots for ``run``, in the order the report shows them."""
+    import optuna.visualization as vis
+
+    study = run.study
+    completed = _completed(study)
+    names = objective_names(run)
+    figures: list[Figure] = []
+    if run.multi_objective:
+        figures.append(_figure(
+            "pareto", "Pareto front",
+            lambda: vis.plot_pareto_front(study, target_names=names) if len(names) in (2, 3) else None,
+            note="the Pareto front is drawn for 2 or 3 objectives" if len(names) not in (2, 3) else
+            "red points: non-dominated trials (no other trial is better on every objective)",
+        ))
+        for i, name in enumerate(names):
+            figures.append(_figure(
+                f"history-{i}", f"Optimization history: {name}",
+                lambda i=i, name=name: vis.plot_optimization_history(study, target=lambda t: t.values[i], target_name=name),
+            ))
+    else:
+        figures.append(_figure("history", "Optimization history", lambda: vis.plot_optimization_history(
+            study, target_name=names[0])))
+        figures.append(_figure(
+            "intermediate", "Composite per epoch (intermediate values)",
+            lambda: vis.plot_intermediate_values(study) if any(t.intermediate_values for t in study.trials) else None,
+            note="each line is a trial; every epoch's checkpoint is scored, pruned trials stop early",
+        ))
+    figures.append(_figure(
+        "importances", "Parameter importances",
+        lambda: vis.plot_param_importances(study) if len(completed) >= 2 and _varied_params(completed) else None,
+        note=None if len(completed) >= 2 else "needs at least 2 completed trials",
+    ))
+    if run.multi_objective:
+        figures.append(_figure(
+            "parallel", f"Parallel coordinates ({names[0]})",
+            lambda: vis.plot_parallel_coordinate(study, target=lambda t: t.values[0], target_name=names[0])
+            if completed else None,
+        ))
+    else:
+        figures.append(_figure("parallel", "Parallel coordinates",
+                               lambda: vis.plot_parallel_coordinate(study, target_name=names[0]) if completed else None))
+    figures.append(_figure("timeline", "Timeline", lambda: vis.plot_timeline(study) if study.trials else None,
+                           note="when each trial ran and how it ended (complete, pruned, failed)"))
+    return figures
+
+
+def objective_names(run: RunData) -> list[str]:
+    """Objective names: the study's metric names when the runner set them, else axis names from the config."""
+    study = run.study
+    if study.metric_names:
+        return [str(n) for n in study.metric_names]
+    if not run.multi_objective:
+        return ["composite"]
+    search = run.config.get("search") if isinstance(run.config.get("search"), dict) else {}
+    objectives = search.get("objectives") if isinstance(search, dict) else None
+    if isinstance(objectives, list) and len(objectives) == len(study.directions):
+        return [str(o) for o in objectives]
+    return [f"objective {i}" for i in range(len(study.directions))]
+
+
+def _varied_params(trials: list[optuna.trial.FrozenTrial]) -> bool:
+    """Importances need at least one parameter that took two values."""
+    seen: dict[str, set[str]] = {}
+    for trial in trials:
+        for name, value in trial.params.items():
+            seen.setdefault(name, set()).add(repr(value))
+    return any(len(values) > 1 for values in seen.values())

@@ -1,0 +1,275 @@
+"""Reading a run directory for the report: the Optuna study, the trial folders, the audit and the models used.
+
+Everything here only reads. The layout is the one the search runner writes (see ``loratune.search``):
+``RUN/config.yaml  RUN/study.db  RUN/trials/NNNN/{params.json, scores.json, samples/epoch-XXXX/}  RUN/audit.json``.
+Files that are missing or unreadable are reported as missing rather than failing the whole report: a report of a
+run that is still going, or that crashed, is exactly when people want one.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import yaml
+
+from loratune.errors import LoratuneError
+
+if TYPE_CHECKING:
+    import optuna
+
+STUDY_NAME = "loratune"
+_EPOCH_DIR = re.compile(r"^epoch-(\d+)$")
+_IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp"}
+
+
+@dataclass
+class SampleImage:
+    path: Path
+    prompt: str
+    seed: int | None
+    character: str | None = None
+
+
+@dataclass
+class EpochSamples:
+    epoch: int
+    images: list[SampleImage]
+
+
+@dataclass
+class TrialInfo:
+    """One Optuna trial joined with its folder's files."""
+
+    trial: optuna.trial.FrozenTrial
+    folder: Path | None
+    params: dict[str, Any]
+    scores: dict[str, Any] | None
+    epochs: list[EpochSamples]
+
+    @property
+    def number(self) -> int:
+        return self.trial.number
+
+    @property
+    def attrs(self) -> dict[str, Any]:
+        return self.trial.user_attrs
+
+    @property
+    def phase(self) -> str:
+        return str(self.attrs.get("phase", "")) or "-"
+
+    @property
+    def best_epoch(self) -> int | None:
+        value = self.attrs.get("best_epoch")
+        if value is None and self.trial.intermediate_values:
+            # A trial without the attribute (e.g. pruned before it was written): its best reported epoch.
+            value = max(self.trial.intermediate_values.items(), key=lambda kv: kv[1])[0]
+        return int(value) if value is not None else None
+
+    @property
+    def axes(self) -> dict[str, float | None]:
+        axes = self.attrs.get("axes")
+        if isinstance(axes, dict):
+            return {str(k): (float(v) if v is not None else None) for k, v in axes.items()}
+        if self.scores and isinstance(self.scores.get("normalised"), dict):
+            return {str(k): (float(v) if v is not None else None) for k, v in self.scores["normalised"].items()}
+        return {}
+
+
+@dataclass
+class BackendUse:
+    axis: str
+    name: str
+    model: str | None
+    stand_in: bool
+    licence: str | None = None
+
+
+@dataclass
+class RunData:
+    run_dir: Path
+    study: optuna.study.Study
+    trials: list[TrialInfo]
+    config: dict[str, Any]
+    audit: dict[str, Any] | None
+    backends: list[BackendUse]
+    base_model: str | None
+    base_model_stand_in: bool
+    stand_in_notes: list[str] = field(default_factory=list)
+
+    @property
+    def multi_objective(self) -> bool:
+        return len(self.study.directions) > 1
+
+    @property
+    def any_stand_in(self) -> bool:
+        return bool(self.stand_in_notes)
+
+
+def _read_json(path: Path) -> Any | None:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+
+
+def read_config(run_dir: Path) -> dict[str, Any]:
+    """The run's config as plain data. Read raw (not validated): a report must open even for an older run."""
+    path = run_dir / "config.yaml"
+    if not path.is_file():
+        return {}
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def storage_url(run_dir: Path, config: dict[str, Any]) -> Any:
+    """Where the study lives: a database URL from the run's config, else the embedded SQLite/journal in the run."""
+    search = config.get("search") if isinstance(config.get("search"), dict) else {}
+    storage = search.get("storage") if isinstance(search, dict) else None
+    if isinstance(storage, str) and "://" in storage:
+        return storage
+    db = run_dir / "study.db"
+    if db.is_file():
+        return f"sqlite:///{db.resolve()}"
+    for name in ("study.journal", "study.log", "journal.log"):
+        journal = run_dir / name
+        if journal.is_file():
+            import optuna
+
+            return optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(journal)))
+    raise LoratuneError(f"{run_dir}: no study.db in this folder (is it a loratune run directory?)")
+
+
+def load_study(run_dir: Path, config: dict[str, Any]) -> optuna.study.Study:
+    import optuna
+
+    storage = storage_url(run_dir, config)
+    if isinstance(storage, str) and storage.startswith("sqlite:///"):
+        with open(storage.removeprefix("sqlite:///"), "rb") as fh:
+            if not fh.read(16).startswith(b"SQLite format 3"):
+                raise LoratuneError(f"{run_dir / 'study.db'}: not an SQLite database")
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    try:
+        return optuna.load_study(study_name=STUDY_NAME, storage=storage)
+    except KeyError:
+        raise LoratuneError(f"{run_dir}: the storage holds no study named {STUDY_NAME!r}") from None
+    except Exception as err:  # sqlalchemy/optuna storage errors: a corrupt or foreign database
+        raise LoratuneError(f"{run_dir}: cannot read the study ({type(err).__name__}: {str(err).splitlines()[0]})") from None
+
+
+def trial_folder(run_dir: Path, trial: optuna.trial.FrozenTrial) -> Path | None:
+    """The trial's folder: the ``trial_dir`` attribute (relative to the run or absolute), else trials/NNNN."""
+    recorded = trial.user_attrs.get("trial_dir")
+    candidates = []
+    if isinstance(recorded, str) and recorded:
+        path = Path(recorded)
+        candidates.append(path if path.is_absolute() else run_dir / path)
+        candidates.append(run_dir / "trials" / path.name)  # a copied run: the absolute path points elsewhere
+    candidates.append(run_dir / "trials" / f"{trial.number:04d}")
+    return next((c for c in candidates if c.is_dir()), None)
+
+
+def read_samples(epoch_dir: Path) -> list[SampleImage]:
+    """A checkpoint's samples from ``samples.jsonl`` (file, prompt, seed, character), else the image files alone."""
+    manifest = epoch_dir / "samples.jsonl"
+    images: list[SampleImage] = []
+    if manifest.is_file():
+        for line in manifest.read_text(encoding="utf-8").splitlines():
+            try:
+                row = json.loads(line)
+            except ValueError:
+                continue
+            if not isinstance(row, dict) or "file" not in row:
+                continue
+            path = epoch_dir / Path(str(row["file"])).name
+            if path.is_file():
+                seed = row.get("seed")
+                images.append(SampleImage(path, str(row.get("prompt", "")), int(seed) if seed is not None else None,
+                                          row.get("character")))
+    if not images:
+        images = [SampleImage(p, "", None) for p in sorted(epoch_dir.iterdir()) if p.suffix.lower() in _IMAGE_SUFFIXES]
+    return images
+
+
+def read_epochs(folder: Path | None) -> list[EpochSamples]:
+    if folder is None or not (folder / "samples").is_dir():
+        return []
+    epochs = []
+    for sub in sorted((folder / "samples").iterdir()):
+        match = _EPOCH_DIR.match(sub.name)
+        if match and sub.is_dir():
+            images = read_samples(sub)
+            if images:
+                epochs.append(EpochSamples(int(match.group(1)), images))
+    return sorted(epochs, key=lambda e: e.epoch)
+
+
+def _backends(config: dict[str, Any], trials: list[TrialInfo]) -> list[BackendUse]:
+    """Backends as the scores recorded them (with their stand-in flag), else as the run's config names them."""
+    from loratune.modelref import is_stand_in
+
+    found: dict[str, BackendUse] = {}
+    for info in trials:
+        listed = (info.scores or {}).get("backends")
+        if isinstance(listed, dict):
+            listed = [dict(v, axis=v.get("axis", k)) for k, v in listed.items() if isinstance(v, dict)]
+        for entry in listed or []:
+            if isinstance(entry, dict) and entry.get("axis") and entry["axis"] not in found:
+                model = entry.get("model")
+                stand_in = bool(entry.get("stand_in_weights", entry.get("stand_in", False))) or is_stand_in(model)
+                found[entry["axis"]] = BackendUse(entry["axis"], str(entry.get("name", "?")), model, stand_in,
+                                                  entry.get("licence"))
+    evaluation = config.get("evaluation") if isinstance(config.get("evaluation"), dict) else {}
+    configured = evaluation.get("backends") if isinstance(evaluation, dict) else None
+    if isinstance(configured, dict):
+        from loratune.metrics.registry import BACKENDS
+
+        for axis, backend in configured.items():
+            if axis in found or not backend:
+                continue
+            backend = {"name": backend} if isinstance(backend, str) else backend
+            spec = BACKENDS.get(str(backend.get("name")))
+            model = backend.get("model") or (spec.default_model if spec else None)
+            found[axis] = BackendUse(str(axis), str(backend.get("name")), model, is_stand_in(model),
+                                     spec.licence if spec else None)
+    from loratune.metrics.registry import AXES
+
+    return sorted(found.values(), key=lambda b: AXES.index(b.axis) if b.axis in AXES else len(AXES))
+
+
+def load_run(run_dir: str | Path) -> RunData:
+    """Read everything the report shows. Raises ``LoratuneError`` when ``run_dir`` is not a run directory."""
+    from loratune.modelref import is_stand_in
+
+    run_dir = Path(run_dir).expanduser()
+    if not run_dir.exists():
+        raise LoratuneError(f"{run_dir}: run directory not found")
+    if not run_dir.is_dir():
+        raise LoratuneError(f"{run_dir}: not a directory (expected a loratune run directory)")
+    config = read_config(run_dir)
+    study = load_study(run_dir, config)
+    trials = []
+    for trial in study.get_trials(deepcopy=False):
+        folder = trial_folder(run_dir, trial)
+        params = _read_json(folder / "params.json") if folder else None
+        scores = _read_json(folder / "scores.json") if folder else None
+        trials.append(TrialInfo(trial, folder, params if isinstance(params, dict) else dict(trial.params),
+                                scores if isinstance(scores, dict) else None, read_epochs(folder)))
+    audit = _read_json(run_dir / "audit.json")
+    backends = _backends(config, trials)
+    model = config.get("model") if isinstance(config.get("model"), dict) else {}
+    base = model.get("base") if isinstance(model, dict) else None
+    base_stand_in = is_stand_in(base)
+    notes = [f"base model {base}"] if base_stand_in else []
+    notes += [f"{b.axis}: {b.name} ({b.model})" for b in backends if b.stand_in]
+    if not notes and any(t.attrs.get("stand_in") for t in trials):
+        notes.append("the search recorded stand-in weights for some trials")
+    return RunData(run_dir, study, trials, config, audit if isinstance(audit, dict) else None, backends, base,
+                   base_stand_in, notes)

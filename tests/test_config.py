@@ -1,0 +1,70 @@
+"""Typed config: defaults validate, overrides apply, errors name the field and the bad value."""
+
+from __future__ import annotations
+
+import pytest
+
+from loratune.config import SEED_WEIGHTS, apply_override, load_config
+from loratune.errors import LoratuneError
+
+
+def test_defaults_have_seed_weights():
+    cfg = load_config()
+    assert dict(cfg.evaluation.weights) == SEED_WEIGHTS
+    assert cfg.evaluation.backends["alignment"].name == "vqascore"
+
+
+def test_override_parses_yaml_values():
+    cfg = load_config(None, ["evaluation.batch_size=3", "sampling.seeds=[5, 6]", "evaluation.trust_remote_code=true"])
+    assert cfg.evaluation.batch_size == 3 and cfg.sampling.seeds == [5, 6] and cfg.evaluation.trust_remote_code
+
+
+def test_error_names_field_and_value(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("evaluation:\n  batch_size: lots\n")
+    with pytest.raises(LoratuneError) as err:
+        load_config(path)
+    msg = str(err.value)
+    assert "evaluation.batch_size" in msg and "'lots'" in msg and "\n" not in msg
+
+
+@pytest.mark.parametrize(
+    "override, words",
+    [
+        ("evaluation.weights.alignment=-1", "evaluation.weights"),
+        ("sampling.width=500", "multiple of 8"),
+        ("evaluation.device=tpu", "evaluation.device"),
+        ("nonsense.key=1", "nonsense"),
+        ("evaluation.backends.alignment.norm_range=[5, 1]", "norm_range"),
+    ],
+)
+def test_bad_values_rejected(override, words):
+    with pytest.raises(LoratuneError, match=words):
+        load_config(None, [override])
+
+
+def test_unknown_character_in_prompt(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("sampling:\n  prompts:\n    - {text: 'a boy', character: luca}\n")
+    with pytest.raises(LoratuneError, match="unknown character 'luca'"):
+        load_config(path)
+
+
+def test_relative_paths_resolve_against_config(tmp_path):
+    (tmp_path / "models" / "sd").mkdir(parents=True)
+    path = tmp_path / "c.yaml"
+    path.write_text("model: {base: models/sd}\ndataset: {path: data}\n")
+    cfg = load_config(path)
+    assert cfg.model.base == str(tmp_path / "models" / "sd")
+    assert cfg.dataset.path == str(tmp_path / "data")
+    assert load_config(None, ["model.base=org/model"]).model.base == "org/model"  # hub ids stay hub ids
+
+
+def test_bad_yaml_and_missing_file(tmp_path):
+    with pytest.raises(LoratuneError, match="config file not found"):
+        load_config(tmp_path / "missing.yaml")
+    (tmp_path / "bad.yaml").write_text("a: [1, 2\n")
+    with pytest.raises(LoratuneError, match="not valid YAML"):
+        load_config(tmp_path / "bad.yaml")
+    with pytest.raises(LoratuneError, match="KEY=VALUE"):
+        apply_override({}, "novalue")
