@@ -14,6 +14,8 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from loratune.errors import LoratuneError
+from loratune.search.config import SearchSection
+from loratune.train.config import TrainSection
 
 
 class Strict(BaseModel):
@@ -197,8 +199,6 @@ class EvaluationSection(Strict):
         return v
 
 
-from loratune.search.config import SearchSection  # noqa: E402  (light: pydantic only)
-from loratune.train.config import TrainSection  # noqa: E402
 
 
 class Config(Strict):
