@@ -25,13 +25,25 @@ app = typer.Typer(
 register_all(app)
 
 
+@app.callback(invoke_without_command=True)
+def _root(
+    version: bool = typer.Option(False, "--version", help="print the version and exit", is_eager=True),
+) -> None:
+    if version:
+        from loratune import __version__
+
+        print(f"loratune {__version__}")
+        raise typer.Exit()
+
+
 def main(argv: list[str] | None = None) -> int:
     """Console-script entry point; returns the exit code."""
     # A ray/tokenizers fork after a tokenizer ran warns loudly; Ray asks for usage stats: neither helps our users.
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     try:
-        app(args=argv, standalone_mode=False)
+        # Standalone mode: usage errors print click's message and exit 2, --help exits 0.
+        app(args=argv, prog_name="loratune")
     except LoratuneError as err:
         print(f"loratune: error: {err}", file=sys.stderr)
         return err.exit_code
@@ -39,19 +51,7 @@ def main(argv: list[str] | None = None) -> int:
         print("loratune: interrupted", file=sys.stderr)
         return 130
     except SystemExit as exc:
-        return int(exc.code or 0) if not isinstance(exc.code, str) else 1
-    except typer.Exit as exc:
-        return exc.exit_code
-    except Exception as err:  # click's usage errors arrive here in non-standalone mode
-        import click
-
-        if isinstance(err, click.exceptions.ClickException):
-            err.show()
-            return 2
-        if isinstance(err, click.exceptions.Abort):
-            print("loratune: aborted", file=sys.stderr)
-            return 130
-        raise
+        return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
     return 0
 
 
