@@ -1,15 +1,144 @@
-"""The ``search`` config section (pydantic only: importing it must stay light)."""
+"""The ``search`` config section (pydantic only: importing it must stay light).
+
+The search space is a mapping ``name -> ParamSpec``. A name is a ``train`` field (``learning_rate``, ``rank``, ...)
+unless the spec says otherwise with ``target`` (any dotted config key). ``alpha_ratio`` is special: it sets
+``train.alpha = rank * alpha_ratio``, the way practitioners think about alpha.
+"""
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 
-class SearchSection(BaseModel):
+class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
-    n_trials: int = Field(20, ge=1)
+
+class ParamSpec(_Strict):
+    """One search dimension: a float/int range (optionally log or stepped) or a list of categorical choices."""
+
+    type: Literal["float", "int", "categorical"]
+    low: float | None = None
+    high: float | None = None
+    log: bool = False
+    step: float | None = None
+    choices: list[Any] | None = None
+    when: dict[str, Any] | None = Field(
+        None, description="active only when these other params have these values (a value or a list of values)"
+    )
+    otherwise: Any = Field(None, description="value written to the config while the param is inactive (None: leave)")
+    scale: dict[str, float] | None = Field(
+        None, description="multiply the suggested value by a factor chosen by the optimizer, e.g. {lion: 0.3}"
+    )
+    target: str | None = Field(None, description="dotted config key; default train.<name>")
+
+    @model_validator(mode="after")
+    def _shape(self) -> ParamSpec:
+        if self.type == "categorical":
+            if not self.choices:
+                raise ValueError("categorical parameter needs a non-empty 'choices' list")
+            if self.low is not None or self.high is not None or self.log or self.step is not None:
+                raise ValueError("categorical parameter takes 'choices', not low/high/log/step")
+            return self
+        if self.low is None or self.high is None:
+            raise ValueError(f"{self.type} parameter needs 'low' and 'high'")
+        if self.high < self.low:
+            raise ValueError(f"high must be >= low (got low={self.low}, high={self.high})")
+        if self.log and self.low <= 0:
+            raise ValueError(f"log scale needs low > 0 (got {self.low})")
+        if self.log and self.step is not None:
+            raise ValueError("log and step cannot be combined (optuna refuses it)")
+        if self.choices is not None:
+            raise ValueError(f"{self.type} parameter takes low/high, not 'choices'")
+        if self.type == "int":
+            for v in (self.low, self.high, self.step):
+                if v is not None and float(v) != int(v):
+                    raise ValueError(f"int parameter bounds/step must be integers (got {v})")
+        return self
+
+
+def default_space() -> dict[str, ParamSpec]:
+    """Ranges from practice (kohya community defaults): the issue's defaults.
+
+    AdamW's lr range is searched directly; Lion wants ~3x smaller steps (its sign update has unit magnitude) so the
+    same suggestion is scaled by 0.3; Prodigy estimates its own step size and is run at lr 1.0 with d_coef searched.
+    """
+    return {
+        "learning_rate": ParamSpec(
+            type="float", low=5e-5, high=5e-4, log=True, scale={"lion": 0.3},
+            when={"optimizer": ["adamw", "lion"]}, otherwise=1.0,
+        ),
+        "rank": ParamSpec(type="categorical", choices=[8, 16, 32, 64]),
+        "alpha_ratio": ParamSpec(type="categorical", choices=[0.5, 1.0]),
+        "optimizer": ParamSpec(type="categorical", choices=["adamw", "prodigy", "lion"]),
+        "d_coef": ParamSpec(type="float", low=0.5, high=2.0, when={"optimizer": "prodigy"}),
+        "epochs": ParamSpec(type="int", low=6, high=20),
+        "min_snr_gamma": ParamSpec(type="categorical", choices=[None, 5.0]),
+    }
+
+
+class PhasesSection(_Strict):
+    baseline: bool = Field(True, description="phase 1: enqueue the config's own train values as the first trial")
+    refine_trials: int = Field(4, ge=0, description="phase 3 trials in a narrowed space around the best")
+    refine_width: float = Field(0.25, gt=0, le=1, description="narrowed range as a fraction of the original width")
+    ensemble_top_k: int = Field(3, ge=0, description="merge the best k trials into one more trial (0 or 1: off)")
+    ensemble_method: Literal["avg", "concat", "svd"] = "svd"
+    ensemble_rank: int | None = Field(None, ge=1, description="target rank for svd; default the largest member rank")
+
+
+class RaySection(_Strict):
+    address: str | None = Field(None, description="existing Ray cluster; default: start a local one")
+    num_cpus: int | None = Field(None, ge=1, description="CPUs for a local Ray")
+    cpus_per_trial: float = Field(1.0, gt=0)
+    gpus_per_trial: float = Field(0.0, ge=0, description="fractional GPUs share one card between trials")
+    max_concurrent: int = Field(2, ge=1)
+    grace_period: int = Field(1, ge=1, description="ASHA: epochs before a trial may be stopped")
+    reduction_factor: int = Field(3, ge=2)
+
+
+class SearchSection(_Strict):
+    n_trials: int = Field(20, ge=1, description="trials over phases 1-3 (the ensemble trial comes on top)")
     sampler: Literal["tpe", "gp", "random", "grid"] = "tpe"
     seed: int = 0
+    pruner: Literal["hyperband", "median", "patient", "none"] = "hyperband"
+    patience: int = Field(2, ge=0, description="patient pruner: epochs without improvement tolerated")
+    space: dict[str, ParamSpec] = Field(default_factory=default_space)
+    phases: PhasesSection = Field(default_factory=PhasesSection)
+    storage: str | None = Field(None, description="RDB URL (postgresql://, mysql://); default sqlite RUN/study.db")
+    heartbeat_interval: int = Field(30, ge=1, description="seconds between a running trial's heartbeats")
+    grace_period: int | None = Field(None, ge=1, description="a trial silent this long is failed; default 2x interval")
+    max_retry: int = Field(2, ge=0, description="retries of a trial whose process died")
+    directions: dict[str, Literal["maximize", "minimize"]] | None = Field(
+        None, description="multi-objective: axis -> direction; pruning is off (optuna cannot prune multi-objective)"
+    )
+    backend: Literal["local", "ray"] = "local"
+    workers: int = Field(1, ge=1)
+    ray: RaySection = Field(default_factory=RaySection)
+
+    @field_validator("space")
+    @classmethod
+    def _conditions_known(cls, v: dict[str, ParamSpec]) -> dict[str, ParamSpec]:
+        for name, spec in v.items():
+            for other in (spec.when or {}):
+                if other not in v:
+                    raise ValueError(f"{name}: 'when' refers to unknown parameter {other!r}")
+                if other == name:
+                    raise ValueError(f"{name}: 'when' cannot refer to itself")
+            if spec.scale and "optimizer" not in v:
+                raise ValueError(f"{name}: 'scale' needs an 'optimizer' parameter in the space")
+        return v
+
+    @field_validator("directions")
+    @classmethod
+    def _axes(cls, v: dict[str, str] | None) -> dict[str, str] | None:
+        if v is None:
+            return v
+        known = {"composite", "alignment", "consistency", "aesthetics", "quality", "diversity"}
+        for axis in v:
+            if axis not in known:
+                raise ValueError(f"unknown axis {axis!r} (known: {', '.join(sorted(known))})")
+        if len(v) < 2:
+            raise ValueError("multi-objective needs at least two axes")
+        return v

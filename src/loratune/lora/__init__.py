@@ -1,0 +1,1 @@
+"""LoRA files: kohya <-> diffusers conversion and merging."""
