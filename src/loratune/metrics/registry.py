@@ -89,7 +89,9 @@ def backends_for_axis(axis: str) -> list[BackendSpec]:
 
 def backend_class(spec: BackendSpec) -> type[Backend]:
     module, _, cls = spec.target.partition(":")
-    return getattr(importlib.import_module(module), cls)
+    klass: type[Backend] = getattr(importlib.import_module(module), cls)
+    klass.spec = spec  # one class per registry entry: the class learns its entry (range, default model) here
+    return klass
 
 
 def create_backend(config: BackendConfig, runtime: Runtime, axis: str | None = None) -> Backend:

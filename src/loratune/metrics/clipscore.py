@@ -1,0 +1,104 @@
+"""CLIPScore (Hessel et al. 2021, torchmetrics' convention): per image ``100 * max(cos(image, prompt), 0)``.
+
+Two backends over the same formula: any open_clip model (incl. EVA02-CLIP, hf-hub repos, local folders/checkpoints)
+and any transformers CLIP-style model. Each distinct prompt is embedded once per evaluation.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from pydantic import Field
+
+from loratune.metrics.base import AxisResult, Backend, EvalImage
+from loratune.metrics.openclip_models import HFClipModel, OpenClipModel, load_hf_clip, load_open_clip, resolve_open_clip
+from loratune.modelref import is_stand_in
+
+if TYPE_CHECKING:
+    import torch
+
+
+def clip_scores(image_embeddings: torch.Tensor, text_embeddings: torch.Tensor) -> list[float]:
+    """Row-wise CLIPScore of L2-normalised embedding pairs."""
+    cosine = (image_embeddings.float() * text_embeddings.float()).sum(-1)
+    return (100.0 * cosine.clamp_min(0.0)).tolist()
+
+
+class _ClipScore(Backend):
+    encoder: OpenClipModel | HFClipModel
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._text_cache: dict[str, torch.Tensor] = {}
+        self.reset()
+
+    @property
+    def model_field(self) -> str:
+        return f"{self.field_path}.model"
+
+    def reset(self) -> None:
+        self._scores: list[float | None] = []
+
+    def _text_embeddings(self, prompts: list[str]) -> torch.Tensor:
+        import torch
+
+        new = sorted({p for p in prompts if p not in self._text_cache})
+        if new:
+            for prompt, emb in zip(new, self.encoder.embed_texts(new, self.runtime.batch_size)):
+                self._text_cache[prompt] = emb
+        return torch.stack([self._text_cache[p] for p in prompts])
+
+    def update(self, batch: list[EvalImage]) -> None:
+        scored = [img for img in batch if img.prompt]
+        values: dict[int, float] = {}
+        if scored:
+            images = self.encoder.embed_images([img.image for img in scored], self.runtime.batch_size)
+            texts = self._text_embeddings([img.prompt for img in scored])  # type: ignore[misc]
+            values = {id(img): s for img, s in zip(scored, clip_scores(images, texts))}
+        self._scores.extend(values.get(id(img)) for img in batch)
+
+    def compute(self) -> AxisResult:
+        present = [s for s in self._scores if s is not None]
+        if not present:
+            return self.missing("no image has a prompt", per_image=list(self._scores))
+        unprompted = len(self._scores) - len(present)
+        details: dict[str, Any] = {"images_scored": len(present), "min": min(present), "max": max(present)}
+        if unprompted:
+            details["images_without_prompt"] = unprompted
+        return self.result(sum(present) / len(present), per_image=list(self._scores), details=details)
+
+
+class OpenClipScore(_ClipScore):
+    """CLIPScore with an open_clip model: a built-in name + ``pretrained`` tag/file, ``hf-hub:`` repo, or local path."""
+
+    class Options(Backend.Options):
+        pretrained: str | None = Field(
+            None, description="open_clip pretrained tag (e.g. openai, merged2b_s4b_b131k), a checkpoint file, or 'random'"
+        )
+        architecture: str | None = Field(None, description="open_clip model name when `model` is a checkpoint file")
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        assert self.model_id is not None
+        self.source = resolve_open_clip(self.model_id, self.options.pretrained, self.options.architecture, self.model_field)
+        self.stand_in = self.source.stand_in
+
+    def load(self) -> None:
+        self.encoder = load_open_clip(self.source, self.runtime.device, self.runtime.dtype, self.model_field)
+
+    def describe(self) -> dict[str, Any]:
+        return {**super().describe(), "model": self.source.label}
+
+
+class HFClipScore(_ClipScore):
+    """CLIPScore with a Hugging Face transformers CLIP-style model (hub id or local folder)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.stand_in = is_stand_in(self.model_id)
+
+    def load(self) -> None:
+        assert self.model_id is not None
+        self.encoder = load_hf_clip(
+            self.model_id, self.runtime.device, self.runtime.dtype, self.model_field, self.runtime.trust_remote_code
+        )

@@ -1,0 +1,410 @@
+"""Image/text embedding models shared by the CLIP-based backends: open_clip, Hugging Face transformers and timm.
+
+Every loader takes a hub id **or** a local path through the library's own call, validates the reference before
+loading (so a bad value fails fast with one line naming the config field), loads through ``cached_model`` (once per
+process, keyed by everything that changes the loaded object) and returns a small wrapper whose ``embed_images`` /
+``embed_texts`` give L2-normalised float32 embeddings on the CPU, computed in batches on the runtime's device/dtype.
+
+open_clip references, in the order they are recognised:
+
+* a folder in the hf-hub layout (``open_clip_config.json`` + ``open_clip_model.safetensors``) -> ``local-dir:``;
+* a checkpoint file (``.safetensors``; ``.pt``/``.pth``/``.bin`` read with ``torch.load(weights_only=True)``) plus
+  ``architecture`` (a built-in open_clip model name);
+* ``hf-hub:org/repo`` (or ``local-dir:path``) passed through;
+* a built-in model name (``ViT-L-14``, ``EVA02-L-14``, ...; ``ViT-L/14`` works too) with a ``pretrained`` tag, a
+  checkpoint file, or ``random`` (random weights: a stand-in);
+* any other ``org/repo`` -> ``hf-hub:org/repo``.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+from loratune.errors import LoratuneError
+from loratune.metrics.cache import cached_model
+from loratune.modelref import check_model_ref, is_stand_in, looks_like_hub_id
+
+if TYPE_CHECKING:
+    import torch
+    from PIL import Image
+
+CHECKPOINT_SUFFIXES = (".safetensors", ".pt", ".pth", ".bin")
+RANDOM_WEIGHTS = "random"
+
+
+def first_line(err: BaseException) -> str:
+    text = str(err).strip().splitlines()
+    return f"{type(err).__name__}: {text[0] if text else ''}".rstrip(": ")
+
+
+def _batches(items: Sequence[Any], size: int) -> list[Sequence[Any]]:
+    return [items[i : i + size] for i in range(0, len(items), max(1, size))]
+
+
+def _normalise(features: torch.Tensor) -> torch.Tensor:
+    import torch
+
+    features = features.float()
+    return features / torch.linalg.vector_norm(features, dim=-1, keepdim=True).clamp_min(1e-12)
+
+
+def _key(device: Any, dtype: Any) -> tuple[str, str]:
+    return str(device), str(dtype)
+
+
+# --- open_clip ------------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class OpenClipSource:
+    """A validated open_clip reference: what to pass to ``create_model_and_transforms`` and ``get_tokenizer``."""
+
+    model_name: str  # built-in name or ``local-dir:``/``hf-hub:`` reference
+    pretrained: str | None  # tag or checkpoint file (built-in names only)
+    tokenizer_name: str
+    stand_in: bool
+    label: str  # what scores.json reports as the model id
+
+
+def resolve_open_clip(
+    ref: str, pretrained: str | None, architecture: str | None, field: str, options_field: str | None = None
+) -> OpenClipSource:
+    """Check an open_clip reference without loading anything; raise ``LoratuneError`` naming the field if bad."""
+    import open_clip
+
+    opt = options_field or field.rsplit(".", 1)[0]
+    path = Path(ref).expanduser()
+    if path.is_dir():
+        if not (path / "open_clip_config.json").is_file():
+            raise LoratuneError(f"{field}: {ref} is not an open_clip model folder (no open_clip_config.json in it)")
+        name = f"local-dir:{path}"
+        return OpenClipSource(name, None, name, is_stand_in(str(path)), str(path))
+    if path.is_file() or path.suffix in CHECKPOINT_SUFFIXES:
+        if not path.is_file():
+            raise LoratuneError(f"{field}: model path not found: {ref}")
+        if path.suffix not in CHECKPOINT_SUFFIXES:
+            raise LoratuneError(f"{field}: {ref} is not a checkpoint (expected {', '.join(CHECKPOINT_SUFFIXES)})")
+        if not architecture:
+            raise LoratuneError(
+                f"{opt}.architecture: an open_clip checkpoint file needs the model name it was trained as "
+                f"(e.g. ViT-L-14) for {ref}"
+            )
+        arch = _builtin_name(architecture)
+        if arch is None:
+            raise LoratuneError(f"{opt}.architecture: unknown open_clip model {architecture!r}")
+        return OpenClipSource(arch, str(path), arch, is_stand_in(str(path)), str(path))
+    if ref.startswith(("hf-hub:", "local-dir:")):
+        if ref.startswith("local-dir:"):
+            return resolve_open_clip(ref.removeprefix("local-dir:"), pretrained, architecture, field, options_field)
+        return OpenClipSource(ref, None, ref, False, ref)
+    name = _builtin_name(ref)
+    if name is not None:
+        tags = open_clip.list_pretrained_tags_by_model(name)
+        if pretrained is None:
+            if "openai" not in tags:
+                known = ", ".join(tags) or "none"
+                raise LoratuneError(f"{opt}.pretrained: required for open_clip model {name} (tags: {known}, or a file)")
+            pretrained = "openai"
+        if pretrained == RANDOM_WEIGHTS:
+            return OpenClipSource(name, None, name, True, f"{name} (random weights)")
+        weights = Path(pretrained).expanduser()
+        if weights.is_file():
+            return OpenClipSource(name, str(weights), name, is_stand_in(str(weights)), f"{name}:{weights}")
+        if pretrained not in tags:
+            if weights.suffix in CHECKPOINT_SUFFIXES or "/" in pretrained:
+                raise LoratuneError(f"{opt}.pretrained: checkpoint file not found: {pretrained}")
+            known = ", ".join(tags) or "none"
+            raise LoratuneError(
+                f"{opt}.pretrained: unknown tag {pretrained!r} for open_clip model {name} (tags: {known}, or a file)"
+            )
+        return OpenClipSource(name, pretrained, name, False, f"{name}:{pretrained}")
+    if looks_like_hub_id(ref):
+        return OpenClipSource(f"hf-hub:{ref}", None, f"hf-hub:{ref}", False, f"hf-hub:{ref}")
+    raise LoratuneError(f"{field}: model path not found and not an open_clip model name: {ref}")
+
+
+def _builtin_name(name: str) -> str | None:
+    import open_clip
+
+    cleaned = name.replace("/", "-")
+    return cleaned if cleaned in open_clip.list_models() else None
+
+
+_PRECISION = {"torch.float32": "fp32", "torch.float16": "fp16", "torch.bfloat16": "bf16", "None": "fp32"}
+
+
+class OpenClipModel:
+    """An open_clip model with its eval transform and tokenizer."""
+
+    def __init__(self, model: Any, preprocess: Callable[[Any], Any], tokenizer: Callable[..., Any], device: Any) -> None:
+        self.model = model
+        self.preprocess = preprocess
+        self.tokenizer = tokenizer
+        self.device = device
+        self.dtype = next(model.parameters()).dtype
+        self.embed_dim = int(getattr(model, "embed_dim", 0) or self._probe_dim())
+
+    def _probe_dim(self) -> int:
+        proj = getattr(self.model, "text_projection", None)
+        return int(proj.shape[-1]) if proj is not None and hasattr(proj, "shape") else 0
+
+    def pixels(self, images: Sequence[Image.Image]) -> torch.Tensor:
+        import torch
+
+        return torch.stack([self.preprocess(img) for img in images])
+
+    def embed_images(self, images: Sequence[Image.Image], batch_size: int = 8) -> torch.Tensor:
+        import torch
+
+        out = []
+        with torch.inference_mode():
+            for chunk in _batches(images, batch_size):
+                pixels = self.pixels(chunk).to(self.device, self.dtype)
+                out.append(_normalise(self.model.encode_image(pixels)).cpu())
+        return torch.cat(out) if out else torch.empty(0, self.embed_dim)
+
+    def embed_texts(self, texts: Sequence[str], batch_size: int = 8) -> torch.Tensor:
+        import torch
+
+        out = []
+        with torch.inference_mode():
+            for chunk in _batches(list(texts), batch_size):
+                tokens = self.tokenizer(list(chunk)).to(self.device)
+                out.append(_normalise(self.model.encode_text(tokens)).cpu())
+        return torch.cat(out) if out else torch.empty(0, self.embed_dim)
+
+
+def load_open_clip(source: OpenClipSource, device: Any, dtype: Any, field: str) -> OpenClipModel:
+    """Load (once per process) the open_clip model described by ``source``."""
+
+    def loader() -> OpenClipModel:
+        import open_clip
+
+        try:
+            model, _, preprocess = open_clip.create_model_and_transforms(
+                source.model_name,
+                pretrained=source.pretrained,
+                precision=_PRECISION.get(str(dtype), "fp32"),
+                device=device,
+                weights_only=True,
+            )
+            tokenizer = open_clip.get_tokenizer(source.tokenizer_name)
+        except Exception as err:  # offline downloads, bad checkpoints, missing files: all the user's to fix
+            raise LoratuneError(f"{field}: cannot load open_clip model {source.label}: {first_line(err)}") from None
+        model.eval()
+        return OpenClipModel(model, preprocess, tokenizer, device)
+
+    return cached_model(("open_clip", source.model_name, source.pretrained, *_key(device, dtype)), loader)
+
+
+# --- Hugging Face transformers -----------------------------------------------------------------------------------------
+def _features(output: Any) -> torch.Tensor:
+    """``get_*_features`` returns a tensor on transformers 4 and a ``BaseModelOutputWithPooling`` on 5."""
+    import torch
+
+    if isinstance(output, torch.Tensor):
+        return output
+    pooled = getattr(output, "pooler_output", None)
+    if pooled is not None:
+        return pooled
+    return output[0]
+
+
+class HFClipModel:
+    """A transformers dual encoder (``CLIPModel`` and kin: anything with ``get_image/text_features``) + processor."""
+
+    def __init__(self, model: Any, processor: Any, device: Any) -> None:
+        self.model = model
+        self.processor = processor
+        self.device = device
+        self.dtype = next(model.parameters()).dtype
+        text_config = getattr(model.config, "text_config", None)
+        self.max_length = getattr(text_config, "max_position_embeddings", None)
+
+    def embed_images(self, images: Sequence[Image.Image], batch_size: int = 8) -> torch.Tensor:
+        import torch
+
+        out = []
+        with torch.inference_mode():
+            for chunk in _batches(images, batch_size):
+                pixels = self.processor(images=list(chunk), return_tensors="pt")["pixel_values"]
+                features = _features(self.model.get_image_features(pixel_values=pixels.to(self.device, self.dtype)))
+                out.append(_normalise(features).cpu())
+        return torch.cat(out)
+
+    def embed_texts(self, texts: Sequence[str], batch_size: int = 8) -> torch.Tensor:
+        import torch
+
+        out = []
+        with torch.inference_mode():
+            for chunk in _batches(list(texts), batch_size):
+                kwargs: dict[str, Any] = {"padding": True, "return_tensors": "pt"}
+                if self.max_length:
+                    kwargs.update(truncation=True, max_length=self.max_length)
+                enc = self.processor(text=list(chunk), **kwargs)
+                features = _features(
+                    self.model.get_text_features(
+                        input_ids=enc["input_ids"].to(self.device), attention_mask=enc["attention_mask"].to(self.device)
+                    )
+                )
+                out.append(_normalise(features).cpu())
+        return torch.cat(out)
+
+
+def load_hf_clip(ref: str, device: Any, dtype: Any, field: str, trust_remote_code: bool = False) -> HFClipModel:
+    """Load (once per process) a transformers CLIP-style model and its processor from a hub id or a local folder."""
+    ref = check_model_ref(ref, field)
+
+    def loader() -> HFClipModel:
+        from transformers import AutoModel, AutoProcessor
+
+        try:
+            model = AutoModel.from_pretrained(ref, trust_remote_code=trust_remote_code)
+            processor = AutoProcessor.from_pretrained(ref, trust_remote_code=trust_remote_code)
+        except Exception as err:
+            raise LoratuneError(f"{field}: cannot load transformers model {ref}: {first_line(err)}") from None
+        if not hasattr(model, "get_image_features") or not hasattr(model, "get_text_features"):
+            raise LoratuneError(f"{field}: {ref} is a {type(model).__name__}, not a CLIP-style image+text model")
+        model = model.to(device=device, dtype=dtype or model.dtype).eval()
+        return HFClipModel(model, processor, device)
+
+    return cached_model(("hf_clip", ref, trust_remote_code, *_key(device, dtype)), loader)
+
+
+class HFVisionModel:
+    """A transformers vision backbone (DINOv2, ViT, CLIP vision, ...) pooled to one vector per image."""
+
+    def __init__(self, model: Any, processor: Any, device: Any, pooling: str) -> None:
+        self.model = model
+        self.processor = processor
+        self.device = device
+        self.pooling = pooling
+        self.dtype = next(model.parameters()).dtype
+
+    def _pool(self, pixels: torch.Tensor) -> torch.Tensor:
+        if hasattr(self.model, "get_image_features"):  # a full CLIP-style model: its projected image embedding
+            return _features(self.model.get_image_features(pixel_values=pixels))
+        out = self.model(pixel_values=pixels)
+        pooled = getattr(out, "pooler_output", None)
+        hidden = out.last_hidden_state
+        if self.pooling == "cls" or (self.pooling == "auto" and pooled is None):
+            return hidden[:, 0] if hidden.ndim == 3 else hidden.flatten(2).mean(-1)
+        if self.pooling == "mean":
+            return hidden[:, 1:].mean(1) if hidden.ndim == 3 else hidden.flatten(2).mean(-1)
+        if pooled is None:
+            raise LoratuneError(f"{type(self.model).__name__} has no pooled output; use pooling: cls or mean")
+        return pooled.flatten(1)
+
+    def embed_images(self, images: Sequence[Image.Image], batch_size: int = 8) -> torch.Tensor:
+        import torch
+
+        out = []
+        with torch.inference_mode():
+            for chunk in _batches(images, batch_size):
+                pixels = self.processor(images=list(chunk), return_tensors="pt")["pixel_values"]
+                out.append(_normalise(self._pool(pixels.to(self.device, self.dtype))).cpu())
+        return torch.cat(out)
+
+
+def load_hf_vision(
+    ref: str, device: Any, dtype: Any, field: str, pooling: str = "auto", trust_remote_code: bool = False
+) -> HFVisionModel:
+    ref = check_model_ref(ref, field)
+
+    def loader() -> HFVisionModel:
+        from transformers import AutoImageProcessor, AutoModel
+
+        try:
+            model = AutoModel.from_pretrained(ref, trust_remote_code=trust_remote_code)
+            processor = AutoImageProcessor.from_pretrained(ref, trust_remote_code=trust_remote_code)
+        except Exception as err:
+            raise LoratuneError(f"{field}: cannot load transformers model {ref}: {first_line(err)}") from None
+        model = model.to(device=device, dtype=dtype or model.dtype).eval()
+        return HFVisionModel(model, processor, device, pooling)
+
+    return cached_model(("hf_vision", ref, pooling, trust_remote_code, *_key(device, dtype)), loader)
+
+
+# --- timm ------------------------------------------------------------------------------------------------------------
+class TimmModel:
+    """A timm backbone with its classifier removed (``num_classes=0``: pooled pre-logits features)."""
+
+    def __init__(self, model: Any, transform: Callable[[Any], Any], device: Any) -> None:
+        self.model = model
+        self.transform = transform
+        self.device = device
+        self.dtype = next(model.parameters()).dtype
+
+    def embed_images(self, images: Sequence[Image.Image], batch_size: int = 8) -> torch.Tensor:
+        import torch
+
+        out = []
+        with torch.inference_mode():
+            for chunk in _batches(images, batch_size):
+                pixels = torch.stack([self.transform(img) for img in chunk]).to(self.device, self.dtype)
+                out.append(_normalise(self.model(pixels).flatten(1)).cpu())
+        return torch.cat(out)
+
+
+def is_timm_folder(path: Path) -> bool:
+    """timm's hub layout: ``config.json`` with an ``architecture`` key (transformers' has ``model_type``)."""
+    config = path / "config.json"
+    if not config.is_file():
+        return False
+    try:
+        return "architecture" in json.loads(config.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+
+
+def is_timm_name(name: str) -> bool:
+    import timm
+
+    return timm.is_model(name.split(".", 1)[0]) and "/" not in name
+
+
+def load_timm(
+    ref: str, device: Any, dtype: Any, field: str, architecture: str | None = None, pretrained: bool = True
+) -> tuple[TimmModel, bool]:
+    """A timm model by registry name (``vit_small_patch14_dinov2.lvd142m``), ``hf-hub:`` id, local folder in timm's
+    hub layout, or a checkpoint file + ``architecture``. Returns the model and whether its weights are stand-ins."""
+    path = Path(ref).expanduser()
+    opt = field.rsplit(".", 1)[0]
+    kwargs: dict[str, Any] = {"num_classes": 0}
+    stand_in = False
+    if path.is_dir():
+        if not is_timm_folder(path):
+            raise LoratuneError(f"{field}: {ref} is not a timm model folder (config.json without 'architecture')")
+        name, kwargs["pretrained"] = f"local-dir:{path}", True
+        stand_in = is_stand_in(str(path))
+    elif path.is_file():
+        if not architecture or not is_timm_name(architecture):
+            raise LoratuneError(f"{opt}.architecture: a timm checkpoint file needs its timm model name (got {architecture!r})")
+        name, kwargs["pretrained"] = architecture, True
+        kwargs["pretrained_cfg_overlay"] = {"file": str(path)}
+        stand_in = is_stand_in(str(path))
+    elif ref.startswith("hf-hub:") or is_timm_name(ref):
+        name, kwargs["pretrained"] = ref, pretrained
+        stand_in = not pretrained
+    else:
+        raise LoratuneError(f"{field}: model path not found and not a timm model name: {ref}")
+
+    def loader() -> TimmModel:
+        import timm
+        from timm.data import create_transform, resolve_model_data_config
+
+        try:
+            model = timm.create_model(name, **kwargs)
+        except Exception as err:
+            raise LoratuneError(f"{field}: cannot load timm model {ref}: {first_line(err)}") from None
+        model = model.to(device=device, dtype=dtype or next(model.parameters()).dtype).eval()
+        transform = create_transform(**resolve_model_data_config(model), is_training=False)
+        return TimmModel(model, transform, device)
+
+    key = ("timm", name, str(kwargs.get("pretrained_cfg_overlay")), kwargs["pretrained"], *_key(device, dtype))
+    return cached_model(key, loader), stand_in
+
+
+Library = Literal["auto", "open_clip", "hf", "timm"]
