@@ -12,7 +12,7 @@ from pydantic import Field
 
 from loratune.metrics.base import AxisResult, Backend, EvalImage
 from loratune.metrics.openclip_models import HFClipModel, OpenClipModel, load_hf_clip, load_open_clip, resolve_open_clip
-from loratune.modelref import is_stand_in
+from loratune.modelref import check_model_ref, is_stand_in
 
 if TYPE_CHECKING:
     import torch
@@ -95,6 +95,8 @@ class HFClipScore(_ClipScore):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        assert self.model_id is not None
+        self.model_id = check_model_ref(self.model_id, self.model_field)
         self.stand_in = is_stand_in(self.model_id)
 
     def load(self) -> None:
