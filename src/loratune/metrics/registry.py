@@ -37,6 +37,13 @@ class BackendSpec:
 _SPECS = [
     # --- prompt alignment -----------------------------------------------------------------------------------------
     BackendSpec(
+        "vqascore", "alignment", "loratune.metrics.vqascore:VqaScore", (0.0, 1.0), True, (0.0, 1.0),
+        True, False, "MIT (InternVL3 code and weights; its Qwen2.5 LLM part: Apache-2.0) / model's own",
+        "OpenGVLab/InternVL3-1B-hf",
+        "VQAScore: P('Yes') from a vision-language model asked 'Does this figure show \"{prompt}\"?' "
+        "(Yes/No-pair softmax; native transformers VLMs or remote-code InternVL2)",
+    ),
+    BackendSpec(
         "clipscore", "alignment", "loratune.metrics.clipscore:OpenClipScore", (0.0, 100.0), True, (15.0, 40.0),
         True, False, "MIT (OpenAI CLIP weights) / model's own for other open_clip weights", "ViT-L-14",
         "CLIPScore = 100·max(cos(image, text), 0) with any open_clip model (incl. EVA02-CLIP) or local checkpoint",
@@ -47,6 +54,12 @@ _SPECS = [
         "CLIPScore with a Hugging Face transformers CLIPModel",
     ),
     # --- character consistency ------------------------------------------------------------------------------------
+    BackendSpec(
+        "traits", "consistency", "loratune.metrics.vqascore:VlmTraits", (0.0, 1.0), True, (0.0, 1.0),
+        False, False, "MIT (InternVL3 code and weights; its Qwen2.5 LLM part: Apache-2.0) / model's own",
+        "OpenGVLab/InternVL3-1B-hf",
+        "character traits: mean P('Yes') of the VLM asked 'Does this figure show {trait}?' per image and trait",
+    ),
     BackendSpec(
         "clip_i", "consistency", "loratune.metrics.embedding_identity:ClipImageIdentity", (-1.0, 1.0), True, (0.5, 1.0),
         False, False, "MIT (OpenAI CLIP weights) / model's own", "ViT-L-14",

@@ -1,0 +1,307 @@
+"""Vision-language models that answer yes/no questions about an image, scored as P("Yes") from next-token logits.
+
+Two loaders share one interface (``YesNoVlm.yes_probabilities``):
+
+* ``NativeVlm`` — transformers-native image-text-to-text models (InternVL ``-hf`` checkpoints, Qwen2/2.5-VL, LLaVA):
+  ``AutoProcessor`` + the model's chat template + ``AutoModelForImageTextToText``, one batched forward with
+  ``logits_to_keep=1``.
+* ``InternVL2RemoteVlm`` — the original InternVL2 checkpoints (OpenGVLab/InternVL2-1B/2B/8B) whose code ships with
+  the checkpoint. Only loaded when the config sets ``evaluation.trust_remote_code``. Images go through upstream's
+  448-px dynamic tiling (``build_transform`` + ``dynamic_preprocess``, as in the model card) and the logits are read
+  from ``forward()`` — upstream's ``chat()`` calls ``.cuda()`` and its language models lose ``generate`` on
+  transformers >= 4.50, so neither would run on a CPU or on transformers 5.
+
+Scoring (VQAScore, Lin et al. 2024): the model is prompted to answer, and the logits of the first answer token are
+read. ``normalise="pair"`` (the default) is softmax over the Yes/No pair only, P(yes) / (P(yes) + P(no)), so the score
+does not depend on how much mass the model puts on other tokens (e.g. "The"); ``normalise="softmax"`` is P(yes) under
+the full-vocabulary softmax, as in the original VQAScore code. "Yes" may be tokenised differently with and without a
+leading space (and in lower case), so every one of "Yes", " Yes", "yes", " yes" that is a single token counts as yes
+(their probabilities are summed), likewise for no.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import re
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+from loratune.errors import LoratuneError
+
+if TYPE_CHECKING:
+    import torch
+    from PIL import Image
+
+Normalise = Literal["pair", "softmax"]
+YES_VARIANTS = ("Yes", " Yes", "yes", " yes")
+NO_VARIANTS = ("No", " No", "no", " no")
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+# --- token ids and the score ---------------------------------------------------------------------------------------
+def answer_token_ids(tokenizer: Any, variants: Sequence[str]) -> list[int]:
+    """Token ids of the ``variants`` that are one token each, encoded without special tokens (no BOS in front).
+
+    A variant that splits (e.g. " Yes" -> " ", "Yes" in a small vocabulary) would otherwise contribute its first piece,
+    which means something else; if no variant is a single token, the first piece of the bare word is the fallback.
+    """
+    ids: list[int] = []
+    for word in variants:
+        encoded = tokenizer.encode(word, add_special_tokens=False)
+        if len(encoded) == 1 and int(encoded[0]) not in ids:
+            ids.append(int(encoded[0]))
+    if not ids:
+        encoded = tokenizer.encode(variants[0], add_special_tokens=False)
+        ids = [int(encoded[0])] if encoded else []
+    return ids
+
+
+def yes_no_ids(tokenizer: Any, field: str = "model") -> tuple[list[int], list[int]]:
+    yes, no = answer_token_ids(tokenizer, YES_VARIANTS), answer_token_ids(tokenizer, NO_VARIANTS)
+    if not yes or not no or set(yes) & set(no):
+        raise LoratuneError(f"{field}: the tokenizer does not tell 'Yes' from 'No' by their first token ({yes} vs {no})")
+    return yes, no
+
+
+def yes_probability(logits: torch.Tensor, yes_ids: list[int], no_ids: list[int], normalise: Normalise) -> torch.Tensor:
+    """P(yes) per row of next-token ``logits`` (batch x vocab), either over the Yes/No pair or the whole vocabulary."""
+    import torch
+
+    logits = logits.float()
+    log_yes = torch.logsumexp(logits[:, yes_ids], dim=-1)
+    if normalise == "pair":
+        log_no = torch.logsumexp(logits[:, no_ids], dim=-1)
+        return torch.sigmoid(log_yes - log_no)
+    return torch.exp(log_yes - torch.logsumexp(logits, dim=-1))
+
+
+# --- upstream InternVL preprocessing (model card of OpenGVLab/InternVL2-*) --------------------------------------------
+def build_transform(input_size: int) -> Any:
+    import torchvision.transforms as T
+    from torchvision.transforms.functional import InterpolationMode
+
+    return T.Compose(
+        [
+            T.Lambda(lambda img: img.convert("RGB") if img.mode != "RGB" else img),
+            T.Resize((input_size, input_size), interpolation=InterpolationMode.BICUBIC),
+            T.ToTensor(),
+            T.Normalize(mean=IMAGENET_MEAN, std=IMAGENET_STD),
+        ]
+    )
+
+
+def find_closest_aspect_ratio(
+    aspect_ratio: float, target_ratios: list[tuple[int, int]], width: int, height: int, image_size: int
+) -> tuple[int, int]:
+    best_diff = float("inf")
+    best = (1, 1)
+    area = width * height
+    for ratio in target_ratios:
+        diff = abs(aspect_ratio - ratio[0] / ratio[1])
+        if diff < best_diff:
+            best_diff, best = diff, ratio
+        elif diff == best_diff and area > 0.5 * image_size * image_size * ratio[0] * ratio[1]:
+            best = ratio  # a large image prefers the grid with more tiles among equally good shapes
+    return best
+
+
+def dynamic_preprocess(
+    image: Image.Image, min_num: int = 1, max_num: int = 12, image_size: int = 448, use_thumbnail: bool = False
+) -> list[Image.Image]:
+    """Split ``image`` into a grid of ``image_size`` tiles whose aspect ratio is closest to the image's (+ thumbnail)."""
+    width, height = image.size
+    ratios = sorted(
+        {
+            (i, j)
+            for n in range(min_num, max_num + 1)
+            for i in range(1, n + 1)
+            for j in range(1, n + 1)
+            if min_num <= i * j <= max_num
+        },
+        key=lambda r: r[0] * r[1],
+    )
+    cols, rows = find_closest_aspect_ratio(width / height, ratios, width, height, image_size)
+    resized = image.resize((image_size * cols, image_size * rows))
+    tiles = [
+        resized.crop(((k % cols) * image_size, (k // cols) * image_size, (k % cols + 1) * image_size, (k // cols + 1) * image_size))
+        for k in range(cols * rows)
+    ]
+    if use_thumbnail and len(tiles) != 1:
+        tiles.append(image.resize((image_size, image_size)))
+    return tiles
+
+
+# --- loaders -------------------------------------------------------------------------------------------------------
+class YesNoVlm:
+    """A loaded VLM that answers yes/no questions; ``yes_probabilities`` is one batched forward."""
+
+    model: Any
+    yes_ids: list[int]
+    no_ids: list[int]
+
+    def next_token_logits(self, images: Sequence[Image.Image], questions: Sequence[str]) -> torch.Tensor:
+        raise NotImplementedError
+
+    def yes_probabilities(
+        self, images: Sequence[Image.Image], questions: Sequence[str], normalise: Normalise = "pair"
+    ) -> list[float]:
+        import torch
+
+        with torch.inference_mode():
+            logits = self.next_token_logits(images, questions)
+        return [float(p) for p in yes_probability(logits, self.yes_ids, self.no_ids, normalise)]
+
+
+def _keeps_last_logits(model: Any) -> bool:
+    try:
+        return "logits_to_keep" in inspect.signature(model.forward).parameters
+    except (TypeError, ValueError):
+        return False
+
+
+class NativeVlm(YesNoVlm):
+    """transformers-native image-text-to-text model + processor (InternVL -hf, Qwen2/2.5-VL, LLaVA, ...)."""
+
+    def __init__(self, ref: str, device: Any, dtype: Any, field: str) -> None:
+        from transformers import AutoModelForImageTextToText, AutoProcessor
+
+        try:
+            self.processor = AutoProcessor.from_pretrained(ref)
+            self.model = AutoModelForImageTextToText.from_pretrained(ref, dtype=dtype or "auto")
+        except (OSError, ValueError, KeyError) as err:
+            raise LoratuneError(f"{field}: cannot load vision-language model {ref!r}: {str(err).splitlines()[0]}") from None
+        self.model.to(device).eval()
+        self.device = device
+        self.tokenizer = self.processor.tokenizer
+        # Batched last-token logits need every prompt to end at the same position.
+        self.tokenizer.padding_side = "left"
+        if self.tokenizer.pad_token is None:
+            self.tokenizer.pad_token = self.tokenizer.eos_token
+        self.yes_ids, self.no_ids = yes_no_ids(self.tokenizer, field)
+        self.keep_last = _keeps_last_logits(self.model)
+
+    def prompt(self, question: str) -> str:
+        messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": question}]}]
+        return self.processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+
+    def inputs(self, images: Sequence[Image.Image], questions: Sequence[str]) -> Any:
+        texts = [self.prompt(q) for q in questions]
+        return self.processor(images=list(images), text=texts, return_tensors="pt", padding=True)
+
+    def next_token_logits(self, images: Sequence[Image.Image], questions: Sequence[str]) -> torch.Tensor:
+        inputs = self.inputs(images, questions).to(self.device)
+        if "pixel_values" in inputs and self.model.dtype is not None:
+            inputs["pixel_values"] = inputs["pixel_values"].to(self.model.dtype)
+        kwargs = {"logits_to_keep": 1} if self.keep_last else {}
+        return self.model(**inputs, **kwargs).logits[:, -1, :]
+
+
+IMG_START, IMG_END, IMG_CONTEXT = "<img>", "</img>", "<IMG_CONTEXT>"
+
+
+class InternVL2RemoteVlm(YesNoVlm):
+    """Original InternVL2 checkpoints (remote code): upstream tiling and prompt, logits from ``forward()``."""
+
+    def __init__(self, ref: str, device: Any, dtype: Any, field: str, max_tiles: int | None = None) -> None:
+        import torch
+        from transformers import AutoModel, AutoTokenizer
+
+        try:
+            self.model = AutoModel.from_pretrained(ref, dtype=dtype or torch.float32, trust_remote_code=True)
+            self.tokenizer = AutoTokenizer.from_pretrained(ref, trust_remote_code=True, use_fast=False)
+        except (OSError, ValueError, KeyError) as err:
+            raise LoratuneError(f"{field}: cannot load InternVL2 model {ref!r}: {str(err).splitlines()[0]}") from None
+        self.model.to(device).eval()
+        self.device = device
+        config = self.model.config
+        self.image_size = int(getattr(config, "force_image_size", None) or config.vision_config.image_size)
+        self.max_tiles = int(max_tiles or getattr(config, "max_dynamic_patch", 12))
+        self.dynamic = bool(getattr(config, "dynamic_image_size", True))
+        self.use_thumbnail = bool(getattr(config, "use_thumbnail", True))
+        self.transform = build_transform(self.image_size)
+        self.model.img_context_token_id = self.tokenizer.convert_tokens_to_ids(IMG_CONTEXT)
+        self.tokenizer.padding_side = "left"
+        if self.tokenizer.pad_token is None:
+            self.tokenizer.pad_token = self.tokenizer.eos_token
+        self.yes_ids, self.no_ids = yes_no_ids(self.tokenizer, field)
+        # The conversation templates live in the checkpoint's own conversation.py, imported by its modeling module.
+        self.get_conv_template = sys.modules[type(self.model).__module__].get_conv_template
+
+    def tiles(self, image: Image.Image) -> list[Image.Image]:
+        if not self.dynamic:
+            return [image]
+        return dynamic_preprocess(image, 1, self.max_tiles, self.image_size, self.use_thumbnail)
+
+    def prompt(self, question: str, num_tiles: int) -> str:
+        template = self.get_conv_template(self.model.template)
+        template.system_message = self.model.system_message
+        template.append_message(template.roles[0], "<image>\n" + question)
+        template.append_message(template.roles[1], None)
+        image_tokens = IMG_START + IMG_CONTEXT * self.model.num_image_token * num_tiles + IMG_END
+        return template.get_prompt().replace("<image>", image_tokens, 1)
+
+    def next_token_logits(self, images: Sequence[Image.Image], questions: Sequence[str]) -> torch.Tensor:
+        import torch
+
+        pixel_values, prompts = [], []
+        for image, question in zip(images, questions):
+            tiles = self.tiles(image)
+            pixel_values.extend(self.transform(tile) for tile in tiles)
+            prompts.append(self.prompt(question, len(tiles)))
+        pixels = torch.stack(pixel_values).to(self.device, self.model.dtype)
+        enc = self.tokenizer(prompts, return_tensors="pt", padding=True).to(self.device)
+        out = self.model(
+            pixel_values=pixels,
+            input_ids=enc["input_ids"],
+            attention_mask=enc["attention_mask"],
+            image_flags=torch.ones(pixels.shape[0], 1, dtype=torch.long, device=self.device),
+            return_dict=True,
+        )
+        return out.logits[:, -1, :]
+
+
+# --- choosing the loader -------------------------------------------------------------------------------------------
+_INTERNVL2_HUB = re.compile(r"^OpenGVLab/(Mini-)?InternVL(2|2_5|2\.5|3)?(-\w+)*$", re.IGNORECASE)
+
+
+def _local_config(ref: str) -> dict[str, Any] | None:
+    path = Path(ref).expanduser() / "config.json"
+    if path.is_file():
+        try:
+            return json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return None
+    return None
+
+
+def needs_remote_code(ref: str) -> bool:
+    """True for checkpoints whose model class ships with the checkpoint (``auto_map`` in config.json)."""
+    config = _local_config(ref)
+    if config is not None:
+        return "auto_map" in config and "AutoModelForImageTextToText" not in config.get("auto_map", {})
+    return bool(_INTERNVL2_HUB.match(ref)) and not ref.lower().endswith("-hf")
+
+
+def load_vlm(
+    ref: str,
+    loader: Literal["auto", "native", "internvl2"],
+    device: Any,
+    dtype: Any,
+    trust_remote_code: bool,
+    field: str,
+    max_tiles: int | None = None,
+) -> YesNoVlm:
+    kind = loader if loader != "auto" else ("internvl2" if needs_remote_code(ref) else "native")
+    if kind == "internvl2":
+        if not trust_remote_code:
+            raise LoratuneError(
+                f"{field}: {ref!r} runs code shipped with the checkpoint; set evaluation.trust_remote_code: true to "
+                "allow it, or use a transformers-native checkpoint (e.g. OpenGVLab/InternVL3-1B-hf)"
+            )
+        return InternVL2RemoteVlm(ref, device, dtype, field, max_tiles)
+    return NativeVlm(ref, device, dtype, field)
