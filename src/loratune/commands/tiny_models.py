@@ -1,0 +1,40 @@
+"""``loratune tiny-models OUT_DIR``: build the tiny stand-in models, the procedural dataset and a config using them."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+
+def command(
+    out_dir: Annotated[Path, typer.Argument(help="folder to write the models, dataset and loratune.yaml into")],
+    force: Annotated[bool, typer.Option("--force", help="rebuild even when a complete build is there")] = False,
+) -> None:
+    """Build tiny random-weight models (SD1.5, SDXL, CLIP, aesthetic MLP, ArcFace, InternVL) and a dataset, offline."""
+    import time
+
+    from rich.console import Console
+    from rich.table import Table
+
+    from loratune.tiny import build_tiny_models
+
+    console = Console(stderr=True)
+    start = time.perf_counter()
+    with console.status("building tiny models", spinner="dots") as status:
+
+        def progress(what: str) -> None:
+            status.update(f"building: {what}")
+            console.log(what)
+
+        models = build_tiny_models(out_dir, force=force, progress=progress)
+    console.log(f"ready in {time.perf_counter() - start:.1f} s (random weights: scores from these models mean nothing)")
+    table = Table(show_header=True, header_style="bold")
+    table.add_column("what")
+    table.add_column("path")
+    for name, path in models.as_dict().items():
+        if name != "root":
+            table.add_row(name, path)
+    Console().print(table)
+    Console().print(f"config: {models.config}")

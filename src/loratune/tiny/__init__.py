@@ -1,0 +1,21 @@
+"""Tiny, randomly initialised models shaped and saved exactly like the real ones, plus a procedural dataset.
+
+``build_tiny_models(out_dir)`` writes, offline and deterministically (seeded)::
+
+    out_dir/sd15/          StableDiffusionPipeline.from_pretrained(path)
+    out_dir/sdxl/          StableDiffusionXLPipeline.from_pretrained(path)
+    out_dir/open_clip/     open_clip.create_model_and_transforms(f"local-dir:{path}")
+    out_dir/hf_clip/       CLIPModel.from_pretrained(path), CLIPProcessor.from_pretrained(path)
+    out_dir/aesthetic/aesthetic.pth   torch.load(path, weights_only=True): LAION MLP, public key layout (+ .safetensors)
+    out_dir/arcface/arcface.onnx      insightface.model_zoo.get_model(path) -> ArcFaceONNX
+    out_dir/vlm/           AutoModelForImageTextToText / AutoProcessor.from_pretrained(path) (native InternVL)
+    out_dir/dataset/train/10_<token>/*.png + .txt, out_dir/dataset/references/<token>/*.png
+    out_dir/loratune.yaml  a config using all of the above (relative paths)
+
+Each model folder holds a ``loratune-stand-in.json`` marker, so every score computed with it says "stand-in weights".
+The folder is built under a temporary name and renamed into place; a complete build is reused unless ``force``.
+"""
+
+from loratune.tiny.factory import TinyModels, build_tiny_models
+
+__all__ = ["TinyModels", "build_tiny_models"]

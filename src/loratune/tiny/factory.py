@@ -1,0 +1,161 @@
+"""``build_tiny_models``: build every tiny model into a temporary folder, then rename it into place."""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, fields
+from pathlib import Path
+
+import yaml
+
+from loratune.atomic import atomic_dir, atomic_write_text
+from loratune.modelref import write_stand_in_marker
+
+# Bump when anything the factory writes changes: cached builds of another version are rebuilt.
+FACTORY_VERSION = 2
+MANIFEST = "loratune-tiny.json"
+CONFIG_NAME = "loratune.yaml"
+SEED = 0
+
+# Relative locations inside out_dir (also what the yaml refers to).
+LAYOUT: dict[str, str] = {
+    "sd15": "sd15",
+    "sdxl": "sdxl",
+    "open_clip": "open_clip",
+    "hf_clip": "hf_clip",
+    "aesthetic": "aesthetic/aesthetic.pth",
+    "arcface": "arcface/arcface.onnx",
+    "vlm": "vlm",
+    "dataset": "dataset/train",
+    "references": "dataset/references",
+    "config": CONFIG_NAME,
+}
+
+
+@dataclass(frozen=True)
+class TinyModels:
+    """Absolute paths of everything ``build_tiny_models`` wrote."""
+
+    root: Path
+    sd15: Path
+    sdxl: Path
+    open_clip: Path
+    hf_clip: Path
+    aesthetic: Path
+    arcface: Path
+    vlm: Path
+    dataset: Path
+    references: Path
+    config: Path
+
+    @classmethod
+    def at(cls, root: Path) -> TinyModels:
+        return cls(root=root, **{name: root / rel for name, rel in LAYOUT.items()})
+
+    def as_dict(self) -> dict[str, str]:
+        return {f.name: str(getattr(self, f.name)) for f in fields(self)}
+
+
+Progress = Callable[[str], None]
+
+
+def build_tiny_models(out_dir: str | Path, force: bool = False, progress: Progress | None = None) -> TinyModels:
+    """Build (or reuse) the tiny models under ``out_dir`` and return their paths.
+
+    >>> models = build_tiny_models(".cache/tiny-models")  # doctest: +SKIP
+    >>> StableDiffusionPipeline.from_pretrained(models.sd15)  # doctest: +SKIP
+    """
+    root = Path(out_dir).expanduser().resolve()
+    models = TinyModels.at(root)
+    say = progress or (lambda _msg: None)
+    with _build_lock(root):
+        if not force and _complete(root):
+            _refresh_config(models)
+            return models
+        with atomic_dir(root) as tmp:
+            tmp.chmod(0o755)  # mkdtemp makes it private; the cache is an ordinary shared folder
+            _build_all(tmp, say)
+            say("writing the config")
+            _write_config(TinyModels.at(tmp))
+            (tmp / MANIFEST).write_text(
+                json.dumps({"version": FACTORY_VERSION, "seed": SEED, "paths": LAYOUT}, indent=2) + "\n"
+            )
+    return models
+
+
+def _build_all(tmp: Path, say: Progress) -> None:
+    # Imports here: torch & co. load only when a build is really needed.
+    from loratune.tiny.aesthetic import build_aesthetic
+    from loratune.tiny.arcface import build_arcface
+    from loratune.tiny.clip import OPEN_CLIP_EMBED_DIM, build_hf_clip, build_open_clip
+    from loratune.tiny.dataset import make_character_dataset
+    from loratune.tiny.sd import build_sd15, build_sdxl
+    from loratune.tiny.vlm import build_vlm
+
+    paths = TinyModels.at(tmp)
+    steps: list[tuple[str, Path, Callable[[], None]]] = [
+        ("SD1.5 pipeline", paths.sd15, lambda: build_sd15(paths.sd15, SEED)),
+        ("SDXL pipeline", paths.sdxl, lambda: build_sdxl(paths.sdxl, SEED)),
+        ("open_clip CLIP", paths.open_clip, lambda: build_open_clip(paths.open_clip, SEED)),
+        ("HF CLIPModel + CLIPProcessor", paths.hf_clip, lambda: build_hf_clip(paths.hf_clip, SEED)),
+        (
+            "LAION aesthetic MLP",
+            paths.aesthetic.parent,
+            lambda: build_aesthetic(paths.aesthetic, OPEN_CLIP_EMBED_DIM, SEED),
+        ),
+        ("ArcFace ONNX recogniser", paths.arcface.parent, lambda: build_arcface(paths.arcface, SEED)),
+        ("InternVL vision-language model", paths.vlm, lambda: build_vlm(paths.vlm, SEED)),
+    ]
+    for what, folder, build in steps:
+        say(what)
+        build()
+        write_stand_in_marker(folder, f"tiny {what}")
+    say("procedural two-character dataset")
+    make_character_dataset(paths.dataset.parent, n_per_character=8, size=64, seed=SEED)
+
+
+def _complete(root: Path) -> bool:
+    try:
+        manifest = json.loads((root / MANIFEST).read_text())
+    except (OSError, ValueError):
+        return False
+    return manifest.get("version") == FACTORY_VERSION
+
+
+def _config_text(models: TinyModels) -> str:
+    from loratune.tiny.config_file import registered_backends, tiny_config
+
+    header = (
+        "# loratune config for the tiny stand-in models written by `loratune tiny-models`.\n"
+        "# Every model here has random weights: scores exercise the pipeline, they mean nothing.\n"
+    )
+    return header + yaml.safe_dump(tiny_config(registered_backends()), sort_keys=False)
+
+
+def _write_config(models: TinyModels) -> None:
+    atomic_write_text(models.config, _config_text(models))
+
+
+def _refresh_config(models: TinyModels) -> None:
+    """The yaml picks backends the registry knows; rewrite it when that set changed since the build."""
+    text = _config_text(models)
+    if not models.config.is_file() or models.config.read_text() != text:
+        atomic_write_text(models.config, text)
+
+
+@contextlib.contextmanager
+def _build_lock(root: Path) -> Iterator[None]:
+    """Serialise builds of one folder across processes (parallel test sessions share the cache)."""
+    root.parent.mkdir(parents=True, exist_ok=True)
+    lock_path = root.parent / f".{root.name}.lock"
+    fd = os.open(lock_path, os.O_CREAT | os.O_RDWR, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        os.close(fd)
