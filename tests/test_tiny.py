@@ -158,6 +158,9 @@ def test_config_validates_with_relative_paths(tiny_models):
     assert set(config.dataset.characters) == {"lucaboy", "albertoboy"}
     assert config.evaluation.backends["consistency"].model == str(tiny_models.open_clip)
     assert config.evaluation.backends["alignment"].model == str(tiny_models.vlm)
+    aesthetics = config.evaluation.backends["aesthetics"]
+    assert aesthetics.model == str(tiny_models.aesthetic)
+    assert aesthetics.options()["clip_model"] == str(tiny_models.open_clip)
     assert [p.character for p in config.sampling.prompts] == ["lucaboy", "albertoboy"]
     assert str(tiny_models.root) not in tiny_models.config.read_text()  # relocatable
 

@@ -135,6 +135,19 @@ class BackendConfig(BaseModel):
 
     _resolve = field_validator("model")(resolve_model)
 
+    @model_validator(mode="before")
+    @classmethod
+    def _resolve_model_options(cls, data: Any, info: ValidationInfo) -> Any:
+        """Options that name a model or file (``clip_model``, ``detector_path``, ...) resolve like ``model``: next to
+        the config when such a file exists there, so a config folder can be moved as a whole."""
+        if isinstance(data, dict):
+            suffixes = ("_model", "_path", "_file", "_dir", "pretrained")
+            data = {
+                k: resolve_model(v, info) if isinstance(v, str) and k != "model" and k.endswith(suffixes) else v
+                for k, v in data.items()
+            }
+        return data
+
     @field_validator("norm_range")
     @classmethod
     def _range(cls, v: tuple[float, float] | None) -> tuple[float, float] | None:
