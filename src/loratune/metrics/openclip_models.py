@@ -144,9 +144,13 @@ class OpenClipModel:
         self.tokenizer = tokenizer
         self.device = device
         self.dtype = next(model.parameters()).dtype
-        self.embed_dim = int(getattr(model, "embed_dim", 0) or self._probe_dim())
+        self.embed_dim = self._embed_dim()
 
-    def _probe_dim(self) -> int:
+    def _embed_dim(self) -> int:
+        """The joint embedding width (0 when the architecture does not say; callers then check the first output)."""
+        output_dim = getattr(getattr(self.model, "visual", None), "output_dim", None)
+        if output_dim:
+            return int(output_dim)
         proj = getattr(self.model, "text_projection", None)
         return int(proj.shape[-1]) if proj is not None and hasattr(proj, "shape") else 0
 
