@@ -30,7 +30,7 @@ _PLOT_CONFIG = {"displaylogo": False, "responsive": True, "toImageButtonOptions"
 
 
 def _render(fig: go.Figure, key: str) -> str:
-    fig.update_layout(template="plotly_white", height=420, margin={"l": 60, "r": 30, "t": 50, "b": 50})
+    fig.update_layout(template="plotly_white", width=None, autosize=True, height=420, margin={"l": 60, "r": 30, "t": 50, "b": 50})
     # plotly.js itself is embedded once in the page head; each figure only carries its data.
     return fig.to_html(full_html=False, include_plotlyjs=False, config=_PLOT_CONFIG, div_id=f"plot-{key}")
 
@@ -64,7 +64,7 @@ def build_figures(run: RunData) -> list[Figure]:
     if run.multi_objective:
         figures.append(_figure(
             "pareto", "Pareto front",
-            lambda: vis.plot_pareto_front(study, target_names=names) if len(names) in (2, 3) else None,
+            lambda: _pareto(study, names) if len(names) in (2, 3) else None,
             note="the Pareto front is drawn for 2 or 3 objectives" if len(names) not in (2, 3) else
             "red points: non-dominated trials (no other trial is better on every objective)",
         ))
@@ -98,6 +98,16 @@ def build_figures(run: RunData) -> list[Figure]:
     figures.append(_figure("timeline", "Timeline", lambda: vis.plot_timeline(study) if study.trials else None,
                            note="when each trial ran and how it ended (complete, pruned, failed)"))
     return figures
+
+
+def _pareto(study: optuna.study.Study, names: list[str]) -> go.Figure:
+    import optuna.visualization as vis
+
+    fig = vis.plot_pareto_front(study, target_names=names)
+    # optuna adds two colour bars (trial number for dominated and best trials) that take a third of a half-width
+    # plot; the trial number is in the hover text anyway.
+    fig.update_traces(marker_showscale=False)
+    return fig
 
 
 def objective_names(run: RunData) -> list[str]:

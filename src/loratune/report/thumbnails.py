@@ -20,12 +20,8 @@ def thumbnail_uri(path: Path, size: int = 160, quality: int = 80) -> str | None:
             thumb = img.convert("RGB")
     except (OSError, UnidentifiedImageError, ValueError):
         return None
-    # Upscale tiny samples (the demo renders 64 px) with nearest-neighbour so they stay crisp and visible.
-    if max(thumb.size) < size:
-        factor = max(1, size // max(thumb.size))
-        thumb = thumb.resize((thumb.width * factor, thumb.height * factor), Image.Resampling.NEAREST)
-    else:
-        thumb.thumbnail((size, size), Image.Resampling.LANCZOS)
+    # Smaller samples (the demo renders 64 px) stay as they are; the page's CSS scales every thumbnail to one width.
+    thumb.thumbnail((size, size), Image.Resampling.LANCZOS)
     buf = io.BytesIO()
     thumb.save(buf, format="WEBP", quality=quality, method=4)
     return "data:image/webp;base64," + base64.b64encode(buf.getvalue()).decode("ascii")

@@ -1,0 +1,354 @@
+"""Assembling the report page: one HTML string with inline CSS, inline plotly.js and inline thumbnails."""
+
+from __future__ import annotations
+
+import datetime as _dt
+import math
+from collections import Counter
+from html import escape
+from pathlib import Path
+from typing import Any
+
+from loratune.report.figures import Figure, objective_names
+from loratune.report.rundir import EpochSamples, RunData, TrialInfo
+from loratune.report.thumbnails import thumbnail_uri
+
+_CSS = """
+:root { --fg:#1d2330; --muted:#5b6474; --line:#dde2ea; --accent:#3b5bdb; --best:#e8590c; --warn-bg:#fff4e6;
+        --warn:#d9480f; }
+* { box-sizing: border-box; }
+body { font: 14px/1.45 system-ui, -apple-system, "Segoe UI", Roboto, sans-serif; color: var(--fg); margin: 0;
+       background: #f6f7fb; }
+header { background: #1d2330; color: #fff; padding: 18px 32px; }
+header h1 { margin: 0 0 4px; font-size: 22px; }
+header .sub { color: #c5cbd8; }
+nav { background: #fff; border-bottom: 1px solid var(--line); padding: 8px 32px; position: sticky; top: 0; z-index: 5; }
+nav a { margin-right: 16px; color: var(--accent); text-decoration: none; }
+main { padding: 16px 32px 48px; max-width: 1400px; }
+section.card { background: #fff; border: 1px solid var(--line); border-radius: 8px; padding: 16px 20px; margin: 16px 0; }
+h2 { font-size: 18px; margin: 0 0 12px; }
+h3 { font-size: 15px; margin: 12px 0 8px; }
+.banner { background: var(--warn-bg); border: 2px solid var(--warn); color: #7a2e0b; border-radius: 8px;
+          padding: 12px 18px; margin: 16px 0; font-size: 15px; }
+.banner strong { color: var(--warn); }
+.kpis { display: flex; gap: 24px; flex-wrap: wrap; }
+.kpi { min-width: 140px; }
+.kpi .v { font-size: 22px; font-weight: 600; }
+.kpi .k { color: var(--muted); }
+table { border-collapse: collapse; width: 100%; font-size: 13px; }
+th, td { border-bottom: 1px solid var(--line); padding: 4px 8px; text-align: left; vertical-align: top; }
+th { background: #f1f3f8; }
+td.num { text-align: right; font-variant-numeric: tabular-nums; }
+tr.best-row td { background: #fff4e6; }
+.state-COMPLETE { color: #2b8a3e; } .state-PRUNED { color: #868e96; } .state-FAIL { color: #c92a2a; }
+.state-RUNNING { color: var(--accent); }
+.muted { color: var(--muted); }
+.bar { display: inline-block; height: 8px; background: var(--accent); border-radius: 2px; vertical-align: middle;
+       margin-right: 4px; }
+.figs { display: grid; grid-template-columns: repeat(auto-fill, minmax(560px, 1fr)); gap: 16px; }
+.fig { border: 1px solid var(--line); border-radius: 6px; padding: 8px; min-height: 120px; min-width: 0;
+       overflow: hidden; }
+.fig .note { color: var(--muted); font-size: 12px; }
+.trial { border-top: 1px solid var(--line); padding-top: 8px; margin-top: 12px; }
+.trial summary { cursor: pointer; font-weight: 600; }
+.epochs { display: flex; flex-wrap: wrap; gap: 14px; margin-top: 8px; }
+.epoch { border: 2px solid var(--line); border-radius: 6px; padding: 6px; }
+.epoch.best-epoch { border-color: var(--best); box-shadow: 0 0 0 2px #ffd8a8; }
+.epoch .label { font-size: 12px; color: var(--muted); margin-bottom: 4px; }
+.epoch.best-epoch .label { color: var(--best); font-weight: 700; }
+table.grid { width: auto; }
+table.grid td, table.grid th { border: none; padding: 2px; position: static; background: none; }
+table.grid th.prompt { max-width: 130px; font-weight: normal; font-size: 11px; color: var(--muted); text-align: right; }
+table.grid img { display: block; width: var(--thumb); height: auto; image-rendering: auto; border-radius: 3px; }
+code { background: #f1f3f8; padding: 1px 4px; border-radius: 3px; }
+"""
+
+
+def _fmt(value: Any, digits: int = 4) -> str:
+    if value is None:
+        return "–"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, float):
+        if math.isnan(value):
+            return "NaN"
+        if value != 0 and (abs(value) < 1e-3 or abs(value) >= 1e5):
+            return f"{value:.3g}"
+        return f"{value:.{digits}g}"
+    return escape(str(value))
+
+
+def rank_trials(run: RunData) -> list[TrialInfo]:
+    """Best first: completed trials by objective, then pruned ones by their best epoch, then the rest."""
+    import optuna
+
+    maximise = [d == optuna.study.StudyDirection.MAXIMIZE for d in run.study.directions]
+    pareto: set[int] = set()
+    if run.multi_objective:
+        try:
+            pareto = {t.number for t in run.study.best_trials}
+        except (ValueError, RuntimeError):
+            pareto = set()
+
+    def key(info: TrialInfo) -> tuple:
+        trial = info.trial
+        state = trial.state
+        if state == optuna.trial.TrialState.COMPLETE and trial.values:
+            signed = [v if up else -v for v, up in zip(trial.values, maximise)]
+            primary = info.attrs.get("composite", sum(signed)) if run.multi_objective else signed[0]
+            return (0, 0 if trial.number in pareto else 1, -float(primary), trial.number)
+        if trial.intermediate_values:
+            best = max(trial.intermediate_values.values()) if maximise[0] else -min(trial.intermediate_values.values())
+            return (1, 1, -float(best), trial.number)
+        return (2, 1, 0.0, trial.number)
+
+    return sorted(run.trials, key=key)
+
+
+def _composite(info: TrialInfo) -> float | None:
+    trial = info.trial
+    if trial.values and len(trial.values) == 1:
+        return float(trial.values[0])
+    value = info.attrs.get("composite")
+    if value is not None:
+        return float(value)
+    if trial.intermediate_values and info.best_epoch in trial.intermediate_values:
+        return float(trial.intermediate_values[info.best_epoch])
+    return None
+
+
+def _banner(run: RunData) -> str:
+    if not run.any_stand_in:
+        return ""
+    items = "".join(f"<li>{escape(n)}</li>" for n in run.stand_in_notes)
+    return (
+        '<div class="banner" id="stand-in-warning" role="alert"><strong>⚠ Stand-in weights.</strong> '
+        "Some models in this run are randomly initialised stand-ins (built by <code>loratune.tiny</code>), so the "
+        "scores, rankings and importances below say nothing about image quality; they only show that the pipeline "
+        f"works.<ul>{items}</ul></div>"
+    )
+
+
+def _summary(run: RunData, ranked: list[TrialInfo]) -> str:
+    states = Counter(t.trial.state.name for t in run.trials)
+    phases = Counter(t.phase for t in run.trials)
+    names = objective_names(run)
+    best = ranked[0] if ranked and ranked[0].trial.state.name == "COMPLETE" else None
+    kpis = [("trials", len(run.trials))] + [(s.lower(), n) for s, n in sorted(states.items())]
+    if best is not None:
+        if run.multi_objective:
+            kpis.append(("Pareto-optimal trials", len(run.study.best_trials)))
+        else:
+            kpis.append((f"best {names[0]}", _fmt(best.trial.values[0])))
+            kpis.append(("best trial", f"#{best.number}"))
+            kpis.append(("its best epoch", _fmt(best.best_epoch)))
+    kpi_html = "".join(f'<div class="kpi"><div class="v">{v}</div><div class="k">{escape(k)}</div></div>' for k, v in kpis)
+    directions = ", ".join(f"{n}: {d.name.lower()}" for n, d in zip(names, run.study.directions))
+    phase_line = ", ".join(f"{escape(p)} {n}" for p, n in phases.items())
+    best_dir = run.run_dir / "best"
+    best_files = sorted(p.name for p in best_dir.iterdir()) if best_dir.is_dir() else []
+    best_line = (f"<p>Best LoRA and its evidence: <code>{escape(str(best_dir))}</code> "
+                 f"({escape(', '.join(best_files[:8]))}{' …' if len(best_files) > 8 else ''})</p>" if best_files else "")
+    params = ""
+    if best is not None:
+        rows = "".join(f"<tr><td>{escape(k)}</td><td>{_fmt(v)}</td></tr>" for k, v in best.trial.params.items())
+        params = f"<h3>Best trial's parameters</h3><table style='width:auto'>{rows}</table>" if rows else ""
+    return (
+        f'<section class="card" id="summary"><h2>Summary</h2><div class="kpis">{kpi_html}</div>'
+        f"<p class='muted'>Objectives: {escape(directions)}. Phases: {phase_line or '–'}.</p>{best_line}{params}</section>"
+    )
+
+
+def _figures(figures: list[Figure]) -> str:
+    blocks = []
+    for fig in figures:
+        note = f'<div class="note">{escape(fig.note)}</div>' if fig.note else ""
+        body = fig.html if fig.html is not None else ""
+        blocks.append(f'<div class="fig" id="fig-{escape(fig.key)}"><h3>{escape(fig.title)}</h3>{note}{body}</div>')
+    return f'<section class="card" id="plots"><h2>Search</h2><div class="figs">{"".join(blocks)}</div></section>'
+
+
+def _table(run: RunData, ranked: list[TrialInfo]) -> str:
+    axes: list[str] = []
+    for info in ranked:
+        for axis in info.axes:
+            if axis not in axes:
+                axes.append(axis)
+    params: list[str] = []
+    for info in ranked:
+        for name in info.trial.params:
+            if name not in params:
+                params.append(name)
+    names = objective_names(run)
+    value_cols = names if run.multi_objective else ["composite"]
+    head = (["#", "trial", "phase", "state", *value_cols, "best epoch"] + [f"{a} (0–1)" for a in axes] + params)
+    rows = []
+    for rank, info in enumerate(ranked, 1):
+        trial = info.trial
+        if run.multi_objective:
+            values = [f'<td class="num">{_fmt(v)}</td>' for v in (trial.values or [None] * len(names))]
+        else:
+            composite = _composite(info)
+            shown = _fmt(composite) if trial.state.name == "COMPLETE" or composite is None else f"<i>{_fmt(composite)}</i>"
+            values = [f'<td class="num">{shown}</td>']
+        axis_cells = []
+        for axis in axes:
+            v = info.axes.get(axis)
+            bar = f'<span class="bar" style="width:{max(0.0, min(1.0, v)) * 50:.0f}px"></span>' if v is not None else ""
+            axis_cells.append(f'<td class="num">{bar}{_fmt(v, 3)}</td>')
+        param_cells = [f"<td>{_fmt(trial.params.get(p), 3)}</td>" for p in params]
+        link = f'<a href="#trial-{trial.number}">#{trial.number}</a>' if info.epochs else f"#{trial.number}"
+        cls = ' class="best-row"' if rank == 1 and trial.state.name == "COMPLETE" else ""
+        rows.append(
+            f"<tr{cls}><td class='num'>{rank}</td><td>{link}</td><td>{escape(info.phase)}</td>"
+            f"<td class='state-{trial.state.name}'>{trial.state.name.lower()}</td>{''.join(values)}"
+            f"<td class='num'>{_fmt(info.best_epoch)}</td>{''.join(axis_cells)}{''.join(param_cells)}</tr>"
+        )
+    header = "".join(f"<th>{escape(h)}</th>" for h in head)
+    note = ("Axes are normalised to 0–1 at the trial's best epoch; the composite is their weighted mean (a missing axis "
+            "is left out and the weights renormalised). Pruned trials show their best reported composite in italics.")
+    return (f'<section class="card" id="trials"><h2>Trials</h2><p class="muted">{note}</p>'
+            f'<div style="overflow-x:auto"><table id="trial-table"><thead><tr>{header}</tr></thead>'
+            f'<tbody>{"".join(rows)}</tbody></table></div></section>')
+
+
+def _grid(epoch: EpochSamples, thumb: int, is_best: bool, budget: list[int]) -> str:
+    prompts: list[str] = []
+    seeds: list[int | None] = []
+    for img in epoch.images:
+        if img.prompt not in prompts:
+            prompts.append(img.prompt)
+        if img.seed not in seeds:
+            seeds.append(img.seed)
+    cells = {(img.prompt, img.seed): img for img in epoch.images}
+    if len(cells) < len(epoch.images):  # no prompts/seeds known (bare image folder): one row per image
+        prompts, seeds = [img.path.name for img in epoch.images], [None]
+        cells = {(img.path.name, None): img for img in epoch.images}
+    head = "<tr><th></th>" + "".join(f"<th class='muted'>seed {_fmt(s)}</th>" for s in seeds) + "</tr>"
+    rows = []
+    for prompt in prompts:
+        tds = []
+        for seed in seeds:
+            img = cells.get((prompt, seed))
+            uri = None
+            if img is not None and budget[0] > 0:
+                uri = thumbnail_uri(img.path, thumb)
+            if uri is None:
+                tds.append("<td></td>")
+                continue
+            budget[0] -= 1
+            alt = escape(f"{prompt} (seed {seed})")
+            tds.append(f'<td><img class="sample" src="{uri}" alt="{alt}" title="{alt}" loading="eager"></td>')
+        rows.append(f"<tr><th class='prompt'>{escape(prompt)}</th>{''.join(tds)}</tr>")
+    label = f"epoch {epoch.epoch}" + (" ★ best epoch" if is_best else "")
+    cls = "epoch best-epoch" if is_best else "epoch"
+    return (f'<div class="{cls}" data-epoch="{epoch.epoch}"><div class="label">{escape(label)}</div>'
+            f'<table class="grid">{head}{"".join(rows)}</table></div>')
+
+
+def _samples(ranked: list[TrialInfo], thumb: int, all_epochs_for: int, max_images: int) -> str:
+    budget = [max_images]
+    blocks = []
+    shown_full = 0
+    for rank, info in enumerate(ranked, 1):
+        if not info.epochs:
+            continue
+        best = info.best_epoch
+        epochs = info.epochs
+        skipped = 0
+        if shown_full >= all_epochs_for:
+            # Lower-ranked trials show only their best epoch, which keeps a 50-trial report a few MB.
+            picked = [e for e in epochs if e.epoch == best] or epochs[-1:]
+            skipped = len(epochs) - len(picked)
+            epochs = picked
+        shown_full += 1
+        grids = "".join(_grid(e, thumb, e.epoch == best, budget) for e in epochs)
+        more = f'<p class="muted">{skipped} other epoch(s) not shown.</p>' if skipped else ""
+        composite = _composite(info)
+        title = (f"#{rank} · trial {info.number} · {info.phase} · {info.trial.state.name.lower()} · composite "
+                 f"{_fmt(composite)} · best epoch {_fmt(best)}")
+        opened = " open" if rank <= 3 else ""
+        blocks.append(f'<details class="trial" id="trial-{info.number}"{opened}><summary>{escape(title)}</summary>'
+                      f'<div class="epochs">{grids}</div>{more}</details>')
+    if not blocks:
+        body = '<p class="muted">No sample images found under trials/NNNN/samples/.</p>'
+    else:
+        body = "".join(blocks)
+    if budget[0] <= 0:
+        body += f'<p class="muted">Image budget of {max_images} thumbnails reached; later images are left out.</p>'
+    return (f'<section class="card" id="samples"><h2>Samples</h2><p class="muted">Prompts × seeds per checkpoint, '
+            f"best trial first; the best epoch is outlined.</p>{body}</section>")
+
+
+def _render_value(value: Any) -> str:
+    if isinstance(value, dict):
+        if all(not isinstance(v, (dict, list)) for v in value.values()):
+            return "<table style='width:auto'>" + "".join(
+                f"<tr><td>{escape(str(k))}</td><td>{_fmt(v)}</td></tr>" for k, v in value.items()) + "</table>"
+        return "".join(f"<h3>{escape(str(k))}</h3>{_render_value(v)}" for k, v in value.items())
+    if isinstance(value, list):
+        if not value:
+            return "<span class='muted'>none</span>"
+        if all(isinstance(v, dict) for v in value):
+            cols: list[str] = []
+            for row in value:
+                cols += [k for k in row if k not in cols and not isinstance(row[k], (dict, list))]
+            cols = cols[:8]
+            rows = "".join("<tr>" + "".join(f"<td>{_fmt(r.get(c))}</td>" for c in cols) + "</tr>" for r in value[:25])
+            more = f"<p class='muted'>… {len(value) - 25} more</p>" if len(value) > 25 else ""
+            return (f"<table><thead><tr>{''.join(f'<th>{escape(c)}</th>' for c in cols)}</tr></thead>"
+                    f"<tbody>{rows}</tbody></table>{more}")
+        return escape(", ".join(str(v) for v in value[:50])) + (" …" if len(value) > 50 else "")
+    return _fmt(value)
+
+
+def _audit(run: RunData) -> str:
+    if run.audit is None:
+        body = ('<p class="muted">No <code>audit.json</code> in this run. Run <code>loratune audit DATASET</code> '
+                "to check captions, near-duplicates and image quality before training.</p>")
+    else:
+        scalars = {k: v for k, v in run.audit.items() if not isinstance(v, (dict, list))}
+        nested = {k: v for k, v in run.audit.items() if isinstance(v, (dict, list))}
+        body = (_render_value(scalars) if scalars else "") + "".join(
+            f"<h3>{escape(str(k))}</h3>{_render_value(v)}" for k, v in nested.items())
+    return f'<section class="card" id="audit"><h2>Dataset audit</h2>{body}</section>'
+
+
+def _models(run: RunData) -> str:
+    rows = []
+    if run.base_model:
+        flag = "<b style='color:var(--warn)'>stand-in</b>" if run.base_model_stand_in else "real"
+        family = run.config.get("model", {}).get("family", "") if isinstance(run.config.get("model"), dict) else ""
+        rows.append(f"<tr><td>base model</td><td>{escape(str(family))}</td><td><code>{escape(run.base_model)}</code>"
+                    f"</td><td>{flag}</td><td></td></tr>")
+    for b in run.backends:
+        flag = "<b style='color:var(--warn)'>stand-in</b>" if b.stand_in else "real"
+        rows.append(f"<tr><td>{escape(b.axis)}</td><td>{escape(b.name)}</td><td><code>{escape(str(b.model))}</code>"
+                    f"</td><td>{flag}</td><td>{escape(b.licence or '')}</td></tr>")
+    if not rows:
+        return ('<section class="card" id="models"><h2>Models</h2><p class="muted">The run records no models '
+                "(no config.yaml or scores.json).</p></section>")
+    head = "<tr><th>role / axis</th><th>backend</th><th>model id or path</th><th>weights</th><th>licence</th></tr>"
+    return (f'<section class="card" id="models"><h2>Models and backends</h2><table><thead>{head}</thead>'
+            f'<tbody>{"".join(rows)}</tbody></table></section>')
+
+
+def render_page(run: RunData, figures: list[Figure], plotly_js: str, thumb: int = 128, all_epochs_for: int = 5,
+                max_images: int = 1500) -> str:
+    ranked = rank_trials(run)
+    when = _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    title = f"loratune report — {Path(run.run_dir).resolve().name}"
+    nav = "".join(f'<a href="#{i}">{n}</a>' for i, n in [("summary", "Summary"), ("plots", "Search"),
+                                                         ("trials", "Trials"), ("samples", "Samples"),
+                                                         ("audit", "Dataset audit"), ("models", "Models")])
+    body = "".join([_banner(run), _summary(run, ranked), _figures(figures), _table(run, ranked),
+                    _samples(ranked, thumb, all_epochs_for, max_images), _audit(run), _models(run)])
+    # plotly.js goes in the head as a plain inline script: no CDN, no network, defined before any figure's script.
+    return (
+        "<!DOCTYPE html>\n<html lang='en'><head><meta charset='utf-8'>"
+        "<meta name='viewport' content='width=device-width, initial-scale=1'>"
+        f"<title>{escape(title)}</title><style>{_CSS}:root{{--thumb:{thumb}px}}</style>"
+        f'<script type="text/javascript">{plotly_js}</script></head><body>'
+        f"<header><h1>{escape(title)}</h1><div class='sub'>{escape(str(Path(run.run_dir).resolve()))} · "
+        f"generated {when} by loratune</div></header><nav>{nav}</nav><main>{body}</main></body></html>\n"
+    )

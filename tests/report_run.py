@@ -1,0 +1,109 @@
+"""A real run directory for report tests: a real Optuna SQLite study (asked, reported, pruned, told) and trial folders
+with real PNG samples, laid out as the search runner writes them. Nothing is mocked; only the training is skipped."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import optuna
+import yaml
+from PIL import Image, ImageDraw
+
+from loratune.modelref import write_stand_in_marker
+
+PROMPTS = [("luca", "luca boy on a beach"), ("alberto", "alberto boy jumping")]
+SEEDS = [0, 1]
+AXES = ("alignment", "consistency", "aesthetics", "quality", "diversity")
+
+
+def _sample(path: Path, hue: int, seed: int) -> None:
+    img = Image.new("RGB", (64, 64), ((hue * 37) % 256, (seed * 90 + 40) % 256, (255 - hue * 23) % 256))
+    ImageDraw.Draw(img).ellipse((16 + seed * 4, 16, 48, 48), fill=(250, 220, 180))
+    img.save(path)
+
+
+def _write_epoch(trial_dir: Path, epoch: int, hue: int) -> None:
+    folder = trial_dir / "samples" / f"epoch-{epoch:04d}"
+    folder.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for p, (character, prompt) in enumerate(PROMPTS):
+        for seed in SEEDS:
+            name = f"p{p:02d}-s{seed}.png"
+            _sample(folder / name, hue + epoch + p, seed)
+            rows.append({"file": name, "prompt": prompt, "seed": seed, "character": character})
+    (folder / "samples.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+
+def _axes(x: float) -> dict[str, float | None]:
+    return {"alignment": 0.5 + x / 2, "consistency": 0.6 - x / 4, "aesthetics": 0.4, "quality": None,
+            "diversity": 0.3 + x / 5}
+
+
+def make_run(run_dir: Path, epochs: int = 3, multi_objective: bool = False, stand_in: bool = True) -> Path:
+    """Write a run with 6 trials: baseline, 3 search trials (one pruned, one failed), a refinement and an ensemble."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    models = run_dir.parent / "models"
+    (models / "sd15").mkdir(parents=True, exist_ok=True)
+    if stand_in:
+        write_stand_in_marker(models / "sd15", "tiny SD1.5 pipeline")
+    config = {
+        "model": {"base": str(models / "sd15"), "family": "sd15"},
+        "evaluation": {"backends": {"alignment": {"name": "clipscore", "model": "ViT-L-14"},
+                                    "diversity": {"name": "lpips"}}},
+        "search": {"n_trials": 6},
+    }
+    (run_dir / "config.yaml").write_text(yaml.safe_dump(config))
+    (run_dir / "audit.json").write_text(json.dumps({
+        "dataset": "data/chars", "images": 12, "captions_missing": 1,
+        "flagged": [{"file": "10_luca/003.png", "problem": "near-duplicate of 002.png", "score": 0.98},
+                    {"file": "10_alberto/007.png", "problem": "blurred", "score": 0.12}],
+    }))
+    storage = f"sqlite:///{run_dir / 'study.db'}"
+    if multi_objective:
+        study = optuna.create_study(study_name="loratune", storage=storage, directions=["maximize", "maximize"],
+                                    sampler=optuna.samplers.RandomSampler(seed=0))
+        study.set_metric_names(["alignment", "consistency"])
+    else:
+        study = optuna.create_study(study_name="loratune", storage=storage, direction="maximize",
+                                    sampler=optuna.samplers.RandomSampler(seed=0))
+    plan = ["baseline", "search", "search", "search", "refine", "ensemble"]
+    for i, phase in enumerate(plan):
+        trial = study.ask()
+        lr = trial.suggest_float("learning_rate", 5e-5, 5e-4, log=True)
+        rank = trial.suggest_categorical("rank", [8, 16, 32])
+        trial_dir = run_dir / "trials" / f"{trial.number:04d}"
+        trial_dir.mkdir(parents=True)
+        (trial_dir / "params.json").write_text(json.dumps({"learning_rate": lr, "rank": rank}))
+        trial.set_user_attr("phase", phase)
+        trial.set_user_attr("trial_dir", f"trials/{trial.number:04d}")
+        trial.set_user_attr("stand_in", stand_in)
+        x = (i * 0.37) % 1.0
+        curve = [0.3 + x * 0.4 + 0.1 * e - 0.06 * e * e / 2 for e in range(1, epochs + 1)]
+        failed = i == 3
+        pruned = i == 2 and not multi_objective
+        last = 1 if pruned else epochs
+        for epoch in range(1, last + 1):
+            _write_epoch(trial_dir, epoch, hue=i * 11)
+            if not multi_objective:
+                trial.report(curve[epoch - 1], epoch)
+        if failed:
+            study.tell(trial, state=optuna.trial.TrialState.FAIL)
+            continue
+        if pruned:
+            study.tell(trial, state=optuna.trial.TrialState.PRUNED)
+            continue
+        best_epoch = max(range(1, last + 1), key=lambda e: curve[e - 1])
+        axes = _axes(x)
+        trial.set_user_attr("best_epoch", best_epoch)
+        trial.set_user_attr("axes", axes)
+        trial.set_user_attr("composite", curve[best_epoch - 1])
+        (trial_dir / "scores.json").write_text(json.dumps({
+            "composite": curve[best_epoch - 1], "normalised": axes, "epoch": best_epoch,
+            "backends": [{"name": "clipscore", "axis": "alignment", "model": str(models / "sd15"),
+                          "stand_in_weights": stand_in, "licence": "MIT"}],
+        }))
+        study.tell(trial, [axes["alignment"], axes["consistency"]] if multi_objective else curve[best_epoch - 1])
+    (run_dir / "best").mkdir()
+    (run_dir / "best" / "lora.safetensors").write_bytes(b"")
+    return run_dir

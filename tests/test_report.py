@@ -1,0 +1,161 @@
+"""``loratune report`` on real Optuna studies and real PNG samples (see report_run.py)."""
+
+from __future__ import annotations
+
+import base64
+import io
+import re
+
+import optuna
+import pytest
+from PIL import Image
+from plotly.offline import get_plotlyjs
+from report_run import make_run
+
+from loratune.cli import main
+from loratune.errors import LoratuneError
+from loratune.report import build_report
+from loratune.report.page import rank_trials
+from loratune.report.rundir import load_run
+
+DATA_URI = re.compile(r'src="data:image/webp;base64,([A-Za-z0-9+/=]+)"')
+
+
+@pytest.fixture
+def run_dir(tmp_path):
+    return make_run(tmp_path / "run")
+
+
+def test_report_is_one_offline_file(run_dir):
+    result = build_report(run_dir)
+    assert result.path == run_dir / "report.html"
+    html = result.path.read_text()
+    # plotly.js inline exactly once, and nothing fetched from anywhere.
+    assert html.count(get_plotlyjs()[:200]) == 1
+    page = html.replace(get_plotlyjs(), "")  # plotly.js's own strings mention URLs it never loads here
+    assert not re.search(r'<script[^>]+src=', page)
+    assert not re.search(r'(src|href)="(https?:)?//', page)
+    assert "cdn.plot.ly" not in page
+    # Every thumbnail is a real image that decodes; 64-px samples stay 64 px.
+    uris = DATA_URI.findall(html)
+    assert len(uris) == result.images
+    sizes = {Image.open(io.BytesIO(base64.b64decode(u))).size for u in uris}
+    assert sizes == {(64, 64)}
+    # No temporary file left next to the report (atomic write).
+    assert sorted(p.name for p in run_dir.iterdir() if p.name.startswith(".")) == []
+
+
+def test_report_content(run_dir):
+    result = build_report(run_dir)
+    html = result.path.read_text()
+    assert result.trials == 6 and result.stand_in
+    for key in ("history", "intermediate", "importances", "parallel", "timeline"):
+        assert f'id="plot-{key}"' in html
+    assert 'id="plot-pareto"' not in html
+    assert 'id="stand-in-warning"' in html
+    # Trial table: one row per trial, best first, with phases and states.
+    table = html.split('id="trial-table"')[1].split("</table>")[0]
+    assert table.count("<tr") == 7  # header + 6 trials
+    assert [m for m in re.findall(r'href="#trial-(\d+)"', table)][0] == "5"
+    for word in ("baseline", "refine", "ensemble", "pruned", "fail"):
+        assert word in table
+    # Samples: trial 5 (best) comes first and its best epoch (2) is outlined; the pruned trial has 1 epoch.
+    samples = html.split('id="samples"')[1]
+    assert samples.index('id="trial-5"') < samples.index('id="trial-0"')
+    trial5 = samples.split('id="trial-5"')[1].split("</details>")[0]
+    assert re.search(r'class="epoch best-epoch" data-epoch="2"', trial5)
+    assert trial5.count('data-epoch=') == 3
+    # 2 prompts x 2 seeds per epoch. The 5 best-ranked trials show every epoch (3, the pruned one 1); the 6th (the
+    # failed trial) shows only its best epoch.
+    assert result.images == 4 * (4 * 3 + 1 + 1)
+    assert "luca boy on a beach" in samples and "seed 1" in samples
+    # Audit summary and the models.
+    assert "near-duplicate of 002.png" in html and "10_alberto/007.png" in html
+    assert "clipscore" in html and "lpips" in html and "BSD-2-Clause" in html
+
+
+def test_ranking_uses_the_study(run_dir):
+    run = load_run(run_dir)
+    ranked = rank_trials(run)
+    study = optuna.load_study(study_name="loratune", storage=f"sqlite:///{run_dir / 'study.db'}")
+    assert ranked[0].number == study.best_trial.number
+    assert [t.trial.state.name for t in ranked][-2:] == ["PRUNED", "FAIL"]
+    assert ranked[0].best_epoch == study.best_trial.user_attrs["best_epoch"]
+
+
+def test_limits_keep_the_file_small(run_dir):
+    full = build_report(run_dir, run_dir / "full.html")
+    small = build_report(run_dir, run_dir / "small.html", all_epochs_for=1, max_images=10)
+    assert small.images == 10 < full.images
+    assert small.size_bytes < full.size_bytes
+    assert "Image budget of 10 thumbnails reached" in small.path.read_text()
+    only_best = build_report(run_dir, run_dir / "best.html", all_epochs_for=1)
+    assert only_best.images == 4 * (3 + 5)  # best trial: 3 epochs; the 5 others: their best epoch only
+
+
+def test_multi_objective_has_a_pareto_front(tmp_path):
+    result = build_report(make_run(tmp_path / "run", multi_objective=True))
+    html = result.path.read_text()
+    assert 'id="plot-pareto"' in html and 'id="plot-history-1"' in html
+    assert "alignment: maximize, consistency: maximize" in html
+
+
+def test_real_weights_show_no_warning(tmp_path):
+    result = build_report(make_run(tmp_path / "run", stand_in=False))
+    assert not result.stand_in
+    assert 'id="stand-in-warning"' not in result.path.read_text()
+
+
+def test_small_studies_still_give_a_report(tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    study = optuna.create_study(study_name="loratune", storage=f"sqlite:///{run / 'study.db'}", direction="maximize")
+    empty = build_report(run)
+    assert empty.trials == 0 and empty.images == 0
+    assert "No sample images found" in empty.path.read_text()
+    study.enqueue_trial({"x": 0.5})
+    study.optimize(lambda t: t.suggest_float("x", 0, 1), n_trials=1)
+    html = build_report(run).path.read_text()
+    assert "needs at least 2 completed trials" in html
+    assert "No <code>audit.json</code>" in html
+
+
+@pytest.mark.parametrize("setup, message", [
+    ("missing", "run directory not found"),
+    ("file", "not a directory"),
+    ("empty", "no study.db"),
+    ("garbage", "not an SQLite database"),
+    ("other-study", "no study named 'loratune'"),
+])
+def test_bad_run_dirs(tmp_path, setup, message, capsys):
+    run = tmp_path / "run"
+    if setup == "file":
+        run.write_text("x")
+    elif setup != "missing":
+        run.mkdir()
+    if setup == "garbage":
+        (run / "study.db").write_text("not a database")
+    if setup == "other-study":
+        optuna.create_study(study_name="other", storage=f"sqlite:///{run / 'study.db'}")
+    with pytest.raises(LoratuneError, match=message):
+        build_report(run)
+    assert main(["report", str(run)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and message in err
+    assert not (run / "report.html").exists() if run.is_dir() else True
+
+
+def test_cli_prints_the_path(run_dir, capsys):
+    assert main(["report", str(run_dir), "--thumb-size", "32"]) == 0
+    out = capsys.readouterr().out
+    assert str(run_dir / "report.html") in out and "stand-in" in out
+    uri = DATA_URI.search((run_dir / "report.html").read_text()).group(1)
+    assert Image.open(io.BytesIO(base64.b64decode(uri))).size == (32, 32)
+
+
+def test_a_study_still_being_written_is_read(run_dir):
+    """A RUNNING trial (a live search) shows up in the table without breaking the report."""
+    study = optuna.load_study(study_name="loratune", storage=f"sqlite:///{run_dir / 'study.db'}")
+    study.ask()
+    html = build_report(run_dir).path.read_text()
+    assert ">running<" in html
