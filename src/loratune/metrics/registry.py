@@ -77,6 +77,22 @@ _SPECS = [
         "camenduru/improved-aesthetic-predictor/sac+logos+ava1-l14-linearMSE.pth",
         "LAION Aesthetics Predictor V2: MLP on L2-normalised CLIP ViT-L/14 image embeddings, 1-10",
     ),
+    # --- technical quality ----------------------------------------------------------------------------------------
+    BackendSpec(
+        "musiq", "quality", "loratune.metrics.quality:Musiq", (0.0, 100.0), True, (20.0, 80.0),
+        False, False, "NTU S-Lab License 1.0, non-commercial (pyiqa); MUSIQ weights: Apache-2.0", "pyiqa:musiq",
+        "MUSIQ (KonIQ-10k) through pyiqa; random stand-in weights when the checkpoint cannot be fetched",
+    ),
+    BackendSpec(
+        "pyiqa", "quality", "loratune.metrics.quality:PyiqaQuality", (0.0, 100.0), True, (20.0, 80.0),
+        False, False, "NTU S-Lab License 1.0, non-commercial (pyiqa) + the metric's weights' own terms", "pyiqa:musiq",
+        "any pyiqa no-reference metric (option metric: topiq_nr, clipiqa, ...); range and direction from pyiqa's table",
+    ),
+    BackendSpec(
+        "piqe", "quality", "loratune.metrics.quality:Piqe", (0.0, 100.0), False, (10.0, 80.0),
+        False, False, "NTU S-Lab License 1.0, non-commercial (pyiqa's implementation)", None,
+        "PIQE (Venkatanath et al. 2015): weight-free blockwise distortion estimate, lower is better; works offline",
+    ),
     # --- diversity ------------------------------------------------------------------------------------------------
     BackendSpec(
         "lpips", "diversity", "loratune.metrics.diversity:LpipsDiversity", (0.0, 1.0), True, (0.0, 0.7),

@@ -1,0 +1,142 @@
+"""Technical quality: any pyiqa no-reference metric (MUSIQ by default) and the weight-free PIQE.
+
+pyiqa's own table (``pyiqa.default_model_configs.DEFAULT_CONFIGS``) says each metric's direction (``lower_better``)
+and score range; the ``pyiqa`` backend takes both from there for whatever ``metric`` the config names, so
+normalisation and direction stay right for any of pyiqa's ~70 no-reference metrics.
+
+Weights: pyiqa downloads its checkpoints on first use (into torch hub's cache, where a pre-fetched file is found
+offline). A local checkpoint file can be given as ``model``. When the download fails (offline) the metric is built with
+``pretrained=False`` — random weights — and every result says "stand-in weights"; ``require_pretrained: true`` turns
+that into an error instead. PIQE needs no weights at all and is the real offline default.
+
+Licence: pyiqa is released under the NTU S-Lab License 1.0 (non-commercial use only); several metrics' weights carry
+their own terms.
+"""
+
+from __future__ import annotations
+
+import inspect
+import re
+from pathlib import Path
+from typing import Any
+
+from pydantic import Field
+
+from loratune.errors import LoratuneError
+from loratune.metrics.base import AxisResult, Backend, EvalImage
+from loratune.metrics.cache import cached_model
+
+PYIQA_LICENCE = "NTU S-Lab License 1.0 (non-commercial use only; pyiqa) + each metric's weights' own terms"
+
+
+def pyiqa_metric_info(name: str, field: str = "evaluation.backends.quality") -> tuple[tuple[float, float], bool]:
+    """(score range, higher_is_better) of a pyiqa no-reference metric, from pyiqa's own table."""
+    from pyiqa.default_model_configs import DEFAULT_CONFIGS
+
+    cfg = DEFAULT_CONFIGS.get(name)
+    if cfg is None:
+        raise LoratuneError(f"{field}.metric: unknown pyiqa metric {name!r}")
+    if cfg.get("metric_mode") != "NR":
+        raise LoratuneError(f"{field}.metric: pyiqa metric {name!r} needs a reference image (choose a no-reference one)")
+    return parse_score_range(str(cfg.get("score_range", "0, 1"))), not cfg.get("lower_better", False)
+
+
+def parse_score_range(text: str) -> tuple[float, float]:
+    """pyiqa writes ranges like ``"~0, ~100"`` (``~`` = approximately)."""
+    numbers = [float(x) for x in re.findall(r"-?\d+(?:\.\d+)?", text)]
+    return (numbers[0], numbers[1]) if len(numbers) >= 2 else (0.0, 1.0)
+
+
+def _takes_pretrained(metric: str) -> bool:
+    from pyiqa.archs import ARCH_REGISTRY
+    from pyiqa.default_model_configs import DEFAULT_CONFIGS
+
+    arch = ARCH_REGISTRY.get(DEFAULT_CONFIGS[metric]["metric_opts"]["type"])
+    return "pretrained" in inspect.signature(arch.__init__).parameters
+
+
+def load_pyiqa_metric(metric: str, device: Any, weights: str | None, require_pretrained: bool, field: str) -> tuple[Any, bool]:
+    """Build a pyiqa metric; returns (metric, stand_in). Falls back to random weights only when allowed."""
+    import pyiqa
+
+    kwargs: dict[str, Any] = {"device": device}
+    if weights is not None:
+        if not Path(weights).is_file():
+            raise LoratuneError(f"{field}.model: pyiqa checkpoint not found: {weights}")
+        kwargs["pretrained_model_path"] = weights
+    try:
+        return pyiqa.create_metric(metric, **kwargs), False
+    except OSError as err:  # urllib's URLError (no network) and missing files are OSErrors
+        if require_pretrained or not _takes_pretrained(metric):
+            raise LoratuneError(f"{field}: cannot load pyiqa {metric!r} weights ({str(err).splitlines()[0]})") from None
+    try:
+        return pyiqa.create_metric(metric, device=device, pretrained=False), True
+    except OSError as err:
+        raise LoratuneError(f"{field}: pyiqa {metric!r} needs files that cannot be fetched ({str(err).splitlines()[0]})") from None
+
+
+class PyiqaQuality(Backend):
+    """Mean of a pyiqa no-reference metric over the images (each image scored at its own size)."""
+
+    class Options(Backend.Options):
+        metric: str | None = Field(None, description="pyiqa metric name; the registry entry's metric when omitted")
+        require_pretrained: bool = Field(False, description="fail instead of falling back to random weights")
+        max_side: int | None = Field(None, ge=32, description="downscale larger images first (speed); None = as is")
+
+    options: Options
+    default_metric: str = "musiq"
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.metric_name = self.options.metric or self.default_metric
+        score_range, higher = pyiqa_metric_info(self.metric_name, self.field_path)
+        if self.options.metric is not None and self.options.metric != self.default_metric:
+            # The registry entry describes the default metric; this instance scores another one.
+            from dataclasses import replace
+
+            self.spec = replace(self.spec, score_range=score_range, higher_is_better=higher, norm_range=score_range)
+        # A model reference that is not a file is pyiqa's own name for its weights, not ours to resolve.
+        self.weights = self.config.model if self.config.model and Path(self.config.model).exists() else None
+        self.model_id = f"pyiqa:{self.metric_name}" + (f" ({self.weights})" if self.weights else "")
+        self.reset()
+
+    def load(self) -> None:
+        key = ("pyiqa", self.metric_name, self.weights, str(self.runtime.device), self.options.require_pretrained)
+        self.metric, self.stand_in = cached_model(
+            key,
+            lambda: load_pyiqa_metric(
+                self.metric_name, self.runtime.device, self.weights, self.options.require_pretrained, self.field_path
+            ),
+        )
+
+    def reset(self) -> None:
+        self.per_image: list[float | None] = []
+
+    def score_image(self, image: Any) -> float:
+        import numpy as np
+        import torch
+
+        if self.options.max_side and max(image.size) > self.options.max_side:
+            image = image.copy()
+            image.thumbnail((self.options.max_side, self.options.max_side))
+        x = torch.from_numpy(np.asarray(image, dtype=np.float32) / 255.0).permute(2, 0, 1)[None]
+        with torch.inference_mode():
+            return float(self.metric(x.to(self.runtime.device)).reshape(-1)[0])
+
+    def update(self, batch: list[EvalImage]) -> None:
+        self.per_image += [self.score_image(item.image) for item in batch]
+
+    def compute(self) -> AxisResult:
+        scores = [s for s in self.per_image if s is not None]
+        details = {"metric": self.metric_name, "higher_is_better": self.spec.higher_is_better, "licence": PYIQA_LICENCE}
+        if not scores:
+            return self.missing("no images", details=details)
+        return self.result(sum(scores) / len(scores), per_image=self.per_image, details=details)
+
+
+class Musiq(PyiqaQuality):
+    default_metric = "musiq"
+
+
+class Piqe(PyiqaQuality):
+    default_metric = "piqe"
