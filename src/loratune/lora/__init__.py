@@ -1,1 +1,1 @@
-"""LoRA files: kohya <-> diffusers conversion and merging."""
+"""LoRA files: kohya <-> peft/diffusers conversion (``kohya``) and merging (``merge``)."""

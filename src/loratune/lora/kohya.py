@@ -1,0 +1,154 @@
+"""peft/diffusers LoRA state dicts -> kohya sd-scripts files (the format A1111, ComfyUI and kohya's tools load).
+
+kohya names a module ``lora_unet_<path with _>`` and, for the text encoder, ``lora_te_text_model_<path>`` (SD1.5) or
+``lora_te1_`` / ``lora_te2_`` (SDXL); each module has ``lora_down.weight`` (peft's A), ``lora_up.weight`` (B) and
+``alpha``, with scale = alpha / rank. SDXL UNet paths use the original SGM block names (``input_blocks_4_1_…``)
+that kohya itself writes. diffusers' ``convert_state_dict_to_kohya`` gets the SD1.5 text-encoder prefix and alpha
+wrong (see WORKSHOP-FACTS), hence this module.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from loratune.errors import LoratuneError
+
+BASE_MODEL_VERSION = {"sd15": "sd_v1", "sdxl": "sdxl_base_v1-0"}
+_LORA_KEY = re.compile(r"^(?P<module>.+)\.lora_(?P<which>A|B)(?:\.[^.]+)?\.weight$")
+_EPOCH_NAME = re.compile(r"-(\d{6})$")
+
+
+def _module_weights(state_dict: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+    """{module path: {"A": tensor, "B": tensor}} from peft keys (``….lora_A.weight`` or ``….lora_A.default.weight``)."""
+    modules: dict[str, dict[str, Any]] = {}
+    for key, value in state_dict.items():
+        match = _LORA_KEY.match(key)
+        if match is None:
+            raise ValueError(f"not a peft LoRA key: {key}")
+        modules.setdefault(match["module"], {})[match["which"]] = value
+    return modules
+
+
+def sgm_unet_path(path: str, layers_per_block: int) -> str:
+    """A diffusers SDXL UNet module path in SGM block names, e.g. ``down_blocks.1.attentions.0.x`` -> ``input_blocks.4.1.x``."""
+    parts = path.split(".")
+    if parts[0] == "down_blocks" and parts[2] == "attentions":
+        block = 1 + int(parts[1]) * (layers_per_block + 1) + int(parts[3])
+        return ".".join(["input_blocks", str(block), "1", *parts[4:]])
+    if parts[0] == "up_blocks" and parts[2] == "attentions":
+        block = int(parts[1]) * (layers_per_block + 1) + int(parts[3])
+        return ".".join(["output_blocks", str(block), "1", *parts[4:]])
+    if parts[0] == "mid_block" and parts[1] == "attentions":
+        return ".".join(["middle_block", str(1 + int(parts[2])), *parts[3:]])
+    raise ValueError(f"no SGM name for UNet module {path} (only attention blocks are mapped)")
+
+
+def to_kohya(
+    family: str,
+    unet: Mapping[str, Any],
+    alpha: float,
+    text_encoders: tuple[Mapping[str, Any], ...] = (),
+    layers_per_block: int = 2,
+) -> dict[str, Any]:
+    """kohya tensors from peft LoRA state dicts (unprefixed module paths, as ``get_peft_model_state_dict`` gives).
+
+    ``alpha`` is the true lora_alpha of every module; it is written per module so that scale = alpha / rank holds.
+    """
+    import torch
+
+    if family not in BASE_MODEL_VERSION:
+        raise LoratuneError(f"model.family: unknown family {family!r} (sd15 or sdxl)")
+    out: dict[str, Any] = {}
+
+    def put(name: str, weights: dict[str, Any]) -> None:
+        if set(weights) != {"A", "B"}:
+            raise ValueError(f"{name}: needs both lora_A and lora_B")
+        out[f"{name}.lora_down.weight"] = weights["A"].detach().contiguous()
+        out[f"{name}.lora_up.weight"] = weights["B"].detach().contiguous()
+        out[f"{name}.alpha"] = torch.tensor(float(alpha), dtype=weights["A"].dtype)
+
+    for path, weights in _module_weights(unet).items():
+        path = path.removeprefix("unet.")
+        if family == "sdxl":
+            path = sgm_unet_path(path, layers_per_block)
+        put("lora_unet_" + path.replace(".", "_"), weights)
+    prefixes = ["lora_te"] if family == "sd15" else ["lora_te1", "lora_te2"]
+    if len(text_encoders) > len(prefixes):
+        raise ValueError(f"{family} has {len(prefixes)} text encoder(s), got {len(text_encoders)} state dicts")
+    for prefix, state_dict in zip(prefixes, text_encoders):
+        for path, weights in _module_weights(state_dict).items():
+            # transformers 5 drops CLIPTextModel's ``text_model.`` level; kohya's names keep it.
+            path = "text_model." + path.removeprefix("text_model.")
+            put(f"{prefix}_" + path.replace(".", "_"), weights)
+    return out
+
+
+def kohya_metadata(
+    family: str,
+    rank: int,
+    alpha: float,
+    epoch: int,
+    steps: int,
+    learning_rate: float,
+    optimizer: str,
+    seed: int,
+    resolution: int | str,
+    extra: Mapping[str, Any] | None = None,
+) -> dict[str, str]:
+    """The ``ss_*`` keys kohya's tools and the web UIs read (all values strings, as safetensors requires)."""
+    import json
+
+    meta = {
+        "ss_network_module": "networks.lora",
+        "ss_network_dim": str(rank),
+        "ss_network_alpha": _number(alpha),
+        "ss_epoch": str(epoch),
+        "ss_steps": str(steps),
+        "ss_learning_rate": _number(learning_rate),
+        "ss_optimizer": optimizer,
+        "ss_seed": str(seed),
+        "ss_resolution": str(resolution),
+        "ss_base_model_version": BASE_MODEL_VERSION[family],
+        "ss_sd_model_name": "",
+    }
+    for key, value in (extra or {}).items():
+        meta[key] = value if isinstance(value, str) else json.dumps(value, sort_keys=True)
+    return meta
+
+
+def _number(value: float) -> str:
+    return str(int(value)) if float(value).is_integer() else repr(float(value))
+
+
+def save_kohya(path: str | Path, tensors: Mapping[str, Any], metadata: Mapping[str, str]) -> Path:
+    """Write a kohya file atomically."""
+    from safetensors.torch import save_file
+
+    from loratune.atomic import atomic_path
+
+    with atomic_path(path) as tmp:
+        save_file(dict(tensors), str(tmp), metadata=dict(metadata))
+    return Path(path)
+
+
+def read_metadata(path: str | Path) -> dict[str, str]:
+    """The safetensors header metadata of a LoRA file (empty when it has none)."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as fh:
+            return dict(fh.metadata() or {})
+    except Exception as err:  # safetensors raises its own error types for a broken header
+        raise LoratuneError(f"{path}: not a readable safetensors file ({err})") from None
+
+
+def checkpoint_epoch(path: str | Path) -> int | None:
+    """The epoch of a per-epoch checkpoint: ``ss_epoch`` metadata first, else kohya's ``NAME-000001`` file name."""
+    meta = read_metadata(path)
+    if meta.get("ss_epoch", "").strip().isdigit():
+        return int(meta["ss_epoch"])
+    match = _EPOCH_NAME.search(Path(path).stem)
+    return int(match.group(1)) if match else None
