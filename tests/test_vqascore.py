@@ -1,0 +1,123 @@
+"""VQAScore and trait checks on the factory's tiny native InternVL, checked against an independent Yes/No softmax."""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from loratune.config import BackendConfig
+from loratune.errors import LoratuneError
+from loratune.metrics.base import EvalImage, References, Runtime
+from loratune.metrics.registry import create_backend
+from loratune.metrics.vlm_models import dynamic_preprocess, load_vlm
+
+QUESTION = 'Does this figure show "{}"? Please answer yes or no.'
+
+
+def _images(n: int) -> list[Image.Image]:
+    rng = np.random.default_rng(0)
+    return [Image.fromarray(rng.integers(0, 255, (48 + 8 * i, 64, 3), dtype=np.uint8)) for i in range(n)]
+
+
+@functools.cache
+def _reference_model(folder: Path):
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    return AutoProcessor.from_pretrained(folder), AutoModelForImageTextToText.from_pretrained(folder, dtype=torch.float32).eval()
+
+
+def _reference_p_yes(folder: Path, image: Image.Image, question: str) -> tuple[float, float]:
+    """Yes/No softmax from the model's own next-token logits, without loratune's code path."""
+    processor, model = _reference_model(folder)
+    messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": question}]}]
+    text = processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    with torch.no_grad():
+        logits = model(**processor(images=[image], text=[text], return_tensors="pt")).logits[0, -1].double()
+    tok = processor.tokenizer
+    single = lambda words: sorted({tok.encode(w, add_special_tokens=False)[0] for w in words if len(tok.encode(w, add_special_tokens=False)) == 1})  # noqa: E731
+    yes, no = single(["Yes", " Yes", "yes", " yes"]), single(["No", " No", "no", " no"])
+    probs = torch.softmax(logits, dim=-1)
+    pair = probs[yes].sum() / (probs[yes].sum() + probs[no].sum())
+    return float(pair), float(probs[yes].sum())
+
+
+def _backend(name: str, model: Path, axis: str, **options):
+    runtime = Runtime(device=torch.device("cpu"), dtype=torch.float32, batch_size=2)
+    backend = create_backend(BackendConfig(name=name, model=str(model), **options), runtime, axis)
+    backend.load()
+    return backend
+
+
+def test_vqascore_equals_independent_yes_no_softmax(tiny_models) -> None:
+    images = _images(2)
+    prompts = ["a boy on a beach", None]
+    backend = _backend("vqascore", tiny_models.vlm, "alignment")
+    backend.setup(References())
+    backend.update([EvalImage(Path(f"{i}.png"), img, prompt=p) for i, (img, p) in enumerate(zip(images, prompts))])
+    result = backend.compute()
+
+    expected, expected_full = _reference_p_yes(tiny_models.vlm, images[0], QUESTION.format(prompts[0]))
+    assert result.per_image[1] is None  # no prompt: not scored, not 0
+    assert result.per_image[0] == pytest.approx(expected, abs=1e-5)
+    assert result.value == pytest.approx(expected, abs=1e-5)
+    assert result.stand_in and result.details["normalise"] == "pair"
+
+    full = _backend("vqascore", tiny_models.vlm, "alignment", normalise="softmax")
+    full.setup(References())
+    full.update([EvalImage(Path("0.png"), images[0], prompt=prompts[0])])
+    assert full.compute().value == pytest.approx(expected_full, abs=1e-6)
+
+
+def test_trait_checks_in_details_and_as_consistency_backend(tiny_models) -> None:
+    images = _images(1)
+    traits = {"luca": ["curly brown hair", "a teal shirt"]}
+    items = [EvalImage(Path(f"{i}.png"), img, prompt="luca on a beach", character="luca") for i, img in enumerate(images)]
+    items.append(EvalImage(Path("x.png"), images[0], prompt="someone else", character=None))
+
+    vqa = _backend("vqascore", tiny_models.vlm, "alignment")
+    vqa.setup(References(traits=traits))
+    vqa.update(items)
+    summary = vqa.compute().details["traits"]["luca"]
+    assert set(summary) == set(traits["luca"])
+    question = "Does this figure show {}? Please answer yes or no."
+    for trait, row in summary.items():
+        probs = [_reference_p_yes(tiny_models.vlm, img, question.format(trait))[0] for img in images]
+        assert row["images"] == 1
+        assert row["mean_probability"] == pytest.approx(probs[0], abs=1e-5)
+        assert row["pass_rate"] == float(probs[0] > 0.5)
+
+    consistency = _backend("traits", tiny_models.vlm, "consistency")
+    consistency.setup(References(traits=traits))
+    consistency.update(items)
+    result = consistency.compute()
+    assert result.per_image[1] is None
+    means = [row["mean_probability"] for row in summary.values()]
+    assert result.value == pytest.approx(sum(means) / len(means), abs=1e-5)
+
+    empty = _backend("traits", tiny_models.vlm, "consistency")
+    empty.setup(References())
+    empty.update(items[1:])
+    assert empty.compute().value is None
+
+
+def test_remote_code_needs_permission(tmp_path: Path) -> None:
+    folder = tmp_path / "InternVL2-1B"
+    folder.mkdir()
+    (folder / "config.json").write_text('{"architectures": ["InternVLChatModel"], "auto_map": {"AutoModel": "modeling_internvl_chat.InternVLChatModel"}}')
+    with pytest.raises(LoratuneError, match="trust_remote_code"):
+        load_vlm(str(folder), "auto", "cpu", torch.float32, False, "evaluation.backends.alignment.model")
+    with pytest.raises(LoratuneError, match="trust_remote_code"):
+        load_vlm("OpenGVLab/InternVL2-2B", "auto", "cpu", torch.float32, False, "evaluation.backends.alignment.model")
+
+
+def test_dynamic_preprocess_matches_upstream_tiling() -> None:
+    wide = Image.new("RGB", (1000, 500))
+    tiles = dynamic_preprocess(wide, max_num=12, image_size=448, use_thumbnail=True)
+    assert len(tiles) == 2 * 1 + 1 and all(t.size == (448, 448) for t in tiles)  # 2x1 grid + thumbnail
+    assert len(dynamic_preprocess(Image.new("RGB", (448, 448)), use_thumbnail=True)) == 1
+    assert len(dynamic_preprocess(Image.new("RGB", (1800, 900)), max_num=12)) == 8  # 4x2: large images get more tiles
