@@ -1,0 +1,192 @@
+"""Diversity: mean pairwise LPIPS distance among the images that share a prompt (and character), i.e. across seeds.
+
+Every image is resized to a fixed square size and scaled to [-1, 1] (LPIPS' input convention). Backbone features are
+computed once per image and reused for all of its pairs (the lpips package would recompute them per pair); the
+distance itself is the package's own layers: ``sum_k spatial_mean(lin_k((f0_k - f1_k)^2))`` on unit-normalised
+features, exactly ``lpips.LPIPS.forward``.
+
+The value is the mean over prompt groups of each group's mean pairwise distance; groups of one image are left out.
+LPIPS needs torchvision's ImageNet backbone; offline, ``pretrained_backbone: false`` (or
+``missing_backbone: stand_in``) uses a randomly initialised one, reported as stand-in weights.
+"""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+from pydantic import Field
+
+from loratune.errors import LoratuneError
+from loratune.metrics.base import AxisResult, Backend, EvalImage
+from loratune.metrics.cache import cached_model
+from loratune.metrics.openclip_models import first_line
+
+if TYPE_CHECKING:
+    import torch
+    from PIL import Image
+
+NETS = ("alex", "vgg", "squeeze")
+_TORCHVISION_WEIGHTS = {"alex": "AlexNet_Weights", "vgg": "VGG16_Weights", "squeeze": "SqueezeNet1_1_Weights"}
+
+
+def backbone_checkpoint(net: str) -> Path:
+    """Where torch.hub keeps torchvision's ImageNet weights for the LPIPS backbone (downloaded there when online)."""
+    import torch
+    import torchvision
+
+    url = getattr(torchvision.models, _TORCHVISION_WEIGHTS[net]).IMAGENET1K_V1.url
+    return Path(torch.hub.get_dir()) / "checkpoints" / url.rsplit("/", 1)[-1]
+
+
+def resize_for_lpips(image: Image.Image, size: int) -> torch.Tensor:
+    """RGB image -> 3xSxS uint8 tensor (bicubic); kept as uint8 until scoring: a quarter of the memory of floats."""
+    import numpy as np
+    import torch
+    from PIL import Image as PILImage
+
+    resized = image.convert("RGB").resize((size, size), PILImage.Resampling.BICUBIC)
+    return torch.from_numpy(np.array(resized, dtype=np.uint8)).permute(2, 0, 1)
+
+
+def to_lpips_input(pixels: torch.Tensor) -> torch.Tensor:
+    """uint8 pixels -> [-1, 1] floats, as ``lpips.im2tensor`` (x / 127.5 - 1)."""
+    return pixels.float() / 127.5 - 1.0
+
+
+class LpipsPairs:
+    """``lpips.LPIPS`` split in two: features once per image, then distances for any set of pairs."""
+
+    def __init__(self, model: Any, device: Any) -> None:
+        self.model = model
+        self.device = device
+
+    def features(self, x: torch.Tensor) -> list[torch.Tensor]:
+        import lpips
+        import torch
+
+        with torch.inference_mode():
+            outs = self.model.net.forward(self.model.scaling_layer(x.to(self.device)))
+            return [lpips.normalize_tensor(o) for o in outs]
+
+    def distances(self, feats: list[torch.Tensor], i: torch.Tensor, j: torch.Tensor) -> torch.Tensor:
+        import torch
+
+        with torch.inference_mode():
+            total = torch.zeros(len(i), device=self.device)
+            for k, lin in enumerate(self.model.lins):
+                diff = (feats[k][i] - feats[k][j]) ** 2
+                total += lin(diff).mean(dim=(1, 2, 3))
+            return total.cpu()
+
+
+def load_lpips(net: str, pretrained_backbone: bool, missing_backbone: str, device: Any, field: str) -> tuple[LpipsPairs, bool]:
+    """The LPIPS model (calibrated linear heads from the package) and whether its backbone is a stand-in."""
+
+    def loader() -> tuple[LpipsPairs, bool]:
+        with warnings.catch_warnings():  # lpips 0.1.4 calls torchvision's deprecated `pretrained=` argument
+            warnings.filterwarnings("ignore", category=UserWarning, module="torchvision")
+            return build()
+
+    def build() -> tuple[LpipsPairs, bool]:
+        import lpips
+        import torch
+
+        if pretrained_backbone:
+            try:
+                return LpipsPairs(lpips.LPIPS(net=net, verbose=False).to(device).eval(), device), False
+            except Exception as err:  # torchvision's download: offline, firewalled, or a corrupt cache file
+                if missing_backbone == "error":
+                    raise LoratuneError(
+                        f"{field}: cannot load torchvision's pretrained {net} backbone for LPIPS ({first_line(err)}); "
+                        f"put it at {backbone_checkpoint(net)} or set pretrained_backbone: false (stand-in weights)"
+                    ) from None
+        # A seeded random backbone, so stand-in scores at least repeat from run to run.
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(0)
+            model = lpips.LPIPS(net=net, pnet_rand=True, verbose=False)
+        return LpipsPairs(model.to(device).eval(), device), True
+
+    return cached_model(("lpips", net, pretrained_backbone, missing_backbone, str(device)), loader)
+
+
+class LpipsDiversity(Backend):
+    """Mean pairwise LPIPS among images of the same prompt; higher = more varied generations."""
+
+    class Options(Backend.Options):
+        size: int = Field(256, ge=32, le=2048, description="images are resized to size x size before LPIPS")
+        pretrained_backbone: bool = Field(True, description="torchvision ImageNet backbone (false: random stand-in)")
+        missing_backbone: Literal["error", "stand_in"] = Field(
+            "error", description="when the pretrained backbone cannot be loaded: fail, or fall back to a stand-in"
+        )
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        if self.model_id not in NETS:
+            raise LoratuneError(
+                f"{self.field_path}.model: LPIPS network must be one of {', '.join(NETS)} (got {self.model_id!r})"
+            )
+        self.stand_in = not self.options.pretrained_backbone
+        self.reset()
+
+    def load(self) -> None:
+        assert self.model_id is not None
+        self.lpips, self.stand_in = load_lpips(
+            self.model_id,
+            self.options.pretrained_backbone,
+            self.options.missing_backbone,
+            self.runtime.device,
+            f"{self.field_path}.model",
+        )
+
+    def reset(self) -> None:
+        self._groups: dict[str, list[int]] = {}
+        self._labels: dict[str, tuple[str | None, str | None]] = {}
+        self._inputs: list[torch.Tensor] = []
+
+    def update(self, batch: list[EvalImage]) -> None:
+        for img in batch:
+            self._groups.setdefault(img.group, []).append(len(self._inputs))
+            self._labels[img.group] = (img.character, img.prompt)
+            self._inputs.append(resize_for_lpips(img.image, self.options.size))
+
+    def _group_distances(self, rows: list[int]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        import torch
+
+        batch = self.runtime.batch_size
+        feats: list[list[torch.Tensor]] = []
+        for start in range(0, len(rows), batch):
+            x = to_lpips_input(torch.stack([self._inputs[r] for r in rows[start : start + batch]]))
+            feats.append(self.lpips.features(x))
+        layers = [torch.cat([f[k] for f in feats]) for k in range(len(feats[0]))]
+        i, j = torch.triu_indices(len(rows), len(rows), offset=1)
+        dist = torch.cat([self.lpips.distances(layers, i[s : s + batch], j[s : s + batch]) for s in range(0, len(i), batch)])
+        return i, j, dist
+
+    def compute(self) -> AxisResult:
+        import torch
+
+        per_image: list[float | None] = [None] * len(self._inputs)
+        groups: list[dict[str, Any]] = []
+        for key, rows in self._groups.items():
+            if len(rows) < 2:
+                continue
+            i, j, dist = self._group_distances(rows)
+            n = len(rows)
+            sums = torch.zeros(n).index_add_(0, i, dist).index_add_(0, j, dist)
+            for local, row in enumerate(rows):
+                per_image[row] = float(sums[local] / (n - 1))
+            character, prompt = self._labels[key]
+            groups.append({"prompt": prompt, "character": character, "images": n, "pairs": len(dist),
+                           "mean_lpips": float(dist.mean())})
+        singles = sum(1 for rows in self._groups.values() if len(rows) < 2)
+        details: dict[str, Any] = {"groups": groups, "size": self.options.size, "net": self.model_id}
+        if singles:
+            details["single_image_groups"] = singles
+        if self.stand_in:
+            details["backbone"] = "random (stand-in weights): torchvision's pretrained backbone was not used"
+        if not groups:
+            return self.missing("no prompt has two or more images (diversity compares seeds of one prompt)",
+                                per_image=per_image, details=details)
+        return self.result(sum(g["mean_lpips"] for g in groups) / len(groups), per_image=per_image, details=details)

@@ -1,0 +1,111 @@
+"""LPIPS diversity: our grouped, feature-reusing computation equals the lpips package's own pairwise numbers."""
+
+from __future__ import annotations
+
+from itertools import combinations
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from loratune.config import BackendConfig
+from loratune.errors import LoratuneError
+from loratune.metrics.base import EvalImage, Runtime
+from loratune.metrics.diversity import backbone_checkpoint
+from loratune.metrics.registry import create_backend
+
+SIZE = 64
+
+
+def make(model: str | None = None, **options: object):
+    runtime = Runtime(device=torch.device("cpu"), dtype=torch.float32, batch_size=2)
+    return create_backend(BackendConfig(name="lpips", model=model, **options), runtime, "diversity")
+
+
+@pytest.fixture(scope="module")
+def images() -> list[EvalImage]:
+    rng = np.random.default_rng(7)
+    spec = [("a boy", "luca"), ("a boy", "luca"), ("a cat", None), ("a boy", "luca"), ("a cat", None),
+            ("a boy", "alberto"), ("a dog", None), ("a boy", "alberto")]
+    out = []
+    for i, (prompt, character) in enumerate(spec):
+        base = rng.integers(0, 256, (1, 1, 3))  # a colour per image plus noise: distances differ from pair to pair
+        pixels = np.clip(base + rng.normal(0, 40, (70 + i, 90, 3)), 0, 255).astype(np.uint8)
+        out.append(EvalImage(Path(f"{i}.png"), Image.fromarray(pixels), prompt=prompt, seed=i, character=character))
+    return out
+
+
+def test_matches_lpips_package_pairwise(images):
+    import lpips
+
+    backend = make(pretrained_backbone=False, size=SIZE)
+    backend.load()
+    backend.update(images[:3])
+    backend.update(images[3:])
+    result = backend.compute()
+
+    # The package's own forward and preprocessing (im2tensor: x / 127.5 - 1) on the same weights.
+    model = backend.lpips.model
+
+    def tensor(img: EvalImage) -> torch.Tensor:
+        return lpips.im2tensor(np.array(img.image.resize((SIZE, SIZE), Image.Resampling.BICUBIC)))
+
+    groups: dict[str, list[int]] = {}
+    for i, img in enumerate(images):
+        groups.setdefault(img.group, []).append(i)
+    expected_groups, expected_per_image = [], [None] * len(images)
+    for rows in groups.values():
+        if len(rows) < 2:
+            continue
+        with torch.no_grad():
+            d = {(a, b): float(model(tensor(images[a]), tensor(images[b]))) for a, b in combinations(rows, 2)}
+        expected_groups.append(sum(d.values()) / len(d))
+        for r in rows:
+            expected_per_image[r] = sum(v for pair, v in d.items() if r in pair) / (len(rows) - 1)
+
+    assert [g["mean_lpips"] for g in result.details["groups"]] == pytest.approx(expected_groups, abs=1e-5)
+    assert [g["images"] for g in result.details["groups"]] == [3, 2, 2]  # luca/a boy, a cat, alberto/a boy
+    assert result.per_image == pytest.approx(expected_per_image, abs=1e-5)
+    assert result.per_image[6] is None and result.details["single_image_groups"] == 1
+    assert result.value == pytest.approx(sum(expected_groups) / len(expected_groups), abs=1e-5)
+    assert result.stand_in and "stand-in" in result.details["backbone"]
+
+
+def test_stand_in_backbone_is_seeded(images):
+    a = make(pretrained_backbone=False, size=SIZE)
+    a.load()
+    a.update(images)
+    first = a.compute().value
+    from loratune.metrics.cache import clear_model_cache
+
+    clear_model_cache()
+    b = make(pretrained_backbone=False, size=SIZE)
+    b.load()
+    b.update(images)
+    assert b.compute().value == pytest.approx(first, abs=1e-6)
+
+
+@pytest.mark.skipif(backbone_checkpoint("alex").exists(), reason="torchvision's AlexNet weights are cached here")
+def test_missing_pretrained_backbone_errors_or_falls_back(images):
+    with pytest.raises(LoratuneError, match=r"^evaluation\.backends\.diversity\.model: cannot load torchvision's "
+                                            r"pretrained alex backbone .*pretrained_backbone: false"):
+        make().load()
+    fallback = make(missing_backbone="stand_in", size=SIZE)
+    fallback.load()
+    fallback.update(images)
+    result = fallback.compute()
+    assert result.stand_in and result.value is not None
+
+
+def test_no_shared_prompt_is_missing_and_bad_net_is_rejected(images):
+    backend = make(pretrained_backbone=False, size=SIZE)
+    backend.load()
+    backend.update([images[0], images[2], images[6]])
+    result = backend.compute()
+    assert result.value is None and "two or more images" in result.missing_reason
+    with pytest.raises(LoratuneError, match=r"^evaluation\.backends\.diversity\.model: LPIPS network must be one of"):
+        make("resnet")
+    with pytest.raises(LoratuneError, match=r"^evaluation\.backends\.diversity\.size: "):
+        make(size=8)
