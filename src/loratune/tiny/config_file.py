@@ -28,7 +28,8 @@ def tiny_config(available_backends: set[str]) -> dict[str, Any]:
         "consistency": [{"name": "clip_i", "model": "open_clip"}],
         "aesthetics": [{"name": "laion_aesthetic", "model": "aesthetic/aesthetic.pth", "clip_model": "open_clip"}],
         "quality": [{"name": "musiq"}, {"name": "piqe"}],
-        "diversity": [{"name": "lpips"}],
+        # No torchvision AlexNet offline: LPIPS runs its shipped linear heads on a random backbone (stand-in).
+        "diversity": [{"name": "lpips", "pretrained_backbone": False, "size": 64}],
     }
     backends: dict[str, Any] = {}
     for axis, choices in wanted.items():
@@ -89,6 +90,9 @@ def tiny_config(available_backends: set[str]) -> dict[str, Any]:
 
 
 def registered_backends() -> set[str]:
+    """Backends in the registry whose module exists (a registry entry can land before its module)."""
+    import importlib.util
+
     from loratune.metrics.registry import BACKENDS
 
-    return set(BACKENDS)
+    return {name for name, spec in BACKENDS.items() if importlib.util.find_spec(spec.target.partition(":")[0])}
