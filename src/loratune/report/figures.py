@@ -118,9 +118,10 @@ def objective_names(run: RunData) -> list[str]:
     if not run.multi_objective:
         return ["composite"]
     search = run.config.get("search") if isinstance(run.config.get("search"), dict) else {}
-    objectives = search.get("objectives") if isinstance(search, dict) else None
-    if isinstance(objectives, list) and len(objectives) == len(study.directions):
-        return [str(o) for o in objectives]
+    # search.directions is an ordered mapping axis -> direction, the study's objectives in that order.
+    directions = search.get("directions") if isinstance(search, dict) else None
+    if isinstance(directions, dict) and len(directions) == len(study.directions):
+        return [str(o) for o in directions]
     return [f"objective {i}" for i in range(len(study.directions))]
 
 
