@@ -70,6 +70,20 @@ _SPECS = [
         False, False, "Apache-2.0 (DINOv2)", "facebook/dinov2-base",
         "DINO-style: cosine similarity of a self-supervised vision model's embeddings (HF or timm)",
     ),
+    BackendSpec(
+        "insightface", "consistency", "loratune.metrics.face_identity:InsightFaceIdentity", (-1.0, 1.0), True,
+        (0.0, 0.8), False, False,
+        "MIT (insightface code); its model packs (buffalo_l, antelopev2): non-commercial research use only",
+        "buffalo_l",
+        "ArcFace face-embedding cosine to the reference-face centroid and across generations; images without a face "
+        "left out; falls back to an image-embedding backend below min_detection_rate",
+    ),
+    BackendSpec(
+        "dlib_face", "consistency", "loratune.metrics.face_identity:DlibFaceIdentity", (-1.0, 1.0), True,
+        (0.8, 1.0), False, False, "Boost Software License (dlib); CC0 (face_recognition_models weights)",
+        "dlib_face_recognition_resnet_model_v1",
+        "dlib ResNet 128-d face-embedding cosine (weights ship in face_recognition_models: real, offline)",
+    ),
     # --- aesthetics -----------------------------------------------------------------------------------------------
     BackendSpec(
         "laion_aesthetic", "aesthetics", "loratune.metrics.aesthetic:LaionAesthetic", (1.0, 10.0), True, (3.0, 8.0),

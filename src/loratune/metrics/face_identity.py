@@ -1,0 +1,301 @@
+"""Character consistency from face-recognition embeddings: InsightFace ArcFace, and dlib's shipped 128-d embedder.
+
+Per character: the cosine similarity of each generated face to the centroid of the character's reference faces (the
+per-image values and, when references have faces, the axis value), and the mean pairwise similarity among the
+character's generated faces ("across generations", the value when no reference face exists). An image in which no
+face is found is counted (``details["face_detection_rate"]``) and left out — never scored 0.
+
+Stylised 3D and anime faces often defeat face detectors, so when the detection rate over the generated images falls
+below ``min_detection_rate`` the result comes from the ``fallback`` backend (an image-embedding identity backend such
+as ``clip_i``, built through the registry) run on the same images; ``details`` then says so.
+
+insightface: a model pack by name (``buffalo_l``, looked up under ``root/models/``) or folder, or a recogniser ONNX
+file by path plus a detector ONNX (``detector``); ``recogniser_only`` embeds the whole image resized to the
+recogniser's input (112 px) — meant for pre-cropped, aligned faces and for tests with a bare recogniser.
+dlib: ``face_recognition_models`` ships the HOG detector's companion files (5-point shape predictor, ResNet face
+embedder), so ``dlib_face`` is a real face embedding that works offline.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from pydantic import Field, field_validator
+
+from loratune.errors import LoratuneError
+from loratune.metrics.base import AxisResult, Backend, EvalImage, References
+from loratune.metrics.cache import cached_model
+from loratune.metrics.embedding_identity import mean_pairwise_cosine
+from loratune.modelref import is_stand_in
+
+if TYPE_CHECKING:
+    import numpy as np
+    import torch
+    from PIL import Image
+
+DEFAULT_FALLBACK: dict[str, Any] = {"name": "clip_i", "model": "ViT-L-14", "pretrained": "openai"}
+
+
+class FaceOptions(Backend.Options):
+    min_detection_rate: float = Field(
+        0.5, ge=0.0, le=1.0, description="below this share of generated images with a face, use the fallback backend"
+    )
+    fallback: dict[str, Any] | None = Field(
+        default_factory=lambda: dict(DEFAULT_FALLBACK),
+        description="identity backend used when faces are rarely found (registry name + its options); null = none",
+    )
+
+    @field_validator("fallback")
+    @classmethod
+    def _fallback_is_backend(cls, v: dict[str, Any] | None) -> dict[str, Any] | None:
+        if v is not None and "name" not in v:
+            raise ValueError("fallback needs a backend name, e.g. {name: clip_i, model: ViT-L-14}")
+        return v
+
+
+def _mean(values: list[float]) -> float | None:
+    return sum(values) / len(values) if values else None
+
+
+class _FaceIdentity(Backend):
+    """Shared bookkeeping: which images had a face, their embeddings, reference centroids, the fallback."""
+
+    options: FaceOptions
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.fallback = self._build_fallback()
+        self.centroids: dict[str | None, torch.Tensor | None] = {}
+        self.reference_faces: dict[str, dict[str, int]] = {}
+        self.references = References()
+        self.reset()
+
+    def _build_fallback(self) -> Backend | None:
+        if self.options.fallback is None:
+            return None
+        from loratune.config import BackendConfig
+        from loratune.metrics.registry import create_backend
+
+        config = BackendConfig.model_validate(self.options.fallback)
+        if config.name == self.spec.name:
+            raise LoratuneError(f"{self.field_path}.fallback: cannot fall back to {config.name!r} itself")
+        return create_backend(config, self.runtime, self.spec.axis)
+
+    def embed_faces(self, images: list[Image.Image]) -> list[np.ndarray | None]:
+        """The embedding of the largest face in each image, or None where no face is found."""
+        raise NotImplementedError
+
+    def _normalised(self, embeddings: list[np.ndarray | None]) -> list[torch.Tensor | None]:
+        import torch
+
+        return [None if e is None else torch.nn.functional.normalize(torch.as_tensor(e, dtype=torch.float32).flatten(), dim=0) for e in embeddings]
+
+    def setup(self, references: References) -> None:
+        import torch
+
+        self.references = references or References()
+        self.centroids, self.reference_faces = {}, {}
+        for character, images in self.references.images.items():
+            faces = [e for e in self._normalised(self.embed_faces(images)) if e is not None]
+            self.reference_faces[character or ""] = {"images": len(images), "with_face": len(faces)}
+            self.centroids[character] = (
+                torch.nn.functional.normalize(torch.stack(faces).mean(0), dim=0) if faces else None
+            )
+
+    def _centroid(self, character: str | None) -> torch.Tensor | None:
+        if character in self.centroids:
+            return self.centroids[character]
+        return self.centroids.get(None)
+
+    def reset(self) -> None:
+        self.items: list[EvalImage] = []
+        self.embeddings: list[torch.Tensor | None] = []
+
+    def update(self, batch: list[EvalImage]) -> None:
+        self.items += batch
+        self.embeddings += self._normalised(self.embed_faces([item.image for item in batch]))
+
+    def compute(self) -> AxisResult:
+        import torch
+
+        n = len(self.embeddings)
+        if n == 0:
+            return self.missing("no images")
+        found = sum(e is not None for e in self.embeddings)
+        rate = found / n
+        details: dict[str, Any] = {
+            "face_detection_rate": rate,
+            "images_with_face": found,
+            "images_without_face": [str(item.path) for item, e in zip(self.items, self.embeddings) if e is None],
+            "reference_faces": self.reference_faces,
+        }
+        if rate < self.options.min_detection_rate and self.fallback is not None:
+            return self._run_fallback(details)
+        per_image: list[float | None] = []
+        for item, emb in zip(self.items, self.embeddings):
+            centroid = self._centroid(item.character)
+            per_image.append(None if emb is None or centroid is None else float(emb @ centroid))
+        per_character: dict[str, dict[str, Any]] = {}
+        across_values: list[float] = []
+        for character in dict.fromkeys(item.character for item in self.items):
+            rows = [e for item, e in zip(self.items, self.embeddings) if item.character == character and e is not None]
+            across = mean_pairwise_cosine(torch.stack(rows))[0] if rows else None
+            to_refs = [p for item, p in zip(self.items, per_image) if item.character == character and p is not None]
+            per_character[character or ""] = {"faces": len(rows), "to_reference_centroid": _mean(to_refs), "across_generations": across}
+            if across is not None:
+                across_values.append(across)
+        scored = [p for p in per_image if p is not None]
+        details.update(
+            per_character=per_character, to_reference_centroid=_mean(scored), across_generations=_mean(across_values)
+        )
+        if scored:
+            details["mode"] = "cosine to the character's reference-face centroid; images without a face left out"
+            return self.result(_mean(scored), per_image=per_image, details=details)
+        if across_values:
+            details["mode"] = "across generations only (no reference faces)"
+            return self.result(_mean(across_values), per_image=per_image, details=details)
+        return self.missing(f"faces found in {found} of {n} images; nothing to compare", per_image=per_image, details=details)
+
+    def _run_fallback(self, details: dict[str, Any]) -> AxisResult:
+        assert self.fallback is not None
+        fallback = self.fallback
+        fallback.load()
+        fallback.setup(self.references)
+        fallback.reset()
+        step = max(1, self.runtime.batch_size)
+        for start in range(0, len(self.items), step):
+            fallback.update(self.items[start : start + step])
+        result = fallback.compute()
+        result.details = {
+            **result.details,
+            "fallback_from": self.spec.name,
+            "fallback_reason": (
+                f"faces found in {details['face_detection_rate']:.0%} of the images "
+                f"(< min_detection_rate {self.options.min_detection_rate:.0%})"
+            ),
+            **details,
+        }
+        return result
+
+
+class InsightFaceIdentity(_FaceIdentity):
+    """ArcFace embeddings via insightface: a FaceAnalysis pack, or detector + recogniser ONNX files by path."""
+
+    class Options(FaceOptions):
+        root: str = Field("~/.insightface", description="where insightface keeps packs (root/models/<name>)")
+        detector: str | None = Field(None, description="detector ONNX (SCRFD/RetinaFace) when `model` is a recogniser ONNX")
+        recogniser_only: bool = Field(False, description="no detector: embed the whole image resized to 112 px")
+        det_size: int = Field(640, ge=64, le=2048)
+        det_thresh: float = Field(0.5, gt=0.0, lt=1.0)
+
+    options: Options
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        ref = self.model_id or ""
+        self.is_onnx = ref.endswith(".onnx")
+        if self.is_onnx and not Path(ref).expanduser().is_file():
+            raise LoratuneError(f"{self.field_path}.model: recogniser ONNX not found: {ref}")
+        if self.options.detector and not Path(self.options.detector).expanduser().is_file():
+            raise LoratuneError(f"{self.field_path}.detector: detector ONNX not found: {self.options.detector}")
+        if self.is_onnx and not self.options.detector and not self.options.recogniser_only:
+            raise LoratuneError(
+                f"{self.field_path}: a recogniser ONNX needs a detector (option detector: PATH.onnx) "
+                "or recogniser_only: true for pre-cropped faces"
+            )
+
+    def load(self) -> None:
+        device = str(self.runtime.device)
+        opts = self.options
+        key = ("insightface", self.model_id, opts.root, opts.detector, opts.recogniser_only, opts.det_size, opts.det_thresh, device)
+        self.detector, self.recogniser = cached_model(key, self._load)
+        self.stand_in = is_stand_in(self.model_id) or (opts.detector is not None and is_stand_in(opts.detector))
+
+    def _load(self) -> tuple[Any, Any]:
+        from insightface.model_zoo import get_model
+
+        gpu = str(self.runtime.device).startswith("cuda")
+        ctx_id = 0 if gpu else -1
+        providers = ["CUDAExecutionProvider", "CPUExecutionProvider"] if gpu else ["CPUExecutionProvider"]
+        opts = self.options
+        ref = str(Path(self.model_id or "").expanduser()) if self.is_onnx else (self.model_id or "")
+        try:
+            if self.is_onnx:
+                recogniser = get_model(ref, providers=providers)
+                recogniser.prepare(ctx_id)
+                detector = None
+                if opts.detector and not opts.recogniser_only:
+                    detector = get_model(str(Path(opts.detector).expanduser()), providers=providers)
+                    detector.prepare(ctx_id, input_size=(opts.det_size, opts.det_size), det_thresh=opts.det_thresh)
+                return detector, recogniser
+            from insightface.app import FaceAnalysis
+
+            app = FaceAnalysis(name=ref, root=opts.root, allowed_modules=["detection", "recognition"], providers=providers)
+            app.prepare(ctx_id=ctx_id, det_size=(opts.det_size, opts.det_size), det_thresh=opts.det_thresh)
+        except (OSError, AssertionError, RuntimeError, ValueError) as err:
+            raise LoratuneError(f"{self.field_path}.model: cannot load insightface model {ref!r}: {str(err).splitlines()[0]}") from None
+        return (None if opts.recogniser_only else app.det_model), app.models["recognition"]
+
+    def embed_faces(self, images: list[Image.Image]) -> list[np.ndarray | None]:
+        import numpy as np
+        from insightface.app.common import Face
+
+        bgr = [np.ascontiguousarray(np.asarray(img.convert("RGB"))[:, :, ::-1]) for img in images]
+        if self.detector is None:
+            return list(self.recogniser.get_feat(bgr)) if bgr else []
+        out: list[np.ndarray | None] = []
+        for img in bgr:
+            boxes, kps = self.detector.detect(img, max_num=0, metric="default")
+            if boxes is None or len(boxes) == 0 or kps is None:
+                out.append(None)
+                continue
+            i = int(np.argmax((boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])))
+            face = Face(bbox=boxes[i, :4], kps=kps[i], det_score=float(boxes[i, 4]))
+            out.append(np.asarray(self.recogniser.get(img, face)))
+        return out
+
+
+class DlibFaceIdentity(_FaceIdentity):
+    """dlib's HOG face detector + 5-point alignment + ResNet 128-d embedding (files from face_recognition_models)."""
+
+    class Options(FaceOptions):
+        upsample: int = Field(1, ge=0, le=3, description="dlib detector upsampling: finds smaller faces, slower")
+        jitter: int = Field(0, ge=0, le=100, description="dlib num_jitters: average over re-sampled crops")
+
+    options: Options
+
+    def load(self) -> None:
+        self.detector, self.shape_predictor, self.embedder = cached_model(("dlib_face",), _load_dlib)
+        self.model_id = "dlib_face_recognition_resnet_model_v1 (face_recognition_models)"
+
+    def embed_faces(self, images: list[Image.Image]) -> list[np.ndarray | None]:
+        import numpy as np
+
+        out: list[np.ndarray | None] = []
+        for img in images:
+            rgb = np.ascontiguousarray(np.asarray(img.convert("RGB")))
+            rects = self.detector(rgb, self.options.upsample)
+            if len(rects) == 0:
+                out.append(None)
+                continue
+            rect = max(rects, key=lambda r: r.area())
+            shape = self.shape_predictor(rgb, rect)
+            out.append(np.asarray(self.embedder.compute_face_descriptor(rgb, shape, self.options.jitter)))
+        return out
+
+
+def _load_dlib() -> tuple[Any, Any, Any]:
+    import warnings
+
+    import dlib
+
+    with warnings.catch_warnings():  # face_recognition_models imports pkg_resources, which warns on import
+        warnings.simplefilter("ignore")
+        import face_recognition_models as frm
+
+    return (
+        dlib.get_frontal_face_detector(),
+        dlib.shape_predictor(frm.pose_predictor_five_point_model_location()),
+        dlib.face_recognition_model_v1(frm.face_recognition_model_location()),
+    )

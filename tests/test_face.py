@@ -1,0 +1,103 @@
+"""Face identity: InsightFace on the factory's ArcFace ONNX (by path), dlib's shipped embedder on real faces, fallback."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import insightface
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from skimage import data
+
+from loratune.config import BackendConfig
+from loratune.errors import LoratuneError
+from loratune.metrics.base import EvalImage, References, Runtime
+from loratune.metrics.registry import create_backend
+
+RUNTIME = Runtime(device=torch.device("cpu"), dtype=torch.float32, batch_size=4)
+HANKS = Path(insightface.__file__).parent / "data" / "images" / "Tom_Hanks_54745.png"
+
+
+def _backend(name: str, **options):
+    backend = create_backend(BackendConfig(name=name, **options), RUNTIME, "consistency")
+    backend.load()
+    return backend
+
+
+def _astronaut_face() -> Image.Image:
+    return Image.fromarray(data.astronaut()[0:260, 120:340])  # Eileen Collins' face, without the mission patch
+
+
+def _noise(seed: int) -> Image.Image:
+    return Image.fromarray(np.random.default_rng(seed).integers(0, 255, (96, 96, 3), dtype=np.uint8))
+
+
+def test_insightface_loads_factory_onnx_by_path(tiny_models) -> None:
+    import cv2
+    import onnxruntime
+
+    images = [_noise(0), _noise(1), _astronaut_face()]
+    backend = _backend("insightface", model=str(tiny_models.arcface), recogniser_only=True, fallback=None)
+    backend.setup(References(images={None: [images[2]]}))
+    backend.update([EvalImage(Path(f"{i}.png"), img) for i, img in enumerate(images[:2])])
+    result = backend.compute()
+
+    # Independent: onnxruntime on the same file, insightface's ArcFace preprocessing ((x - 127.5) / 127.5, RGB, 112 px).
+    session = onnxruntime.InferenceSession(str(tiny_models.arcface), providers=["CPUExecutionProvider"])
+
+    def embed(img: Image.Image) -> np.ndarray:
+        x = cv2.resize(np.asarray(img), (112, 112)).astype(np.float32)
+        x = ((x - 127.5) / 127.5).transpose(2, 0, 1)[None]
+        e = session.run(None, {session.get_inputs()[0].name: x})[0][0]
+        return e / np.linalg.norm(e)
+
+    ref = embed(images[2])
+    expected = [float(embed(img) @ ref) for img in images[:2]]
+    assert result.per_image == pytest.approx(expected, abs=1e-4)
+    assert result.stand_in and result.details["face_detection_rate"] == 1.0
+    assert result.details["across_generations"] == pytest.approx(float(embed(images[0]) @ embed(images[1])), abs=1e-4)
+
+    with pytest.raises(LoratuneError, match="detector"):
+        create_backend(BackendConfig(name="insightface", model=str(tiny_models.arcface)), RUNTIME, "consistency")
+
+
+def test_dlib_puts_a_face_closer_to_its_mirror_than_to_another_face() -> None:
+    face = _astronaut_face()
+    mirror = face.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+    other = Image.open(HANKS).convert("RGB")
+    backend = _backend("dlib_face", fallback=None)
+    a, m, o = (torch.nn.functional.normalize(torch.as_tensor(e), dim=0) for e in backend.embed_faces([face, mirror, other]))
+    assert float(a @ m) > float(a @ o)
+
+    backend.setup(References(images={"eileen": [face]}))
+    items = [EvalImage(Path("mirror.png"), mirror, character="eileen"), EvalImage(Path("hanks.png"), other, character="eileen"),
+             EvalImage(Path("noise.png"), _noise(2), character="eileen")]
+    backend.update(items)
+    result = backend.compute()
+    assert not result.stand_in
+    assert result.per_image[0] > result.per_image[1] and result.per_image[2] is None  # no face: left out, not 0
+    assert result.details["face_detection_rate"] == pytest.approx(2 / 3)
+    assert result.details["images_without_face"] == ["noise.png"]
+    assert result.value == pytest.approx((result.per_image[0] + result.per_image[1]) / 2)
+
+
+def test_too_few_faces_fall_back_to_image_embeddings(tiny_models) -> None:
+    fallback = {"name": "clip_i", "model": str(tiny_models.open_clip)}
+    backend = _backend("dlib_face", fallback=fallback, min_detection_rate=0.5)
+    refs = References(images={None: [_noise(5)]})
+    items = [EvalImage(Path(f"{i}.png"), _noise(i)) for i in range(3)]
+    backend.setup(refs)
+    backend.update(items)
+    result = backend.compute()
+
+    direct = _backend("clip_i", model=str(tiny_models.open_clip))
+    direct.setup(refs)
+    direct.update(items)
+    expected = direct.compute()
+    assert result.backend == "clip_i" and result.value == pytest.approx(expected.value)
+    assert result.details["fallback_from"] == "dlib_face" and result.details["face_detection_rate"] == 0.0
+
+    with pytest.raises(LoratuneError, match="fallback"):
+        create_backend(BackendConfig(name="dlib_face", fallback={"model": "x"}), RUNTIME, "consistency")
