@@ -91,6 +91,11 @@ _SPECS = [
         "camenduru/improved-aesthetic-predictor/sac+logos+ava1-l14-linearMSE.pth",
         "LAION Aesthetics Predictor V2: MLP on L2-normalised CLIP ViT-L/14 image embeddings, 1-10",
     ),
+    BackendSpec(
+        "cafe_aesthetic", "aesthetics", "loratune.metrics.cafe:CafeAesthetic", (0.0, 1.0), True, (0.0, 1.0),
+        False, False, "AGPL-3.0 (cafeai/cafe_aesthetic model card)", "cafeai/cafe_aesthetic",
+        "cafe_aesthetic: P(label == 'aesthetic') from its image classifier (all labels read, not the top one's score)",
+    ),
     # --- technical quality ----------------------------------------------------------------------------------------
     BackendSpec(
         "musiq", "quality", "loratune.metrics.quality:Musiq", (0.0, 100.0), True, (20.0, 80.0),
