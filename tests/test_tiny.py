@@ -165,6 +165,21 @@ def test_config_validates_with_relative_paths(tiny_models):
     assert str(tiny_models.root) not in tiny_models.config.read_text()  # relocatable
 
 
+def test_sdxl_config_validates(tiny_models):
+    from loratune.config import load_config
+
+    config = load_config(tiny_models.config_sdxl)
+    assert (config.model.base, config.model.family) == (str(tiny_models.sdxl), "sdxl")
+
+
+def test_cli_prints_the_paths(tiny_models, capsys):
+    from loratune.cli import main
+
+    assert main(["tiny-models", str(tiny_models.root)]) == 0
+    out = capsys.readouterr().out
+    assert f"config: {tiny_models.config}\n" in out
+
+
 def test_reuses_a_complete_build(tiny_models):
     from loratune.tiny import build_tiny_models
 

@@ -37,4 +37,6 @@ def command(
         if name != "root":
             table.add_row(name, path)
     Console().print(table)
-    Console().print(f"config: {models.config}")
+    # Plain lines (no wrapping) so scripts can pick the configs out.
+    typer.echo(f"config: {models.config}")
+    typer.echo(f"config (SDXL): {models.config_sdxl}")

@@ -10,7 +10,7 @@
     out_dir/arcface/arcface.onnx      insightface.model_zoo.get_model(path) -> ArcFaceONNX
     out_dir/vlm/           AutoModelForImageTextToText / AutoProcessor.from_pretrained(path) (native InternVL)
     out_dir/dataset/train/10_<token>/*.png + .txt, out_dir/dataset/references/<token>/*.png
-    out_dir/loratune.yaml  a config using all of the above (relative paths)
+    out_dir/loratune.yaml  a config using all of the above (relative paths); loratune-sdxl.yaml: the same on SDXL
 
 Each model folder holds a ``loratune-stand-in.json`` marker, so every score computed with it says "stand-in weights".
 The folder is built under a temporary name and renamed into place; a complete build is reused unless ``force``.

@@ -19,6 +19,7 @@ from loratune.modelref import write_stand_in_marker
 FACTORY_VERSION = 2
 MANIFEST = "loratune-tiny.json"
 CONFIG_NAME = "loratune.yaml"
+SDXL_CONFIG_NAME = "loratune-sdxl.yaml"
 SEED = 0
 
 # Relative locations inside out_dir (also what the yaml refers to).
@@ -33,6 +34,7 @@ LAYOUT: dict[str, str] = {
     "dataset": "dataset/train",
     "references": "dataset/references",
     "config": CONFIG_NAME,
+    "config_sdxl": SDXL_CONFIG_NAME,
 }
 
 
@@ -51,6 +53,7 @@ class TinyModels:
     dataset: Path
     references: Path
     config: Path
+    config_sdxl: Path  # the same config on the SDXL pipeline
 
     @classmethod
     def at(cls, root: Path) -> TinyModels:
@@ -79,7 +82,7 @@ def build_tiny_models(out_dir: str | Path, force: bool = False, progress: Progre
         with atomic_dir(root) as tmp:
             tmp.chmod(0o755)  # mkdtemp makes it private; the cache is an ordinary shared folder
             _build_all(tmp, say)
-            say("writing the config")
+            say("writing the configs")
             _write_config(TinyModels.at(tmp))
             (tmp / MANIFEST).write_text(
                 json.dumps({"version": FACTORY_VERSION, "seed": SEED, "paths": LAYOUT}, indent=2) + "\n"
@@ -126,25 +129,31 @@ def _complete(root: Path) -> bool:
     return manifest.get("version") == FACTORY_VERSION
 
 
-def _config_text(models: TinyModels) -> str:
+def _config_texts(models: TinyModels) -> dict[Path, str]:
     from loratune.tiny.config_file import registered_backends, tiny_config
 
     header = (
         "# loratune config for the tiny stand-in models written by `loratune tiny-models`.\n"
         "# Every model here has random weights: scores exercise the pipeline, they mean nothing.\n"
     )
-    return header + yaml.safe_dump(tiny_config(registered_backends()), sort_keys=False)
+    config = tiny_config(registered_backends())
+    sdxl = {**config, "model": {**config["model"], "base": LAYOUT["sdxl"], "family": "sdxl"}}
+    return {
+        models.config: header + yaml.safe_dump(config, sort_keys=False),
+        models.config_sdxl: header + yaml.safe_dump(sdxl, sort_keys=False),
+    }
 
 
 def _write_config(models: TinyModels) -> None:
-    atomic_write_text(models.config, _config_text(models))
+    for path, text in _config_texts(models).items():
+        atomic_write_text(path, text)
 
 
 def _refresh_config(models: TinyModels) -> None:
     """The yaml picks backends the registry knows; rewrite it when that set changed since the build."""
-    text = _config_text(models)
-    if not models.config.is_file() or models.config.read_text() != text:
-        atomic_write_text(models.config, text)
+    for path, text in _config_texts(models).items():
+        if not path.is_file() or path.read_text() != text:
+            atomic_write_text(path, text)
 
 
 @contextlib.contextmanager
