@@ -24,13 +24,16 @@ def _sample(path: Path, hue: int, seed: int) -> None:
 
 
 def _write_epoch(trial_dir: Path, epoch: int, hue: int) -> None:
-    folder = trial_dir / "samples" / f"epoch-{epoch:04d}"
+    _write_folder(trial_dir / "samples" / f"epoch-{epoch:04d}", hue + epoch)
+
+
+def _write_folder(folder: Path, hue: int) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     rows = []
     for p, (character, prompt) in enumerate(PROMPTS):
         for seed in SEEDS:
             name = f"p{p:02d}-s{seed}.png"
-            _sample(folder / name, hue + epoch + p, seed)
+            _sample(folder / name, hue + p, seed)
             rows.append({"file": name, "prompt": prompt, "seed": seed, "character": character})
     (folder / "samples.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
 
@@ -41,7 +44,9 @@ def _axes(x: float) -> dict[str, float | None]:
 
 
 def make_run(run_dir: Path, epochs: int = 3, multi_objective: bool = False, stand_in: bool = True) -> Path:
-    """Write a run with 6 trials: baseline, 3 search trials (one pruned, one failed), a refinement and an ensemble."""
+    """Write a run with 6 trials: baseline, 3 search trials (one pruned, one failed), a refinement and an ensemble.
+
+    Single objective: trial 4 (refine) is best at epoch 2, then the ensemble (5), 1, 0, the pruned 2, the failed 3."""
     run_dir.mkdir(parents=True, exist_ok=True)
     models = run_dir.parent / "models"
     (models / "sd15").mkdir(parents=True, exist_ok=True)
@@ -78,6 +83,17 @@ def make_run(run_dir: Path, epochs: int = 3, multi_objective: bool = False, stan
         trial.set_user_attr("phase", phase)
         trial.set_user_attr("trial_dir", f"trials/{trial.number:04d}")
         trial.set_user_attr("stand_in", stand_in)
+        if phase == "ensemble":  # as the runner does it: one merged LoRA, sampled once, no epochs reported
+            _write_folder(trial_dir / "samples" / "ensemble", hue=99)
+            trial.set_user_attr("best_epoch", 0)
+            trial.set_user_attr("samples", "samples/ensemble")
+            trial.set_user_attr("members", [4, 1])
+            trial.set_user_attr("axes", _axes(0.5))
+            trial.set_user_attr("composite", 0.55)
+            (trial_dir / "scores.json").write_text(json.dumps({"best_epoch": 0, "composite": 0.55, "axes": _axes(0.5),
+                                                               "epochs": [{"epoch": 0, "composite": 0.55}]}))
+            study.tell(trial, [0.75, 0.47] if multi_objective else 0.55)
+            continue
         x = (i * 0.37) % 1.0
         curve = [0.3 + x * 0.4 + 0.1 * e - 0.06 * e * e / 2 for e in range(1, epochs + 1)]
         failed = i == 3
@@ -98,11 +114,20 @@ def make_run(run_dir: Path, epochs: int = 3, multi_objective: bool = False, stan
         trial.set_user_attr("best_epoch", best_epoch)
         trial.set_user_attr("axes", axes)
         trial.set_user_attr("composite", curve[best_epoch - 1])
+        # The runner's summary, and one evaluation's full scores.json per epoch (as loratune.evaluation writes it).
         (trial_dir / "scores.json").write_text(json.dumps({
-            "composite": curve[best_epoch - 1], "normalised": axes, "epoch": best_epoch,
-            "backends": [{"name": "clipscore", "axis": "alignment", "model": str(models / "sd15"),
-                          "stand_in_weights": stand_in, "licence": "MIT"}],
+            "best_epoch": best_epoch, "composite": curve[best_epoch - 1], "axes": axes, "stand_in": stand_in,
+            "epochs": [{"epoch": e, "composite": curve[e - 1], "axes": _axes(x + e / 10)} for e in range(1, last + 1)],
         }))
+        for epoch in range(1, last + 1):
+            (trial_dir / "scores" / f"epoch-{epoch:04d}").mkdir(parents=True)
+            (trial_dir / "scores" / f"epoch-{epoch:04d}" / "scores.json").write_text(json.dumps({
+                "composite": curve[epoch - 1],
+                "axes": {"alignment": {"backend": "clipscore", "model": str(models / "sd15"), "normalised": 0.5,
+                                       "stand_in_weights": stand_in}},
+                "backends": [{"name": "clipscore", "axis": "alignment", "model": str(models / "sd15"),
+                              "stand_in_weights": stand_in, "licence": "MIT"}],
+            }))
         study.tell(trial, [axes["alignment"], axes["consistency"]] if multi_objective else curve[best_epoch - 1])
     (run_dir / "best").mkdir()
     (run_dir / "best" / "lora.safetensors").write_bytes(b"")

@@ -49,25 +49,27 @@ def test_report_content(run_dir):
     result = build_report(run_dir)
     html = result.path.read_text()
     assert result.trials == 6 and result.stand_in
-    for key in ("history", "intermediate", "importances", "parallel", "timeline"):
+    for key in ("history", "intermediate", "best-axes", "importances", "parallel", "timeline"):
         assert f'id="plot-{key}"' in html
     assert 'id="plot-pareto"' not in html
     assert 'id="stand-in-warning"' in html
     # Trial table: one row per trial, best first, with phases and states.
     table = html.split('id="trial-table"')[1].split("</table>")[0]
     assert table.count("<tr") == 7  # header + 6 trials
-    assert [m for m in re.findall(r'href="#trial-(\d+)"', table)][0] == "5"
-    for word in ("baseline", "refine", "ensemble", "pruned", "fail"):
+    assert re.findall(r'href="#trial-(\d+)"', table) == ["4", "5", "1", "0", "2", "3"]
+    for word in ("baseline", "refine", "ensemble", "pruned", "fail", "merge of trials #4, #1", "pruned after epoch 1"):
         assert word in table
-    # Samples: trial 5 (best) comes first and its best epoch (2) is outlined; the pruned trial has 1 epoch.
+    # Samples: trial 4 (best) comes first and its best epoch (2) is outlined; the ensemble shows its merged LoRA.
     samples = html.split('id="samples"')[1]
-    assert samples.index('id="trial-5"') < samples.index('id="trial-0"')
+    assert samples.index('id="trial-4"') < samples.index('id="trial-5"') < samples.index('id="trial-0"')
+    trial4 = samples.split('id="trial-4"')[1].split("</details>")[0]
+    assert re.search(r'class="epoch best-epoch" data-epoch="2"', trial4)
+    assert trial4.count('data-epoch=') == 3
     trial5 = samples.split('id="trial-5"')[1].split("</details>")[0]
-    assert re.search(r'class="epoch best-epoch" data-epoch="2"', trial5)
-    assert trial5.count('data-epoch=') == 3
-    # 2 prompts x 2 seeds per epoch. The 5 best-ranked trials show every epoch (3, the pruned one 1); the 6th (the
-    # failed trial) shows only its best epoch.
-    assert result.images == 4 * (4 * 3 + 1 + 1)
+    assert trial5.count('data-epoch=') == 1 and "merged LoRA" in trial5 and "best-epoch" not in trial5
+    # 2 prompts x 2 seeds per grid. The 5 best-ranked trials show every epoch (4: 3, ensemble: 1, 1: 3, 0: 3,
+    # pruned 2: 1); the 6th (the failed trial) only its best epoch.
+    assert result.images == 4 * (3 + 1 + 3 + 3 + 1 + 1)
     assert "luca boy on a beach" in samples and "seed 1" in samples
     # Audit summary and the models.
     assert "near-duplicate of 002.png" in html and "10_alberto/007.png" in html

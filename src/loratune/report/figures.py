@@ -81,6 +81,8 @@ def build_figures(run: RunData) -> list[Figure]:
             lambda: vis.plot_intermediate_values(study) if any(t.intermediate_values for t in study.trials) else None,
             note="each line is a trial; every epoch's checkpoint is scored, pruned trials stop early",
         ))
+        figures.append(_figure("best-axes", "Best trial: every axis per epoch", lambda: _best_axes(run),
+                               note="normalised 0–1; the composite is their weighted mean"))
     figures.append(_figure(
         "importances", "Parameter importances",
         lambda: vis.plot_param_importances(study) if len(completed) >= 2 and _varied_params(completed) else None,
@@ -98,6 +100,29 @@ def build_figures(run: RunData) -> list[Figure]:
     figures.append(_figure("timeline", "Timeline", lambda: vis.plot_timeline(study) if study.trials else None,
                            note="when each trial ran and how it ended (complete, pruned, failed)"))
     return figures
+
+
+def _best_axes(run: RunData) -> go.Figure | None:
+    """The best trial's per-epoch scores (the runner's scores.json ``epochs``): where each axis peaked."""
+    import plotly.graph_objects as go
+
+    best_number = run.study.best_trial.number
+    info = next((t for t in run.trials if t.number == best_number), None)
+    epochs = (info.scores or {}).get("epochs") if info is not None else None
+    if not isinstance(epochs, list) or not epochs:
+        return None
+    rows = sorted((e for e in epochs if isinstance(e, dict) and "epoch" in e), key=lambda e: e["epoch"])
+    fig = go.Figure()
+    axes: list[str] = []
+    for row in rows:
+        axes += [a for a in (row.get("axes") or {}) if a not in axes]
+    for axis in axes:
+        fig.add_trace(go.Scatter(x=[r["epoch"] for r in rows], y=[(r.get("axes") or {}).get(axis) for r in rows],
+                                 mode="lines+markers", name=axis))
+    fig.add_trace(go.Scatter(x=[r["epoch"] for r in rows], y=[r.get("composite") for r in rows],
+                             mode="lines+markers", name="composite", line={"width": 4, "color": "#1d2330"}))
+    fig.update_layout(title=f"Trial {best_number}", xaxis_title="epoch", yaxis_title="normalised score")
+    return fig
 
 
 def _pareto(study: optuna.study.Study, names: list[str]) -> go.Figure:

@@ -181,7 +181,8 @@ def _table(run: RunData, ranked: list[TrialInfo]) -> str:
                 params.append(name)
     names = objective_names(run)
     value_cols = names if run.multi_objective else ["composite"]
-    head = (["#", "trial", "phase", "state", *value_cols, "best epoch"] + [f"{a} (0–1)" for a in axes] + params)
+    head = (["#", "trial", "phase", "state", *value_cols, "best epoch"] + [f"{a} (0–1)" for a in axes] + params
+            + ["note"])
     rows = []
     for rank, info in enumerate(ranked, 1):
         trial = info.trial
@@ -202,7 +203,8 @@ def _table(run: RunData, ranked: list[TrialInfo]) -> str:
         rows.append(
             f"<tr{cls}><td class='num'>{rank}</td><td>{link}</td><td>{escape(info.phase)}</td>"
             f"<td class='state-{trial.state.name}'>{trial.state.name.lower()}</td>{''.join(values)}"
-            f"<td class='num'>{_fmt(info.best_epoch)}</td>{''.join(axis_cells)}{''.join(param_cells)}</tr>"
+            f"<td class='num'>{_fmt(info.best_epoch)}</td>{''.join(axis_cells)}{''.join(param_cells)}"
+            f"<td class='muted'>{escape(info.note)}</td></tr>"
         )
     header = "".join(f"<th>{escape(h)}</th>" for h in head)
     note = ("Axes are normalised to 0–1 at the trial's best epoch; the composite is their weighted mean (a missing axis "
@@ -212,7 +214,7 @@ def _table(run: RunData, ranked: list[TrialInfo]) -> str:
             f'<tbody>{"".join(rows)}</tbody></table></div></section>')
 
 
-def _grid(epoch: EpochSamples, thumb: int, is_best: bool, budget: list[int]) -> str:
+def _grid(epoch: EpochSamples, thumb: int, is_best: bool, budget: list[int], merged: bool = False) -> str:
     prompts: list[str] = []
     seeds: list[int | None] = []
     for img in epoch.images:
@@ -240,7 +242,7 @@ def _grid(epoch: EpochSamples, thumb: int, is_best: bool, budget: list[int]) -> 
             alt = escape(f"{prompt} (seed {seed})")
             tds.append(f'<td><img class="sample" src="{uri}" alt="{alt}" title="{alt}" loading="eager"></td>')
         rows.append(f"<tr><th class='prompt'>{escape(prompt)}</th>{''.join(tds)}</tr>")
-    label = f"epoch {epoch.epoch}" + (" ★ best epoch" if is_best else "")
+    label = "merged LoRA" if merged else f"epoch {epoch.epoch}" + (" ★ best epoch" if is_best else "")
     cls = "epoch best-epoch" if is_best else "epoch"
     return (f'<div class="{cls}" data-epoch="{epoch.epoch}"><div class="label">{escape(label)}</div>'
             f'<table class="grid">{head}{"".join(rows)}</table></div>')
@@ -262,7 +264,8 @@ def _samples(ranked: list[TrialInfo], thumb: int, all_epochs_for: int, max_image
             skipped = len(epochs) - len(picked)
             epochs = picked
         shown_full += 1
-        grids = "".join(_grid(e, thumb, e.epoch == best, budget) for e in epochs)
+        merged = info.phase == "ensemble"
+        grids = "".join(_grid(e, thumb, e.epoch == best and not merged, budget, merged) for e in epochs)
         more = f'<p class="muted">{skipped} other epoch(s) not shown.</p>' if skipped else ""
         composite = _composite(info)
         title = (f"#{rank} · trial {info.number} · {info.phase} · {info.trial.state.name.lower()} · composite "

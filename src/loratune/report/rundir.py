@@ -75,9 +75,27 @@ class TrialInfo:
         axes = self.attrs.get("axes")
         if isinstance(axes, dict):
             return {str(k): (float(v) if v is not None else None) for k, v in axes.items()}
-        if self.scores and isinstance(self.scores.get("normalised"), dict):
-            return {str(k): (float(v) if v is not None else None) for k, v in self.scores["normalised"].items()}
+        for key in ("axes", "normalised"):  # the runner's scores.json, or an evaluation's
+            found = (self.scores or {}).get(key)
+            if isinstance(found, dict):
+                values = {str(k): (v.get("normalised") if isinstance(v, dict) else v) for k, v in found.items()}
+                return {k: (float(v) if isinstance(v, (int, float)) else None) for k, v in values.items()}
         return {}
+
+    @property
+    def note(self) -> str:
+        """Why a trial ended as it did (failure reason, ensemble members, retry), for the trial table."""
+        attrs = self.attrs
+        parts = []
+        if attrs.get("fail_reason"):
+            parts.append(str(attrs["fail_reason"]))
+        if attrs.get("members"):
+            parts.append("merge of trials " + ", ".join(f"#{m}" for m in attrs["members"]))
+        if attrs.get("retry_of") is not None:
+            parts.append(f"retry of #{attrs['retry_of']}")
+        if self.trial.state.name == "PRUNED" and self.trial.intermediate_values:
+            parts.append(f"pruned after epoch {max(self.trial.intermediate_values)}")
+        return "; ".join(parts)
 
 
 @dataclass
@@ -198,17 +216,40 @@ def read_samples(epoch_dir: Path) -> list[SampleImage]:
     return images
 
 
-def read_epochs(folder: Path | None) -> list[EpochSamples]:
-    if folder is None or not (folder / "samples").is_dir():
+def read_epochs(folder: Path | None, attrs: dict[str, Any]) -> list[EpochSamples]:
+    """Samples per checkpoint (``samples/epoch-XXXX``), plus the folder the trial names as its best samples when that
+    is elsewhere (the ensemble trial samples its merged LoRA into ``samples/<name>``)."""
+    if folder is None:
         return []
     epochs = []
-    for sub in sorted((folder / "samples").iterdir()):
-        match = _EPOCH_DIR.match(sub.name)
-        if match and sub.is_dir():
-            images = read_samples(sub)
-            if images:
-                epochs.append(EpochSamples(int(match.group(1)), images))
+    if (folder / "samples").is_dir():
+        for sub in sorted((folder / "samples").iterdir()):
+            match = _EPOCH_DIR.match(sub.name)
+            if match and sub.is_dir():
+                images = read_samples(sub)
+                if images:
+                    epochs.append(EpochSamples(int(match.group(1)), images))
+    named = attrs.get("samples")
+    if isinstance(named, str) and named and not _EPOCH_DIR.match(Path(named).name) and (folder / named).is_dir():
+        images = read_samples(folder / named)
+        if images:
+            epochs.append(EpochSamples(int(attrs.get("best_epoch") or 0), images))
     return sorted(epochs, key=lambda e: e.epoch)
+
+
+def _epoch_scores(trials: list[TrialInfo]) -> dict[str, Any] | None:
+    """One evaluation's full scores.json (``trials/NNNN/scores/epoch-XXXX/``): it names the backends that ran."""
+    for info in trials:
+        if info.folder is None or not (info.folder / "scores").is_dir():
+            continue
+        candidates = sorted((info.folder / "scores").glob("epoch-*/scores.json"), reverse=True)
+        if info.best_epoch is not None:
+            candidates.insert(0, info.folder / "scores" / f"epoch-{info.best_epoch:04d}" / "scores.json")
+        for path in candidates:
+            data = _read_json(path)
+            if isinstance(data, dict):
+                return data
+    return None
 
 
 def _backends(config: dict[str, Any], trials: list[TrialInfo]) -> list[BackendUse]:
@@ -216,11 +257,16 @@ def _backends(config: dict[str, Any], trials: list[TrialInfo]) -> list[BackendUs
     from loratune.modelref import is_stand_in
 
     found: dict[str, BackendUse] = {}
-    for info in trials:
-        listed = (info.scores or {}).get("backends")
+    evaluation_scores = _epoch_scores(trials)
+    for scores in [evaluation_scores] + [info.scores for info in trials]:
+        listed = (scores or {}).get("backends")
         if isinstance(listed, dict):
             listed = [dict(v, axis=v.get("axis", k)) for k, v in listed.items() if isinstance(v, dict)]
-        for entry in listed or []:
+        if not isinstance(listed, list) and isinstance((scores or {}).get("axes"), dict):
+            # An evaluation's per-axis block names backend, model and stand-in flag too.
+            listed = [dict(v, axis=k, name=v.get("backend")) for k, v in scores["axes"].items()
+                      if isinstance(v, dict) and v.get("backend")]
+        for entry in listed if isinstance(listed, list) else []:
             if isinstance(entry, dict) and entry.get("axis") and entry["axis"] not in found:
                 model = entry.get("model")
                 stand_in = bool(entry.get("stand_in_weights", entry.get("stand_in", False))) or is_stand_in(model)
@@ -261,7 +307,7 @@ def load_run(run_dir: str | Path) -> RunData:
         params = _read_json(folder / "params.json") if folder else None
         scores = _read_json(folder / "scores.json") if folder else None
         trials.append(TrialInfo(trial, folder, params if isinstance(params, dict) else dict(trial.params),
-                                scores if isinstance(scores, dict) else None, read_epochs(folder)))
+                                scores if isinstance(scores, dict) else None, read_epochs(folder, trial.user_attrs)))
     audit = _read_json(run_dir / "audit.json")
     backends = _backends(config, trials)
     model = config.get("model") if isinstance(config.get("model"), dict) else {}
