@@ -53,7 +53,7 @@ def test_config_values_scale_lion_prodigy_lr_and_alpha_ratio() -> None:
     assert lion["train.learning_rate"] == pytest.approx(3e-5)
     assert lion["train.alpha"] == 16.0 and lion["train.rank"] == 32
     prodigy = config_values({"optimizer": "prodigy", "d_coef": 1.5, "rank": 8, "alpha_ratio": 1.0}, space)
-    assert prodigy["train.learning_rate"] == 1.0 and prodigy["train.d_coef"] == 1.5
+    assert prodigy["train.learning_rate"] == 1.0 and prodigy["train.prodigy.d_coef"] == 1.5
 
 
 def test_apply_params_writes_train_fields_and_validates() -> None:
@@ -64,6 +64,10 @@ def test_apply_params_writes_train_fields_and_validates() -> None:
     assert (out.train.learning_rate, out.train.rank, out.train.alpha, out.train.epochs) == (2e-4, 16, 8.0, 7)
     assert config.train.epochs != 7 or config.train.rank != 16  # input untouched
     check_space(config, space)
+    check_space(config, default_space())
+    prodigy = apply_params(config, {"optimizer": "prodigy", "d_coef": 1.5, "rank": 8, "alpha_ratio": 1.0, "epochs": 6,
+                                    "min_snr_gamma": 5.0}, default_space())
+    assert (prodigy.train.prodigy.d_coef, prodigy.train.learning_rate, prodigy.train.min_snr_gamma) == (1.5, 1.0, 5.0)
     with pytest.raises(LoratuneError, match="search.space"):
         check_space(config, {"not_a_field": ParamSpec(type="float", low=0, high=1)})
     with pytest.raises(LoratuneError, match="search.space"):

@@ -73,7 +73,7 @@ def default_space() -> dict[str, ParamSpec]:
         "rank": ParamSpec(type="categorical", choices=[8, 16, 32, 64]),
         "alpha_ratio": ParamSpec(type="categorical", choices=[0.5, 1.0]),
         "optimizer": ParamSpec(type="categorical", choices=["adamw", "prodigy", "lion"]),
-        "d_coef": ParamSpec(type="float", low=0.5, high=2.0, when={"optimizer": "prodigy"}),
+        "d_coef": ParamSpec(type="float", low=0.5, high=2.0, when={"optimizer": "prodigy"}, target="train.prodigy.d_coef"),
         "epochs": ParamSpec(type="int", low=6, high=20),
         "min_snr_gamma": ParamSpec(type="categorical", choices=[None, 5.0]),
     }

@@ -111,8 +111,11 @@ def narrow(space: Mapping[str, ParamSpec], best: Mapping[str, Any], width: float
     return narrowed, fixed
 
 
-def config_values(params: Mapping[str, Any], space: Mapping[str, ParamSpec]) -> dict[str, Any]:
-    """Dotted config key -> value for a trial's params (scaling, inactive defaults and ``alpha_ratio`` applied)."""
+def config_values(params: Mapping[str, Any], space: Mapping[str, ParamSpec], rank: int | None = None) -> dict[str, Any]:
+    """Dotted config key -> value for a trial's params (scaling, inactive defaults and ``alpha_ratio`` applied).
+
+    ``rank`` is the config's own rank, used for ``alpha_ratio`` when the rank itself is not searched.
+    """
     out: dict[str, Any] = {}
     optimizer = params.get("optimizer")
     for name in ordered(space):
@@ -129,7 +132,7 @@ def config_values(params: Mapping[str, Any], space: Mapping[str, ParamSpec]) -> 
             continue
         out[target] = value
     if "alpha_ratio" in params and space.get("alpha_ratio") is not None and space["alpha_ratio"].target is None:
-        rank = out.get("train.rank", params.get("rank"))
+        rank = out.get("train.rank", params.get("rank", rank))
         if rank is None:
             raise LoratuneError("search.space.alpha_ratio: needs 'rank' in the space (alpha = rank * alpha_ratio)")
         out["train.alpha"] = float(rank) * float(params["alpha_ratio"])
@@ -139,7 +142,7 @@ def config_values(params: Mapping[str, Any], space: Mapping[str, ParamSpec]) -> 
 def apply_params(config: Config, params: Mapping[str, Any], space: Mapping[str, ParamSpec]) -> Config:
     """A new, validated Config with the trial's params written in (the input is left untouched)."""
     data = config.model_dump(mode="json", exclude_none=True, warnings=False)
-    for key, value in config_values(params, space).items():
+    for key, value in config_values(params, space, config.train.rank).items():
         apply_override(data, f"{key}={_yaml_scalar(value)}")
     try:
         return validate_config(data)
@@ -149,19 +152,16 @@ def apply_params(config: Config, params: Mapping[str, Any], space: Mapping[str, 
 
 def check_space(config: Config, space: Mapping[str, ParamSpec]) -> None:
     """Fail early (before any training) when a parameter does not map onto a valid config field."""
-    ordered(space)
+    order = ordered(space)
     for name in space:
         probe: dict[str, Any] = {}
-        for other in ordered(space):
-            spec = space[other]
-            if not is_active(spec, probe):
-                continue
-            probe[other] = spec.choices[0] if spec.type == "categorical" and spec.choices else spec.low
-            if other == name:
-                break
-        # Make ``name`` itself active by satisfying its condition with the first allowed value.
+        # Make ``name`` active by satisfying its condition with the first allowed value.
         for dep, wanted in (space[name].when or {}).items():
             probe[dep] = wanted[0] if isinstance(wanted, list) else wanted
+        for other in order:
+            spec = space[other]
+            if other not in probe and is_active(spec, probe):
+                probe[other] = spec.choices[0] if spec.type == "categorical" and spec.choices else spec.low
         spec = space[name]
         for value in (spec.choices or []) if spec.type == "categorical" else [spec.low, spec.high]:
             probe[name] = int(value) if spec.type == "int" else value
@@ -172,3 +172,45 @@ def _yaml_scalar(value: Any) -> str:
     import yaml
 
     return yaml.safe_dump(value, default_flow_style=True).strip().removesuffix("\n...").removesuffix("...").strip()
+
+
+def _read(data: Mapping[str, Any], dotted: str) -> Any:
+    node: Any = data
+    for part in dotted.split("."):
+        if not isinstance(node, Mapping) or part not in node:
+            return None
+        node = node[part]
+    return node
+
+
+def baseline_params(config: Config, space: Mapping[str, ParamSpec]) -> dict[str, Any]:
+    """Phase 1: the config's own values expressed in the space's terms (the user's current recipe as trial 0).
+
+    Numbers are clipped into their range; a categorical value that is not a choice becomes the nearest numeric choice
+    (or the first choice); inactive conditional parameters are left out.
+    """
+    data = config.model_dump(mode="json", warnings=False)
+    params: dict[str, Any] = {}
+    for name in ordered(space):
+        spec = space[name]
+        if not is_active(spec, params):
+            continue
+        if name == "alpha_ratio" and spec.target is None:
+            value: Any = config.train.lora_alpha / config.train.rank
+        else:
+            value = _read(data, spec.target or f"train.{name}")
+            if spec.scale and params.get("optimizer") in spec.scale and value is not None:
+                value = value / spec.scale[params["optimizer"]]
+        if spec.type == "categorical":
+            choices = spec.choices or []
+            if value not in choices:
+                numeric = [c for c in choices if isinstance(c, (int, float)) and not isinstance(c, bool)]
+                value = min(numeric, key=lambda c: abs(c - value)) if numeric and isinstance(value, (int, float)) \
+                    else choices[0]
+        else:
+            lo, hi = float(spec.low or 0), float(spec.high or 0)
+            value = min(hi, max(lo, float(value if value is not None else lo)))
+            if spec.type == "int":
+                value = int(round(value))
+        params[name] = value
+    return params

@@ -1,0 +1,52 @@
+"""``loratune optimize``: the three-phase search (baseline → sampler search with pruning → refinement + ensemble)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+
+def command(
+    config: Annotated[Optional[Path], typer.Argument(help="loratune YAML config (not needed with --resume)")] = None,
+    run: Annotated[Optional[Path], typer.Option("--run", "-r", help="run directory (default runs/<config name>)")] = None,
+    resume: Annotated[bool, typer.Option(help="continue the run in --run: finished trials stay, crashed ones retry")] = False,
+    workers: Annotated[Optional[int], typer.Option(min=1, help="worker processes on this machine (one per GPU)")] = None,
+    backend: Annotated[str, typer.Option(help="local (Optuna workers) or ray (Ray Tune: OptunaSearch + ASHA)")] = "local",
+    storage: Annotated[Optional[str], typer.Option(help="postgresql:// or mysql:// URL shared by many machines")] = None,
+    set_: Annotated[Optional[list[str]], typer.Option("--set", help="override a config key, e.g. search.n_trials=30")] = None,
+) -> None:
+    """Search LoRA hyperparameters: every epoch is scored, weak trials are pruned, the best LoRA lands in RUN/best/."""
+    from loratune.config import load_config
+    from loratune.errors import LoratuneError
+
+    if backend not in ("local", "ray"):
+        raise LoratuneError(f"--backend: expected local or ray (got {backend!r})")
+    overrides = list(set_ or [])
+    if storage:
+        overrides.append(f"search.storage={storage}")
+    if resume:
+        if run is None:
+            raise LoratuneError("--resume: needs --run RUN_DIR")
+        if overrides:
+            raise LoratuneError("--resume: the run keeps its stored config.yaml; --set/--storage are not allowed")
+        cfg = None
+    else:
+        if config is None:
+            raise LoratuneError("optimize: give a CONFIG file (or --resume --run RUN_DIR)")
+        cfg = load_config(config, overrides)
+        run = run or Path("runs") / config.stem
+    if backend == "ray" or (cfg is not None and cfg.search.backend == "ray"):
+        from loratune.search.ray_backend import run_ray
+
+        best = run_ray(cfg, run, resume=resume)
+    else:
+        from loratune.search.runner import run_optimize
+
+        best = run_optimize(cfg, run, resume=resume, workers=workers)
+    if best is None:
+        print(f"no trial finished; see {run}/trials")
+    else:
+        print(f"best: trial {best.number} ({best.user_attrs.get('phase')}) values {best.values} at epoch "
+              f"{best.user_attrs.get('best_epoch')} -> {Path(run) / 'best'}")

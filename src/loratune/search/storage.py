@@ -1,0 +1,56 @@
+"""The study's storage: SQLite in the run directory by default, or a PostgreSQL/MySQL URL for many machines.
+
+Both are Optuna ``RDBStorage``s with heartbeats: a trial whose process died stops beating, is marked FAIL after
+``grace_period`` and ``RetryFailedTrialCallback`` enqueues a copy with the same params (Optuna's crash detection works
+with RDB storages only, not the journal file). Create the study once, then start workers: two processes creating one
+fresh SQLite study at once collide (``table studies already exists``).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import optuna
+from optuna.storages import RDBStorage, RetryFailedTrialCallback
+
+from loratune.errors import LoratuneError
+from loratune.search.config import SearchSection
+
+STUDY_NAME = "loratune"
+SQLITE_FILE = "study.db"
+
+
+def storage_url(run_dir: str | Path, search: SearchSection) -> str:
+    if search.storage:
+        if not search.storage.startswith(("sqlite:///", "postgresql", "mysql")):
+            raise LoratuneError(f"search.storage: expected sqlite:///, postgresql:// or mysql:// URL (got {search.storage!r})")
+        return search.storage
+    return f"sqlite:///{(Path(run_dir).resolve() / SQLITE_FILE)}"
+
+
+def open_storage(run_dir: str | Path, search: SearchSection) -> RDBStorage:
+    url = storage_url(run_dir, search)
+    # SQLite serialises writers; workers wait for the lock instead of failing after sqlite's 5 s default.
+    engine_kwargs = {"connect_args": {"timeout": 120}} if url.startswith("sqlite") else {"pool_pre_ping": True}
+    try:
+        return RDBStorage(
+            url,
+            engine_kwargs=engine_kwargs,
+            heartbeat_interval=search.heartbeat_interval,
+            grace_period=search.grace_period or 2 * search.heartbeat_interval,
+            failed_trial_callback=RetryFailedTrialCallback(max_retry=search.max_retry),
+        )
+    except ImportError as err:  # a database driver (psycopg2, PyMySQL) is missing
+        raise LoratuneError(f"search.storage: {err}") from None
+    except Exception as err:  # sqlalchemy's OperationalError etc.: the server is unreachable or the URL wrong
+        if type(err).__module__.startswith("sqlalchemy"):
+            raise LoratuneError(f"search.storage: cannot open {url}: {str(err).splitlines()[0]}") from None
+        raise
+
+
+def directions(search: SearchSection) -> list[str]:
+    return list(search.directions.values()) if search.directions else ["maximize"]
+
+
+def study_exists(storage: RDBStorage) -> bool:
+    return any(s.study_name == STUDY_NAME for s in optuna.get_all_study_summaries(storage))

@@ -1,0 +1,92 @@
+"""What one trial does: train with per-epoch scoring (or score a given LoRA), behind a small protocol.
+
+The runner only talks to a ``TrialBackend``: ``train(config, out_dir, on_epoch)`` trains into ``out_dir`` and calls
+``on_epoch(EpochScore)`` after each checkpoint is sampled and scored (``on_epoch`` may raise ``StopTraining`` to prune);
+``score_lora(config, lora, out_dir)`` samples and scores one LoRA file (the ensemble trial). ``TrainAndScore`` is the
+real one: loratune's trainer and one ``Evaluator`` per worker process, so the scoring models load once.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+from loratune.config import Config
+from loratune.errors import LoratuneError
+
+
+@dataclass
+class EpochScore:
+    epoch: int
+    composite: float | None
+    normalised: dict[str, float | None] = field(default_factory=dict)
+    lora: Path | None = None  # the checkpoint's kohya file
+    samples_dir: Path | None = None
+    stand_in: bool = False
+    result: Any = None  # the EvaluationResult, when there is one
+
+
+class TrialBackend(Protocol):
+    def train(self, config: Config, out_dir: Path, on_epoch: Callable[[EpochScore], None]) -> None: ...
+
+    def score_lora(self, config: Config, lora: Path, out_dir: Path) -> EpochScore: ...
+
+
+class TrainAndScore:
+    """The real trial: ``loratune.train.train`` with every checkpoint scored by one long-lived ``Evaluator``."""
+
+    def __init__(self) -> None:
+        self._evaluator: Any = None
+        self._key: str | None = None
+
+    def evaluator(self, config: Config) -> Any:
+        from loratune.evaluation import Evaluator, load_references
+
+        # Trials change only train.*; the evaluator (models, reference embeddings) is shared while these stay equal.
+        key = config.evaluation.model_dump_json(warnings=False) + config.dataset.model_dump_json(warnings=False)
+        if self._evaluator is None or key != self._key:
+            self._evaluator = Evaluator(config, references=load_references(config), show_progress=False)
+            self._key = key
+        return self._evaluator
+
+    def _score(self, config: Config, samples: list[Any], epoch: int, lora: Path | None, samples_dir: Path | None,
+               out_dir: Path) -> EpochScore:
+        evaluator = self.evaluator(config)
+        result = evaluator.score(samples)
+        result.write(out_dir / "scores" / f"epoch-{epoch:04d}", evaluator.norm_ranges)
+        return EpochScore(epoch, result.composite, dict(result.normalised), lora, samples_dir, result.stand_in, result)
+
+    def train(self, config: Config, out_dir: Path, on_epoch: Callable[[EpochScore], None]) -> None:
+        from loratune.train import CheckpointInfo, train
+
+        self.evaluator(config)  # load scorers before the first epoch, not in the middle of training
+
+        def on_checkpoint(info: CheckpointInfo) -> None:
+            if not info.samples:
+                raise LoratuneError("train.sample_checkpoints: must be true for a search (each epoch is scored)")
+            samples_dir = Path(info.samples[0].path).parent
+            on_epoch(self._score(config, info.samples, info.epoch, info.kohya_path, samples_dir, out_dir))
+
+        train(config, out_dir, on_checkpoint=on_checkpoint)
+
+    def score_lora(self, config: Config, lora: Path, out_dir: Path) -> EpochScore:
+        from loratune.sampling import sample_loras
+
+        samples = next(iter(sample_loras(config, [lora], out_dir / "samples").values()))
+        samples_dir = Path(samples[0].path).parent if samples else None
+        return self._score(config, samples, 0, lora, samples_dir, out_dir)
+
+
+def load_backend(spec: str | None) -> TrialBackend:
+    """``None`` = the real trainer; ``"module:attr"`` = a factory returning another backend (tests, custom trainers)."""
+    if spec is None:
+        return TrainAndScore()
+    module, _, attr = spec.partition(":")
+    try:
+        factory = getattr(importlib.import_module(module), attr)
+    except (ImportError, AttributeError) as err:
+        raise LoratuneError(f"trial backend {spec!r}: {err}") from None
+    return factory()

@@ -1,0 +1,228 @@
+"""The study runner's mechanics with a synthetic trial backend (tests/search_helpers.py): phases, run directory,
+failures, SIGKILL + resume, two workers. The end-to-end search on the real trainer is tests/test_search_e2e.py."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+import yaml
+from optuna.trial import TrialState
+
+from loratune.config import load_config
+from loratune.errors import LoratuneError
+from loratune.search.runner import Plan, assign_phase, counted, run_optimize
+
+TESTS = Path(__file__).resolve().parent
+REPO = TESTS.parent
+BACKEND = "search_helpers:make"
+
+
+def write_config(path: Path, **search) -> Path:
+    data = {
+        "train": {"epochs": 3},
+        "search": {
+            "n_trials": 6, "seed": 3, "heartbeat_interval": 1, "grace_period": 2,
+            "space": {"learning_rate": {"type": "float", "low": 5e-5, "high": 5e-4, "log": True},
+                      "rank": {"type": "categorical", "choices": [4, 8, 16]},
+                      "alpha_ratio": {"type": "categorical", "choices": [0.5, 1.0]},
+                      "epochs": {"type": "int", "low": 2, "high": 3}},
+            "phases": {"refine_trials": 2, "ensemble_top_k": 2},
+            **search,
+        },
+    }
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def study(run: Path) -> optuna.Study:
+    return optuna.load_study(study_name="loratune", storage=f"sqlite:///{run / 'study.db'}")
+
+
+def tree_digest(folder: Path) -> dict[str, str]:
+    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture(autouse=True)
+def _backend_importable(monkeypatch):
+    monkeypatch.syspath_prepend(str(TESTS))
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")]))
+
+
+def test_plan_and_phase_assignment() -> None:
+    config = load_config()
+    plan = Plan.of(config.search.model_copy(update={"n_trials": 6}))
+    assert (plan.baseline, plan.search, plan.refine, plan.ensemble) == (1, 1, 4, True)
+    plan = Plan(1, 3, 2, True)
+
+    def trial(n: int, phase: str, state=TrialState.COMPLETE, reason=None):
+        attrs = {"phase": phase} | ({"fail_reason": reason} if reason else {})
+        return optuna.trial.FrozenTrial(number=n, state=state, value=None, datetime_start=None, datetime_complete=None,
+                                        params={}, distributions={}, user_attrs=attrs, system_attrs={},
+                                        intermediate_values={}, trial_id=n)
+
+    trials = [trial(0, "baseline"), trial(1, "search"), trial(2, "search", TrialState.FAIL),  # crashed: retried
+              trial(3, "search", TrialState.FAIL, "diverged: nan")]
+    assert [counted(t) for t in trials] == [True, True, False, True]
+    assert assign_phase(trials, 4, plan) == "search"  # the crashed trial's slot is still open
+    trials.append(trial(4, "search"))
+    assert assign_phase(trials, 5, plan) == "refine"
+    trials += [trial(5, "refine"), trial(6, "refine")]
+    assert assign_phase(trials, 7, plan) == "ensemble"
+    assert assign_phase(trials + [trial(7, "ensemble")], 8, plan) == "surplus"
+
+
+def test_three_phases_prune_and_best(tmp_path) -> None:
+    run = tmp_path / "run"
+    best = run_optimize(load_config(write_config(tmp_path / "c.yaml")), run, backend=BACKEND, say=lambda m: None)
+    trials = study(run).get_trials()
+    phases = [t.user_attrs["phase"] for t in trials]
+    assert phases[0] == "baseline" and trials[0].params["learning_rate"] == pytest.approx(1e-4)
+    assert phases.count("search") == 3 and phases.count("refine") == 2 and phases[-1] == "ensemble"
+    assert any(t.state == TrialState.PRUNED for t in trials)
+    for t in trials:
+        folder = run / t.user_attrs["trial_dir"]
+        assert (folder / "params.json").is_file() and (folder / "scores.json").is_file() and (folder / "log.txt").is_file()
+        if t.state == TrialState.COMPLETE and t.user_attrs["phase"] != "ensemble":
+            assert t.value == pytest.approx(max(e["composite"] for e in yaml.safe_load((folder / "scores.json").read_text())["epochs"]))
+    refine = [t for t in trials if t.user_attrs["phase"] == "refine"]
+    ranked = sorted((t for t in trials if t.state == TrialState.COMPLETE and t.user_attrs["phase"] != "ensemble"
+                     and t.number < refine[0].number), key=lambda t: t.value, reverse=True)
+    assert refine[0].params["rank"] == ranked[0].params["rank"]  # categoricals fixed at the best so far
+    ensemble = trials[-1]
+    assert ensemble.user_attrs["members"] == [t.number for t in sorted(
+        (t for t in trials[:-1] if t.state == TrialState.COMPLETE), key=lambda t: t.value, reverse=True)][:2]
+    assert best is not None and (run / "best" / "best.json").is_file()
+    assert yaml.safe_load((run / "best" / "best.json").read_text())["trial"] == best.number
+    assert not list((run / "trials").glob(".*"))  # no temporary folders left
+
+
+def test_refuses_existing_run_and_resume_of_nothing(tmp_path) -> None:
+    run = tmp_path / "run"
+    config = load_config(write_config(tmp_path / "c.yaml", n_trials=2, phases={"refine_trials": 0, "ensemble_top_k": 0}))
+    run_optimize(config, run, backend=BACKEND, say=lambda m: None)
+    before = tree_digest(run / "trials")
+    with pytest.raises(LoratuneError, match="--resume"):
+        run_optimize(config, run, backend=BACKEND)
+    assert run_optimize(None, run, resume=True, backend=BACKEND, say=lambda m: None) is not None
+    assert tree_digest(run / "trials") == before
+    with pytest.raises(LoratuneError, match="nothing to resume"):
+        run_optimize(None, tmp_path / "empty", resume=True, backend=BACKEND)
+
+
+class FailingBackend:
+    """Diverges for rank 16, crashes like an external trainer for rank 4."""
+
+    def __init__(self) -> None:
+        from search_helpers import SyntheticBackend
+
+        self.inner = SyntheticBackend()
+
+    def train(self, config, out_dir, on_epoch):
+        from loratune.train import TrainingDiverged
+
+        if config.train.rank == 16:
+            raise TrainingDiverged("training diverged at epoch 1, step 3: loss is nan")
+        if config.train.rank == 4:
+            raise subprocess.CalledProcessError(9, ["train_network.py"])
+        self.inner.train(config, out_dir, on_epoch)
+
+    def score_lora(self, config, lora, out_dir):
+        return self.inner.score_lora(config, lora, out_dir)
+
+
+def test_failed_trials_record_reason_and_study_goes_on(tmp_path) -> None:
+    run = tmp_path / "run"
+    config = load_config(write_config(tmp_path / "c.yaml", n_trials=6, sampler="random",
+                                      phases={"refine_trials": 0, "ensemble_top_k": 0, "baseline": False}))
+    sys.modules[__name__].make_failing = FailingBackend  # importable as test_search_runner:make_failing
+    run_optimize(config, run, backend=f"{__name__}:make_failing", say=lambda m: None)
+    trials = study(run).get_trials()
+    reasons = {t.params["rank"]: t.user_attrs.get("fail_reason") for t in trials if t.state == TrialState.FAIL}
+    assert reasons.get(16, "diverged").startswith("diverged") and reasons.get(4, "trainer").startswith("trainer exited")
+    assert any(t.state == TrialState.FAIL for t in trials) and any(t.state == TrialState.COMPLETE for t in trials)
+    assert len(trials) == 6
+    for t in trials:
+        if t.state == TrialState.FAIL:
+            assert "failed:" in (run / t.user_attrs["trial_dir"] / "log.txt").read_text()
+
+
+def test_multi_objective_turns_pruning_off(tmp_path) -> None:
+    run = tmp_path / "run"
+    config = load_config(write_config(tmp_path / "c.yaml", n_trials=4, directions={"alignment": "maximize",
+                                                                                   "diversity": "maximize"}))
+    best = run_optimize(config, run, backend=BACKEND, say=lambda m: None)
+    s = study(run)
+    assert len(s.directions) == 2
+    trials = s.get_trials()
+    assert not any(t.state == TrialState.PRUNED for t in trials) and all(t.intermediate_values == {} for t in trials)
+    assert best is not None and len(best.values) == 2 and s.best_trials
+
+
+def _run_script(run: Path, config: Path) -> str:
+    return (f"import sys; sys.path.insert(0, {str(TESTS)!r})\n"
+            "from loratune.config import load_config\nfrom loratune.search.runner import run_optimize\n"
+            f"run_optimize(load_config({str(config)!r}), {str(run)!r}, backend={BACKEND!r})\n")
+
+
+def test_sigkill_mid_trial_then_resume(tmp_path, monkeypatch) -> None:
+    run, markers = tmp_path / "run", tmp_path / "markers"
+    markers.mkdir()
+    config = write_config(tmp_path / "c.yaml", n_trials=5, phases={"refine_trials": 1, "ensemble_top_k": 0})
+    monkeypatch.setenv("LORATUNE_TEST_EPOCH_SECONDS", "0.3")
+    monkeypatch.setenv("LORATUNE_TEST_MARKERS", str(markers))
+    proc = subprocess.Popen([sys.executable, "-c", _run_script(run, config)], stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 120
+        while not list(markers.glob("0002-epoch2-*")):
+            assert proc.poll() is None and time.monotonic() < deadline
+            time.sleep(0.05)
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    before = study(run).get_trials()
+    assert [t.state for t in before[:3]] == [TrialState.COMPLETE, TrialState.COMPLETE, TrialState.RUNNING] or \
+        before[2].state == TrialState.RUNNING
+    finished = {t.number: (t.state, t.values, tree_digest(run / t.user_attrs["trial_dir"]))
+                for t in before if t.state.is_finished()}
+    assert len(finished) == 2 and not (run / "trials" / "0002").exists()
+
+    monkeypatch.setenv("LORATUNE_TEST_EPOCH_SECONDS", "0")
+    run_optimize(None, run, resume=True, backend=BACKEND, say=lambda m: None)
+    after = study(run).get_trials()
+    for number, (state, values, digest) in finished.items():
+        assert after[number].state == state and after[number].values == values
+        assert tree_digest(run / after[number].user_attrs["trial_dir"]) == digest
+    assert after[2].state == TrialState.FAIL
+    retries = [t for t in after if t.user_attrs.get("retry_of") == 2]
+    assert len(retries) == 1 and retries[0].params == before[2].params
+    assert retries[0].state in (TrialState.COMPLETE, TrialState.PRUNED)
+    assert sum(1 for t in after if counted(t)) == 5
+    assert list((run / "trials" / "partial").iterdir())  # the killed trial's partial folder, set aside
+
+
+def test_two_workers_share_one_study_without_duplicates(tmp_path, monkeypatch) -> None:
+    run = tmp_path / "run"
+    monkeypatch.setenv("LORATUNE_TEST_EPOCH_SECONDS", "0.2")
+    config = load_config(write_config(tmp_path / "c.yaml", n_trials=8, phases={"refine_trials": 2, "ensemble_top_k": 2}))
+    run_optimize(config, run, workers=2, backend=BACKEND, say=lambda m: None)
+    trials = study(run).get_trials()
+    assert len({t.user_attrs["worker_pid"] for t in trials}) == 2
+    assert all(t.state.is_finished() for t in trials)
+    dirs = [t.user_attrs["trial_dir"] for t in trials if "trial_dir" in t.user_attrs]
+    assert len(dirs) == len(set(dirs)) == len(list((run / "trials").iterdir()))
+    budget = [t for t in trials if counted(t) and t.user_attrs["phase"] != "ensemble"]
+    assert len(budget) == 8
+    params = [tuple(sorted(t.params.items())) for t in budget]
+    assert len(params) == len(set(params))
+    assert sum(1 for t in trials if t.user_attrs["phase"] == "ensemble" and t.state == TrialState.COMPLETE) == 1
