@@ -107,6 +107,22 @@ def test_insightface_loads_the_arcface_onnx(tiny_models):
     assert model.get_feat(faces).shape == (2, 512)
 
 
+def test_face_pack_finds_the_characters_faces_not_noise(tiny_models):
+    import cv2
+    from insightface.app import FaceAnalysis
+
+    app = FaceAnalysis(name=str(tiny_models.arcface.parent), providers=["CPUExecutionProvider"])
+    app.prepare(ctx_id=-1, det_size=(640, 640))
+    assert set(app.models) == {"detection", "recognition"}
+    for reference in sorted(tiny_models.references.rglob("*.png")):
+        rgb = np.asarray(Image.open(reference).convert("RGB"))
+        faces = app.get(cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
+        assert len(faces) == 1, reference
+        assert faces[0].embedding.shape == (512,)
+    noise = (np.random.default_rng(0).random((64, 64, 3)) * 255).astype(np.uint8)
+    assert app.get(noise) == []
+
+
 def test_vlm_forward_gives_logits_over_its_vocabulary(tiny_models):
     from transformers import AutoModelForImageTextToText, AutoProcessor
 

@@ -8,6 +8,8 @@
     out_dir/hf_clip/       CLIPModel.from_pretrained(path), CLIPProcessor.from_pretrained(path)
     out_dir/aesthetic/aesthetic.pth   torch.load(path, weights_only=True): LAION MLP, public key layout (+ .safetensors)
     out_dir/arcface/arcface.onnx      insightface.model_zoo.get_model(path) -> ArcFaceONNX
+    out_dir/arcface/scrfd.onnx        get_model(path) -> SCRFD (finds the dataset's faces by skin tone); the folder
+                                      is a pack: insightface.app.FaceAnalysis(name=str(folder))
     out_dir/vlm/           AutoModelForImageTextToText / AutoProcessor.from_pretrained(path) (native InternVL)
     out_dir/dataset/train/10_<token>/*.png + .txt, out_dir/dataset/references/<token>/*.png
     out_dir/loratune.yaml  a config using all of the above (relative paths); loratune-sdxl.yaml: the same on SDXL

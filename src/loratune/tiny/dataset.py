@@ -121,7 +121,10 @@ def _draw(look: CharacterLook, background: str, size: int, rng: random.Random, r
 
 
 def _background(draw: ImageDraw.ImageDraw, kind: str, s: int, rng: random.Random) -> None:
-    jitter = lambda c: tuple(max(0, min(255, v + rng.randint(-12, 12))) for v in c)  # noqa: E731
+    # A brightness shift keeps each colour's hue, so no background drifts into the skin tones the stand-in face
+    # detector (tiny/face_detector.py) looks for.
+    shift = rng.randint(-12, 12)
+    jitter = lambda c: tuple(max(0, min(255, v + shift)) for v in c)  # noqa: E731
     if kind == "plain":
         draw.rectangle((0, 0, s, s), fill=(235, 235, 230))
     elif kind == "beach":

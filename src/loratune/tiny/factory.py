@@ -16,7 +16,7 @@ from loratune.atomic import atomic_dir, atomic_write_text
 from loratune.modelref import write_stand_in_marker
 
 # Bump when anything the factory writes changes: cached builds of another version are rebuilt.
-FACTORY_VERSION = 2
+FACTORY_VERSION = 3
 MANIFEST = "loratune-tiny.json"
 CONFIG_NAME = "loratune.yaml"
 SDXL_CONFIG_NAME = "loratune-sdxl.yaml"
@@ -30,6 +30,7 @@ LAYOUT: dict[str, str] = {
     "hf_clip": "hf_clip",
     "aesthetic": "aesthetic/aesthetic.pth",
     "arcface": "arcface/arcface.onnx",
+    "face_detector": "arcface/scrfd.onnx",
     "vlm": "vlm",
     "dataset": "dataset/train",
     "references": "dataset/references",
@@ -49,6 +50,7 @@ class TinyModels:
     hf_clip: Path
     aesthetic: Path
     arcface: Path
+    face_detector: Path  # stand-in SCRFD beside arcface: the folder is an insightface pack (FaceAnalysis(name=folder))
     vlm: Path
     dataset: Path
     references: Path
@@ -96,6 +98,7 @@ def _build_all(tmp: Path, say: Progress) -> None:
     from loratune.tiny.arcface import build_arcface
     from loratune.tiny.clip import OPEN_CLIP_EMBED_DIM, build_hf_clip, build_open_clip
     from loratune.tiny.dataset import make_character_dataset
+    from loratune.tiny.face_detector import build_face_detector
     from loratune.tiny.sd import build_sd15, build_sdxl
     from loratune.tiny.vlm import build_vlm
 
@@ -111,6 +114,7 @@ def _build_all(tmp: Path, say: Progress) -> None:
             lambda: build_aesthetic(paths.aesthetic, OPEN_CLIP_EMBED_DIM, SEED),
         ),
         ("ArcFace ONNX recogniser", paths.arcface.parent, lambda: build_arcface(paths.arcface, SEED)),
+        ("skin-tone SCRFD face detector", paths.face_detector.parent, lambda: build_face_detector(paths.face_detector)),
         ("InternVL vision-language model", paths.vlm, lambda: build_vlm(paths.vlm, SEED)),
     ]
     for what, folder, build in steps:
