@@ -84,6 +84,12 @@ _SPECS = [
         "dlib_face_recognition_resnet_model_v1",
         "dlib ResNet 128-d face-embedding cosine (weights ship in face_recognition_models: real, offline)",
     ),
+    BackendSpec(
+        "dreamsim", "consistency", "loratune.metrics.dreamsim_identity:DreamSimIdentity", (-1.0, 1.0), True,
+        (0.3, 1.0), False, False, "MIT (dreamsim code and LoRA weights); base ViTs: DINO Apache-2.0, CLIP MIT",
+        "~/.cache/loratune/dreamsim",
+        "DreamSim similarity (1 - distance) to the character's references and across generations",
+    ),
     # --- aesthetics -----------------------------------------------------------------------------------------------
     BackendSpec(
         "laion_aesthetic", "aesthetics", "loratune.metrics.aesthetic:LaionAesthetic", (1.0, 10.0), True, (3.0, 8.0),
