@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 
 import numpy as np
-import pytest
 import torch
 from PIL import Image
 
@@ -18,8 +17,14 @@ def test_sd15_pipeline_renders_and_tokenizer_matches_open_clip(tiny_models):
     from transformers import CLIPTokenizer
 
     pipe = StableDiffusionPipeline.from_pretrained(tiny_models.sd15)
-    out = pipe("a photo of a cat", num_inference_steps=2, height=64, width=64, output_type="np",
-               generator=torch.Generator().manual_seed(0))
+    out = pipe(
+        "a photo of a cat",
+        num_inference_steps=2,
+        height=64,
+        width=64,
+        output_type="np",
+        generator=torch.Generator().manual_seed(0),
+    )
     assert out.images.shape == (1, 64, 64, 3) and np.isfinite(out.images).all()
     text = "a photo of a cat"
     ours = CLIPTokenizer.from_pretrained(tiny_models.sd15 / "tokenizer")(text)["input_ids"]
@@ -49,8 +54,14 @@ def test_sdxl_pipeline_renders(tiny_models):
     assert isinstance(pipe.scheduler, EulerDiscreteScheduler)
     assert pipe.unet.config.addition_embed_type == "text_time"
     assert pipe.tokenizer_2.pad_token == "!"
-    out = pipe("a photo of a cat", num_inference_steps=2, height=64, width=64, output_type="np",
-               generator=torch.Generator().manual_seed(0))
+    out = pipe(
+        "a photo of a cat",
+        num_inference_steps=2,
+        height=64,
+        width=64,
+        output_type="np",
+        generator=torch.Generator().manual_seed(0),
+    )
     assert out.images.shape == (1, 64, 64, 3) and np.isfinite(out.images).all()
 
 
@@ -73,7 +84,9 @@ def test_hf_clip_model_and_processor(tiny_models):
 
     model = CLIPModel.from_pretrained(tiny_models.hf_clip)
     processor = CLIPProcessor.from_pretrained(tiny_models.hf_clip)
-    inputs = processor(text=["a photo of a cat"], images=[Image.new("RGB", (100, 70))], return_tensors="pt", padding=True)
+    inputs = processor(
+        text=["a photo of a cat"], images=[Image.new("RGB", (100, 70))], return_tensors="pt", padding=True
+    )
     assert inputs["input_ids"].tolist() == [[49406, 320, 1125, 539, 320, 2368, 49407]]
     with torch.no_grad():
         out = model(**inputs)
@@ -86,11 +99,16 @@ def test_aesthetic_state_dict_has_public_layout(tiny_models):
     state = torch.load(tiny_models.aesthetic, weights_only=True)
     shapes = {k: tuple(v.shape) for k, v in state.items()}
     assert shapes == {
-        "layers.0.weight": (1024, 32), "layers.0.bias": (1024,),
-        "layers.2.weight": (128, 1024), "layers.2.bias": (128,),
-        "layers.4.weight": (64, 128), "layers.4.bias": (64,),
-        "layers.6.weight": (16, 64), "layers.6.bias": (16,),
-        "layers.7.weight": (1, 16), "layers.7.bias": (1,),
+        "layers.0.weight": (1024, 32),
+        "layers.0.bias": (1024,),
+        "layers.2.weight": (128, 1024),
+        "layers.2.bias": (128,),
+        "layers.4.weight": (64, 128),
+        "layers.4.bias": (64,),
+        "layers.6.weight": (16, 64),
+        "layers.6.bias": (16,),
+        "layers.7.weight": (1, 16),
+        "layers.7.bias": (1,),
     }
     copy = load_file(tiny_models.aesthetic.with_suffix(".safetensors"))
     assert all(torch.equal(copy[k], v) for k, v in state.items())
@@ -161,7 +179,7 @@ def test_dataset_is_deterministic(tmp_path):
     a = make_character_dataset(tmp_path / "a", n_per_character=3, size=64, seed=3)
     b = make_character_dataset(tmp_path / "b", n_per_character=3, size=64, seed=3)
     c = make_character_dataset(tmp_path / "c", n_per_character=3, size=64, seed=4)
-    bytes_of = lambda d: [p.read_bytes() for p in sorted(d.train.rglob("*.png"))]  # noqa: E731
+    bytes_of = lambda d: [p.read_bytes() for p in sorted(d.train.rglob("*.png"))]
     assert bytes_of(a) == bytes_of(b) != bytes_of(c)
 
 

@@ -11,6 +11,7 @@ uses the tiny open_clip's embedding width. A ``.safetensors`` copy sits beside t
 
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
 
 import torch
@@ -23,7 +24,7 @@ def aesthetic_state_dict(input_dim: int, seed: int = 0) -> dict[str, torch.Tenso
     generator = torch.Generator().manual_seed(seed)
     state: dict[str, torch.Tensor] = {}
     dims = (input_dim, *HIDDEN)
-    for index, (fan_in, fan_out) in zip((0, 2, 4, 6, 7), zip(dims[:-1], dims[1:])):
+    for index, (fan_in, fan_out) in zip((0, 2, 4, 6, 7), itertools.pairwise(dims)):
         bound = 1.0 / fan_in**0.5  # nn.Linear's default initialisation range
         state[f"layers.{index}.weight"] = (torch.rand(fan_out, fan_in, generator=generator) * 2 - 1) * bound
         state[f"layers.{index}.bias"] = (torch.rand(fan_out, generator=generator) * 2 - 1) * bound

@@ -45,7 +45,12 @@ def build_open_clip(folder: Path, seed: int = 0) -> None:
     )
     config = {
         "model_cfg": OPEN_CLIP_MODEL_CFG,
-        "preprocess_cfg": {"mean": list(_MEAN), "std": list(_STD), "interpolation": "bicubic", "resize_mode": "shortest"},
+        "preprocess_cfg": {
+            "mean": list(_MEAN),
+            "std": list(_STD),
+            "interpolation": "bicubic",
+            "resize_mode": "shortest",
+        },
     }
     (folder / "open_clip_config.json").write_text(json.dumps(config, indent=2) + "\n")
     state = {k: v.contiguous() for k, v in model.state_dict().items()}
@@ -90,4 +95,3 @@ def build_hf_clip(folder: Path, seed: int = 0) -> None:
     processor = CLIPProcessor(image_processor=image_processor, tokenizer=make_clip_tokenizer())
     processor.save_pretrained(str(folder))
     write_slow_tokenizer_files(folder)
-

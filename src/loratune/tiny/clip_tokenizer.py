@@ -43,7 +43,8 @@ def _bytes_to_unicode() -> dict[int, str]:
 @lru_cache(maxsize=1)
 def clip_vocab_and_merges() -> tuple[dict[str, int], list[str]]:
     """The vocabulary (token -> id) and merge list in HF ``CLIPTokenizer`` order."""
-    lines = gzip.open(bpe_vocab_file()).read().decode("utf-8").split("\n")
+    with gzip.open(bpe_vocab_file()) as fh:
+        lines = fh.read().decode("utf-8").split("\n")
     merges = lines[1 : _N_MERGES + 1]
     symbols = list(_bytes_to_unicode().values())
     vocab_list = symbols + [s + "</w>" for s in symbols] + ["".join(m.split()) for m in merges] + [BOS, EOS]

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from loratune.tiny.dataset import CHARACTERS, BACKGROUNDS
+from loratune.tiny.dataset import BACKGROUNDS, CHARACTERS
 
 
 def tiny_config(available_backends: set[str]) -> dict[str, Any]:

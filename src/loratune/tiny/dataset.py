@@ -124,7 +124,7 @@ def _background(draw: ImageDraw.ImageDraw, kind: str, s: int, rng: random.Random
     # A brightness shift keeps each colour's hue, so no background drifts into the skin tones the stand-in face
     # detector (tiny/face_detector.py) looks for.
     shift = rng.randint(-12, 12)
-    jitter = lambda c: tuple(max(0, min(255, v + shift)) for v in c)  # noqa: E731
+    jitter = lambda c: tuple(max(0, min(255, v + shift)) for v in c)
     if kind == "plain":
         draw.rectangle((0, 0, s, s), fill=(235, 235, 230))
     elif kind == "beach":
@@ -137,7 +137,9 @@ def _background(draw: ImageDraw.ImageDraw, kind: str, s: int, rng: random.Random
         while x < s:
             w = rng.uniform(0.15, 0.3) * s
             h = rng.uniform(0.35, 0.7) * s
-            draw.rectangle((x, s * 0.8 - h, x + w, s), fill=jitter(rng.choice([(230, 150, 110), (240, 210, 150), (200, 120, 130)])))
+            draw.rectangle(
+                (x, s * 0.8 - h, x + w, s), fill=jitter(rng.choice([(230, 150, 110), (240, 210, 150), (200, 120, 130)]))
+            )
             x += w
         draw.rectangle((0, s * 0.8, s, s), fill=jitter((150, 140, 130)))
     elif kind == "field":
@@ -152,7 +154,13 @@ def _background(draw: ImageDraw.ImageDraw, kind: str, s: int, rng: random.Random
 
 
 def _figure(
-    draw: ImageDraw.ImageDraw, look: CharacterLook, cx: float, ground: float, height: float, pose: str, rng: random.Random
+    draw: ImageDraw.ImageDraw,
+    look: CharacterLook,
+    cx: float,
+    ground: float,
+    height: float,
+    pose: str,
+    rng: random.Random,
 ) -> None:
     u = height / 8  # the figure is eight "heads" tall, head included
     head_r = u * 0.9
@@ -167,7 +175,12 @@ def _figure(
     # Arms by pose, then the shirt over the shoulders.
     shoulder = neck + u * 0.4
     for side in (-1, 1):
-        hand_y = {"down": hip + u * 0.3, "up": head_cy - u * 1.5, "hips": hip, "wave": head_cy - u if side == 1 else hip}[pose]
+        hand_y = {
+            "down": hip + u * 0.3,
+            "up": head_cy - u * 1.5,
+            "hips": hip,
+            "wave": head_cy - u if side == 1 else hip,
+        }[pose]
         hand_x = cx + side * (u * 0.9 if pose == "hips" else u * 1.6)
         draw.line((cx + side * u * 0.9, shoulder, hand_x, hand_y), fill=look.skin, width=limb)
     draw.rounded_rectangle((cx - u, neck, cx + u, hip + u * 0.1), radius=u * 0.3, fill=look.shirt)

@@ -41,7 +41,11 @@ class SkinFaceDetector(nn.Module):
         r, g, b = rgb[:, 0:1], rgb[:, 1:2], rgb[:, 2:3]
         rg, gb = r - g, g - b
         inside = (
-            (rg >= _R_MINUS_G[0]) & (rg <= _R_MINUS_G[1]) & (gb >= _G_MINUS_B[0]) & (gb <= _G_MINUS_B[1]) & (r >= _R_MIN)
+            (rg >= _R_MINUS_G[0])
+            & (rg <= _R_MINUS_G[1])
+            & (gb >= _G_MINUS_B[0])
+            & (gb <= _G_MINUS_B[1])
+            & (r >= _R_MIN)
         ).float()
         cell = F.avg_pool2d(inside, ACTIVE_STRIDE, ACTIVE_STRIDE)
         # A face is a solid skin patch: every 16-px cell of a 2x3 (rows x columns) block mostly skin (min-pool). Arms and legs are

@@ -146,4 +146,3 @@ def build_sdxl(folder: Path, seed: int = 0) -> None:
     pipe.save_pretrained(str(folder), safe_serialization=True)
     write_slow_tokenizer_files(folder / "tokenizer")
     write_slow_tokenizer_files(folder / "tokenizer_2")
-
