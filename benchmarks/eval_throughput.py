@@ -29,16 +29,16 @@ from typing import Any
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-from PIL import Image  # noqa: E402
-from rich.console import Console  # noqa: E402
-from rich.table import Table  # noqa: E402
+import numpy as np
+import torch
+from PIL import Image
+from rich.console import Console
+from rich.table import Table
 
-from loratune.config import Config, load_config  # noqa: E402
-from loratune.evaluation import Evaluator, Sample, load_references  # noqa: E402
-from loratune.metrics.cache import clear_model_cache  # noqa: E402
-from loratune.metrics.registry import AXES  # noqa: E402
+from loratune.config import Config, load_config
+from loratune.evaluation import Evaluator, Sample, load_references
+from loratune.metrics.cache import clear_model_cache
+from loratune.metrics.registry import AXES
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -54,8 +54,14 @@ def make_samples(config: Config, folder: Path, count: int, size: int) -> list[Sa
         pixels = np.clip(base + rng.normal(0, 50, (size, size, 3)), 0, 255).astype(np.uint8)
         path = folder / f"{i:04d}.png"
         Image.fromarray(pixels).save(path)
-        samples.append(Sample(path, prompt.text if prompt else "a picture", seed=i // max(1, len(prompts)),
-                              character=prompt.character if prompt else None))
+        samples.append(
+            Sample(
+                path,
+                prompt.text if prompt else "a picture",
+                seed=i // max(1, len(prompts)),
+                character=prompt.character if prompt else None,
+            )
+        )
     return samples
 
 
@@ -174,8 +180,10 @@ def main() -> None:
         naive_seconds = time.perf_counter() - started
 
     n = len(samples)
-    table = Table(title=f"Evaluation throughput: {n} images of {args.size}x{args.size}, device {evaluator.runtime.device}, "
-                        f"batch {evaluator.runtime.batch_size}, {torch.get_num_threads()} threads")
+    table = Table(
+        title=f"Evaluation throughput: {n} images of {args.size}x{args.size}, device {evaluator.runtime.device}, "
+        f"batch {evaluator.runtime.batch_size}, {torch.get_num_threads()} threads"
+    )
     table.add_column("what")
     table.add_column("images", justify="right")
     table.add_column("seconds", justify="right")
@@ -192,9 +200,11 @@ def main() -> None:
         table.add_row(label, str(count), f"{seconds:.2f}", f"{rate:.2f}", f"{rate / eval_rate:.2f}x")
     console.print(table)
     ratio = eval_seconds / forward_seconds if forward_seconds > 0 else float("nan")
-    console.print(f"overhead ratio (evaluator / raw forwards): [bold]{ratio:.2f}[/bold]   "
-                  f"one-off model load: {load_seconds:.2f} s   "
-                  f"naive loop is {eval_rate / (len(naive) / naive_seconds):.0f}x slower per image")
+    console.print(
+        f"overhead ratio (evaluator / raw forwards): [bold]{ratio:.2f}[/bold]   "
+        f"one-off model load: {load_seconds:.2f} s   "
+        f"naive loop is {eval_rate / (len(naive) / naive_seconds):.0f}x slower per image"
+    )
 
     axes = Table(title="Per backend, during one Evaluator.score: time in update/compute and inside model forwards")
     axes.add_column("axis")
@@ -207,10 +217,15 @@ def main() -> None:
     for axis, backend in evaluator.backends.items():
         seconds = per_axis.get(axis, 0.0)
         wall = backend_walls.get(axis, 0.0)
-        axes.add_row(axis, backend.spec.name, f"{wall:.3f}", f"{seconds:.3f}",
-                     f"{wall / seconds:.2f}x" if seconds else "-",
-                     f"{seconds / forward_seconds:.0%}" if forward_seconds else "-",
-                     "yes" if result.axes[axis].stand_in else "no")
+        axes.add_row(
+            axis,
+            backend.spec.name,
+            f"{wall:.3f}",
+            f"{seconds:.3f}",
+            f"{wall / seconds:.2f}x" if seconds else "-",
+            f"{seconds / forward_seconds:.0%}" if forward_seconds else "-",
+            "yes" if result.axes[axis].stand_in else "no",
+        )
     console.print(axes)
 
 

@@ -25,8 +25,14 @@ class PublicMLP(nn.Module):
         super().__init__()
         self.input_size = input_size
         self.layers = nn.Sequential(
-            nn.Linear(self.input_size, 1024), nn.Dropout(0.2), nn.Linear(1024, 128), nn.Dropout(0.2),
-            nn.Linear(128, 64), nn.Dropout(0.1), nn.Linear(64, 16), nn.Linear(16, 1),
+            nn.Linear(self.input_size, 1024),
+            nn.Dropout(0.2),
+            nn.Linear(1024, 128),
+            nn.Dropout(0.2),
+            nn.Linear(128, 64),
+            nn.Dropout(0.1),
+            nn.Linear(64, 16),
+            nn.Linear(16, 1),
         )
 
 
@@ -44,7 +50,10 @@ def make(model: str | None, **options: object):
 @pytest.fixture(scope="module")
 def images() -> list[EvalImage]:
     rng = np.random.default_rng(3)
-    return [EvalImage(Path(f"{i}.png"), Image.fromarray(rng.integers(0, 256, (64, 96, 3), dtype=np.uint8))) for i in range(5)]
+    return [
+        EvalImage(Path(f"{i}.png"), Image.fromarray(rng.integers(0, 256, (64, 96, 3), dtype=np.uint8)))
+        for i in range(5)
+    ]
 
 
 def test_public_layout_loads_and_matches_linear_chain(tmp_path):

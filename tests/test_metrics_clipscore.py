@@ -191,8 +191,12 @@ def test_eva02_style_timm_tower_scores(images, tmp_path):
     result = score(make("clipscore", "EVA02-Tiny-test", pretrained=str(tmp_path / "eva.safetensors")), images[:2])
     with torch.no_grad():
         _, _, preprocess = open_clip.create_model_and_transforms("EVA02-Tiny-test")
-        img = torch.nn.functional.normalize(model.eval().encode_image(torch.stack([preprocess(i.image) for i in images[:2]])), dim=-1)
-        txt = torch.nn.functional.normalize(model.encode_text(open_clip.get_tokenizer("EVA02-Tiny-test")(PROMPTS[:2])), dim=-1)
+        img = torch.nn.functional.normalize(
+            model.eval().encode_image(torch.stack([preprocess(i.image) for i in images[:2]])), dim=-1
+        )
+        txt = torch.nn.functional.normalize(
+            model.encode_text(open_clip.get_tokenizer("EVA02-Tiny-test")(PROMPTS[:2])), dim=-1
+        )
     assert result.per_image == pytest.approx((100 * (img * txt).sum(-1).clamp_min(0)).tolist(), abs=1e-4)
 
 

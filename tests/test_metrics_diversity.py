@@ -27,8 +27,16 @@ def make(model: str | None = None, **options: object):
 @pytest.fixture(scope="module")
 def images() -> list[EvalImage]:
     rng = np.random.default_rng(7)
-    spec = [("a boy", "luca"), ("a boy", "luca"), ("a cat", None), ("a boy", "luca"), ("a cat", None),
-            ("a boy", "alberto"), ("a dog", None), ("a boy", "alberto")]
+    spec = [
+        ("a boy", "luca"),
+        ("a boy", "luca"),
+        ("a cat", None),
+        ("a boy", "luca"),
+        ("a cat", None),
+        ("a boy", "alberto"),
+        ("a dog", None),
+        ("a boy", "alberto"),
+    ]
     out = []
     for i, (prompt, character) in enumerate(spec):
         base = rng.integers(0, 256, (1, 1, 3))  # a colour per image plus noise: distances differ from pair to pair
@@ -89,8 +97,11 @@ def test_stand_in_backbone_is_seeded(images):
 
 @pytest.mark.skipif(backbone_checkpoint("alex").exists(), reason="torchvision's AlexNet weights are cached here")
 def test_missing_pretrained_backbone_errors_or_falls_back(images):
-    with pytest.raises(LoratuneError, match=r"^evaluation\.backends\.diversity\.model: cannot load torchvision's "
-                                            r"pretrained alex backbone .*pretrained_backbone: false"):
+    with pytest.raises(
+        LoratuneError,
+        match=r"^evaluation\.backends\.diversity\.model: cannot load torchvision's "
+        r"pretrained alex backbone .*pretrained_backbone: false",
+    ):
         make().load()
     fallback = make(missing_backbone="stand_in", size=SIZE)
     fallback.load()

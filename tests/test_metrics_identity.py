@@ -105,7 +105,9 @@ def test_clip_i_hf_and_no_references(tiny_models, generations):
 
     def embed(imgs):
         with torch.no_grad():
-            return model.get_image_features(pixel_values=processor(images=imgs, return_tensors="pt")["pixel_values"]).pooler_output
+            return model.get_image_features(
+                pixel_values=processor(images=imgs, return_tensors="pt")["pixel_values"]
+            ).pooler_output
 
     _, across = expected_values(embed, generations, References(images={None: [generations[0].image]}))
     assert "across generations only" in result.details["mode"]
@@ -117,7 +119,11 @@ def test_clip_i_hf_and_no_references(tiny_models, generations):
 
 def test_no_references_and_single_images_is_missing(tiny_models):
     backend = make("clip_i", str(tiny_models.open_clip))
-    result = run(backend, [EvalImage(Path("a.png"), picture(1), character="a"), EvalImage(Path("b.png"), picture(2), character="b")], References())
+    result = run(
+        backend,
+        [EvalImage(Path("a.png"), picture(1), character="a"), EvalImage(Path("b.png"), picture(2), character="b")],
+        References(),
+    )
     assert result.value is None and "no reference images" in result.missing_reason
 
 
@@ -128,11 +134,17 @@ def dino_folder(tmp_path_factory) -> Path:
 
     folder = tmp_path_factory.mktemp("dinov2")
     torch.manual_seed(0)
-    config = Dinov2Config(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
-                          image_size=56, patch_size=14)
+    config = Dinov2Config(
+        hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64, image_size=56, patch_size=14
+    )
     Dinov2Model(config).save_pretrained(str(folder))
-    BitImageProcessor(size={"shortest_edge": 64}, crop_size={"height": 56, "width": 56}, do_center_crop=True,
-                      image_mean=[0.485, 0.456, 0.406], image_std=[0.229, 0.224, 0.225]).save_pretrained(str(folder))
+    BitImageProcessor(
+        size={"shortest_edge": 64},
+        crop_size={"height": 56, "width": 56},
+        do_center_crop=True,
+        image_mean=[0.485, 0.456, 0.406],
+        image_std=[0.229, 0.224, 0.225],
+    ).save_pretrained(str(folder))
     return folder
 
 
@@ -174,7 +186,9 @@ def test_dino_timm_folder_file_and_name(generations, references, tmp_path):
     to_refs, _ = expected_values(embed, generations, references)
     from_folder = run(make("dino", str(tmp_path / "timm_folder")), generations, references)
     assert from_folder.per_image == pytest.approx(to_refs, abs=1e-5)
-    from_file = run(make("dino", str(tmp_path / "weights.safetensors"), architecture="test_vit"), generations, references)
+    from_file = run(
+        make("dino", str(tmp_path / "weights.safetensors"), architecture="test_vit"), generations, references
+    )
     assert from_file.per_image == pytest.approx(to_refs, abs=1e-5)
     random_named = make("dino", "test_vit", pretrained=False)
     assert random_named.stand_in and random_named.library == "timm"
@@ -188,7 +202,9 @@ def test_identity_errors_name_the_field(tmp_path):
     (tmp_path / "w.pt").write_bytes(b"junk")
     with pytest.raises(LoratuneError, match=r"consistency\.architecture: a timm checkpoint file needs"):
         make("dino", str(tmp_path / "w.pt")).load()
-    with pytest.raises(LoratuneError, match=r"^evaluation\.backends\.consistency\.model: cannot load transformers model"):
+    with pytest.raises(
+        LoratuneError, match=r"^evaluation\.backends\.consistency\.model: cannot load transformers model"
+    ):
         make("dino", str(tmp_path)).load()
     with pytest.raises(LoratuneError, match=r"^evaluation\.backends\.consistency\.library: Input should be"):
         make("dino", "test_vit", library="keras")

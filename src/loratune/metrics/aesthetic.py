@@ -68,7 +68,7 @@ def load_state_dict_file(path: str | Path) -> dict[str, torch.Tensor]:
     if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
         state = state["state_dict"]
     if not isinstance(state, dict):
-        raise ValueError(f"expected a state dict, found {type(state).__name__}")
+        raise TypeError(f"expected a state dict, found {type(state).__name__}")
     return state
 
 
@@ -84,7 +84,7 @@ def resolve_hub_file(ref: str, field: str) -> str:
 
     try:
         return hf_hub_download(repo_id="/".join(parts[:2]), filename="/".join(parts[2:]))
-    except Exception as err:
+    except Exception as err:  # noqa: BLE001  (any load failure is the user's file or network)
         raise LoratuneError(f"{field}: cannot download {ref}: {first_line(err)}") from None
 
 
@@ -92,7 +92,9 @@ class LaionAesthetic(Backend):
     """LAION Aesthetics Predictor V2 score (1-10) per image; mean over images."""
 
     class Options(Backend.Options):
-        clip_model: str = Field("ViT-L-14", description="open_clip model giving the image embedding (or a local folder)")
+        clip_model: str = Field(
+            "ViT-L-14", description="open_clip model giving the image embedding (or a local folder)"
+        )
         clip_pretrained: str | None = Field(None, description="open_clip tag or file (default: openai)")
         clip_architecture: str | None = Field(None, description="open_clip model name when clip_model is a checkpoint")
 
@@ -101,7 +103,9 @@ class LaionAesthetic(Backend):
         assert self.model_id is not None
         self.model_field = f"{self.field_path}.model"
         path = Path(self.model_id).expanduser()
-        if not path.is_file() and (path.exists() or self.model_id.startswith((".", "/", "~")) or self.model_id.count("/") < 2):
+        if not path.is_file() and (
+            path.exists() or self.model_id.startswith((".", "/", "~")) or self.model_id.count("/") < 2
+        ):
             raise LoratuneError(f"{self.model_field}: model path not found: {self.model_id}")
         self.clip_source = resolve_open_clip(
             self.options.clip_model,
@@ -120,7 +124,7 @@ class LaionAesthetic(Backend):
         def loader() -> AestheticMLP:
             try:
                 return AestheticMLP.from_state_dict(load_state_dict_file(weights))
-            except Exception as err:
+            except Exception as err:  # noqa: BLE001  (any load failure is the user's file or network)
                 raise LoratuneError(f"{self.model_field}: cannot load {weights}: {first_line(err)}") from None
 
         self.mlp = cached_model(("laion_aesthetic", weights, str(rt.device)), lambda: loader().to(rt.device))
@@ -130,8 +134,8 @@ class LaionAesthetic(Backend):
     def _check_dim(self, dim: int) -> None:
         if dim and dim != self.mlp.input_size:
             raise LoratuneError(
-                f"{self.field_path}.clip_model: {self.clip_source.label} gives {dim}-d embeddings but the aesthetic MLP "
-                f"{self.model_id} expects {self.mlp.input_size}-d (the public one needs ViT-L-14)"
+                f"{self.field_path}.clip_model: {self.clip_source.label} gives {dim}-d embeddings but the aesthetic "
+                f"MLP {self.model_id} expects {self.mlp.input_size}-d (the public one needs ViT-L-14)"
             )
 
     def reset(self) -> None:

@@ -73,14 +73,17 @@ class OpenClipScore(_ClipScore):
 
     class Options(Backend.Options):
         pretrained: str | None = Field(
-            None, description="open_clip pretrained tag (e.g. openai, merged2b_s4b_b131k), a checkpoint file, or 'random'"
+            None,
+            description="open_clip pretrained tag (e.g. openai, merged2b_s4b_b131k), a checkpoint file, or 'random'",
         )
         architecture: str | None = Field(None, description="open_clip model name when `model` is a checkpoint file")
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         assert self.model_id is not None
-        self.source = resolve_open_clip(self.model_id, self.options.pretrained, self.options.architecture, self.model_field)
+        self.source = resolve_open_clip(
+            self.model_id, self.options.pretrained, self.options.architecture, self.model_field
+        )
         self.stand_in = self.source.stand_in
 
     def load(self) -> None:

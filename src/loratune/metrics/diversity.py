@@ -81,7 +81,9 @@ class LpipsPairs:
             return total.cpu()
 
 
-def load_lpips(net: str, pretrained_backbone: bool, missing_backbone: str, device: Any, field: str) -> tuple[LpipsPairs, bool]:
+def load_lpips(
+    net: str, pretrained_backbone: bool, missing_backbone: str, device: Any, field: str
+) -> tuple[LpipsPairs, bool]:
     """The LPIPS model (calibrated linear heads from the package) and whether its backbone is a stand-in."""
 
     def loader() -> tuple[LpipsPairs, bool]:
@@ -96,7 +98,7 @@ def load_lpips(net: str, pretrained_backbone: bool, missing_backbone: str, devic
         if pretrained_backbone:
             try:
                 return LpipsPairs(lpips.LPIPS(net=net, verbose=False).to(device).eval(), device), False
-            except Exception as err:  # torchvision's download: offline, firewalled, or a corrupt cache file
+            except Exception as err:  # noqa: BLE001  (torchvision's download: offline, firewalled, corrupt cache)
                 if missing_backbone == "error":
                     raise LoratuneError(
                         f"{field}: cannot load torchvision's pretrained {net} backbone for LPIPS ({first_line(err)}); "
@@ -161,7 +163,9 @@ class LpipsDiversity(Backend):
             feats.append(self.lpips.features(x))
         layers = [torch.cat([f[k] for f in feats]) for k in range(len(feats[0]))]
         i, j = torch.triu_indices(len(rows), len(rows), offset=1)
-        dist = torch.cat([self.lpips.distances(layers, i[s : s + batch], j[s : s + batch]) for s in range(0, len(i), batch)])
+        dist = torch.cat(
+            [self.lpips.distances(layers, i[s : s + batch], j[s : s + batch]) for s in range(0, len(i), batch)]
+        )
         return i, j, dist
 
     def compute(self) -> AxisResult:
@@ -178,8 +182,15 @@ class LpipsDiversity(Backend):
             for local, row in enumerate(rows):
                 per_image[row] = float(sums[local] / (n - 1))
             character, prompt = self._labels[key]
-            groups.append({"prompt": prompt, "character": character, "images": n, "pairs": len(dist),
-                           "mean_lpips": float(dist.mean())})
+            groups.append(
+                {
+                    "prompt": prompt,
+                    "character": character,
+                    "images": n,
+                    "pairs": len(dist),
+                    "mean_lpips": float(dist.mean()),
+                }
+            )
         singles = sum(1 for rows in self._groups.values() if len(rows) < 2)
         details: dict[str, Any] = {"groups": groups, "size": self.options.size, "net": self.model_id}
         if singles:
@@ -187,6 +198,9 @@ class LpipsDiversity(Backend):
         if self.stand_in:
             details["backbone"] = "random (stand-in weights): torchvision's pretrained backbone was not used"
         if not groups:
-            return self.missing("no prompt has two or more images (diversity compares seeds of one prompt)",
-                                per_image=per_image, details=details)
+            return self.missing(
+                "no prompt has two or more images (diversity compares seeds of one prompt)",
+                per_image=per_image,
+                details=details,
+            )
         return self.result(sum(g["mean_lpips"] for g in groups) / len(groups), per_image=per_image, details=details)

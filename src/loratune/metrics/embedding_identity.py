@@ -122,18 +122,21 @@ class _EmbeddingIdentity(Backend):
             return self.result(_mean(to_refs_all), per_image=list(self._to_references), details=details)
         if not across_values:
             return self.missing(
-                "no reference images and no character with two or more generations", per_image=list(self._to_references), details=details
+                "no reference images and no character with two or more generations",
+                per_image=list(self._to_references),
+                details=details,
             )
         details["mode"] = "across generations only: no reference images (per-image = mean similarity to the others)"
         return self.result(_mean(across_values), per_image=across_per_image, details=details)
 
 
 class ClipImageIdentity(_EmbeddingIdentity):
-    """CLIP-I: open_clip (any name/tag, ``hf-hub:``, local folder or checkpoint) or transformers CLIP image embeddings."""
+    """CLIP-I: open_clip (name/tag, ``hf-hub:``, local folder or checkpoint) or transformers CLIP image embeddings."""
 
     class Options(Backend.Options):
         library: Literal["auto", "open_clip", "hf"] = Field(
-            "auto", description="auto: open_clip for open_clip names/folders/files and hf-hub:, transformers for other hub ids"
+            "auto",
+            description="auto: open_clip for open_clip names/folders/files and hf-hub:, transformers for other hub ids",
         )
         pretrained: str | None = Field(None, description="open_clip pretrained tag, checkpoint file, or 'random'")
         architecture: str | None = Field(None, description="open_clip model name when `model` is a checkpoint file")
@@ -180,7 +183,8 @@ class DinoIdentity(_EmbeddingIdentity):
 
     class Options(Backend.Options):
         library: Literal["auto", "hf", "timm"] = Field(
-            "auto", description="auto: timm for timm names, hf-hub:, timm folders and checkpoint files; else transformers"
+            "auto",
+            description="auto: timm for timm names, hf-hub:, timm folders and checkpoint files; else transformers",
         )
         pooling: Literal["auto", "cls", "pooled", "mean"] = Field(
             "auto", description="transformers models: pooled output when there is one, else the CLS token"

@@ -138,7 +138,9 @@ _PRECISION = {"torch.float32": "fp32", "torch.float16": "fp16", "torch.bfloat16"
 class OpenClipModel:
     """An open_clip model with its eval transform and tokenizer."""
 
-    def __init__(self, model: Any, preprocess: Callable[[Any], Any], tokenizer: Callable[..., Any], device: Any) -> None:
+    def __init__(
+        self, model: Any, preprocess: Callable[[Any], Any], tokenizer: Callable[..., Any], device: Any
+    ) -> None:
         self.model = model
         self.preprocess = preprocess
         self.tokenizer = tokenizer
@@ -195,7 +197,7 @@ def load_open_clip(source: OpenClipSource, device: Any, dtype: Any, field: str) 
                 weights_only=True,
             )
             tokenizer = open_clip.get_tokenizer(source.tokenizer_name)
-        except Exception as err:  # offline downloads, bad checkpoints, missing files: all the user's to fix
+        except Exception as err:  # noqa: BLE001  (offline downloads, bad checkpoints, missing files: the user's to fix)
             raise LoratuneError(f"{field}: cannot load open_clip model {source.label}: {first_line(err)}") from None
         model.eval()
         return OpenClipModel(model, preprocess, tokenizer, device)
@@ -203,7 +205,7 @@ def load_open_clip(source: OpenClipSource, device: Any, dtype: Any, field: str) 
     return cached_model(("open_clip", source.model_name, source.pretrained, *_key(device, dtype)), loader)
 
 
-# --- Hugging Face transformers -----------------------------------------------------------------------------------------
+# --- Hugging Face transformers ------------------------------------------------------------------------------------
 def _features(output: Any) -> torch.Tensor:
     """``get_*_features`` returns a tensor on transformers 4 and a ``BaseModelOutputWithPooling`` on 5."""
     import torch
@@ -267,7 +269,7 @@ def load_hf_clip(ref: str, device: Any, dtype: Any, field: str, trust_remote_cod
         try:
             model = AutoModel.from_pretrained(ref, trust_remote_code=trust_remote_code)
             processor = AutoProcessor.from_pretrained(ref, trust_remote_code=trust_remote_code)
-        except Exception as err:
+        except Exception as err:  # noqa: BLE001  (any load failure is the user's file or network)
             raise LoratuneError(f"{field}: cannot load transformers model {ref}: {first_line(err)}") from None
         if not hasattr(model, "get_image_features") or not hasattr(model, "get_text_features"):
             raise LoratuneError(f"{field}: {ref} is a {type(model).__name__}, not a CLIP-style image+text model")
@@ -323,7 +325,7 @@ def load_hf_vision(
         try:
             model = AutoModel.from_pretrained(ref, trust_remote_code=trust_remote_code)
             processor = AutoImageProcessor.from_pretrained(ref, trust_remote_code=trust_remote_code)
-        except Exception as err:
+        except Exception as err:  # noqa: BLE001  (any load failure is the user's file or network)
             raise LoratuneError(f"{field}: cannot load transformers model {ref}: {first_line(err)}") from None
         model = model.to(device=device, dtype=dtype or model.dtype).eval()
         return HFVisionModel(model, processor, device, pooling)
@@ -385,7 +387,9 @@ def load_timm(
         stand_in = is_stand_in(str(path))
     elif path.is_file():
         if not architecture or not is_timm_name(architecture):
-            raise LoratuneError(f"{opt}.architecture: a timm checkpoint file needs its timm model name (got {architecture!r})")
+            raise LoratuneError(
+                f"{opt}.architecture: a timm checkpoint file needs its timm model name (got {architecture!r})"
+            )
         name, kwargs["pretrained"] = architecture, True
         kwargs["pretrained_cfg_overlay"] = {"file": str(path)}
         stand_in = is_stand_in(str(path))
@@ -401,7 +405,7 @@ def load_timm(
 
         try:
             model = timm.create_model(name, **kwargs)
-        except Exception as err:
+        except Exception as err:  # noqa: BLE001  (any load failure is the user's file or network)
             raise LoratuneError(f"{field}: cannot load timm model {ref}: {first_line(err)}") from None
         model = model.to(device=device, dtype=dtype or next(model.parameters()).dtype).eval()
         transform = create_transform(**resolve_model_data_config(model), is_training=False)
