@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pytest
 import torch
 from PIL import Image
 
@@ -212,6 +213,18 @@ def test_cli_prints_the_paths(tiny_models, capsys):
     assert main(["tiny-models", str(tiny_models.root)]) == 0
     out = capsys.readouterr().out
     assert f"config: {tiny_models.config}\n" in out
+
+
+def test_refuses_to_replace_a_folder_with_other_content(tmp_path):
+    from loratune.cli import main
+    from loratune.errors import LoratuneError
+    from loratune.tiny import build_tiny_models
+
+    (tmp_path / "notes.txt").write_text("mine")
+    with pytest.raises(LoratuneError, match="not a tiny-models folder"):
+        build_tiny_models(tmp_path)
+    assert main(["tiny-models", str(tmp_path / "notes.txt")]) == 2
+    assert (tmp_path / "notes.txt").read_text() == "mine"
 
 
 def test_reuses_a_complete_build(tiny_models):

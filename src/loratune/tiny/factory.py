@@ -13,6 +13,7 @@ from pathlib import Path
 import yaml
 
 from loratune.atomic import atomic_dir, atomic_write_text
+from loratune.errors import LoratuneError
 from loratune.modelref import write_stand_in_marker
 
 # Bump when anything the factory writes changes: cached builds of another version are rebuilt.
@@ -77,10 +78,15 @@ def build_tiny_models(out_dir: str | Path, force: bool = False, progress: Progre
     root = Path(out_dir).expanduser().resolve()
     models = TinyModels.at(root)
     say = progress or (lambda _msg: None)
+    if root.exists() and not root.is_dir():
+        raise LoratuneError(f"{root}: exists and is not a folder")
     with _build_lock(root):
         if not force and _complete(root):
             _refresh_config(models)
             return models
+        # The build replaces the whole folder: never swallow a folder that holds something else.
+        if root.is_dir() and not (root / MANIFEST).is_file() and any(root.iterdir()):
+            raise LoratuneError(f"{root}: folder exists and is not a tiny-models folder; give a new or empty folder")
         with atomic_dir(root) as tmp:
             tmp.chmod(0o755)  # mkdtemp makes it private; the cache is an ordinary shared folder
             _build_all(tmp, say)
