@@ -169,8 +169,9 @@ def test_eva02_names_and_tags_resolve():
     assert resolve_open_clip("laion/CLIP-ViT-g-14", None, None, "f.model").model_name == "hf-hub:laion/CLIP-ViT-g-14"
     with pytest.raises(LoratuneError, match=r"alignment\.pretrained: unknown tag 'nope' .*merged2b_s4b_b131k"):
         make("clipscore", "EVA02-L-14", pretrained="nope")
-    with pytest.raises(LoratuneError, match=r"alignment\.pretrained: required for open_clip model EVA02-B-16"):
-        make("clipscore", "EVA02-B-16")
+    assert make("clipscore", "EVA02-B-16").source.pretrained == "merged2b_s8b_b131k"  # its only release
+    with pytest.raises(LoratuneError, match=r"alignment\.pretrained: required for open_clip model coca_ViT-B-32"):
+        make("clipscore", "coca_ViT-B-32")
 
 
 def test_eva02_style_timm_tower_scores(images, tmp_path):

@@ -19,6 +19,7 @@ from pydantic import Field
 
 from loratune.metrics.base import AxisResult, Backend, EvalImage, References
 from loratune.metrics.openclip_models import (
+    ImageEmbedder,
     is_timm_folder,
     is_timm_name,
     load_hf_clip,
@@ -49,6 +50,8 @@ def _mean(values: list[float]) -> float | None:
 
 
 class _EmbeddingIdentity(Backend):
+    encoder: ImageEmbedder
+
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.references = References()

@@ -12,7 +12,7 @@ open_clip references, in the order they are recognised:
   ``architecture`` (a built-in open_clip model name);
 * ``hf-hub:org/repo`` (or ``local-dir:path``) passed through;
 * a built-in model name (``ViT-L-14``, ``EVA02-L-14``, ...; ``ViT-L/14`` works too) with a ``pretrained`` tag, a
-  checkpoint file, or ``random`` (random weights: a stand-in);
+  checkpoint file, or ``random`` (random weights: a stand-in); without one: ``openai``, or the model's only tag;
 * any other ``org/repo`` -> ``hf-hub:org/repo``.
 """
 
@@ -22,7 +22,7 @@ import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Protocol
 
 from loratune.errors import LoratuneError
 from loratune.metrics.cache import cached_model
@@ -34,6 +34,12 @@ if TYPE_CHECKING:
 
 CHECKPOINT_SUFFIXES = (".safetensors", ".pt", ".pth", ".bin")
 RANDOM_WEIGHTS = "random"
+
+
+class ImageEmbedder(Protocol):
+    """What the identity backends need: L2-normalised float32 image embeddings on the CPU, one row per image."""
+
+    def embed_images(self, images: Sequence[Image.Image], batch_size: int = 8) -> torch.Tensor: ...
 
 
 def first_line(err: BaseException) -> str:
@@ -103,10 +109,11 @@ def resolve_open_clip(
     if name is not None:
         tags = open_clip.list_pretrained_tags_by_model(name)
         if pretrained is None:
-            if "openai" not in tags:
+            # OpenAI's weights where they exist (ViT-L-14 for the LAION predictor), else a model's only release.
+            if "openai" not in tags and len(tags) != 1:
                 known = ", ".join(tags) or "none"
                 raise LoratuneError(f"{opt}.pretrained: required for open_clip model {name} (tags: {known}, or a file)")
-            pretrained = "openai"
+            pretrained = "openai" if "openai" in tags else tags[0]
         if pretrained == RANDOM_WEIGHTS:
             return OpenClipSource(name, None, name, True, f"{name} (random weights)")
         weights = Path(pretrained).expanduser()
@@ -414,5 +421,3 @@ def load_timm(
     key = ("timm", name, str(kwargs.get("pretrained_cfg_overlay")), kwargs["pretrained"], *_key(device, dtype))
     return cached_model(key, loader), stand_in
 
-
-Library = Literal["auto", "open_clip", "hf", "timm"]
