@@ -20,6 +20,8 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw
 
+from loratune.atomic import atomic_path, atomic_write_text
+
 REPEATS = 10
 N_REFERENCES = 3
 
@@ -96,14 +98,21 @@ def make_character_dataset(
             background = rng.choice(sorted(BACKGROUNDS))
             image = _draw(look, background, size, rng, reference=False)
             path = folder / f"{i:04d}.png"
-            image.save(path)
-            path.with_suffix(".txt").write_text(f"{look.token}, {look.description}, {BACKGROUNDS[background]}\n")
+            _save(image, path)
+            atomic_write_text(
+                path.with_suffix(".txt"), f"{look.token}, {look.description}, {BACKGROUNDS[background]}\n"
+            )
             result.images.append(path)
         refs = result.references / look.token
         refs.mkdir(parents=True, exist_ok=True)
         for i in range(N_REFERENCES):
-            _draw(look, "plain", size, rng, reference=True).save(refs / f"ref-{i:02d}.png")
+            _save(_draw(look, "plain", size, rng, reference=True), refs / f"ref-{i:02d}.png")
     return result
+
+
+def _save(image: Image.Image, path: Path) -> None:
+    with atomic_path(path) as tmp:
+        image.save(tmp, format="PNG")
 
 
 def _draw(look: CharacterLook, background: str, size: int, rng: random.Random, reference: bool) -> Image.Image:
