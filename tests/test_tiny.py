@@ -227,6 +227,13 @@ def test_refuses_to_replace_a_folder_with_other_content(tmp_path):
     assert (tmp_path / "notes.txt").read_text() == "mine"
 
 
+def test_every_model_is_marked_stand_in(tiny_models):
+    models = ("sd15", "sdxl", "open_clip", "hf_clip", "aesthetic", "arcface", "face_detector", "vlm")
+    for name in models:
+        assert is_stand_in(str(getattr(tiny_models, name))), name
+    assert not is_stand_in(str(tiny_models.dataset))
+
+
 def test_reuses_a_complete_build(tiny_models):
     from loratune.tiny import build_tiny_models
 
