@@ -1,0 +1,348 @@
+"""The built-in LoRA trainer: one loop you can read top to bottom, in the manner of diffusers' training examples.
+
+Everything the user can get wrong is checked in ``prepare`` before a model loads. The loop then runs epochs of
+bucketed batches; strategies (curriculum resolution, progressive rank) act at each epoch start; every
+``save_every_epochs`` a checkpoint is written, sampled and handed to ``on_checkpoint``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from loratune.atomic import atomic_write_json
+from loratune.config import Config
+from loratune.errors import LoratuneError
+from loratune.train.data import Item, assign_bucket, bucket_sizes, plan_epoch, process_caption, scan_dataset
+from loratune.train.records import FAILED_MARKER, CheckpointInfo, StopTraining, TrainingDiverged, TrainResult
+from loratune.train.strategies import CurriculumResolution, ProgressiveRank
+
+
+def prepare(config: Config) -> list[Item]:
+    """Validate everything that does not need a model: base reference, dataset, optimizer, sample prompts."""
+    from loratune.modelref import check_model_ref
+    from loratune.sampling import sample_prompts
+    from loratune.train.optim import check_optimizer
+
+    check_model_ref(config.model.base, "model.base")
+    characters = list(config.dataset.characters.values())
+    items = scan_dataset(
+        config.dataset.path,
+        config.dataset.caption_extension,
+        config.dataset.missing_caption,
+        class_token=characters[0].token if len(characters) == 1 else None,
+    )
+    check_optimizer(config.train)
+    if config.train.sample_checkpoints:
+        sample_prompts(config)
+    return items
+
+
+@dataclass
+class Batch:
+    indices: list[int]
+    bucket: tuple[int, int]
+    captions: list[str]
+    flips: list[bool]
+
+
+def epoch_batches(config: Config, items: list[Item], epoch: int, resolution: int) -> list[Batch]:
+    """The epoch's batches: bucketed at ``resolution``, shuffled, captions processed, flips drawn — all by seed."""
+    ds, t = config.dataset, config.train
+    sizes = bucket_sizes(resolution, ds.bucket_step, ds.min_bucket, ds.max_bucket) if ds.buckets else [(resolution, resolution)]
+    buckets = [assign_bucket(it.width, it.height, sizes) for it in items]
+    rng = random.Random(t.seed * 1_000_003 + epoch)
+    batches = []
+    for indices in plan_epoch([(it.repeats, b) for it, b in zip(items, buckets)], t.batch_size, rng.randrange(2**32)):
+        captions = [process_caption(items[i].caption, t.shuffle_captions, t.keep_tokens, t.caption_separator, rng) for i in indices]
+        flips = [t.flip and rng.random() < 0.5 for _ in indices]
+        batches.append(Batch(indices, buckets[indices[0]], captions, flips))
+    return batches
+
+
+def count_steps(config: Config, items: list[Item], curriculum: CurriculumResolution) -> int:
+    """Optimizer steps of the whole run (for the learning-rate schedule)."""
+    t = config.train
+    total = sum(
+        math.ceil(len(epoch_batches(config, items, e, curriculum.resolution_at(e))) / t.gradient_accumulation)
+        for e in range(1, t.epochs + 1)
+    )
+    return min(total, t.max_steps) if t.max_steps else total
+
+
+def diffusion_loss(models: Any, latents: Any, cond: Any, bucket: tuple[int, int], t: Any, generator: Any) -> Any:
+    """Noise-prediction loss at random timesteps (epsilon or v target; min-SNR weighting; noise offset)."""
+    import torch
+    import torch.nn.functional as F
+    from diffusers.training_utils import compute_snr
+
+    scheduler = models.noise_scheduler
+    b = latents.shape[0]
+    noise = torch.randn(latents.shape, generator=generator).to(latents)
+    if t.noise_offset:
+        noise = noise + t.noise_offset * torch.randn((b, latents.shape[1], 1, 1), generator=generator).to(latents)
+    timesteps = torch.randint(0, scheduler.config.num_train_timesteps, (b,), generator=generator).to(latents.device)
+    noisy = scheduler.add_noise(latents, noise, timesteps)
+    if scheduler.config.prediction_type == "v_prediction":
+        target = scheduler.get_velocity(latents, noise, timesteps)
+    else:
+        target = noise
+    extra: dict[str, Any] = {}
+    if models.family == "sdxl":
+        width, height = bucket
+        # original size, crop top-left, target size: we train on the resized, centred crop at bucket size
+        time_ids = torch.tensor([height, width, 0, 0, height, width], dtype=cond.hidden.dtype, device=latents.device)
+        extra["added_cond_kwargs"] = {"text_embeds": cond.pooled, "time_ids": time_ids.repeat(b, 1)}
+    pred = models.unet(noisy, timesteps, cond.hidden, **extra).sample
+    loss = F.mse_loss(pred.float(), target.float(), reduction="none").mean(dim=[1, 2, 3])
+    if t.min_snr_gamma:
+        snr = compute_snr(scheduler, timesteps)
+        clipped = torch.minimum(snr, torch.full_like(snr, t.min_snr_gamma))
+        weights = clipped / (snr + 1) if scheduler.config.prediction_type == "v_prediction" else clipped / snr
+        loss = loss * weights
+    return loss.mean()
+
+
+class _Run:
+    """What strategies may change mid-run: the resolution, and the rank (which rebuilds the optimizer)."""
+
+    def __init__(self, config: Config, models: Any, rebuild: Callable[[dict[int, Any]], None]) -> None:
+        self.config, self.models, self._rebuild = config, models, rebuild
+        self.resolution = config.dataset.resolution
+        self.rank = config.train.rank
+
+    def grow_rank(self, rank: int) -> None:
+        from loratune.train.model import grow_rank
+
+        replaced: dict[int, Any] = {}
+        for index, module in enumerate([self.models.unet, *self.models.text_encoders]):
+            if index == 0 or index - 1 in self.models.trained_text_encoders:
+                replaced |= grow_rank(module, rank, seed=self.config.train.seed + 7919 * rank + index)
+        self.rank = rank
+        self._rebuild(replaced)
+
+
+def train(
+    config: Config,
+    out_dir: str | Path,
+    on_checkpoint: Callable[[CheckpointInfo], None] | None = None,
+    resume: bool = False,
+    progress: Callable[[dict[str, Any]], None] | None = None,
+) -> TrainResult:
+    """Train a LoRA on ``config.dataset`` into ``out_dir``; see the module docstring.
+
+    ``resume=True`` continues from the newest checkpoint in ``out_dir`` (weights, optimizer, schedule, step count).
+    ``progress`` is called after each optimizer step with {epoch, step, total_steps, loss, lr}.
+    """
+    items = prepare(config)
+
+    import torch
+    from accelerate import Accelerator
+    from accelerate.utils import set_seed
+
+    from loratune.device import pick_device
+    from loratune.train import checkpoint as ckpt
+    from loratune.train.encode import LatentCache, TextCache, encode_images, encode_text, load_pixels
+    from loratune.train.model import add_lora, current_rank, load_models, load_state_dict, trainable_parameters
+    from loratune.train.optim import build_optimizer, build_scheduler, carry_over, restore_scheduler
+
+    t = config.train
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    device = pick_device(t.device)
+    mixed = t.mixed_precision if t.mixed_precision != "auto" else ("bf16" if device.type == "cuda" else "no")
+    accelerator = Accelerator(mixed_precision=mixed, cpu=device.type == "cpu")
+    weight_dtype = {"no": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[mixed]
+    set_seed(t.seed)
+
+    models = load_models(config.model.base, config.model.family, config.model.variant)
+    if t.prediction_type:
+        models.noise_scheduler.register_to_config(prediction_type=t.prediction_type)
+    add_lora(models, t.rank, t.lora_alpha, t.target_modules, t.text_encoder_target_modules if t.train_text_encoder else None)
+    # Frozen weights in the compute dtype; the trained LoRA weights (and the VAE, which overflows in fp16) in fp32.
+    models.vae.to(device, torch.float32)
+    models.unet.to(device, weight_dtype)
+    for encoder in models.text_encoders:
+        encoder.to(device, weight_dtype)
+    modules = [models.unet, *(models.text_encoders[i] for i in models.trained_text_encoders)]
+    for module in modules:
+        for p in trainable_parameters(module):
+            p.data = p.data.float()
+    if t.gradient_checkpointing:
+        models.unet.enable_gradient_checkpointing()
+        for i in models.trained_text_encoders:
+            models.text_encoders[i].gradient_checkpointing_enable()
+    text_cache = TextCache(models, device) if t.cache_text_embeddings and not models.trained_text_encoders else None
+    latent_cache = LatentCache(models.vae, items, device, torch.float32) if t.cache_latents else None
+
+    curriculum = CurriculumResolution(t.curriculum, config.dataset.resolution)
+    strategies = [curriculum, ProgressiveRank(t.rank_schedule, t.rank)]
+    total_steps = count_steps(config, items, curriculum)
+
+    def param_groups() -> list[dict[str, Any]]:
+        groups = [{"params": trainable_parameters(models.unet), "lr": t.learning_rate}]
+        for i in models.trained_text_encoders:
+            groups.append({"params": trainable_parameters(models.text_encoders[i]), "lr": t.text_encoder_lr or t.learning_rate})
+        return groups
+
+    optimizer = build_optimizer(t, param_groups())
+    lr_scheduler = build_scheduler(t, optimizer, total_steps)
+
+    def rebuild_optimizer(replaced: dict[int, Any]) -> None:
+        nonlocal optimizer, lr_scheduler
+        new_optimizer = build_optimizer(t, param_groups())
+        carry_over(optimizer, new_optimizer, replaced)
+        new_scheduler = build_scheduler(t, new_optimizer, total_steps)
+        restore_scheduler(new_scheduler, lr_scheduler.state_dict())
+        optimizer, lr_scheduler = new_optimizer, new_scheduler
+
+    run = _Run(config, models, rebuild_optimizer)
+    generator = torch.Generator().manual_seed(t.seed)
+    step, start_epoch = 0, 1
+    if resume:
+        folder = ckpt.latest_checkpoint(out_dir)
+        if folder is None:
+            raise LoratuneError(f"--resume: no checkpoint to resume from in {out_dir / 'checkpoints'}")
+        state = ckpt.load_training_state(folder)
+        if state["rank"] > run.rank:
+            run.grow_rank(state["rank"])
+        load_state_dict(models.unet, state["lora"]["unet"])
+        for i in models.trained_text_encoders:
+            load_state_dict(models.text_encoders[i], state["lora"][f"te{i}"])
+        optimizer.load_state_dict(state["optimizer"])
+        restore_scheduler(lr_scheduler, state["lr_scheduler"])
+        generator.set_state(state["generator"])
+        step, start_epoch = int(state["step"]), int(state["epoch"]) + 1
+    (out_dir / FAILED_MARKER).unlink(missing_ok=True)
+
+    history = out_dir / "train_log.jsonl"
+    checkpoints: list[CheckpointInfo] = []
+    loss_value: float | None = None
+    stopped = False
+    epochs_done = start_epoch - 1
+    for epoch in range(start_epoch, t.epochs + 1):
+        if t.max_steps and step >= t.max_steps:
+            break
+        for strategy in strategies:
+            strategy.on_epoch_start(epoch, run)
+        for module in modules:
+            module.train()
+        batches = epoch_batches(config, items, epoch, run.resolution)
+        for index, batch in enumerate(batches):
+            with torch.no_grad():
+                if latent_cache is not None:
+                    latents = latent_cache(batch.indices, batch.bucket, batch.flips)
+                else:
+                    pixels = torch.stack([load_pixels(items[i], batch.bucket, f) for i, f in zip(batch.indices, batch.flips)])
+                    latents = encode_images(models.vae, pixels.to(device), sample=True, generator=generator)
+            latents = latents.to(device, weight_dtype)
+            with accelerator.autocast():
+                cond = text_cache(batch.captions) if text_cache is not None else encode_text(models, batch.captions, device)
+                loss = diffusion_loss(models, latents, cond, batch.bucket, t, generator)
+            if not torch.isfinite(loss):
+                marker = atomic_write_json(
+                    out_dir / FAILED_MARKER,
+                    {"reason": "diverged", "detail": f"loss is {loss.item()}", "epoch": epoch, "step": step, "config": t.model_dump(mode="json")},
+                )
+                raise TrainingDiverged(f"training diverged at epoch {epoch}, step {step}: loss is {loss.item()}", marker)
+            accelerator.backward(loss / t.gradient_accumulation)
+            if (index + 1) % t.gradient_accumulation and index + 1 < len(batches):
+                continue
+            if t.max_grad_norm:
+                accelerator.clip_grad_norm_([p for g in optimizer.param_groups for p in g["params"]], t.max_grad_norm)
+            optimizer.step()
+            lr_scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            step += 1
+            loss_value = float(loss.item())
+            record = {"epoch": epoch, "step": step, "total_steps": total_steps, "loss": loss_value, "lr": lr_scheduler.get_last_lr()[0], "resolution": run.resolution, "rank": run.rank,
+                      "latent_size": list(latents.shape[-2:])}
+            with history.open("a", encoding="utf-8") as fh:
+                fh.write(json.dumps(record) + "\n")
+            if progress is not None:
+                progress(record)
+            if t.max_steps and step >= t.max_steps:
+                break
+        epochs_done = epoch
+
+        last = epoch == t.epochs or bool(t.max_steps and step >= t.max_steps)
+        if epoch % t.save_every_epochs and not last:
+            continue
+        info = _save(config, out_dir, models, run, strategies, epoch, step, optimizer, lr_scheduler, generator, accelerator)
+        checkpoints.append(info)
+        if on_checkpoint is not None:
+            try:
+                on_checkpoint(info)
+            except StopTraining:
+                stopped = True
+                break
+    return TrainResult(out_dir, checkpoints, step, epochs_done, stopped_early=stopped, final_loss=loss_value)
+
+
+def _save(
+    config: Config, out_dir: Path, models: Any, run: _Run, strategies: list[Any], epoch: int, step: int,
+    optimizer: Any, lr_scheduler: Any, generator: Any, accelerator: Any,
+) -> CheckpointInfo:
+    """Write the epoch's checkpoint, then sample it with the run's fixed prompts and seeds."""
+    from loratune.lora.kohya import kohya_metadata
+    from loratune.train import checkpoint as ckpt
+
+    t = config.train
+    alpha = float(models.unet.peft_config["default"].lora_alpha)
+    extra: dict[str, Any] = {"ss_text_encoder_lr": str(t.text_encoder_lr or t.learning_rate) if models.trained_text_encoders else "0",
+                             "ss_network_args": {"trainer": "loratune"}, "ss_lr_scheduler": t.lr_scheduler,
+                             "ss_num_epochs": str(t.epochs), "ss_batch_size_per_device": str(t.batch_size),
+                             "ss_gradient_accumulation_steps": str(t.gradient_accumulation),
+                             "ss_noise_offset": str(t.noise_offset), "ss_min_snr_gamma": str(t.min_snr_gamma or ""),
+                             "ss_output_name": t.output_name}
+    for strategy in strategies:
+        extra |= strategy.metadata()
+    metadata = kohya_metadata(
+        config.model.family, run.rank, alpha, epoch, step, t.learning_rate, t.optimizer, t.seed, run.resolution, extra
+    )
+    info = {"epoch": epoch, "step": step, "rank": run.rank, "alpha": alpha, "resolution": run.resolution,
+            "optimizer": t.optimizer, "family": config.model.family, "time": time.time(),
+            "curriculum": {str(k): v for k, v in t.curriculum.items()}, "rank_schedule": {str(k): v for k, v in t.rank_schedule.items()}}
+    state = {"epoch": epoch, "step": step, "rank": run.rank, "optimizer": optimizer.state_dict(),
+             "lr_scheduler": lr_scheduler.state_dict(), "generator": generator.get_state()}
+    folder, diffusers_path, kohya_path = ckpt.save_checkpoint(out_dir, models, epoch, t.output_name, info, metadata, state)
+    samples: list[Any] = []
+    if t.sample_checkpoints:
+        samples = _sample_live(config, models, out_dir / "samples" / f"epoch-{epoch:04d}", accelerator)
+    return CheckpointInfo(epoch, step, diffusers_path, kohya_path, samples, rank=run.rank, resolution=run.resolution, folder=folder)
+
+
+def _sample_live(config: Config, models: Any, out_dir: Path, accelerator: Any) -> list[Any]:
+    """Sample with the models in memory (the LoRA active) instead of loading the base a second time."""
+    import diffusers
+    from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
+
+    from loratune.sampling import render, set_scheduler
+
+    scheduler_config = diffusers.DDPMScheduler.load_config(config.model.base, subfolder="scheduler")
+    scheduler = getattr(diffusers, scheduler_config["_class_name"]).from_config(scheduler_config)
+    if config.train.prediction_type:
+        scheduler.register_to_config(prediction_type=config.train.prediction_type)
+    parts = {"vae": models.vae, "unet": models.unet, "scheduler": scheduler,
+             "text_encoder": models.text_encoders[0], "tokenizer": models.tokenizers[0]}
+    if models.family == "sdxl":
+        pipe = StableDiffusionXLPipeline(**parts, text_encoder_2=models.text_encoders[1], tokenizer_2=models.tokenizers[1])
+    else:
+        pipe = StableDiffusionPipeline(**parts, safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+    set_scheduler(pipe, config.sampling.scheduler)
+    pipe.set_progress_bar_config(disable=True)
+    trained = [m for m in [models.unet, *models.text_encoders] if m.training]
+    for module in trained:
+        module.eval()
+    try:
+        with accelerator.autocast():
+            return render(pipe, config, out_dir)
+    finally:
+        for module in trained:
+            module.train()
