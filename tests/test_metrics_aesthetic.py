@@ -128,3 +128,12 @@ def test_bad_models_fail_with_one_line_naming_the_field(tiny_models, tmp_path, i
     torch.save(collections.OrderedDict(weight=torch.zeros(2)), tmp_path / "other.pth")
     with pytest.raises(LoratuneError, match=r"not a LAION aesthetic MLP state dict"):
         make(str(tmp_path / "other.pth"), clip_model=str(tiny_models.open_clip)).load()
+
+
+def test_clip_model_is_loaded_once_and_shared_with_clip_i(tiny_models):
+    aesthetic = make(str(tiny_models.aesthetic), clip_model=str(tiny_models.open_clip))
+    aesthetic.load()
+    runtime = Runtime(device=torch.device("cpu"), dtype=torch.float32, batch_size=8)
+    clip_i = create_backend(BackendConfig(name="clip_i", model=str(tiny_models.open_clip)), runtime, "consistency")
+    clip_i.load()
+    assert clip_i.encoder is aesthetic.encoder

@@ -33,6 +33,8 @@ from loratune.modelref import check_model_ref, is_stand_in, looks_like_hub_id
 if TYPE_CHECKING:
     import torch
 
+NO_CHARACTER = "(no character)"  # images without a character form one group of their own
+
 
 def mean_pairwise_cosine(embeddings: torch.Tensor) -> tuple[float | None, list[float | None]]:
     """Mean cosine over distinct pairs of normalised rows, and each row's mean similarity to the others."""
@@ -104,7 +106,7 @@ class _EmbeddingIdentity(Backend):
             for i, value in zip(rows, per_row):
                 across_per_image[i] = value
             to_refs = [self._to_references[i] for i in rows if self._to_references[i] is not None]
-            per_character[character or ""] = {
+            per_character[NO_CHARACTER if character is None else character] = {
                 "images": len(rows),
                 "to_references": _mean(to_refs),  # type: ignore[arg-type]
                 "across_generations": across,
