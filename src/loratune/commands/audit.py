@@ -1,0 +1,38 @@
+"""``loratune audit``: check a training set before training."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+
+def command(
+    dataset: Annotated[Optional[Path], typer.Argument(help="kohya-layout folder (N_name/ sub-folders) or plain folder; default: dataset.path")] = None,
+    config: Annotated[Optional[Path], typer.Option("--config", "-c", help="loratune YAML config (backends, characters)")] = None,
+    out: Annotated[Optional[Path], typer.Option(help="folder for audit.json (default: the dataset folder)")] = None,
+    set_: Annotated[Optional[list[str]], typer.Option("--set", help="override a config key, e.g. evaluation.device=cpu")] = None,
+    alignment: Annotated[bool, typer.Option(help="score captions against images with the alignment backend")] = True,
+    faces: Annotated[bool, typer.Option(help="detect faces (dlib)")] = True,
+    embeddings: Annotated[bool, typer.Option(help="embed images with the consistency backend (duplicates, diversity)")] = True,
+    as_json: Annotated[bool, typer.Option("--json", help="print audit.json to stdout instead of a table")] = False,
+) -> None:
+    """Audit a training set: captions, near-duplicates, quality, blur, caption↔image alignment, diversity, faces."""
+    from loratune.audit import AuditOptions, run_audit
+    from loratune.config import load_config
+    from loratune.errors import LoratuneError
+
+    cfg = load_config(config, set_ or [])
+    folder = dataset if dataset is not None else (Path(cfg.dataset.path) if cfg.dataset.path else None)
+    if folder is None:
+        raise LoratuneError("no dataset: give DATASET or set dataset.path in the config")
+    options = AuditOptions(alignment=alignment, faces=faces, embeddings=embeddings)
+    result = run_audit(folder, cfg, options, out_dir=out if out is not None else folder)
+    if as_json:
+        print(json.dumps(result.data, indent=2, default=str))
+    else:
+        from loratune.audit.console import print_audit
+
+        print_audit(result)
