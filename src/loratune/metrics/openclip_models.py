@@ -114,6 +114,8 @@ def resolve_open_clip(
                 known = ", ".join(tags) or "none"
                 raise LoratuneError(f"{opt}.pretrained: required for open_clip model {name} (tags: {known}, or a file)")
             pretrained = "openai" if "openai" in tags else tags[0]
+        if pretrained.lower() in tags:  # open_clip's tags are lower case; "OpenAI" means "openai"
+            pretrained = pretrained.lower()
         if pretrained == RANDOM_WEIGHTS:
             return OpenClipSource(name, None, name, True, f"{name} (random weights)")
         weights = Path(pretrained).expanduser()
