@@ -53,9 +53,11 @@ def test_evaluate_writes_all_axes_and_composite(generated, tiny_models, tmp_path
     expected = sum(w * scores["axes"][a]["normalised"] for a, w in used.items())
     assert scores["composite"] == pytest.approx(expected, abs=1e-9)
     assert set(scores["missing_axes"]) == {a for a, v in scores["axes"].items() if v["normalised"] is None}
-    # Every backend ran on the factory's random weights, and every output says so.
+    # Model backends ran on the factory's random weights and say so; PIQE is weight-free, hence real.
     assert scores["stand_in_weights"] is True
-    assert all(b["stand_in_weights"] for b in scores["backends"] if b["axis"] != "diversity" or b["model"])
+    stand_in = {b["name"]: b["stand_in_weights"] for b in scores["backends"]}
+    assert stand_in == {"vqascore": True, "clip_i": True, "laion_aesthetic": True, "piqe": False, "lpips": True}
+    assert all(scores["axes"][a]["stand_in_weights"] == (a != "quality") for a in scores["axes"])
     assert any("stand-in" in w for w in scores["warnings"])
     assert "stand-in" in out
     assert scores["versions"]["torch"] and scores["n_images"] == 8

@@ -1,7 +1,8 @@
 """The ``loratune.yaml`` that ties the tiny models and the procedural dataset into one runnable config.
 
 Paths are relative to the yaml's folder (``load_config`` resolves them there), so the whole folder can be moved.
-Axes whose backend is not in the metric registry yet are left out (reported missing) rather than failing evaluation.
+Quality uses PIQE, a real weight-free metric, because MUSIQ's multi-scale ViT on random weights costs ~5 s an image on
+a 2-core CPU and would measure nothing.
 """
 
 from __future__ import annotations
@@ -11,8 +12,8 @@ from typing import Any
 from loratune.tiny.dataset import BACKGROUNDS, CHARACTERS
 
 
-def tiny_config(available_backends: set[str]) -> dict[str, Any]:
-    """The config as a mapping; ``available_backends`` are the registry names (to pick what can run now)."""
+def tiny_config() -> dict[str, Any]:
+    """The config as a mapping."""
     backgrounds = list(BACKGROUNDS.values())
     characters = {
         look.token: {"token": look.token, "traits": list(look.traits), "references": f"dataset/references/{look.token}"}
@@ -22,18 +23,14 @@ def tiny_config(available_backends: set[str]) -> dict[str, Any]:
         {"text": f"{look.token}, {look.description}, {backgrounds[i % len(backgrounds)]}", "character": look.token}
         for i, look in enumerate(CHARACTERS)
     ]
-    wanted: dict[str, list[dict[str, Any]]] = {
-        # First entry that the registry knows wins.
-        "alignment": [{"name": "vqascore", "model": "vlm"}, {"name": "clipscore", "model": "open_clip"}],
-        "consistency": [{"name": "clip_i", "model": "open_clip"}],
-        "aesthetics": [{"name": "laion_aesthetic", "model": "aesthetic/aesthetic.pth", "clip_model": "open_clip"}],
-        "quality": [{"name": "musiq"}, {"name": "piqe"}],
+    backends: dict[str, Any] = {
+        "alignment": {"name": "vqascore", "model": "vlm"},
+        "consistency": {"name": "clip_i", "model": "open_clip"},
+        "aesthetics": {"name": "laion_aesthetic", "model": "aesthetic/aesthetic.pth", "clip_model": "open_clip"},
+        "quality": {"name": "piqe"},
         # No torchvision AlexNet offline: LPIPS runs its shipped linear heads on a random backbone (stand-in).
-        "diversity": [{"name": "lpips", "pretrained_backbone": False, "size": 64}],
+        "diversity": {"name": "lpips", "pretrained_backbone": False, "size": 64},
     }
-    backends: dict[str, Any] = {}
-    for axis, choices in wanted.items():
-        backends[axis] = next((c for c in choices if c["name"] in available_backends), None)
     return {
         "model": {"base": "sd15", "family": "sd15", "dtype": "float32"},
         "dataset": {
@@ -87,12 +84,3 @@ def tiny_config(available_backends: set[str]) -> dict[str, Any]:
             "phases": {"baseline": True, "refine_trials": 2, "ensemble_top_k": 2, "ensemble_method": "svd"},
         },
     }
-
-
-def registered_backends() -> set[str]:
-    """Backends in the registry whose module exists (a registry entry can land before its module)."""
-    import importlib.util
-
-    from loratune.metrics.registry import BACKENDS
-
-    return {name for name, spec in BACKENDS.items() if importlib.util.find_spec(spec.target.partition(":")[0])}

@@ -140,13 +140,13 @@ def _complete(root: Path) -> bool:
 
 
 def _config_texts(models: TinyModels) -> dict[Path, str]:
-    from loratune.tiny.config_file import registered_backends, tiny_config
+    from loratune.tiny.config_file import tiny_config
 
     header = (
         "# loratune config for the tiny stand-in models written by `loratune tiny-models`.\n"
         "# Every model here has random weights: scores exercise the pipeline, they mean nothing.\n"
     )
-    config = tiny_config(registered_backends())
+    config = tiny_config()
     sdxl = {**config, "model": {**config["model"], "base": LAYOUT["sdxl"], "family": "sdxl"}}
     return {
         models.config: header + yaml.safe_dump(config, sort_keys=False),
@@ -160,7 +160,7 @@ def _write_config(models: TinyModels) -> None:
 
 
 def _refresh_config(models: TinyModels) -> None:
-    """The yaml picks backends the registry knows; rewrite it when that set changed since the build."""
+    """Rewrite the yaml when this version of the code would write a different one."""
     for path, text in _config_texts(models).items():
         if not path.is_file() or path.read_text() != text:
             atomic_write_text(path, text)
