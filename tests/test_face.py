@@ -101,3 +101,24 @@ def test_too_few_faces_fall_back_to_image_embeddings(tiny_models) -> None:
 
     with pytest.raises(LoratuneError, match="fallback"):
         create_backend(BackendConfig(name="dlib_face", fallback={"model": "x"}), RUNTIME, "consistency")
+
+
+def test_insightface_pack_folder_and_detector_by_path_agree(tiny_models) -> None:
+    refs_dir = tiny_models.references / "lucaboy"
+    refs = References(images={"lucaboy": [Image.open(p).convert("RGB") for p in sorted(refs_dir.glob("*.png"))]})
+    train = sorted((tiny_models.dataset / "10_lucaboy").glob("*.png"))[:3]
+    items = [EvalImage(p, Image.open(p).convert("RGB"), character="lucaboy") for p in train]
+    items.append(EvalImage(Path("noise.png"), _noise(3), character="lucaboy"))
+
+    results = []
+    for options in ({"model": str(tiny_models.arcface.parent)},  # the folder is a FaceAnalysis pack
+                    {"model": str(tiny_models.arcface), "detector": str(tiny_models.face_detector)}):
+        backend = _backend("insightface", fallback=None, min_detection_rate=0.0, **options)
+        backend.setup(refs)
+        backend.update(items)
+        results.append(backend.compute())
+    pack, by_path = results
+    assert pack.per_image == pytest.approx(by_path.per_image)
+    assert pack.per_image[3] is None and "noise.png" in pack.details["images_without_face"]
+    assert pack.details["reference_faces"]["lucaboy"]["with_face"] >= 1
+    assert 0 < pack.details["face_detection_rate"] < 1 and pack.stand_in
