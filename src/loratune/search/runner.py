@@ -340,22 +340,8 @@ class Worker:
         return value
 
     def _record_best(self, trial: optuna.Trial, tmp: Path, epochs: list[EpochScore]) -> None:
-        """Write scores.json and the best-epoch user attrs after every epoch (a pruned trial keeps them too)."""
-        best = max(epochs, key=_epoch_key)
-        lora = best.lora.relative_to(tmp).as_posix() if best.lora is not None and best.lora.is_relative_to(tmp) else None
-        samples = best.samples_dir.relative_to(tmp).as_posix() if best.samples_dir is not None and \
-            best.samples_dir.is_relative_to(tmp) else None
-        trial.set_user_attr("best_epoch", best.epoch)
-        trial.set_user_attr("composite", best.composite)
-        trial.set_user_attr("axes", best.normalised)
-        trial.set_user_attr("stand_in", best.stand_in)
-        trial.set_user_attr("lora", lora)
-        trial.set_user_attr("samples", samples)
-        atomic_write_json(tmp / "scores.json", {
-            "best_epoch": best.epoch, "composite": best.composite, "axes": best.normalised, "lora": lora,
-            "samples": samples, "stand_in": best.stand_in,
-            "epochs": [{"epoch": e.epoch, "composite": e.composite, "axes": e.normalised} for e in epochs],
-        })
+        for key, value in record_scores(tmp, epochs).items():
+            trial.set_user_attr(key, value)
 
     # -- the ensemble trial ---------------------------------------------------------------------------------------
     def _ensemble(self, trial: optuna.Trial, trials: Sequence[FrozenTrial]) -> float | list[float]:
@@ -398,6 +384,22 @@ class Worker:
         value = _objective_values(self.search, score)
         self.say(f"trial {trial.number} (ensemble of {[t.number for t in members]}) value {value}")
         return value
+
+
+def record_scores(tmp: Path, epochs: list[EpochScore]) -> dict[str, Any]:
+    """Write the trial's scores.json after every epoch (a pruned trial keeps it too); returns the best-epoch user
+    attrs (best_epoch, composite, axes, stand_in, lora, samples), paths relative to the trial folder."""
+    best = max(epochs, key=_epoch_key)
+
+    def rel(path: Path | None) -> str | None:
+        return path.relative_to(tmp).as_posix() if path is not None and path.is_relative_to(tmp) else None
+
+    attrs = {"best_epoch": best.epoch, "composite": best.composite, "axes": best.normalised,
+             "stand_in": best.stand_in, "lora": rel(best.lora), "samples": rel(best.samples_dir)}
+    atomic_write_json(tmp / "scores.json", {
+        **attrs, "epochs": [{"epoch": e.epoch, "composite": e.composite, "axes": e.normalised} for e in epochs],
+    })
+    return attrs
 
 
 def _describe_failure(err: BaseException) -> str:
@@ -509,6 +511,15 @@ def copy_best(run_dir: Path, config: Config) -> FrozenTrial | None:
     return best
 
 
+def _gpu_ids() -> list[str]:
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is not None:
+        return [g.strip() for g in visible.split(",") if g.strip()]
+    import torch
+
+    return [str(i) for i in range(torch.cuda.device_count())]
+
+
 def run_optimize(
     config: Config | None,
     run_dir: str | Path,
@@ -525,13 +536,17 @@ def run_optimize(
     quiet_optuna()
     config = prepare_run(run_dir, config, resume)
     n = workers or config.search.workers
+    gpus = _gpu_ids() if n > 1 else []
     children: list[subprocess.Popen[bytes]] = []
     try:
         for i in range(1, n):
             cmd = [sys.executable, "-m", "loratune.search.worker", str(run_dir), "--index", str(i)]
             if backend:
                 cmd += ["--backend", backend]
-            children.append(subprocess.Popen(cmd))
+            env = dict(os.environ)
+            if len(gpus) > 1:  # one worker per GPU; worker 0 (this process) keeps the first
+                env["CUDA_VISIBLE_DEVICES"] = gpus[i % len(gpus)]
+            children.append(subprocess.Popen(cmd, env=env))
         Worker(run_dir, config, load_backend(backend), index=0, say=say).run()
         codes = [c.wait() for c in children]
     except BaseException:

@@ -28,7 +28,8 @@ def storage_url(run_dir: str | Path, search: SearchSection) -> str:
     return f"sqlite:///{(Path(run_dir).resolve() / SQLITE_FILE)}"
 
 
-def open_storage(run_dir: str | Path, search: SearchSection) -> RDBStorage:
+def open_storage(run_dir: str | Path, search: SearchSection, heartbeat: bool = True) -> RDBStorage:
+    """``heartbeat=False`` for callers that ask/tell themselves (Ray's OptunaSearch): heartbeats need optimize()."""
     url = storage_url(run_dir, search)
     # SQLite serialises writers; workers wait for the lock instead of failing after sqlite's 5 s default.
     engine_kwargs = {"connect_args": {"timeout": 120}} if url.startswith("sqlite") else {"pool_pre_ping": True}
@@ -36,9 +37,9 @@ def open_storage(run_dir: str | Path, search: SearchSection) -> RDBStorage:
         return RDBStorage(
             url,
             engine_kwargs=engine_kwargs,
-            heartbeat_interval=search.heartbeat_interval,
-            grace_period=search.grace_period or 2 * search.heartbeat_interval,
-            failed_trial_callback=RetryFailedTrialCallback(max_retry=search.max_retry),
+            heartbeat_interval=search.heartbeat_interval if heartbeat else None,
+            grace_period=(search.grace_period or 2 * search.heartbeat_interval) if heartbeat else None,
+            failed_trial_callback=RetryFailedTrialCallback(max_retry=search.max_retry) if heartbeat else None,
         )
     except ImportError as err:  # a database driver (psycopg2, PyMySQL) is missing
         raise LoratuneError(f"search.storage: {err}") from None

@@ -1,0 +1,245 @@
+"""``loratune optimize --backend ray``: Ray Tune (OptunaSearch + ASHA) over the same space, study and run directory.
+
+Phases 1–2 (baseline + sampler search) and phase 3's refinement run as two Tune experiments (``RUN/ray/search``,
+``RUN/ray/refine``); the ensemble trial and ``RUN/best`` then run locally, exactly as with ``--backend local``.
+ASHA stops weak trials on the per-epoch composite (``time_attr="epoch"``). Resources per trial come from
+``search.ray`` (fractional GPUs share a card). After a crash, ``--resume`` restores each unfinished experiment
+(``Tuner.restore``) and continues it.
+
+Ray's ``OptunaSearch`` tells Optuna every trial that stopped with a metric as COMPLETE — so ASHA-stopped trials would
+reach the sampler as finished trials with the partial value of their last epoch, biasing TPE toward short runs, and
+OptunaSearch never prunes. ``PruningAwareOptunaSearch`` fixes this: it reports each epoch as an intermediate value,
+tells Optuna COMPLETE (with the best epoch's composite) only when the trainable says it ran to its last epoch, and
+PRUNED otherwise. Trial folders are built as ``trials/.NNNN.ray`` and renamed into ``trials/NNNN`` when Tune reports
+the trial finished (stopped by ASHA included): with several Ray nodes, RUN must be on a shared filesystem.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+import optuna
+from optuna.trial import TrialState
+
+from loratune.atomic import atomic_write_json, atomic_write_text
+from loratune.config import Config, load_config
+from loratune.errors import LoratuneError
+from loratune.search.config import ParamSpec
+from loratune.search.runner import (
+    BUDGET_PHASES, CONFIG_FILE, Plan, Worker, _describe_failure, best_trials, copy_best, make_sampler, prepare_run,
+    quiet_optuna, record_scores,
+)
+from loratune.search.space import apply_params, narrow, suggest
+from loratune.search.storage import STUDY_NAME, open_storage
+from loratune.search.trials import EpochScore, TrialBackend, load_backend
+
+NUMBER_KEY = "_loratune_trial"
+_ATTRS = ("best_epoch", "composite", "axes", "stand_in", "lora", "samples", "trial_dir")
+
+
+def _temp_dir(run_dir: Path, number: int) -> Path:
+    return run_dir / "trials" / f".{number:04d}.ray"
+
+
+def _final_dir(run_dir: Path, number: int) -> Path:
+    return run_dir / "trials" / f"{number:04d}"
+
+
+def _searcher_class() -> type:
+    from ray.tune.search.optuna import OptunaSearch
+
+    class PruningAwareOptunaSearch(OptunaSearch):  # type: ignore[misc,valid-type]
+        """OptunaSearch that records phases and tells Optuna PRUNED for trials a scheduler stopped early."""
+
+        def __init__(self, *args: Any, run_dir: str, phase: str, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            self._run_dir = run_dir
+            self._phase = phase
+            self._best: dict[str, float] = {}
+            self._reported: dict[str, set[int]] = {}
+
+        def suggest(self, trial_id: str) -> dict[str, Any] | None:
+            params = super().suggest(trial_id)
+            if params is None:
+                return None
+            ot = self._ot_trials[trial_id]
+            if not ot.user_attrs.get("phase"):  # the enqueued baseline already carries its phase
+                ot.set_user_attr("phase", self._phase)
+            ot.set_user_attr("trial_dir", f"trials/{ot.number:04d}")
+            return {**params, NUMBER_KEY: ot.number}
+
+        def on_trial_result(self, trial_id: str, result: dict[str, Any]) -> None:
+            if trial_id in self._completed_trials or result.get("composite") is None or result.get("failed"):
+                return
+            ot = self._ot_trials[trial_id]
+            epoch = int(result["epoch"])
+            if epoch in self._reported.setdefault(trial_id, set()):
+                return
+            self._reported[trial_id].add(epoch)
+            ot.report(float(result["composite"]), epoch)  # the epoch, not Tune's iteration counter
+            for key in _ATTRS:
+                if key in result:
+                    ot.set_user_attr(key, result[key])
+            if result.get("best_composite") is not None:
+                self._best[trial_id] = float(result["best_composite"])
+
+        def on_trial_complete(self, trial_id: str, result: dict[str, Any] | None = None, error: bool = False) -> None:
+            if trial_id in self._completed_trials or trial_id not in self._ot_trials:
+                return
+            if result:  # a result that made the scheduler stop the trial reaches only on_trial_complete
+                self.on_trial_result(trial_id, result)
+            ot = self._ot_trials[trial_id]
+            run_dir = Path(self._run_dir)
+            tmp, final = _temp_dir(run_dir, ot.number), _final_dir(run_dir, ot.number)
+            if tmp.is_dir() and not final.exists():
+                os.replace(tmp, final)
+            result = result or {}
+            if error or result.get("failed"):
+                ot.set_user_attr("fail_reason", result.get("fail_reason") or "trial errored in Ray")
+                self._ot_study.tell(ot, state=TrialState.FAIL)
+            elif result.get("complete") and trial_id in self._best:
+                self._ot_study.tell(ot, self._best[trial_id])
+            else:  # stopped by ASHA (or never scored): not a finished trial with a partial value
+                self._ot_study.tell(ot, state=TrialState.PRUNED)
+            self._completed_trials.add(trial_id)
+
+    return PruningAwareOptunaSearch
+
+
+_CACHE: dict[str, Any] = {}
+
+
+def _trainable(params: dict[str, Any], run_dir: str, backend: str | None) -> None:
+    """One Ray trial: train with every epoch scored and reported to Tune (ASHA decides whether it goes on)."""
+    from ray import tune
+
+    quiet_optuna()
+    params = dict(params)
+    number = int(params.pop(NUMBER_KEY))
+    root = Path(run_dir)
+    if "config" not in _CACHE:  # per actor process (reuse_actors): config, trainer backend and scorers load once
+        _CACHE["config"] = load_config(root / CONFIG_FILE)
+        _CACHE["backend"] = load_backend(backend)
+    config: Config = _CACHE["config"]
+    trial_backend: TrialBackend = _CACHE["backend"]
+    trial_config = apply_params(config, params, config.search.space)
+    tmp, final = _temp_dir(root, number), _final_dir(root, number)
+    if final.exists():
+        raise LoratuneError(f"{final}: already exists; refusing to overwrite a finished trial's files")
+    if tmp.exists():  # an earlier attempt of this very trial died with its Ray worker: start it afresh
+        shutil.rmtree(tmp)
+    tmp.mkdir(parents=True)
+    atomic_write_json(tmp / "params.json", {"number": number, "params": params,
+                                            "train": trial_config.train.model_dump(mode="json", warnings=False)})
+    epochs: list[EpochScore] = []
+    log = [f"trial {number} (ray) params {params}"]
+
+    def on_epoch(score: EpochScore) -> None:
+        epochs.append(score)
+        attrs = record_scores(tmp, epochs)
+        log.append(f"epoch {score.epoch}: composite {score.composite}")
+        atomic_write_text(tmp / "log.txt", "\n".join(log) + "\n")
+        tune.report({"composite": score.composite if score.composite is not None else 0.0, "epoch": score.epoch,
+                     "best_composite": attrs["composite"], "complete": score.epoch >= trial_config.train.epochs,
+                     "trial_dir": f"trials/{number:04d}", **{k: attrs[k] for k in _ATTRS if k in attrs}})
+
+    try:
+        trial_backend.train(trial_config, tmp, on_epoch)
+    except Exception as err:  # noqa: BLE001 - recorded as the trial's failure; the study goes on
+        reason = _describe_failure(err)
+        log.append(f"failed: {reason}")
+        atomic_write_text(tmp / "log.txt", "\n".join(log) + "\n")
+        best = max((e.composite for e in epochs if e.composite is not None), default=0.0)
+        tune.report({"composite": best, "epoch": (epochs[-1].epoch if epochs else 0) + 1, "failed": True,
+                     "fail_reason": reason, "complete": False})
+
+
+def _define_by_run(trial: optuna.Trial, space: dict[str, ParamSpec]) -> None:
+    suggest(trial, space)  # a module-level function: Tune pickles the searcher (and its space) into checkpoints
+
+
+def _tune_phase(run_dir: Path, config: Config, name: str, phase: str, space: dict[str, ParamSpec],
+                sampler: optuna.samplers.BaseSampler, num_samples: int, backend: str | None, resume: bool) -> None:
+    from ray import tune
+    from ray.tune.schedulers import ASHAScheduler
+    from ray.tune.search import ConcurrencyLimiter
+
+    ray_cfg = config.search.ray
+    trainable = tune.with_resources(
+        tune.with_parameters(_trainable, run_dir=str(run_dir), backend=backend),
+        {"cpu": ray_cfg.cpus_per_trial, "gpu": ray_cfg.gpus_per_trial},
+    )
+    path = run_dir / "ray" / name
+    if resume and tune.Tuner.can_restore(str(path)):
+        tune.Tuner.restore(str(path), trainable=trainable, resume_errored=True).fit()
+        return
+    if num_samples <= 0:
+        return
+    spec = config.search.space.get("epochs")
+    max_epochs = int(spec.high) if spec is not None and spec.high is not None else config.train.epochs
+    searcher = _searcher_class()(
+        space=functools.partial(_define_by_run, space=space),
+        metric="composite", mode="max", sampler=sampler, study_name=STUDY_NAME,
+        storage=open_storage(run_dir, config.search, heartbeat=False), run_dir=str(run_dir), phase=phase,
+    )
+    scheduler = ASHAScheduler(time_attr="epoch", metric="composite", mode="max", max_t=max(max_epochs, 1),
+                              grace_period=min(ray_cfg.grace_period, max(max_epochs, 1)),
+                              reduction_factor=ray_cfg.reduction_factor)
+    tuner = tune.Tuner(
+        trainable,
+        tune_config=tune.TuneConfig(search_alg=ConcurrencyLimiter(searcher, max_concurrent=ray_cfg.max_concurrent),
+                                    scheduler=scheduler, num_samples=num_samples, reuse_actors=True),
+        run_config=tune.RunConfig(name=name, storage_path=str(run_dir / "ray"), verbose=0,
+                                  failure_config=tune.FailureConfig(max_failures=config.search.max_retry)),
+    )
+    tuner.fit()
+
+
+def run_ray(config: Config | None, run_dir: str | Path, resume: bool = False, backend: str | None = None) -> Any:
+    """Run (or resume) the study with Ray Tune; the ensemble and RUN/best follow locally. Returns the best trial."""
+    import ray
+
+    run_dir = Path(run_dir).resolve()
+    quiet_optuna()
+    config = prepare_run(run_dir, config, resume)
+    if config.search.directions:
+        raise LoratuneError("search.directions: multi-objective runs use --backend local (ASHA needs one metric)")
+    ray_cfg = config.search.ray
+    started = False
+    if not ray.is_initialized():
+        os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+        if ray_cfg.address:
+            ray.init(address=ray_cfg.address, include_dashboard=False)
+        else:
+            ray.init(num_cpus=ray_cfg.num_cpus, include_dashboard=False)
+        started = True
+    try:
+        plan = Plan.of(config.search)
+        storage = open_storage(run_dir, config.search)
+        study = optuna.load_study(study_name=STUDY_NAME, storage=storage)
+        n_startup = max(2, min(10, plan.search // 2))
+        _tune_phase(run_dir, config, "search", "search", dict(config.search.space),
+                    make_sampler(config.search, "search", len(study.trials), None, n_startup),
+                    plan.baseline + plan.search - _done(study, ("baseline", "search")), backend, resume)
+        ranked = [t for t in best_trials(study.get_trials(deepcopy=False), config.search)
+                  if t.user_attrs.get("phase") in BUDGET_PHASES]
+        space, fixed = narrow(config.search.space, ranked[0].params, config.search.phases.refine_width) if ranked \
+            else (dict(config.search.space), {})
+        _tune_phase(run_dir, config, "refine", "refine", space,
+                    make_sampler(config.search, "refine", len(study.trials), fixed, n_startup),
+                    plan.refine - _done(study, ("refine",)), backend, resume)
+    finally:
+        if started:
+            ray.shutdown()
+    # Phase 3's ensemble (and any budget Ray left open) runs in this process, then RUN/best.
+    Worker(run_dir, config, load_backend(backend)).run()
+    return copy_best(run_dir, config)
+
+
+def _done(study: optuna.Study, phases: tuple[str, ...]) -> int:
+    return sum(1 for t in study.get_trials(deepcopy=False)
+               if t.user_attrs.get("phase") in phases and t.state.is_finished())
