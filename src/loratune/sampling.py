@@ -127,7 +127,7 @@ def read_samples(folder: str | Path) -> list[Sample]:
 
 
 def find_lora_files(paths: list[str | Path]) -> list[Path]:
-    """LoRA files from files and folders (folders: their ``*.safetensors``, sorted by epoch then name)."""
+    """LoRA files from files and folders (a folder's ``*.safetensors`` sorted by epoch, files without one last)."""
     from loratune.lora.kohya import checkpoint_epoch
 
     found: list[Path] = []
@@ -136,7 +136,8 @@ def find_lora_files(paths: list[str | Path]) -> list[Path]:
             files = [p for p in path.rglob("*.safetensors") if not p.name.startswith(".")]
             if not files:
                 raise LoratuneError(f"{path}: no .safetensors LoRA files in this folder")
-            files.sort(key=lambda p: (checkpoint_epoch(p) or 0, str(p)))
+            epochs = {p: checkpoint_epoch(p) for p in files}
+            files.sort(key=lambda p: (epochs[p] is None, epochs[p] or 0, str(p)))  # unnumbered files last
             found.extend(files)
         elif path.is_file():
             found.append(path)

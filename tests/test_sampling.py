@@ -1,0 +1,57 @@
+"""Sampling LoRA files of either format on the base model, as ``loratune evaluate`` does for outside LoRAs."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from loratune.config import load_config
+from loratune.errors import LoratuneError
+from loratune.sampling import find_lora_files, sample_loras
+
+pytestmark = pytest.mark.slow
+
+
+def test_sample_loras_renders_a_folder_of_per_epoch_files(tiny_models, tmp_path) -> None:
+    from loratune.train import train
+
+    data = tmp_path / "data" / "1_lucaboy"
+    data.mkdir(parents=True)
+    for image in sorted(Path(tiny_models.dataset).glob("*/*.png"))[:2]:
+        shutil.copy(image, data / image.name)
+        shutil.copy(image.with_suffix(".txt"), data / f"{image.stem}.txt")
+    config = load_config(tiny_models.config, [
+        f"dataset.path={data.parent}", "train.epochs=2", "train.batch_size=2", "train.learning_rate=1e-2",
+        "train.sample_checkpoints=false", "sampling.steps=2", "sampling.seeds=[0, 1]", "sampling.width=32",
+        "sampling.height=32", "sampling.cfg=1.0", "sampling.prompts=[{text: lucaboy on a beach, character: lucaboy}]",
+    ])
+    train(config, tmp_path / "run")
+    loras = tmp_path / "loras"  # what a kohya user has: per-epoch files in one folder, plus a diffusers copy
+    loras.mkdir()
+    for epoch in (2, 1):
+        folder = tmp_path / "run" / "checkpoints" / f"epoch-{epoch:04d}"
+        shutil.copy(folder / f"tiny-{epoch:06d}.safetensors", loras)
+    shutil.copy(tmp_path / "run" / "checkpoints" / "epoch-0002" / "pytorch_lora_weights.safetensors", loras / "zz-diffusers.safetensors")
+    assert [p.name for p in find_lora_files([loras])] == ["tiny-000001.safetensors", "tiny-000002.safetensors", "zz-diffusers.safetensors"]
+
+    results = sample_loras(config, [loras], tmp_path / "samples")
+    assert list(results) == [str(p) for p in find_lora_files([loras])]
+    for samples in results.values():
+        assert [(s.prompt, s.seed, s.character) for s in samples] == [("lucaboy on a beach", 0, "lucaboy"), ("lucaboy on a beach", 1, "lucaboy")]
+    rows = [json.loads(line) for line in (tmp_path / "samples" / "tiny-000001" / "samples.jsonl").read_text().splitlines()]
+    assert rows[0]["file"] == "p00-s0.png" and rows[0]["note"] == "stand-in weights"
+    pixels = {Path(k).stem: [np.asarray(Image.open(s.path), dtype=np.int16) for s in v] for k, v in results.items()}
+    assert np.abs(pixels["tiny-000001"][0] - pixels["tiny-000002"][0]).max() > 0
+    assert all(np.array_equal(a, b) for a, b in zip(pixels["tiny-000002"], pixels["zz-diffusers"]))
+
+
+def test_missing_or_empty_lora_inputs_are_user_errors(tmp_path) -> None:
+    with pytest.raises(LoratuneError, match="not found"):
+        find_lora_files([tmp_path / "nope.safetensors"])
+    with pytest.raises(LoratuneError, match="no .safetensors"):
+        find_lora_files([tmp_path])
