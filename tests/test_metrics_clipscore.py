@@ -220,3 +220,18 @@ def test_missing_and_unloadable_models_name_the_field(tmp_path, images):
     hf = make("hf_clipscore", str(tmp_path))
     with pytest.raises(LoratuneError, match=r"^evaluation\.backends\.alignment\.model: cannot load transformers model"):
         hf.load()
+
+
+def test_half_precision_runtime_and_seeded_random_weights(tiny_models, images, checkpoint_files):
+    """bfloat16 (what a GPU run would use) feeds open_clip inputs of the right dtype; 'random' weights repeat."""
+    from loratune.metrics.cache import clear_model_cache
+
+    full = score(make("clipscore", str(tiny_models.open_clip)), images).per_image
+    runtime = Runtime(device=torch.device("cpu"), dtype=torch.bfloat16, batch_size=4)
+    half = create_backend(BackendConfig(name="clipscore", model=str(tiny_models.open_clip)), runtime, "alignment")
+    assert score(half, images).per_image == pytest.approx(full, abs=2.0)
+
+    random_a = score(make("clipscore", "loratune-tiny-clip", pretrained="random"), images)
+    clear_model_cache()
+    random_b = score(make("clipscore", "loratune-tiny-clip", pretrained="random"), images)
+    assert random_a.stand_in and random_a.per_image == random_b.per_image

@@ -19,7 +19,8 @@ open_clip references, in the order they are recognised:
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
@@ -56,6 +57,16 @@ def _normalise(features: torch.Tensor) -> torch.Tensor:
 
     features = features.float()
     return features / torch.linalg.vector_norm(features, dim=-1, keepdim=True).clamp_min(1e-12)
+
+
+@contextmanager
+def _seeded(seed: int = 0) -> Iterator[None]:
+    """Initialise models under a fixed seed without disturbing the caller's random state."""
+    import torch
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        yield
 
 
 def _key(device: Any, dtype: Any) -> tuple[str, str]:
@@ -148,13 +159,13 @@ class OpenClipModel:
     """An open_clip model with its eval transform and tokenizer."""
 
     def __init__(
-        self, model: Any, preprocess: Callable[[Any], Any], tokenizer: Callable[..., Any], device: Any
+        self, model: Any, preprocess: Callable[[Any], Any], tokenizer: Callable[..., Any], device: Any, dtype: Any
     ) -> None:
         self.model = model
         self.preprocess = preprocess
         self.tokenizer = tokenizer
         self.device = device
-        self.dtype = next(model.parameters()).dtype
+        self.dtype = dtype  # the input dtype: open_clip's half precisions keep some parameters in float32
         self.embed_dim = self._embed_dim()
 
     def _embed_dim(self) -> int:
@@ -196,20 +207,24 @@ def load_open_clip(source: OpenClipSource, device: Any, dtype: Any, field: str) 
 
     def loader() -> OpenClipModel:
         import open_clip
+        import torch
+        from open_clip.model import get_input_dtype
 
+        precision = _PRECISION.get(str(dtype), "fp32")
         try:
-            model, _, preprocess = open_clip.create_model_and_transforms(
-                source.model_name,
-                pretrained=source.pretrained,
-                precision=_PRECISION.get(str(dtype), "fp32"),
-                device=device,
-                weights_only=True,
-            )
+            with _seeded():  # random weights ('random' tag) repeat from run to run; loaded weights overwrite them
+                model, _, preprocess = open_clip.create_model_and_transforms(
+                    source.model_name,
+                    pretrained=source.pretrained,
+                    precision=precision,
+                    device=device,
+                    weights_only=True,
+                )
             tokenizer = open_clip.get_tokenizer(source.tokenizer_name)
         except Exception as err:  # noqa: BLE001  (offline downloads, bad checkpoints, missing files: the user's to fix)
             raise LoratuneError(f"{field}: cannot load open_clip model {source.label}: {first_line(err)}") from None
         model.eval()
-        return OpenClipModel(model, preprocess, tokenizer, device)
+        return OpenClipModel(model, preprocess, tokenizer, device, get_input_dtype(precision) or torch.float32)
 
     return cached_model(("open_clip", source.model_name, source.pretrained, *_key(device, dtype)), loader)
 
@@ -413,7 +428,8 @@ def load_timm(
         from timm.data import create_transform, resolve_model_data_config
 
         try:
-            model = timm.create_model(name, **kwargs)
+            with _seeded():
+                model = timm.create_model(name, **kwargs)
         except Exception as err:  # noqa: BLE001  (any load failure is the user's file or network)
             raise LoratuneError(f"{field}: cannot load timm model {ref}: {first_line(err)}") from None
         model = model.to(device=device, dtype=dtype or next(model.parameters()).dtype).eval()
