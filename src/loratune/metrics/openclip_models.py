@@ -438,4 +438,3 @@ def load_timm(
 
     key = ("timm", name, str(kwargs.get("pretrained_cfg_overlay")), kwargs["pretrained"], *_key(device, dtype))
     return cached_model(key, loader), stand_in
-
