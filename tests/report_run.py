@@ -122,7 +122,9 @@ def make_run(run_dir: Path, epochs: int = 3, multi_objective: bool = False, stan
         for epoch in range(1, last + 1):
             (trial_dir / "scores" / f"epoch-{epoch:04d}").mkdir(parents=True)
             (trial_dir / "scores" / f"epoch-{epoch:04d}" / "scores.json").write_text(json.dumps({
-                "composite": curve[epoch - 1],
+                "composite": curve[epoch - 1], "missing_axes": ["quality"],
+                "composite_note": "axes not computed: quality; they are reported missing (not 0)",
+                "composite_weights_used": {"alignment": 0.353, "consistency": 0.294},
                 "axes": {"alignment": {"backend": "clipscore", "model": str(models / "sd15"), "normalised": 0.5,
                                        "stand_in_weights": stand_in}},
                 "backends": [{"name": "clipscore", "axis": "alignment", "model": str(models / "sd15"),

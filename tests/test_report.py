@@ -74,6 +74,7 @@ def test_report_content(run_dir):
     # Audit summary and the models.
     assert "near-duplicate of 002.png" in html and "10_alberto/007.png" in html
     assert "clipscore" in html and "lpips" in html and "BSD-2-Clause" in html
+    assert "axes not computed: quality" in html and "alignment 0.353" in html
 
 
 def test_ranking_uses_the_study(run_dir):

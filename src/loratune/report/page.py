@@ -332,8 +332,20 @@ def _models(run: RunData) -> str:
         return ('<section class="card" id="models"><h2>Models</h2><p class="muted">The run records no models '
                 "(no config.yaml or scores.json).</p></section>")
     head = "<tr><th>role / axis</th><th>backend</th><th>model id or path</th><th>weights</th><th>licence</th></tr>"
+    extra = ""
+    evaluation = run.evaluation or {}
+    if evaluation.get("composite_note"):
+        extra += f"<p><b>Missing axes.</b> {escape(str(evaluation['composite_note']))}</p>"
+    weights = evaluation.get("composite_weights_used")
+    if isinstance(weights, dict) and weights:
+        extra += ("<p class='muted'>Composite weights used: "
+                  + escape(", ".join(f"{k} {_fmt(v, 3)}" for k, v in weights.items())) + "</p>")
+    versions = evaluation.get("versions")
+    if isinstance(versions, dict) and versions:
+        extra += ("<p class='muted'>Library versions: "
+                  + escape(", ".join(f"{k} {v}" for k, v in versions.items() if v)) + "</p>")
     return (f'<section class="card" id="models"><h2>Models and backends</h2><table><thead>{head}</thead>'
-            f'<tbody>{"".join(rows)}</tbody></table></section>')
+            f'<tbody>{"".join(rows)}</tbody></table>{extra}</section>')
 
 
 def render_page(run: RunData, figures: list[Figure], plotly_js: str, thumb: int = 128, all_epochs_for: int = 5,

@@ -118,6 +118,7 @@ class RunData:
     base_model: str | None
     base_model_stand_in: bool
     stand_in_notes: list[str] = field(default_factory=list)
+    evaluation: dict[str, Any] | None = None  # one checkpoint's full scores.json: weights used, missing axes, versions
 
     @property
     def multi_objective(self) -> bool:
@@ -252,13 +253,12 @@ def _epoch_scores(trials: list[TrialInfo]) -> dict[str, Any] | None:
     return None
 
 
-def _backends(config: dict[str, Any], trials: list[TrialInfo]) -> list[BackendUse]:
+def _backends(config: dict[str, Any], trials: list[TrialInfo], evaluation: dict[str, Any] | None) -> list[BackendUse]:
     """Backends as the scores recorded them (with their stand-in flag), else as the run's config names them."""
     from loratune.modelref import is_stand_in
 
     found: dict[str, BackendUse] = {}
-    evaluation_scores = _epoch_scores(trials)
-    for scores in [evaluation_scores] + [info.scores for info in trials]:
+    for scores in [evaluation] + [info.scores for info in trials]:
         listed = (scores or {}).get("backends")
         if isinstance(listed, dict):
             listed = [dict(v, axis=v.get("axis", k)) for k, v in listed.items() if isinstance(v, dict)]
@@ -309,7 +309,8 @@ def load_run(run_dir: str | Path) -> RunData:
         trials.append(TrialInfo(trial, folder, params if isinstance(params, dict) else dict(trial.params),
                                 scores if isinstance(scores, dict) else None, read_epochs(folder, trial.user_attrs)))
     audit = _read_json(run_dir / "audit.json")
-    backends = _backends(config, trials)
+    evaluation = _epoch_scores(trials)
+    backends = _backends(config, trials, evaluation)
     model = config.get("model") if isinstance(config.get("model"), dict) else {}
     base = model.get("base") if isinstance(model, dict) else None
     base_stand_in = is_stand_in(base)
@@ -318,4 +319,4 @@ def load_run(run_dir: str | Path) -> RunData:
     if not notes and any(t.attrs.get("stand_in") for t in trials):
         notes.append("the search recorded stand-in weights for some trials")
     return RunData(run_dir, study, trials, config, audit if isinstance(audit, dict) else None, backends, base,
-                   base_stand_in, notes)
+                   base_stand_in, notes, evaluation)
