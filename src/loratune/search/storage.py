@@ -8,9 +8,11 @@ fresh SQLite study at once collide (``table studies already exists``).
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import optuna
+from optuna.exceptions import ExperimentalWarning
 from optuna.storages import RDBStorage, RetryFailedTrialCallback
 
 from loratune.errors import LoratuneError
@@ -34,13 +36,15 @@ def open_storage(run_dir: str | Path, search: SearchSection, heartbeat: bool = T
     # SQLite serialises writers; workers wait for the lock instead of failing after sqlite's 5 s default.
     engine_kwargs = {"connect_args": {"timeout": 120}} if url.startswith("sqlite") else {"pool_pre_ping": True}
     try:
-        return RDBStorage(
-            url,
-            engine_kwargs=engine_kwargs,
-            heartbeat_interval=search.heartbeat_interval if heartbeat else None,
-            grace_period=(search.grace_period or 2 * search.heartbeat_interval) if heartbeat else None,
-            failed_trial_callback=RetryFailedTrialCallback(max_retry=search.max_retry) if heartbeat else None,
-        )
+        with warnings.catch_warnings():  # heartbeats are "experimental" in name only; they are the crash detector
+            warnings.simplefilter("ignore", ExperimentalWarning)
+            return RDBStorage(
+                url,
+                engine_kwargs=engine_kwargs,
+                heartbeat_interval=search.heartbeat_interval if heartbeat else None,
+                grace_period=(search.grace_period or 2 * search.heartbeat_interval) if heartbeat else None,
+                failed_trial_callback=RetryFailedTrialCallback(max_retry=search.max_retry) if heartbeat else None,
+            )
     except ImportError as err:  # a database driver (psycopg2, PyMySQL) is missing
         raise LoratuneError(f"search.storage: {err}") from None
     except Exception as err:  # sqlalchemy's OperationalError etc.: the server is unreachable or the URL wrong
