@@ -1,0 +1,37 @@
+"""``loratune optimize`` argument errors (one line, exit 2) and how trial failures are described."""
+
+from __future__ import annotations
+
+import subprocess
+
+import torch
+
+from loratune.cli import main
+from loratune.errors import LoratuneError
+from loratune.search.runner import _describe_failure
+from loratune.train import TrainingDiverged
+
+
+def test_optimize_user_errors(tmp_path, capsys) -> None:
+    assert main(["optimize"]) == 2
+    assert "give a CONFIG" in capsys.readouterr().err
+    assert main(["optimize", "--resume"]) == 2
+    assert "--run" in capsys.readouterr().err
+    assert main(["optimize", "--resume", "--run", str(tmp_path)]) == 2
+    assert "nothing to resume" in capsys.readouterr().err
+    config = tmp_path / "c.yaml"
+    config.write_text("search: {space: {nope: {type: float, low: 0, high: 1}}}\n")
+    assert main(["optimize", str(config), "--backend", "slurm"]) == 2
+    assert "--backend" in capsys.readouterr().err
+    assert main(["optimize", str(config), "--run", str(tmp_path / "run")]) == 2
+    assert "search.space" in capsys.readouterr().err
+    assert not (tmp_path / "run" / "config.yaml").exists()
+
+
+def test_failure_reasons() -> None:
+    assert _describe_failure(TrainingDiverged("training diverged at epoch 2, step 7: loss is nan")).startswith("diverged:")
+    oom = torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+    assert _describe_failure(oom).startswith("out of memory:")
+    assert _describe_failure(RuntimeError("DefaultCPUAllocator: can't allocate memory: out of memory")).startswith("out of memory")
+    assert _describe_failure(subprocess.CalledProcessError(3, ["accelerate", "launch"])) == "trainer exited with code 3"
+    assert _describe_failure(LoratuneError("train.external: command not found")) == "train.external: command not found"
