@@ -121,3 +121,75 @@ def test_dynamic_preprocess_matches_upstream_tiling() -> None:
     assert len(tiles) == 2 * 1 + 1 and all(t.size == (448, 448) for t in tiles)  # 2x1 grid + thumbnail
     assert len(dynamic_preprocess(Image.new("RGB", (448, 448)), use_thumbnail=True)) == 1
     assert len(dynamic_preprocess(Image.new("RGB", (1800, 900)), max_num=12)) == 8  # 4x2: large images get more tiles
+
+
+REMOTE_CODE = Path(__file__).parent / "data" / "tiny_internvl2"
+
+
+@pytest.fixture(scope="module")
+def internvl2_folder(tiny_models, tmp_path_factory) -> Path:
+    """A tiny remote-code checkpoint laid out like OpenGVLab/InternVL2-*: config.json's auto_map names .py files."""
+    import json
+    import shutil
+
+    from transformers import AutoConfig, AutoModel, AutoTokenizer
+
+    folder = tmp_path_factory.mktemp("InternVL2-tiny")
+    for source in REMOTE_CODE.glob("*.py"):
+        shutil.copy(source, folder / source.name)
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        shutil.copy(tiny_models.vlm / name, folder / name)
+    vocab = len(AutoTokenizer.from_pretrained(folder))
+    llm = {"vocab_size": vocab, "hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2,
+           "num_key_value_heads": 1, "intermediate_size": 64}
+    (folder / "config.json").write_text(json.dumps({
+        "architectures": ["InternVLChatModel"], "model_type": "internvl_chat", "llm_config": llm,
+        "auto_map": {"AutoConfig": "configuration_tiny_internvl.InternVLChatConfig",
+                     "AutoModel": "modeling_tiny_internvl.InternVLChatModel"},
+    }))
+    torch.manual_seed(0)
+    config = AutoConfig.from_pretrained(folder, trust_remote_code=True)
+    AutoModel.from_config(config, trust_remote_code=True).save_pretrained(folder)
+    return folder
+
+
+def test_internvl2_remote_code_scores_like_upstream_prompt_and_tiling(internvl2_folder: Path) -> None:
+    import torchvision.transforms as T
+    from transformers import AutoModel, AutoTokenizer
+
+    square = _images(1)[0].resize((448, 448))
+    wide = _images(2)[1].resize((896, 448))  # closest grid 2x1: two tiles + a thumbnail
+    question = QUESTION.format("a boy on a beach")
+    runtime = Runtime(device=torch.device("cpu"), dtype=torch.float32, batch_size=2, trust_remote_code=True)
+    backend = create_backend(BackendConfig(name="vqascore", model=str(internvl2_folder), traits=False), runtime, "alignment")
+    backend.load()
+    backend.setup(References())
+    backend.update([EvalImage(Path("a.png"), square, prompt="a boy on a beach"), EvalImage(Path("b.png"), wide, prompt="a boy on a beach")])
+    result = backend.compute()
+
+    # Independently: upstream's prompt (Hermes-2 template, <img> + 256 context tokens per tile + </img>) and tiles.
+    model = AutoModel.from_pretrained(internvl2_folder, trust_remote_code=True).eval()
+    tok = AutoTokenizer.from_pretrained(internvl2_folder)
+    model.img_context_token_id = tok.convert_tokens_to_ids("<IMG_CONTEXT>")
+    norm = T.Compose([T.Resize((448, 448), interpolation=T.InterpolationMode.BICUBIC), T.ToTensor(),
+                      T.Normalize((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))])
+    tiles = {"a": [square], "b": [wide.crop((0, 0, 448, 448)), wide.crop((448, 0, 896, 448)), wide.resize((448, 448))]}
+    yes = [tok.encode(w, add_special_tokens=False)[0] for w in ("Yes", " Yes", "yes", " yes") if len(tok.encode(w, add_special_tokens=False)) == 1]
+    no = [tok.encode(w, add_special_tokens=False)[0] for w in ("No", " No", "no", " no") if len(tok.encode(w, add_special_tokens=False)) == 1]
+    expected = []
+    for key in ("a", "b"):
+        image_tokens = "<img>" + "<IMG_CONTEXT>" * 256 * len(tiles[key]) + "</img>"
+        prompt = (f"<|im_start|>system\nYou are a helpful assistant.<|im_end|><|im_start|>user\n{image_tokens}\n{question}"
+                  "<|im_end|><|im_start|>assistant\n")
+        ids = tok(prompt, return_tensors="pt")
+        pixels = torch.stack([norm(t) for t in tiles[key]])
+        with torch.no_grad():
+            logits = model(pixel_values=pixels, input_ids=ids["input_ids"], attention_mask=ids["attention_mask"],
+                           image_flags=torch.ones(len(pixels), 1, dtype=torch.long)).logits[0, -1].double()
+        probs = torch.softmax(logits, -1)
+        expected.append(float(probs[sorted(set(yes))].sum() / (probs[sorted(set(yes))].sum() + probs[sorted(set(no))].sum())))
+    assert result.per_image == pytest.approx(expected, abs=1e-5)
+
+    guarded = Runtime(device=torch.device("cpu"), dtype=torch.float32, trust_remote_code=False)
+    with pytest.raises(LoratuneError, match="trust_remote_code"):
+        create_backend(BackendConfig(name="vqascore", model=str(internvl2_folder)), guarded, "alignment").load()

@@ -287,6 +287,21 @@ def needs_remote_code(ref: str) -> bool:
     return bool(_INTERNVL2_HUB.match(ref)) and not ref.lower().endswith("-hf")
 
 
+def resolve_loader(
+    ref: str, loader: Literal["auto", "native", "internvl2"], trust_remote_code: bool, field: str
+) -> Literal["native", "internvl2"]:
+    """Which loader ``ref`` needs; refuses remote code unless the config allows it (checked before any cache lookup)."""
+    kind: Literal["native", "internvl2"] = (
+        loader if loader != "auto" else ("internvl2" if needs_remote_code(ref) else "native")
+    )
+    if kind == "internvl2" and not trust_remote_code:
+        raise LoratuneError(
+            f"{field}: {ref!r} runs code shipped with the checkpoint; set evaluation.trust_remote_code: true to "
+            "allow it, or use a transformers-native checkpoint (e.g. OpenGVLab/InternVL3-1B-hf)"
+        )
+    return kind
+
+
 def load_vlm(
     ref: str,
     loader: Literal["auto", "native", "internvl2"],
@@ -296,12 +311,6 @@ def load_vlm(
     field: str,
     max_tiles: int | None = None,
 ) -> YesNoVlm:
-    kind = loader if loader != "auto" else ("internvl2" if needs_remote_code(ref) else "native")
-    if kind == "internvl2":
-        if not trust_remote_code:
-            raise LoratuneError(
-                f"{field}: {ref!r} runs code shipped with the checkpoint; set evaluation.trust_remote_code: true to "
-                "allow it, or use a transformers-native checkpoint (e.g. OpenGVLab/InternVL3-1B-hf)"
-            )
+    if resolve_loader(ref, loader, trust_remote_code, field) == "internvl2":
         return InternVL2RemoteVlm(ref, device, dtype, field, max_tiles)
     return NativeVlm(ref, device, dtype, field)

@@ -20,7 +20,7 @@ from pydantic import Field
 
 from loratune.metrics.base import AxisResult, Backend, EvalImage, References
 from loratune.metrics.cache import cached_model
-from loratune.metrics.vlm_models import YesNoVlm, load_vlm
+from loratune.metrics.vlm_models import YesNoVlm, load_vlm, resolve_loader
 from loratune.modelref import is_stand_in
 
 PASS_THRESHOLD = 0.5
@@ -70,12 +70,14 @@ class _VlmBackend(Backend):
     def load(self) -> None:
         ref = self.model_id or ""
         opts = self.options
-        key = ("vlm", ref, opts.loader, str(self.runtime.device), str(self.runtime.dtype), opts.max_tiles)
+        field = f"{self.field_path}.model"
+        # Decided (and remote code refused) before the cache: a model loaded by a trusting config is not handed on.
+        kind = resolve_loader(ref, opts.loader, self.runtime.trust_remote_code, field)
+        key = ("vlm", ref, kind, str(self.runtime.device), str(self.runtime.dtype), opts.max_tiles)
         self.vlm: YesNoVlm = cached_model(
             key,
             lambda: load_vlm(
-                ref, opts.loader, self.runtime.device, self.runtime.dtype, self.runtime.trust_remote_code,
-                f"{self.field_path}.model", opts.max_tiles,
+                ref, kind, self.runtime.device, self.runtime.dtype, self.runtime.trust_remote_code, field, opts.max_tiles
             ),
         )
         self.stand_in = is_stand_in(ref)
