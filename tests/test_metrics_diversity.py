@@ -120,3 +120,31 @@ def test_no_shared_prompt_is_missing_and_bad_net_is_rejected(images):
         make("resnet")
     with pytest.raises(LoratuneError, match=r"^evaluation\.backends\.diversity\.size: "):
         make(size=8)
+
+
+def test_vendi_matches_vendi_score_package(tiny_models, images):
+    import open_clip
+    from vendi_score import vendi
+
+    runtime = Runtime(device=torch.device("cpu"), dtype=torch.float32, batch_size=3)
+    backend = create_backend(BackendConfig(name="vendi", model=str(tiny_models.open_clip)), runtime, "diversity")
+    backend.load()
+    backend.update(images[:5])
+    backend.update(images[5:])
+    result = backend.compute()
+
+    model, _, preprocess = open_clip.create_model_and_transforms(f"local-dir:{tiny_models.open_clip}")
+    groups: dict[str, list[int]] = {}
+    for i, img in enumerate(images):
+        groups.setdefault(img.group, []).append(i)
+    expected = []
+    for rows in groups.values():
+        if len(rows) < 2:
+            continue
+        with torch.no_grad():
+            x = model.eval().encode_image(torch.stack([preprocess(images[r].image) for r in rows])).double().numpy()
+        vs = vendi.score_X(x)  # the package normalises the rows and builds the cosine kernel itself
+        expected.append((vs, (vs - 1) / (len(rows) - 1)))
+    assert [g["vendi"] for g in result.details["groups"]] == pytest.approx([e[0] for e in expected], abs=1e-4)
+    assert result.value == pytest.approx(sum(e[1] for e in expected) / len(expected), abs=1e-4)
+    assert 0.0 <= result.value <= 1.0 and result.stand_in

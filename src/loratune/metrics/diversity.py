@@ -6,6 +6,7 @@ distance itself is the package's own layers: ``sum_k spatial_mean(lin_k((f0_k - 
 features, exactly ``lpips.LPIPS.forward``.
 
 The value is the mean over prompt groups of each group's mean pairwise distance; groups of one image are left out.
+``VendiDiversity`` is the embedding-based alternative (Vendi score of CLIP image embeddings per group).
 LPIPS needs torchvision's ImageNet backbone; offline, ``pretrained_backbone: false`` (or
 ``missing_backbone: stand_in``) uses a randomly initialised one, reported as stand-in weights.
 """
@@ -21,7 +22,7 @@ from pydantic import Field
 from loratune.errors import LoratuneError
 from loratune.metrics.base import AxisResult, Backend, EvalImage
 from loratune.metrics.cache import cached_model
-from loratune.metrics.openclip_models import first_line
+from loratune.metrics.openclip_models import first_line, load_clip_image, resolve_clip_image
 
 if TYPE_CHECKING:
     import torch
@@ -204,3 +205,80 @@ class LpipsDiversity(Backend):
                 details=details,
             )
         return self.result(sum(g["mean_lpips"] for g in groups) / len(groups), per_image=per_image, details=details)
+
+
+class VendiDiversity(Backend):
+    """Vendi score (Friedman & Dieng, 2023) of CLIP image embeddings among the images of one prompt.
+
+    Per group of n images: VS = exp(entropy of the eigenvalues of K / n), K the cosine-similarity matrix of the
+    embeddings, i.e. the effective number of distinct images (1 = all the same, n = all orthogonal). Groups differ in
+    size, so each is reported raw and as (VS - 1) / (n - 1) in [0, 1]; the value is the mean of the latter.
+    """
+
+    class Options(Backend.Options):
+        library: Literal["auto", "open_clip", "hf"] = Field(
+            "auto", description="auto: open_clip for open_clip names/folders/files and hf-hub:, else transformers"
+        )
+        pretrained: str | None = Field(None, description="open_clip pretrained tag, checkpoint file, or 'random'")
+        architecture: str | None = Field(None, description="open_clip model name when `model` is a checkpoint file")
+        q: float = Field(1.0, gt=0, description="order of the entropy (1: Shannon, the paper's default)")
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        assert self.model_id is not None
+        opts = self.options
+        self.model_field = f"{self.field_path}.model"
+        self.clip = resolve_clip_image(
+            self.model_id, opts.library, opts.pretrained, opts.architecture, self.model_field
+        )
+        self.stand_in = self.clip.stand_in
+        self.reset()
+
+    def load(self) -> None:
+        self.encoder = load_clip_image(self.clip, self.runtime, self.model_field)
+
+    def reset(self) -> None:
+        self._groups: dict[str, list[int]] = {}
+        self._labels: dict[str, tuple[str | None, str | None]] = {}
+        self._embeddings: list[torch.Tensor] = []
+
+    def update(self, batch: list[EvalImage]) -> None:
+        embeddings = self.encoder.embed_images([img.image for img in batch], self.runtime.batch_size)
+        for img, emb in zip(batch, embeddings):
+            self._groups.setdefault(img.group, []).append(len(self._embeddings))
+            self._labels[img.group] = (img.character, img.prompt)
+            self._embeddings.append(emb)
+
+    def compute(self) -> AxisResult:
+        import torch
+        from vendi_score import vendi
+
+        groups: list[dict[str, Any]] = []
+        for key, rows in self._groups.items():
+            n = len(rows)
+            if n < 2:
+                continue
+            e = torch.stack([self._embeddings[r] for r in rows]).double()
+            score = float(vendi.score_K((e @ e.T).numpy(), q=self.options.q))
+            character, prompt = self._labels[key]
+            groups.append(
+                {
+                    "prompt": prompt,
+                    "character": character,
+                    "images": n,
+                    "vendi": score,
+                    "normalised": (score - 1.0) / (n - 1),
+                }
+            )
+        details: dict[str, Any] = {"groups": groups, "q": self.options.q, "model": self.clip.label}
+        singles = sum(1 for rows in self._groups.values() if len(rows) < 2)
+        if singles:
+            details["single_image_groups"] = singles
+        if not groups:
+            return self.missing(
+                "no prompt has two or more images (diversity compares seeds of one prompt)", details=details
+            )
+        return self.result(sum(g["normalised"] for g in groups) / len(groups), details=details)
+
+    def describe(self) -> dict[str, Any]:
+        return {**super().describe(), "model": self.clip.label}

@@ -22,13 +22,12 @@ from loratune.metrics.openclip_models import (
     ImageEmbedder,
     is_timm_folder,
     is_timm_name,
-    load_hf_clip,
+    load_clip_image,
     load_hf_vision,
-    load_open_clip,
     load_timm,
-    resolve_open_clip,
+    resolve_clip_image,
 )
-from loratune.modelref import check_model_ref, is_stand_in, looks_like_hub_id
+from loratune.modelref import check_model_ref, is_stand_in
 
 if TYPE_CHECKING:
     import torch
@@ -149,38 +148,16 @@ class ClipImageIdentity(_EmbeddingIdentity):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         assert self.model_id is not None
-        self.library = self.options.library if self.options.library != "auto" else self._detect(self.model_id)
-        if self.library == "open_clip":
-            self.source = resolve_open_clip(
-                self.model_id, self.options.pretrained, self.options.architecture, self.model_field
-            )
-            self.stand_in = self.source.stand_in
-        else:
-            self.model_id = check_model_ref(self.model_id, self.model_field)
-            self.stand_in = is_stand_in(self.model_id)
-
-    @staticmethod
-    def _detect(ref: str) -> str:
-        from loratune.metrics.openclip_models import _builtin_name
-
-        path = Path(ref).expanduser()
-        if path.is_dir():
-            return "open_clip" if (path / "open_clip_config.json").is_file() else "hf"
-        if path.is_file() or ref.startswith(("hf-hub:", "local-dir:")) or _builtin_name(ref) is not None:
-            return "open_clip"
-        return "hf" if looks_like_hub_id(ref) else "open_clip"
+        opts = self.options
+        self.clip = resolve_clip_image(self.model_id, opts.library, opts.pretrained, opts.architecture, self.model_field)
+        self.library = self.clip.library
+        self.stand_in = self.clip.stand_in
 
     def load(self) -> None:
-        rt = self.runtime
-        if self.library == "open_clip":
-            self.encoder = load_open_clip(self.source, rt.device, rt.dtype, self.model_field)
-        else:
-            assert self.model_id is not None
-            self.encoder = load_hf_clip(self.model_id, rt.device, rt.dtype, self.model_field, rt.trust_remote_code)
+        self.encoder = load_clip_image(self.clip, self.runtime, self.model_field)
 
     def describe(self) -> dict[str, Any]:
-        model = self.source.label if self.library == "open_clip" else self.model_id
-        return {**super().describe(), "model": model, "library": self.library}
+        return {**super().describe(), "model": self.clip.label, "library": self.library}
 
 
 class DinoIdentity(_EmbeddingIdentity):

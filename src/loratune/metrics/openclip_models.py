@@ -357,6 +357,45 @@ def load_hf_vision(
     return cached_model(("hf_vision", ref, pooling, trust_remote_code, *_key(device, dtype)), loader)
 
 
+# --- CLIP image embeddings from either library ------------------------------------------------------------------------
+@dataclass(frozen=True)
+class ClipImageSource:
+    """A validated CLIP reference for image embeddings: open_clip or transformers, decided before loading."""
+
+    library: str  # "open_clip" or "hf"
+    ref: str
+    open_clip: OpenClipSource | None
+    stand_in: bool
+    label: str
+
+
+def detect_clip_library(ref: str) -> str:
+    """open_clip for its folders, checkpoint files, built-in names and ``hf-hub:``; transformers for other hub ids."""
+    path = Path(ref).expanduser()
+    if path.is_dir():
+        return "open_clip" if (path / "open_clip_config.json").is_file() else "hf"
+    if path.is_file() or ref.startswith(("hf-hub:", "local-dir:")) or _builtin_name(ref) is not None:
+        return "open_clip"
+    return "hf" if looks_like_hub_id(ref) else "open_clip"
+
+
+def resolve_clip_image(
+    ref: str, library: str, pretrained: str | None, architecture: str | None, field: str
+) -> ClipImageSource:
+    library = detect_clip_library(ref) if library == "auto" else library
+    if library == "open_clip":
+        source = resolve_open_clip(ref, pretrained, architecture, field)
+        return ClipImageSource("open_clip", ref, source, source.stand_in, source.label)
+    ref = check_model_ref(ref, field)
+    return ClipImageSource("hf", ref, None, is_stand_in(ref), ref)
+
+
+def load_clip_image(source: ClipImageSource, runtime: Any, field: str) -> OpenClipModel | HFClipModel:
+    if source.open_clip is not None:
+        return load_open_clip(source.open_clip, runtime.device, runtime.dtype, field)
+    return load_hf_clip(source.ref, runtime.device, runtime.dtype, field, runtime.trust_remote_code)
+
+
 # --- timm ------------------------------------------------------------------------------------------------------------
 class TimmModel:
     """A timm backbone with its classifier removed (``num_classes=0``: pooled pre-logits features)."""

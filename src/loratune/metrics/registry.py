@@ -124,6 +124,11 @@ _SPECS = [
         False, False, "BSD-2-Clause (lpips)", "alex",
         "mean pairwise LPIPS distance among images that share a prompt (different seeds)",
     ),
+    BackendSpec(
+        "vendi", "diversity", "loratune.metrics.diversity:VendiDiversity", (0.0, 1.0), True, (0.0, 1.0),
+        False, False, "MIT (vendi-score); MIT (OpenAI CLIP weights) / model's own", "ViT-L-14",
+        "Vendi score of CLIP image embeddings per prompt group, as (VS - 1) / (n - 1): 0 = identical, 1 = all distinct",
+    ),
 ]
 
 BACKENDS: dict[str, BackendSpec] = {spec.name: spec for spec in _SPECS}
