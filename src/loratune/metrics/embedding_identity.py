@@ -149,7 +149,9 @@ class ClipImageIdentity(_EmbeddingIdentity):
         super().__init__(*args, **kwargs)
         assert self.model_id is not None
         opts = self.options
-        self.clip = resolve_clip_image(self.model_id, opts.library, opts.pretrained, opts.architecture, self.model_field)
+        self.clip = resolve_clip_image(
+            self.model_id, opts.library, opts.pretrained, opts.architecture, self.model_field
+        )
         self.library = self.clip.library
         self.stand_in = self.clip.stand_in
 
