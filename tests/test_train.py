@@ -76,6 +76,16 @@ def test_each_optimizer_moves_the_lora_weights(tiny_models, small_dataset, tmp_p
     assert meta["ss_base_model_version"] == {"sd15": "sd_v1", "sdxl": "sdxl_base_v1-0"}[family]
 
 
+def test_adamw8bit_and_bf16_mixed_precision_in_one_process(tiny_models, small_dataset, tmp_path) -> None:
+    pytest.importorskip("bitsandbytes")
+    for precision, optimizer in [("bf16", "adamw"), ("no", "adamw8bit")]:
+        config = make_config(tiny_models, small_dataset, f"train.mixed_precision={precision}", f"train.optimizer={optimizer}")
+        result = train(config, tmp_path / precision)
+        assert np.isfinite(result.final_loss)
+        ups = [v for k, v in load_file(result.last.kohya_path).items() if k.endswith("lora_up.weight")]
+        assert all(v.dtype == torch.float32 and v.abs().max() > 0 for v in ups)
+
+
 @pytest.mark.parametrize("family", ["sd15", "sdxl"])
 def test_kohya_file_gives_the_same_images_as_the_diffusers_file(tiny_models, small_dataset, tmp_path, family) -> None:
     from loratune.sampling import apply_lora, load_pipeline, render

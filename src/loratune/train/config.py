@@ -82,6 +82,11 @@ class TrainSection(BaseModel):
     rank_schedule: dict[int, int] = Field(default_factory=dict, description="epoch -> LoRA rank from that epoch on")
     external: ExternalTrainer | None = Field(None, description="train with an outside command instead")
 
+    @field_validator("mixed_precision", mode="before")
+    @classmethod
+    def _yaml_no(cls, v: object) -> object:
+        return "no" if v is False else v  # YAML 1.1 reads an unquoted ``no`` as false
+
     @field_validator("curriculum")
     @classmethod
     def _curriculum(cls, v: dict[int, int]) -> dict[int, int]:

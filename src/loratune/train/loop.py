@@ -128,6 +128,19 @@ class _Run:
         self._rebuild(replaced)
 
 
+def _accelerator(mixed_precision: str, cpu: bool) -> Any:
+    """An Accelerator for this run; a search trains many runs in one process, with different precisions."""
+    from accelerate import Accelerator
+    from accelerate.state import AcceleratorState
+
+    state = AcceleratorState._shared_state
+    if state and (state.get("_mixed_precision") != mixed_precision or (cpu and state.get("device") and state["device"].type != "cpu")):
+        # accelerate's state is a process-wide singleton that refuses a second precision; single-process runs
+        # hold nothing else in it, so starting it afresh is safe.
+        AcceleratorState._reset_state(reset_partial_state=True)
+    return Accelerator(mixed_precision=mixed_precision, cpu=cpu)
+
+
 def train(
     config: Config,
     out_dir: str | Path,
@@ -143,7 +156,6 @@ def train(
     items = prepare(config)
 
     import torch
-    from accelerate import Accelerator
     from accelerate.utils import set_seed
 
     from loratune.device import pick_device
@@ -157,7 +169,7 @@ def train(
     out_dir.mkdir(parents=True, exist_ok=True)
     device = pick_device(t.device)
     mixed = t.mixed_precision if t.mixed_precision != "auto" else ("bf16" if device.type == "cuda" else "no")
-    accelerator = Accelerator(mixed_precision=mixed, cpu=device.type == "cpu")
+    accelerator = _accelerator(mixed, cpu=device.type == "cpu")
     weight_dtype = {"no": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[mixed]
     set_seed(t.seed)
 
@@ -166,10 +178,10 @@ def train(
         models.noise_scheduler.register_to_config(prediction_type=t.prediction_type)
     add_lora(models, t.rank, t.lora_alpha, t.target_modules, t.text_encoder_target_modules if t.train_text_encoder else None)
     # Frozen weights in the compute dtype; the trained LoRA weights (and the VAE, which overflows in fp16) in fp32.
-    models.vae.to(device, torch.float32)
-    models.unet.to(device, weight_dtype)
-    for encoder in models.text_encoders:
-        encoder.to(device, weight_dtype)
+    models.vae.to(device)
+    for module in [models.unet, *models.text_encoders]:
+        # dtype only when it changes: diffusers warns on every dtype cast, even a no-op one
+        module.to(device) if weight_dtype == torch.float32 else module.to(device, weight_dtype)
     modules = [models.unet, *(models.text_encoders[i] for i in models.trained_text_encoders)]
     for module in modules:
         for p in trainable_parameters(module):
