@@ -143,6 +143,8 @@ def main() -> None:
     parser.add_argument("--axes", help="comma-separated axes to keep (default: every configured backend)")
     args = parser.parse_args()
     console = Console()
+    if not console.is_terminal:  # piped into a file or CI log: room for the full column names
+        console.width = 120
     torch.manual_seed(0)
 
     if args.config is None:
