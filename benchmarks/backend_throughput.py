@@ -37,9 +37,16 @@ def tiny_classifier(folder: Path) -> Path:
     """A cafe_aesthetic-shaped image classifier (labels aesthetic / not_aesthetic) with random weights."""
     from transformers import ViTConfig, ViTForImageClassification, ViTImageProcessor
 
-    config = ViTConfig(image_size=224, patch_size=16, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                       intermediate_size=64, id2label={0: "aesthetic", 1: "not_aesthetic"},
-                       label2id={"aesthetic": 0, "not_aesthetic": 1})
+    config = ViTConfig(
+        image_size=224,
+        patch_size=16,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        id2label={0: "aesthetic", 1: "not_aesthetic"},
+        label2id={"aesthetic": 0, "not_aesthetic": 1},
+    )
     ViTForImageClassification(config).save_pretrained(folder)
     ViTImageProcessor().save_pretrained(folder)
     write_stand_in_marker(folder, "random cafe_aesthetic-shaped classifier")
@@ -73,8 +80,10 @@ def main() -> None:
     runtime = Runtime(device=torch.device("cpu"), dtype=torch.float32, batch_size=args.batch)
     items = images_of(tiny, args.images, args.size)
     refs = References(
-        images={c: [Image.open(p).convert("RGB") for p in sorted((Path(tiny.references) / c).glob("*.png"))]
-                for c in ("lucaboy", "albertoboy")},
+        images={
+            c: [Image.open(p).convert("RGB") for p in sorted((Path(tiny.references) / c).glob("*.png"))]
+            for c in ("lucaboy", "albertoboy")
+        },
         traits={"lucaboy": ["curly brown hair", "a teal shirt"], "albertoboy": ["spiky black hair", "a yellow shirt"]},
     )
     with tempfile.TemporaryDirectory() as tmp:
@@ -90,9 +99,13 @@ def main() -> None:
             ("aesthetics", "cafe_aesthetic", {"model": str(tiny_classifier(Path(tmp) / "cafe"))}),
         ]
         if args.dreamsim:
-            cases.append(("consistency", "dreamsim", {"model": str(args.dreamsim), "dreamsim_type": "open_clip_vitb32"}))
-        table = Table(title=f"Backend throughput: {len(items)} images of {args.size}x{args.size}, CPU, "
-                            f"batch {args.batch}, {torch.get_num_threads()} threads")
+            cases.append(
+                ("consistency", "dreamsim", {"model": str(args.dreamsim), "dreamsim_type": "open_clip_vitb32"})
+            )
+        table = Table(
+            title=f"Backend throughput: {len(items)} images of {args.size}x{args.size}, CPU, "
+            f"batch {args.batch}, {torch.get_num_threads()} threads"
+        )
         for column in ("backend", "options", "load s", "images/s", "stand-in", "value"):
             table.add_column(column, justify="left" if column in ("backend", "options") else "right")
         for axis, name, options in cases:
@@ -110,9 +123,14 @@ def main() -> None:
             result = backend.compute()
             seconds = time.perf_counter() - started
             shown = {k: v for k, v in options.items() if k != "model" and v is not None}
-            table.add_row(name, ", ".join(f"{k}={v}" for k, v in shown.items()), f"{load_s:.2f}",
-                          f"{len(items) / seconds:.2f}", "yes" if result.stand_in else "no",
-                          "-" if result.value is None else f"{result.value:.3f}")
+            table.add_row(
+                name,
+                ", ".join(f"{k}={v}" for k, v in shown.items()),
+                f"{load_s:.2f}",
+                f"{len(items) / seconds:.2f}",
+                "yes" if result.stand_in else "no",
+                "-" if result.value is None else f"{result.value:.3f}",
+            )
     Console().print(table)
 
 

@@ -1,4 +1,4 @@
-"""cafe_aesthetic through the transformers pipeline: P(aesthetic) whatever the label's rank, on a tiny ViT classifier."""
+"""cafe_aesthetic through the transformers pipeline: P(aesthetic) whatever the label's rank, on a tiny ViT."""
 
 from __future__ import annotations
 
@@ -24,8 +24,14 @@ def tiny_classifier(tmp_path_factory) -> Path:
 
     folder = tmp_path_factory.mktemp("cafe")
     config = ViTConfig(
-        image_size=32, patch_size=8, hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32,
-        id2label={0: "aesthetic", 1: "not_aesthetic"}, label2id={"aesthetic": 0, "not_aesthetic": 1},
+        image_size=32,
+        patch_size=8,
+        hidden_size=16,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=32,
+        id2label={0: "aesthetic", 1: "not_aesthetic"},
+        label2id={"aesthetic": 0, "not_aesthetic": 1},
     )
     torch.manual_seed(0)
     model = ViTForImageClassification(config)
@@ -57,6 +63,8 @@ def test_cafe_scores_probability_of_aesthetic_label(tiny_classifier: Path) -> No
     assert result.value == pytest.approx(float(np.mean(probs)), abs=1e-5)
     assert result.stand_in
 
-    wrong = create_backend(BackendConfig(name="cafe_aesthetic", model=str(tiny_classifier), label="pretty"), RUNTIME, "aesthetics")
+    wrong = create_backend(
+        BackendConfig(name="cafe_aesthetic", model=str(tiny_classifier), label="pretty"), RUNTIME, "aesthetics"
+    )
     with pytest.raises(LoratuneError, match="label"):
         wrong.load()

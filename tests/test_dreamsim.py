@@ -1,4 +1,4 @@
-"""DreamSim identity on a stand-in checkpoint folder (random ViT-B/32 in DreamSim's layout), checked against dreamsim."""
+"""DreamSim identity on a stand-in checkpoint folder (random ViT-B/32, DreamSim's layout), checked against DreamSim."""
 
 from __future__ import annotations
 
@@ -24,12 +24,29 @@ def dreamsim_folder(tmp_path_factory) -> Path:
     """What dreamsim's open_clip_vitb32 zip unpacks to, with random weights (shapes from a meta-device ViT-B/32)."""
     folder = tmp_path_factory.mktemp("dreamsim")
     # dreamsim's vit_base(patch_size=32) layout (its load_state_dict is strict, so a wrong shape fails loudly).
-    shapes = {"cls_token": (1, 1, 768), "pos_embed": (1, 50, 768), "patch_embed.proj.weight": (768, 3, 32, 32),
-              "patch_embed.proj.bias": (768,), "norm.weight": (768,), "norm.bias": (768,)}
+    shapes = {
+        "cls_token": (1, 1, 768),
+        "pos_embed": (1, 50, 768),
+        "patch_embed.proj.weight": (768, 3, 32, 32),
+        "patch_embed.proj.bias": (768,),
+        "norm.weight": (768,),
+        "norm.bias": (768,),
+    }
     for i in range(12):
-        block = {"norm1.weight": (768,), "norm1.bias": (768,), "attn.qkv.weight": (2304, 768), "attn.qkv.bias": (2304,),
-                 "attn.proj.weight": (768, 768), "attn.proj.bias": (768,), "norm2.weight": (768,), "norm2.bias": (768,),
-                 "mlp.fc1.weight": (3072, 768), "mlp.fc1.bias": (3072,), "mlp.fc2.weight": (768, 3072), "mlp.fc2.bias": (768,)}
+        block = {
+            "norm1.weight": (768,),
+            "norm1.bias": (768,),
+            "attn.qkv.weight": (2304, 768),
+            "attn.qkv.bias": (2304,),
+            "attn.proj.weight": (768, 768),
+            "attn.proj.bias": (768,),
+            "norm2.weight": (768,),
+            "norm2.bias": (768,),
+            "mlp.fc1.weight": (3072, 768),
+            "mlp.fc1.bias": (3072,),
+            "mlp.fc2.weight": (768, 3072),
+            "mlp.fc2.bias": (768,),
+        }
         shapes.update({f"blocks.{i}.{k}": v for k, v in block.items()})
     gen = torch.Generator().manual_seed(0)
     state = {}
@@ -53,14 +70,16 @@ def dreamsim_folder(tmp_path_factory) -> Path:
 def test_dreamsim_similarity_is_one_minus_dreamsim_distance(dreamsim_folder: Path) -> None:
     rng = np.random.default_rng(0)
     images = [Image.fromarray(rng.integers(0, 255, (64, 64, 3), dtype=np.uint8)) for _ in range(3)]
-    config = BackendConfig(name="dreamsim", model=str(dreamsim_folder), dreamsim_type="open_clip_vitb32", pretrained=False)
+    config = BackendConfig(
+        name="dreamsim", model=str(dreamsim_folder), dreamsim_type="open_clip_vitb32", pretrained=False
+    )
     backend = create_backend(config, RUNTIME, "consistency")
     backend.load()
     backend.setup(References(images={None: [images[0]]}))
     backend.update([EvalImage(Path(f"{i}.png"), img) for i, img in enumerate(images[1:])])
     result = backend.compute()
 
-    # DreamSim's own distance (its forward: 1 - cosine of its embeddings) on the model loratune loaded through dreamsim().
+    # DreamSim's own distance (its forward: 1 - cosine of its embeddings) on the model loaded through dreamsim().
     model, preprocess = backend.encoder.model, backend.encoder.preprocess
     with torch.no_grad():
         distances = [float(model(preprocess(img), preprocess(images[0]))) for img in images[1:]]

@@ -1,4 +1,4 @@
-"""Face identity: InsightFace on the factory's ArcFace ONNX (by path), dlib's shipped embedder on real faces, fallback."""
+"""Face identity: InsightFace on the factory's ONNX files (by path, as a pack), dlib on real faces, the fallback."""
 
 from __future__ import annotations
 
@@ -68,12 +68,17 @@ def test_dlib_puts_a_face_closer_to_its_mirror_than_to_another_face() -> None:
     mirror = face.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
     other = Image.open(HANKS).convert("RGB")
     backend = _backend("dlib_face", fallback=None)
-    a, m, o = (torch.nn.functional.normalize(torch.as_tensor(e), dim=0) for e in backend.embed_faces([face, mirror, other]))
+    a, m, o = (
+        torch.nn.functional.normalize(torch.as_tensor(e), dim=0) for e in backend.embed_faces([face, mirror, other])
+    )
     assert float(a @ m) > float(a @ o)
 
     backend.setup(References(images={"eileen": [face]}))
-    items = [EvalImage(Path("mirror.png"), mirror, character="eileen"), EvalImage(Path("hanks.png"), other, character="eileen"),
-             EvalImage(Path("noise.png"), _noise(2), character="eileen")]
+    items = [
+        EvalImage(Path("mirror.png"), mirror, character="eileen"),
+        EvalImage(Path("hanks.png"), other, character="eileen"),
+        EvalImage(Path("noise.png"), _noise(2), character="eileen"),
+    ]
     backend.update(items)
     result = backend.compute()
     assert not result.stand_in
@@ -111,8 +116,10 @@ def test_insightface_pack_folder_and_detector_by_path_agree(tiny_models) -> None
     items.append(EvalImage(Path("noise.png"), _noise(3), character="lucaboy"))
 
     results = []
-    for options in ({"model": str(tiny_models.arcface.parent)},  # the folder is a FaceAnalysis pack
-                    {"model": str(tiny_models.arcface), "detector": str(tiny_models.face_detector)}):
+    for options in (
+        {"model": str(tiny_models.arcface.parent)},  # the folder is a FaceAnalysis pack
+        {"model": str(tiny_models.arcface), "detector": str(tiny_models.face_detector)},
+    ):
         backend = _backend("insightface", fallback=None, min_detection_rate=0.0, **options)
         backend.setup(refs)
         backend.update(items)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import json
 from pathlib import Path
 
 import numpy as np
@@ -28,7 +29,9 @@ def _images(n: int) -> list[Image.Image]:
 def _reference_model(folder: Path):
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
-    return AutoProcessor.from_pretrained(folder), AutoModelForImageTextToText.from_pretrained(folder, dtype=torch.float32).eval()
+    return AutoProcessor.from_pretrained(folder), AutoModelForImageTextToText.from_pretrained(
+        folder, dtype=torch.float32
+    ).eval()
 
 
 def _reference_p_yes(folder: Path, image: Image.Image, question: str) -> tuple[float, float]:
@@ -39,7 +42,11 @@ def _reference_p_yes(folder: Path, image: Image.Image, question: str) -> tuple[f
     with torch.no_grad():
         logits = model(**processor(images=[image], text=[text], return_tensors="pt")).logits[0, -1].double()
     tok = processor.tokenizer
-    single = lambda words: sorted({tok.encode(w, add_special_tokens=False)[0] for w in words if len(tok.encode(w, add_special_tokens=False)) == 1})  # noqa: E731
+
+    def single(words: list[str]) -> list[int]:
+        encoded = [tok.encode(w, add_special_tokens=False) for w in words]
+        return sorted({ids[0] for ids in encoded if len(ids) == 1})
+
     yes, no = single(["Yes", " Yes", "yes", " yes"]), single(["No", " No", "no", " no"])
     probs = torch.softmax(logits, dim=-1)
     pair = probs[yes].sum() / (probs[yes].sum() + probs[no].sum())
@@ -76,7 +83,9 @@ def test_vqascore_equals_independent_yes_no_softmax(tiny_models) -> None:
 def test_trait_checks_in_details_and_as_consistency_backend(tiny_models) -> None:
     images = _images(1)
     traits = {"luca": ["curly brown hair", "a teal shirt"]}
-    items = [EvalImage(Path(f"{i}.png"), img, prompt="luca on a beach", character="luca") for i, img in enumerate(images)]
+    items = [
+        EvalImage(Path(f"{i}.png"), img, prompt="luca on a beach", character="luca") for i, img in enumerate(images)
+    ]
     items.append(EvalImage(Path("x.png"), images[0], prompt="someone else", character=None))
 
     vqa = _backend("vqascore", tiny_models.vlm, "alignment")
@@ -108,7 +117,8 @@ def test_trait_checks_in_details_and_as_consistency_backend(tiny_models) -> None
 def test_remote_code_needs_permission(tmp_path: Path) -> None:
     folder = tmp_path / "InternVL2-1B"
     folder.mkdir()
-    (folder / "config.json").write_text('{"architectures": ["InternVLChatModel"], "auto_map": {"AutoModel": "modeling_internvl_chat.InternVLChatModel"}}')
+    auto_map = {"AutoModel": "modeling_internvl_chat.InternVLChatModel"}
+    (folder / "config.json").write_text(json.dumps({"architectures": ["InternVLChatModel"], "auto_map": auto_map}))
     with pytest.raises(LoratuneError, match="trust_remote_code"):
         load_vlm(str(folder), "auto", "cpu", torch.float32, False, "evaluation.backends.alignment.model")
     with pytest.raises(LoratuneError, match="trust_remote_code"):
@@ -129,7 +139,6 @@ REMOTE_CODE = Path(__file__).parent / "data" / "tiny_internvl2"
 @pytest.fixture(scope="module")
 def internvl2_folder(tiny_models, tmp_path_factory) -> Path:
     """A tiny remote-code checkpoint laid out like OpenGVLab/InternVL2-*: config.json's auto_map names .py files."""
-    import json
     import shutil
 
     from transformers import AutoConfig, AutoModel, AutoTokenizer
@@ -140,13 +149,27 @@ def internvl2_folder(tiny_models, tmp_path_factory) -> Path:
     for name in ("tokenizer.json", "tokenizer_config.json"):
         shutil.copy(tiny_models.vlm / name, folder / name)
     vocab = len(AutoTokenizer.from_pretrained(folder))
-    llm = {"vocab_size": vocab, "hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2,
-           "num_key_value_heads": 1, "intermediate_size": 64}
-    (folder / "config.json").write_text(json.dumps({
-        "architectures": ["InternVLChatModel"], "model_type": "internvl_chat", "llm_config": llm,
-        "auto_map": {"AutoConfig": "configuration_tiny_internvl.InternVLChatConfig",
-                     "AutoModel": "modeling_tiny_internvl.InternVLChatModel"},
-    }))
+    llm = {
+        "vocab_size": vocab,
+        "hidden_size": 32,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 2,
+        "num_key_value_heads": 1,
+        "intermediate_size": 64,
+    }
+    (folder / "config.json").write_text(
+        json.dumps(
+            {
+                "architectures": ["InternVLChatModel"],
+                "model_type": "internvl_chat",
+                "llm_config": llm,
+                "auto_map": {
+                    "AutoConfig": "configuration_tiny_internvl.InternVLChatConfig",
+                    "AutoModel": "modeling_tiny_internvl.InternVLChatModel",
+                },
+            }
+        )
+    )
     torch.manual_seed(0)
     config = AutoConfig.from_pretrained(folder, trust_remote_code=True)
     AutoModel.from_config(config, trust_remote_code=True).save_pretrained(folder)
@@ -161,33 +184,65 @@ def test_internvl2_remote_code_scores_like_upstream_prompt_and_tiling(internvl2_
     wide = _images(2)[1].resize((896, 448))  # closest grid 2x1: two tiles + a thumbnail
     question = QUESTION.format("a boy on a beach")
     runtime = Runtime(device=torch.device("cpu"), dtype=torch.float32, batch_size=2, trust_remote_code=True)
-    backend = create_backend(BackendConfig(name="vqascore", model=str(internvl2_folder), traits=False), runtime, "alignment")
+    backend = create_backend(
+        BackendConfig(name="vqascore", model=str(internvl2_folder), traits=False), runtime, "alignment"
+    )
     backend.load()
     backend.setup(References())
-    backend.update([EvalImage(Path("a.png"), square, prompt="a boy on a beach"), EvalImage(Path("b.png"), wide, prompt="a boy on a beach")])
+    backend.update(
+        [
+            EvalImage(Path("a.png"), square, prompt="a boy on a beach"),
+            EvalImage(Path("b.png"), wide, prompt="a boy on a beach"),
+        ]
+    )
     result = backend.compute()
 
     # Independently: upstream's prompt (Hermes-2 template, <img> + 256 context tokens per tile + </img>) and tiles.
     model = AutoModel.from_pretrained(internvl2_folder, trust_remote_code=True).eval()
     tok = AutoTokenizer.from_pretrained(internvl2_folder)
     model.img_context_token_id = tok.convert_tokens_to_ids("<IMG_CONTEXT>")
-    norm = T.Compose([T.Resize((448, 448), interpolation=T.InterpolationMode.BICUBIC), T.ToTensor(),
-                      T.Normalize((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))])
+    norm = T.Compose(
+        [
+            T.Resize((448, 448), interpolation=T.InterpolationMode.BICUBIC),
+            T.ToTensor(),
+            T.Normalize((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
+        ]
+    )
     tiles = {"a": [square], "b": [wide.crop((0, 0, 448, 448)), wide.crop((448, 0, 896, 448)), wide.resize((448, 448))]}
-    yes = [tok.encode(w, add_special_tokens=False)[0] for w in ("Yes", " Yes", "yes", " yes") if len(tok.encode(w, add_special_tokens=False)) == 1]
-    no = [tok.encode(w, add_special_tokens=False)[0] for w in ("No", " No", "no", " no") if len(tok.encode(w, add_special_tokens=False)) == 1]
+    yes = [
+        tok.encode(w, add_special_tokens=False)[0]
+        for w in ("Yes", " Yes", "yes", " yes")
+        if len(tok.encode(w, add_special_tokens=False)) == 1
+    ]
+    no = [
+        tok.encode(w, add_special_tokens=False)[0]
+        for w in ("No", " No", "no", " no")
+        if len(tok.encode(w, add_special_tokens=False)) == 1
+    ]
     expected = []
     for key in ("a", "b"):
         image_tokens = "<img>" + "<IMG_CONTEXT>" * 256 * len(tiles[key]) + "</img>"
-        prompt = (f"<|im_start|>system\nYou are a helpful assistant.<|im_end|><|im_start|>user\n{image_tokens}\n{question}"
-                  "<|im_end|><|im_start|>assistant\n")
+        prompt = (
+            f"<|im_start|>system\nYou are a helpful assistant.<|im_end|><|im_start|>user\n{image_tokens}\n{question}"
+            "<|im_end|><|im_start|>assistant\n"
+        )
         ids = tok(prompt, return_tensors="pt")
         pixels = torch.stack([norm(t) for t in tiles[key]])
         with torch.no_grad():
-            logits = model(pixel_values=pixels, input_ids=ids["input_ids"], attention_mask=ids["attention_mask"],
-                           image_flags=torch.ones(len(pixels), 1, dtype=torch.long)).logits[0, -1].double()
+            logits = (
+                model(
+                    pixel_values=pixels,
+                    input_ids=ids["input_ids"],
+                    attention_mask=ids["attention_mask"],
+                    image_flags=torch.ones(len(pixels), 1, dtype=torch.long),
+                )
+                .logits[0, -1]
+                .double()
+            )
         probs = torch.softmax(logits, -1)
-        expected.append(float(probs[sorted(set(yes))].sum() / (probs[sorted(set(yes))].sum() + probs[sorted(set(no))].sum())))
+        expected.append(
+            float(probs[sorted(set(yes))].sum() / (probs[sorted(set(yes))].sum() + probs[sorted(set(no))].sum()))
+        )
     assert result.per_image == pytest.approx(expected, abs=1e-5)
 
     guarded = Runtime(device=torch.device("cpu"), dtype=torch.float32, trust_remote_code=False)

@@ -52,7 +52,9 @@ def sharpness(gray: np.ndarray) -> float:
     return float(ndimage.laplace(gray.astype(np.float64)).var())
 
 
-def robust_outliers(values: Sequence[float | None], high_is_bad: bool, z: float = 3.0, min_gap: float = 0.0) -> list[int]:
+def robust_outliers(
+    values: Sequence[float | None], high_is_bad: bool, z: float = 3.0, min_gap: float = 0.0
+) -> list[int]:
     """Indices more than ``z`` robust standard deviations (1.4826·MAD) on the bad side of the median,
     and at least ``min_gap`` away from it (so a dataset of near-identical scores flags nothing)."""
     present = [(i, v) for i, v in enumerate(values) if v is not None and math.isfinite(v)]

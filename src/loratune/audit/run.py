@@ -79,8 +79,12 @@ def _runtime(config: Config) -> Runtime:
 
     ev = config.evaluation
     device = pick_device(ev.device)
-    return Runtime(device=device, dtype=torch_dtype(ev.dtype, device), batch_size=ev.batch_size,
-                   trust_remote_code=ev.trust_remote_code)
+    return Runtime(
+        device=device,
+        dtype=torch_dtype(ev.dtype, device),
+        batch_size=ev.batch_size,
+        trust_remote_code=ev.trust_remote_code,
+    )
 
 
 def _character_of(entry: DatasetEntry, config: Config) -> str | None:
@@ -96,8 +100,14 @@ def _character_of(entry: DatasetEntry, config: Config) -> str | None:
     return None
 
 
-def _loaded(config: BackendConfig | None, runtime: Runtime, axis: str, warnings: list[str],
-            needs: str | None = None) -> Backend | None:
+def _loaded(
+    config: BackendConfig | None,
+    runtime: Runtime,
+    axis: str,
+    purpose: str,
+    warnings: list[str],
+    needs: str | None = None,
+) -> Backend | None:
     """The configured backend of ``axis``, loaded; None (with a warning) when it cannot load, so the rest still runs."""
     from loratune.metrics.registry import create_backend
 
@@ -109,7 +119,7 @@ def _loaded(config: BackendConfig | None, runtime: Runtime, axis: str, warnings:
             return None
         backend.load()
     except LoratuneError as err:
-        warnings.append(f"{axis} check skipped: {err}")
+        warnings.append(f"{purpose} skipped: {err}")
         return None
     return backend
 
@@ -158,7 +168,7 @@ def run_audit(
         rep.phash = str(imagehash.phash(img))
     ok = sorted(images)
 
-    # --- captions --------------------------------------------------------------------------------------------------
+    # --- captions -----------------------------------------------------------------------------------------------------
     for entry, rep in zip(entries, reports):
         if entry.caption_state != "ok":
             sidecar = entry.image.with_suffix(config.dataset.caption_extension).name
@@ -174,13 +184,13 @@ def run_audit(
         if trigger and trigger.lower() not in entry.caption.lower():
             rep.problems.append(f"caption lacks the trigger words {trigger!r}")
 
-    # --- near-duplicates by perceptual hash ------------------------------------------------------------------------
+    # --- near-duplicates by perceptual hash ---------------------------------------------------------------------------
     hashes = [imagehash.hex_to_hash(reports[i].phash) for i in ok]
     duplicates: dict[tuple[int, int], dict[str, Any]] = {}
     for a, b, d in checks.hash_pairs(hashes, opts.duplicate_hash_bits):
         duplicates[(ok[a], ok[b])] = {"a": reports[ok[a]].file, "b": reports[ok[b]].file, "phash_distance": d}
 
-    # --- technical quality and sharpness ---------------------------------------------------------------------------
+    # --- technical quality and sharpness ------------------------------------------------------------------------------
     quality = create_backend(BackendConfig(name=opts.quality_backend), runtime, "quality")
     quality.load()
     quality_result = _run_backend(quality, [EvalImage(entries[i].image, images[i]) for i in ok], runtime.batch_size)
@@ -191,23 +201,33 @@ def run_audit(
     for i, value in zip(ok, quality_result.per_image or []):
         reports[i].quality = value
     q_values = [reports[i].quality for i in ok]
-    for k in checks.robust_outliers(q_values, high_is_bad=not quality.spec.higher_is_better, z=opts.outlier_z, min_gap=5.0):
+    for k in checks.robust_outliers(
+        q_values, high_is_bad=not quality.spec.higher_is_better, z=opts.outlier_z, min_gap=5.0
+    ):
+        median = statistics.median(q_values)
         reports[ok[k]].problems.append(
-            f"low technical quality: {quality.spec.name} {q_values[k]:.1f} (dataset median {statistics.median(q_values):.1f})"
+            f"low technical quality: {quality.spec.name} {q_values[k]:.1f} (dataset median {median:.1f})"
         )
     sharp = [reports[i].sharpness or 0.0 for i in ok]
     for k in checks.low_ratio(sharp, opts.blur_ratio):
-        reports[ok[k]].problems.append(f"blurry: sharpness {sharp[k]:.1f} (dataset median {statistics.median(sharp):.1f})")
+        reports[ok[k]].problems.append(
+            f"blurry: sharpness {sharp[k]:.1f} (dataset median {statistics.median(sharp):.1f})"
+        )
 
-    # --- caption ↔ image alignment (+ VLM trait checks) ------------------------------------------------------------
+    # --- caption ↔ image alignment (+ VLM trait checks) ---------------------------------------------------------------
     alignment_data: dict[str, Any] | None = None
     align_config = config.evaluation.backends.get("alignment")  # type: ignore[call-overload]
-    aligner = _loaded(align_config, runtime, "alignment", warnings) if opts.alignment else None
+    aligner = (
+        _loaded(align_config, runtime, "alignment", "caption↔image alignment", warnings) if opts.alignment else None
+    )
     if aligner is not None:
         refs = References(traits={n: list(c.traits) for n, c in config.dataset.characters.items()})
         aligner.setup(refs)
         captioned = [i for i in ok if entries[i].caption]
-        items = [EvalImage(entries[i].image, images[i], prompt=entries[i].caption, character=reports[i].character) for i in captioned]
+        items = [
+            EvalImage(entries[i].image, images[i], prompt=entries[i].caption, character=reports[i].character)
+            for i in captioned
+        ]
         result = _run_backend(aligner, items, runtime.batch_size)
         backends.append({**aligner.describe(), "stand_in_weights": result.stand_in})
         for i, value in zip(captioned, result.per_image or []):
@@ -215,7 +235,9 @@ def run_audit(
         scores = [reports[i].alignment for i in captioned]
         lo, hi = align_config.norm_range or aligner.spec.norm_range
         # A tenth of the backend's normalisation range: differences smaller than that are noise, not a bad caption.
-        low = checks.robust_outliers(scores, not aligner.spec.higher_is_better, z=opts.outlier_z, min_gap=0.1 * (hi - lo))
+        low = checks.robust_outliers(
+            scores, not aligner.spec.higher_is_better, z=opts.outlier_z, min_gap=0.1 * (hi - lo)
+        )
         for k in low:
             reports[captioned[k]].problems.append(
                 f"caption may not match the image: {aligner.spec.name} {scores[k]:.3f} "
@@ -225,9 +247,14 @@ def run_audit(
         if not aligner.spec.higher_is_better:
             ranked.reverse()
         alignment_data = {
-            "backend": aligner.spec.name, "model": aligner.model_id, "stand_in": result.stand_in, "mean": result.value,
-            "lowest": [{"file": reports[i].file, "score": reports[i].alignment, "caption": reports[i].caption}
-                       for i in ranked[: opts.lowest]],
+            "backend": aligner.spec.name,
+            "model": aligner.model_id,
+            "stand_in": result.stand_in,
+            "mean": result.value,
+            "lowest": [
+                {"file": reports[i].file, "score": reports[i].alignment, "caption": reports[i].caption}
+                for i in ranked[: opts.lowest]
+            ],
         }
         if "traits" in result.details:
             alignment_data["traits"] = result.details["traits"]
@@ -235,11 +262,17 @@ def run_audit(
             stand_in.append(aligner.spec.name)
             warnings.append(f"alignment ({aligner.spec.name}) ran on stand-in weights: its scores mean nothing")
 
-    # --- embeddings: near-duplicates and diversity -----------------------------------------------------------------
+    # --- embeddings: near-duplicates and diversity --------------------------------------------------------------------
     diversity: dict[str, Any] = {"phash_mean_distance": checks.mean_pairwise_hash_distance(hashes)}
     consistency_config = config.evaluation.backends.get("consistency")  # type: ignore[call-overload]
     wanted = opts.embeddings and bool(ok)
-    embedder = _loaded(consistency_config, runtime, "consistency", warnings, "embed") if wanted else None
+    embedder = (
+        _loaded(
+            consistency_config, runtime, "consistency", "image embeddings (duplicates, diversity)", warnings, "embed"
+        )
+        if wanted
+        else None
+    )
     if embedder is not None:
         emb = embedder.embed([images[i] for i in ok]).float().cpu().numpy()
         emb = emb / np.linalg.norm(emb, axis=1, keepdims=True)
@@ -258,7 +291,7 @@ def run_audit(
         reports[i].problems.append(f"near-duplicate of {reports[j].file} ({how})")
         reports[j].problems.append(f"near-duplicate of {reports[i].file} ({how})")
 
-    # --- faces ---------------------------------------------------------------------------------------------------------
+    # --- faces --------------------------------------------------------------------------------------------------------
     faces: dict[str, Any] | None = None
     if opts.faces and ok:
         from loratune.metrics.cache import cached_model
@@ -270,14 +303,17 @@ def run_audit(
         per_folder: dict[str, list[bool]] = defaultdict(list)
         for i in ok:
             per_folder[reports[i].folder].append(bool(reports[i].face))
-        faces = {"detector": "dlib HOG (frontal faces)", "face_rate": sum(reports[i].face for i in ok) / len(ok),
-                 "per_folder": {f or ".": sum(v) / len(v) for f, v in per_folder.items()}}
+        faces = {
+            "detector": "dlib HOG (frontal faces)",
+            "face_rate": sum(reports[i].face for i in ok) / len(ok),
+            "per_folder": {f or ".": sum(v) / len(v) for f, v in per_folder.items()},
+        }
         for i in ok:
             rate = sum(per_folder[reports[i].folder]) / len(per_folder[reports[i].folder])
             if not reports[i].face and rate >= opts.min_face_rate:
                 reports[i].problems.append(f"no face found (its folder's face rate is {rate:.0%})")
 
-    # --- summary -------------------------------------------------------------------------------------------------------
+    # --- summary ------------------------------------------------------------------------------------------------------
     per_character: dict[str, dict[str, Any]] = {}
     for name in list(config.dataset.characters) + [None]:
         mine = [r for r in reports if r.character == name]
@@ -305,9 +341,12 @@ def run_audit(
         "backends": backends,
         "alignment": alignment_data,
         "near_duplicates": list(duplicates.values()),
-        "quality": {"backend": quality.spec.name, "higher_is_better": quality.spec.higher_is_better,
-                    "median": statistics.median(q_values) if q_values else None,
-                    "sharpness_median": statistics.median(sharp) if sharp else None},
+        "quality": {
+            "backend": quality.spec.name,
+            "higher_is_better": quality.spec.higher_is_better,
+            "median": statistics.median(q_values) if q_values else None,
+            "sharpness_median": statistics.median(sharp) if sharp else None,
+        },
         "diversity": diversity,
         "faces": faces,
         "characters": per_character,

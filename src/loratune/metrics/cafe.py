@@ -45,8 +45,9 @@ class CafeAesthetic(Backend):
         self.pipe = cached_model(key, lambda: _load_pipeline(ref, self.runtime.device, self.runtime.dtype, field))
         labels = set(self.pipe.model.config.id2label.values())
         if self.options.label not in labels:
+            known = ", ".join(sorted(labels))
             raise LoratuneError(
-                f"{self.field_path}.label: {self.options.label!r} is not a label of {ref} (labels: {', '.join(sorted(labels))})"
+                f"{self.field_path}.label: {self.options.label!r} is not a label of {ref} (labels: {known})"
             )
         self.stand_in = is_stand_in(ref)
 

@@ -43,7 +43,10 @@ class DreamSimEncoder:
         cache_dir.mkdir(parents=True, exist_ok=True)
         try:
             self.model, self.preprocess = dreamsim(
-                pretrained=pretrained, device=str(device), cache_dir=str(cache_dir), normalize_embeds=True,
+                pretrained=pretrained,
+                device=str(device),
+                cache_dir=str(cache_dir),
+                normalize_embeds=True,
                 dreamsim_type=dreamsim_type,
             )
         except (OSError, RuntimeError, KeyError) as err:  # no network, or an incomplete checkpoint folder
@@ -87,5 +90,8 @@ class DreamSimIdentity(_EmbeddingIdentity):
         opts = self.options
         key = ("dreamsim", str(self.cache_dir), opts.dreamsim_type, opts.pretrained, str(self.runtime.device))
         self.encoder = cached_model(
-            key, lambda: DreamSimEncoder(self.cache_dir, opts.dreamsim_type, opts.pretrained, self.runtime.device, self.model_field)
+            key,
+            lambda: DreamSimEncoder(
+                self.cache_dir, opts.dreamsim_type, opts.pretrained, self.runtime.device, self.model_field
+            ),
         )

@@ -89,7 +89,12 @@ class _FaceIdentity(Backend):
     def _normalised(self, embeddings: list[np.ndarray | None]) -> list[torch.Tensor | None]:
         import torch
 
-        return [None if e is None else torch.nn.functional.normalize(torch.as_tensor(e, dtype=torch.float32).flatten(), dim=0) for e in embeddings]
+        return [
+            None
+            if e is None
+            else torch.nn.functional.normalize(torch.as_tensor(e, dtype=torch.float32).flatten(), dim=0)
+            for e in embeddings
+        ]
 
     def setup(self, references: References) -> None:
         import torch
@@ -142,7 +147,11 @@ class _FaceIdentity(Backend):
             rows = [e for item, e in zip(self.items, self.embeddings) if item.character == character and e is not None]
             across = mean_pairwise_cosine(torch.stack(rows))[0] if rows else None
             to_refs = [p for item, p in zip(self.items, per_image) if item.character == character and p is not None]
-            per_character[character or ""] = {"faces": len(rows), "to_reference_centroid": _mean(to_refs), "across_generations": across}
+            per_character[character or ""] = {
+                "faces": len(rows),
+                "to_reference_centroid": _mean(to_refs),
+                "across_generations": across,
+            }
             if across is not None:
                 across_values.append(across)
         scored = [p for p in per_image if p is not None]
@@ -155,7 +164,9 @@ class _FaceIdentity(Backend):
         if across_values:
             details["mode"] = "across generations only (no reference faces)"
             return self.result(_mean(across_values), per_image=per_image, details=details)
-        return self.missing(f"faces found in {found} of {n} images; nothing to compare", per_image=per_image, details=details)
+        return self.missing(
+            f"faces found in {found} of {n} images; nothing to compare", per_image=per_image, details=details
+        )
 
     def _run_fallback(self, details: dict[str, Any]) -> AxisResult:
         assert self.fallback is not None
@@ -184,7 +195,9 @@ class InsightFaceIdentity(_FaceIdentity):
 
     class Options(FaceOptions):
         root: str = Field("~/.insightface", description="where insightface keeps packs (root/models/<name>)")
-        detector: str | None = Field(None, description="detector ONNX (SCRFD/RetinaFace) when `model` is a recogniser ONNX")
+        detector: str | None = Field(
+            None, description="detector ONNX (SCRFD/RetinaFace) when `model` is a recogniser ONNX"
+        )
         recogniser_only: bool = Field(False, description="no detector: embed the whole image resized to 112 px")
         det_size: int = Field(640, ge=64, le=2048)
         det_thresh: float = Field(0.5, gt=0.0, lt=1.0)
@@ -208,7 +221,16 @@ class InsightFaceIdentity(_FaceIdentity):
     def load(self) -> None:
         device = str(self.runtime.device)
         opts = self.options
-        key = ("insightface", self.model_id, opts.root, opts.detector, opts.recogniser_only, opts.det_size, opts.det_thresh, device)
+        key = (
+            "insightface",
+            self.model_id,
+            opts.root,
+            opts.detector,
+            opts.recogniser_only,
+            opts.det_size,
+            opts.det_thresh,
+            device,
+        )
         self.detector, self.recogniser = cached_model(key, self._load)
         self.stand_in = is_stand_in(self.model_id) or (opts.detector is not None and is_stand_in(opts.detector))
 
@@ -231,10 +253,14 @@ class InsightFaceIdentity(_FaceIdentity):
                 return detector, recogniser
             from insightface.app import FaceAnalysis
 
-            app = FaceAnalysis(name=ref, root=opts.root, allowed_modules=["detection", "recognition"], providers=providers)
+            app = FaceAnalysis(
+                name=ref, root=opts.root, allowed_modules=["detection", "recognition"], providers=providers
+            )
             app.prepare(ctx_id=ctx_id, det_size=(opts.det_size, opts.det_size), det_thresh=opts.det_thresh)
         except (OSError, AssertionError, RuntimeError, ValueError) as err:
-            raise LoratuneError(f"{self.field_path}.model: cannot load insightface model {ref!r}: {str(err).splitlines()[0]}") from None
+            raise LoratuneError(
+                f"{self.field_path}.model: cannot load insightface model {ref!r}: {str(err).splitlines()[0]}"
+            ) from None
         return (None if opts.recogniser_only else app.det_model), app.models["recognition"]
 
     def embed_faces(self, images: list[Image.Image]) -> list[np.ndarray | None]:

@@ -37,7 +37,9 @@ def pyiqa_metric_info(name: str, field: str = "evaluation.backends.quality") -> 
     if cfg is None:
         raise LoratuneError(f"{field}.metric: unknown pyiqa metric {name!r}")
     if cfg.get("metric_mode") != "NR":
-        raise LoratuneError(f"{field}.metric: pyiqa metric {name!r} needs a reference image (choose a no-reference one)")
+        raise LoratuneError(
+            f"{field}.metric: pyiqa metric {name!r} needs a reference image (choose a no-reference one)"
+        )
     return parse_score_range(str(cfg.get("score_range", "0, 1"))), not cfg.get("lower_better", False)
 
 
@@ -55,7 +57,9 @@ def _takes_pretrained(metric: str) -> bool:
     return "pretrained" in inspect.signature(arch.__init__).parameters
 
 
-def load_pyiqa_metric(metric: str, device: Any, weights: str | None, require_pretrained: bool, field: str) -> tuple[Any, bool]:
+def load_pyiqa_metric(
+    metric: str, device: Any, weights: str | None, require_pretrained: bool, field: str
+) -> tuple[Any, bool]:
     """Build a pyiqa metric; returns (metric, stand_in). Falls back to random weights only when allowed."""
     import pyiqa
 
@@ -72,7 +76,9 @@ def load_pyiqa_metric(metric: str, device: Any, weights: str | None, require_pre
     try:
         return pyiqa.create_metric(metric, device=device, pretrained=False), True
     except OSError as err:
-        raise LoratuneError(f"{field}: pyiqa {metric!r} needs files that cannot be fetched ({str(err).splitlines()[0]})") from None
+        raise LoratuneError(
+            f"{field}: pyiqa {metric!r} needs files that cannot be fetched ({str(err).splitlines()[0]})"
+        ) from None
 
 
 class PyiqaQuality(Backend):

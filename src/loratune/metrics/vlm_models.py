@@ -64,7 +64,9 @@ def answer_token_ids(tokenizer: Any, variants: Sequence[str]) -> list[int]:
 def yes_no_ids(tokenizer: Any, field: str = "model") -> tuple[list[int], list[int]]:
     yes, no = answer_token_ids(tokenizer, YES_VARIANTS), answer_token_ids(tokenizer, NO_VARIANTS)
     if not yes or not no or set(yes) & set(no):
-        raise LoratuneError(f"{field}: the tokenizer does not tell 'Yes' from 'No' by their first token ({yes} vs {no})")
+        raise LoratuneError(
+            f"{field}: the tokenizer does not tell 'Yes' from 'No' by their first token ({yes} vs {no})"
+        )
     return yes, no
 
 
@@ -113,7 +115,7 @@ def find_closest_aspect_ratio(
 def dynamic_preprocess(
     image: Image.Image, min_num: int = 1, max_num: int = 12, image_size: int = 448, use_thumbnail: bool = False
 ) -> list[Image.Image]:
-    """Split ``image`` into a grid of ``image_size`` tiles whose aspect ratio is closest to the image's (+ thumbnail)."""
+    """Split ``image`` into a grid of ``image_size`` tiles shaped closest to the image's aspect ratio (+ thumbnail)."""
     width, height = image.size
     ratios = sorted(
         {
@@ -128,7 +130,14 @@ def dynamic_preprocess(
     cols, rows = find_closest_aspect_ratio(width / height, ratios, width, height, image_size)
     resized = image.resize((image_size * cols, image_size * rows))
     tiles = [
-        resized.crop(((k % cols) * image_size, (k // cols) * image_size, (k % cols + 1) * image_size, (k // cols + 1) * image_size))
+        resized.crop(
+            (
+                (k % cols) * image_size,
+                (k // cols) * image_size,
+                (k % cols + 1) * image_size,
+                (k // cols + 1) * image_size,
+            )
+        )
         for k in range(cols * rows)
     ]
     if use_thumbnail and len(tiles) != 1:
@@ -174,7 +183,9 @@ class NativeVlm(YesNoVlm):
             self.processor = AutoProcessor.from_pretrained(ref)
             self.model = AutoModelForImageTextToText.from_pretrained(ref, dtype=dtype or "auto")
         except (OSError, ValueError, KeyError) as err:
-            raise LoratuneError(f"{field}: cannot load vision-language model {ref!r}: {str(err).splitlines()[0]}") from None
+            raise LoratuneError(
+                f"{field}: cannot load vision-language model {ref!r}: {str(err).splitlines()[0]}"
+            ) from None
         self.model.to(device).eval()
         self.device = device
         self.tokenizer = self.processor.tokenizer

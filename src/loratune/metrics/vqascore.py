@@ -33,7 +33,9 @@ class VlmOptions(Backend.Options):
     loader: Literal["auto", "native", "internvl2"] = Field(
         "auto", description="'native': transformers image-text-to-text; 'internvl2': original remote-code InternVL2"
     )
-    max_tiles: int | None = Field(None, ge=1, le=40, description="InternVL2 dynamic tiling: most 448-px tiles per image")
+    max_tiles: int | None = Field(
+        None, ge=1, le=40, description="InternVL2 dynamic tiling: most 448-px tiles per image"
+    )
     trait_question: str = "Does this figure show {trait}? Please answer yes or no."
 
 
@@ -77,7 +79,13 @@ class _VlmBackend(Backend):
         self.vlm: YesNoVlm = cached_model(
             key,
             lambda: load_vlm(
-                ref, kind, self.runtime.device, self.runtime.dtype, self.runtime.trust_remote_code, field, opts.max_tiles
+                ref,
+                kind,
+                self.runtime.device,
+                self.runtime.dtype,
+                self.runtime.trust_remote_code,
+                field,
+                opts.max_tiles,
             ),
         )
         self.stand_in = is_stand_in(ref)
@@ -94,7 +102,9 @@ class _VlmBackend(Backend):
         step = max(1, self.runtime.batch_size)
         for start in range(0, len(pairs), step):
             chunk = pairs[start : start + step]
-            probs += self.vlm.yes_probabilities([e.image for e, _ in chunk], [q for _, q in chunk], self.options.normalise)
+            probs += self.vlm.yes_probabilities(
+                [e.image for e, _ in chunk], [q for _, q in chunk], self.options.normalise
+            )
         return probs
 
     def check_traits(self, batch: list[EvalImage]) -> list[list[float]]:

@@ -6,8 +6,19 @@ from transformers import PretrainedConfig, Qwen2Config
 class InternVLChatConfig(PretrainedConfig):
     model_type = "internvl_chat"
 
-    def __init__(self, llm_config=None, vision_hidden=16, force_image_size=448, patch_size=14, downsample_ratio=0.5,
-                 template="Hermes-2", max_dynamic_patch=6, use_thumbnail=True, dynamic_image_size=True, **kwargs):
+    def __init__(
+        self,
+        llm_config=None,
+        vision_hidden=16,
+        force_image_size=448,
+        patch_size=14,
+        downsample_ratio=0.5,
+        template="Hermes-2",
+        max_dynamic_patch=6,
+        use_thumbnail=True,
+        dynamic_image_size=True,
+        **kwargs,
+    ):
         super().__init__(**kwargs)
         self.llm_config = llm_config if isinstance(llm_config, Qwen2Config) else Qwen2Config(**(llm_config or {}))
         self.vision_hidden = vision_hidden

@@ -1,7 +1,6 @@
 """A tiny InternVLChatModel whose ``forward`` follows upstream's (OpenGVLab/InternVL2-*): image-context token
 embeddings are replaced by the vision features of every tile, then the language model runs on the embeddings."""
 
-import torch
 from torch import nn
 from transformers import PreTrainedModel, Qwen2ForCausalLM
 from transformers.modeling_outputs import CausalLMOutputWithPast
@@ -29,9 +28,20 @@ class InternVLChatModel(PreTrainedModel):
     def extract_feature(self, pixel_values):
         return self.mlp1(self.vision(pixel_values).flatten(2).transpose(1, 2))
 
-    def forward(self, pixel_values, input_ids=None, attention_mask=None, position_ids=None, image_flags=None,
-                past_key_values=None, labels=None, use_cache=None, output_attentions=None, output_hidden_states=None,
-                return_dict=None):
+    def forward(
+        self,
+        pixel_values,
+        input_ids=None,
+        attention_mask=None,
+        position_ids=None,
+        image_flags=None,
+        past_key_values=None,
+        labels=None,
+        use_cache=None,
+        output_attentions=None,
+        output_hidden_states=None,
+        return_dict=None,
+    ):
         image_flags = image_flags.squeeze(-1)
         input_embeds = self.language_model.get_input_embeddings()(input_ids).clone()
         vit_embeds = self.extract_feature(pixel_values)[image_flags == 1]
@@ -40,6 +50,7 @@ class InternVLChatModel(PreTrainedModel):
         selected = input_ids.reshape(B * N) == self.img_context_token_id
         input_embeds[selected] = input_embeds[selected] * 0.0 + vit_embeds.reshape(-1, C)
         input_embeds = input_embeds.reshape(B, N, C)
-        outputs = self.language_model(inputs_embeds=input_embeds, attention_mask=attention_mask, position_ids=position_ids,
-                                      use_cache=use_cache)
+        outputs = self.language_model(
+            inputs_embeds=input_embeds, attention_mask=attention_mask, position_ids=position_ids, use_cache=use_cache
+        )
         return CausalLMOutputWithPast(logits=outputs.logits)
