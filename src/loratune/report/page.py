@@ -295,9 +295,9 @@ def _render_value(value: Any) -> str:
         if all(isinstance(v, dict) for v in value):
             cols: list[str] = []
             for row in value:
-                cols += [k for k in row if k not in cols and not isinstance(row[k], (dict, list))]
+                cols += [k for k in row if k not in cols and not isinstance(row[k], dict)]
             cols = cols[:8]
-            rows = "".join("<tr>" + "".join(f"<td>{_fmt(r.get(c))}</td>" for c in cols) + "</tr>" for r in value[:25])
+            rows = "".join("<tr>" + "".join(f"<td>{_cell(r.get(c))}</td>" for c in cols) + "</tr>" for r in value[:25])
             more = f"<p class='muted'>… {len(value) - 25} more</p>" if len(value) > 25 else ""
             return (f"<table><thead><tr>{''.join(f'<th>{escape(c)}</th>' for c in cols)}</tr></thead>"
                     f"<tbody>{rows}</tbody></table>{more}")
@@ -305,13 +305,27 @@ def _render_value(value: Any) -> str:
     return _fmt(value)
 
 
+def _cell(value: Any) -> str:
+    """A table cell; a list of plain values (an image's problems, a duplicate pair) reads as one line."""
+    if isinstance(value, list):
+        return escape("; ".join(str(v) for v in value))
+    return _fmt(value)
+
+
+# audit.json parts shown first, and the bulky ones left to the file itself.
+_AUDIT_FIRST = ("summary", "warnings", "flagged", "near_duplicates", "characters")
+_AUDIT_SKIP = {"per_image", "options", "backends", "stand_in_backends"}
+
+
 def _audit(run: RunData) -> str:
     if run.audit is None:
         body = ('<p class="muted">No <code>audit.json</code> in this run. Run <code>loratune audit DATASET</code> '
                 "to check captions, near-duplicates and image quality before training.</p>")
     else:
-        scalars = {k: v for k, v in run.audit.items() if not isinstance(v, (dict, list))}
-        nested = {k: v for k, v in run.audit.items() if isinstance(v, (dict, list))}
+        audit = {k: run.audit[k] for k in _AUDIT_FIRST if k in run.audit}
+        audit.update({k: v for k, v in run.audit.items() if k not in audit and k not in _AUDIT_SKIP})
+        scalars = {k: v for k, v in audit.items() if not isinstance(v, (dict, list))}
+        nested = {k: v for k, v in audit.items() if isinstance(v, (dict, list))}
         body = (_render_value(scalars) if scalars else "") + "".join(
             f"<h3>{escape(str(k))}</h3>{_render_value(v)}" for k, v in nested.items())
     return f'<section class="card" id="audit"><h2>Dataset audit</h2>{body}</section>'

@@ -316,6 +316,9 @@ def load_run(run_dir: str | Path) -> RunData:
     base_stand_in = is_stand_in(base)
     notes = [f"base model {base}"] if base_stand_in else []
     notes += [f"{b.axis}: {b.name} ({b.model})" for b in backends if b.stand_in]
+    if isinstance(audit, dict) and audit.get("stand_in"):
+        names = audit.get("stand_in_backends") or []
+        notes.append("dataset audit" + (f": {', '.join(map(str, names))}" if names else ""))
     if not notes and any(t.attrs.get("stand_in") for t in trials):
         notes.append("the search recorded stand-in weights for some trials")
     return RunData(run_dir, study, trials, config, audit if isinstance(audit, dict) else None, backends, base,
