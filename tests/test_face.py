@@ -129,3 +129,12 @@ def test_insightface_pack_folder_and_detector_by_path_agree(tiny_models) -> None
     assert pack.per_image[3] is None and "noise.png" in pack.details["images_without_face"]
     assert pack.details["reference_faces"]["lucaboy"]["with_face"] >= 1
     assert 0 < pack.details["face_detection_rate"] < 1 and pack.stand_in
+
+
+def test_unloadable_fallback_keeps_the_face_result() -> None:
+    backend = _backend("dlib_face", fallback={"name": "dino", "model": "facebook/dinov2-base"}, min_detection_rate=0.9)
+    backend.setup(References(images={None: [_astronaut_face()]}))
+    backend.update([EvalImage(Path("a.png"), _astronaut_face()), EvalImage(Path("n.png"), _noise(4))])
+    result = backend.compute()  # no hub here: the fallback cannot load
+    assert result.backend == "dlib_face" and result.value == pytest.approx(1.0, abs=1e-6)
+    assert "fallback_error" in result.details and result.details["face_detection_rate"] == 0.5

@@ -136,7 +136,10 @@ class _FaceIdentity(Backend):
             "reference_faces": self.reference_faces,
         }
         if rate < self.options.min_detection_rate and self.fallback is not None:
-            return self._run_fallback(details)
+            try:
+                return self._run_fallback(details)
+            except LoratuneError as err:  # e.g. its weights cannot be fetched: keep the face result, say why
+                details["fallback_error"] = str(err)
         per_image: list[float | None] = []
         for item, emb in zip(self.items, self.embeddings):
             centroid = self._centroid(item.character)
