@@ -17,9 +17,12 @@ from loratune.sampling import find_lora_files, sample_loras
 pytestmark = pytest.mark.slow
 
 
-def test_sample_loras_renders_a_folder_of_per_epoch_files(tiny_models, tmp_path) -> None:
+@pytest.fixture(scope="module")
+def trained(tiny_models, tmp_path_factory):
+    """(config, folder of LoRA files): two epochs' kohya files plus a diffusers copy of the second."""
     from loratune.train import train
 
+    tmp_path = tmp_path_factory.mktemp("sampling")
     data = tmp_path / "data" / "1_lucaboy"
     data.mkdir(parents=True)
     for image in sorted(Path(tiny_models.dataset).glob("*/*.png"))[:2]:
@@ -37,6 +40,11 @@ def test_sample_loras_renders_a_folder_of_per_epoch_files(tiny_models, tmp_path)
         folder = tmp_path / "run" / "checkpoints" / f"epoch-{epoch:04d}"
         shutil.copy(folder / f"tiny-{epoch:06d}.safetensors", loras)
     shutil.copy(tmp_path / "run" / "checkpoints" / "epoch-0002" / "pytorch_lora_weights.safetensors", loras / "zz-diffusers.safetensors")
+    return config, loras
+
+
+def test_sample_loras_renders_a_folder_of_per_epoch_files(trained, tmp_path) -> None:
+    config, loras = trained
     assert [p.name for p in find_lora_files([loras])] == ["tiny-000001.safetensors", "tiny-000002.safetensors", "zz-diffusers.safetensors"]
 
     results = sample_loras(config, [loras], tmp_path / "samples")
@@ -55,3 +63,21 @@ def test_missing_or_empty_lora_inputs_are_user_errors(tmp_path) -> None:
         find_lora_files([tmp_path / "nope.safetensors"])
     with pytest.raises(LoratuneError, match="no .safetensors"):
         find_lora_files([tmp_path])
+
+
+def test_rank_loras_samples_scores_and_ranks_by_composite(trained, tmp_path) -> None:
+    from loratune.sampling import rank_loras
+
+    config, loras = trained
+    config = config.model_copy(deep=True)
+    backends = {getattr(axis, "value", axis): backend for axis, backend in config.evaluation.backends.items()}
+    config.evaluation.backends = backends | {"alignment": None, "aesthetics": None, "quality": None}  # the quick two
+    ranked = rank_loras(config, [loras], tmp_path, show_progress=False)
+    assert sorted(r.path.name for r in ranked) == ["tiny-000001.safetensors", "tiny-000002.safetensors", "zz-diffusers.safetensors"]
+    composites = [r.result.composite for r in ranked]
+    assert composites == sorted(composites, reverse=True)
+    same = {r.path.name: r.result.composite for r in ranked}
+    assert same["tiny-000002.safetensors"] == pytest.approx(same["zz-diffusers.safetensors"])  # same LoRA, same images
+    table = json.loads((tmp_path / "ranking.json").read_text())
+    assert [row["rank"] for row in table] == [1, 2, 3] and table[0]["lora"] == str(ranked[0].path)
+    assert all((r.samples_dir / "scores.json").is_file() for r in ranked)

@@ -8,10 +8,11 @@ own CPU generator seeded with its seed, so an image depends only on (prompt, see
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from loratune.atomic import atomic_path, atomic_write_text
+from loratune.atomic import atomic_path, atomic_write_json, atomic_write_text
 from loratune.config import Config, Prompt, SamplingSection
 from loratune.errors import LoratuneError
 from loratune.evaluation import Sample
@@ -172,3 +173,45 @@ def sample_loras(config: Config, lora_paths: list[str | Path], out_dir: str | Pa
     pipe.unload_lora_weights()
     return results
 
+
+
+@dataclass
+class RankedLora:
+    """One LoRA file's place in a ranking: its scores and where its samples and scores.json went."""
+
+    path: Path
+    epoch: int | None
+    result: Any  # loratune.evaluation.EvaluationResult
+    samples_dir: Path
+
+
+def rank_loras(
+    config: Config,
+    lora_paths: list[str | Path],
+    out_dir: str | Path,
+    references: str | Path | None = None,
+    show_progress: bool = True,
+) -> list[RankedLora]:
+    """Sample every LoRA (files or folders, either format), score each set, and rank them by composite (best first).
+
+    Each LoRA's samples, ``scores.json`` and ``per_image.csv`` go to ``out_dir/<file stem>/``; the ranking to
+    ``out_dir/ranking.json``. LoRAs whose composite is missing rank last.
+    """
+    from loratune.evaluation import Evaluator, load_references
+    from loratune.lora.kohya import checkpoint_epoch
+
+    evaluator = Evaluator(config, show_progress=show_progress)  # backend and option errors before any rendering
+    evaluator.references = load_references(config, references)
+    ranked = []
+    for path, samples in sample_loras(config, lora_paths, out_dir).items():
+        folder = Path(samples[0].path).parent
+        result = evaluator.score(samples)
+        result.write(folder, evaluator.norm_ranges)
+        ranked.append(RankedLora(Path(path), checkpoint_epoch(path), result, folder))
+    ranked.sort(key=lambda r: (r.result.composite is None, -(r.result.composite or 0.0)))
+    atomic_write_json(
+        Path(out_dir) / "ranking.json",
+        [{"rank": i + 1, "lora": str(r.path), "epoch": r.epoch, "composite": r.result.composite,
+          "normalised": r.result.normalised, "samples": str(r.samples_dir)} for i, r in enumerate(ranked)],
+    )
+    return ranked
