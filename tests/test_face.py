@@ -138,3 +138,19 @@ def test_unloadable_fallback_keeps_the_face_result() -> None:
     result = backend.compute()  # no hub here: the fallback cannot load
     assert result.backend == "dlib_face" and result.value == pytest.approx(1.0, abs=1e-6)
     assert "fallback_error" in result.details and result.details["face_detection_rate"] == 0.5
+
+
+def test_images_without_a_character_compare_to_all_references() -> None:
+    face = _astronaut_face()
+    backend = _backend("dlib_face", fallback=None)
+    backend.setup(References(images={"eileen": [face], "tom": [Image.open(HANKS).convert("RGB")]}))
+    backend.update([EvalImage(Path("a.png"), face.transpose(Image.Transpose.FLIP_LEFT_RIGHT))])
+    result = backend.compute()
+    a, m, o = (
+        torch.nn.functional.normalize(torch.as_tensor(e, dtype=torch.float32), dim=0)
+        for e in backend.embed_faces(
+            [face, face.transpose(Image.Transpose.FLIP_LEFT_RIGHT), Image.open(HANKS).convert("RGB")]
+        )
+    )
+    centroid = torch.nn.functional.normalize((a + o) / 2, dim=0)  # as References.for_character(None): everyone's
+    assert result.value == pytest.approx(float(m @ centroid), abs=1e-5)

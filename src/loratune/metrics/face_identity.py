@@ -67,6 +67,7 @@ class _FaceIdentity(Backend):
         super().__init__(*args, **kwargs)
         self.fallback = self._build_fallback()
         self.centroids: dict[str | None, torch.Tensor | None] = {}
+        self.all_centroid: torch.Tensor | None = None
         self.reference_faces: dict[str, dict[str, int]] = {}
         self.references = References()
         self.reset()
@@ -97,21 +98,30 @@ class _FaceIdentity(Backend):
         ]
 
     def setup(self, references: References) -> None:
-        import torch
 
         self.references = references or References()
         self.centroids, self.reference_faces = {}, {}
+        every_face: list[torch.Tensor] = []
         for character, images in self.references.images.items():
             faces = [e for e in self._normalised(self.embed_faces(images)) if e is not None]
             self.reference_faces[character or ""] = {"images": len(images), "with_face": len(faces)}
-            self.centroids[character] = (
-                torch.nn.functional.normalize(torch.stack(faces).mean(0), dim=0) if faces else None
-            )
+            self.centroids[character] = self._mean_direction(faces)
+            every_face += faces
+        self.all_centroid = self._mean_direction(every_face)
+
+    @staticmethod
+    def _mean_direction(faces: list[torch.Tensor]) -> torch.Tensor | None:
+        import torch
+
+        return torch.nn.functional.normalize(torch.stack(faces).mean(0), dim=0) if faces else None
 
     def _centroid(self, character: str | None) -> torch.Tensor | None:
+        """As ``References.for_character``: the character's faces, else the untied references', else everyone's."""
         if character in self.centroids:
             return self.centroids[character]
-        return self.centroids.get(None)
+        if None in self.centroids:
+            return self.centroids[None]
+        return self.all_centroid
 
     def reset(self) -> None:
         self.items: list[EvalImage] = []
