@@ -52,6 +52,7 @@ def test_audit_flags_duplicate_blur_missing_and_long_caption(tiny_models, tmp_pa
     assert audit["alignment"]["backend"] == "vqascore" and len(audit["alignment"]["lowest"]) == 3
     assert set(audit["alignment"]["traits"]) == {"lucaboy", "albertoboy"}
     assert audit["stand_in"] and audit["diversity"]["embedding"]["vendi_score"] >= 1.0
+    assert -1.0 <= audit["characters"]["lucaboy"]["reference_similarity"] <= 1.0  # embedding vs its references
     assert audit["faces"]["face_rate"] == 0.0  # drawn stick figures: no flags for missing faces then
     assert "0003.png" in printed and "stand-in" in printed
 

@@ -4,7 +4,8 @@ Measured per image: caption state and length in CLIP tokens, whether the caption
 caption↔image alignment with the configured alignment backend (captions as prompts; VLM trait checks come along when
 the backend is VQAScore), technical quality with a weight-free metric (PIQE by default), sharpness (variance of the
 Laplacian), a perceptual hash and, when the configured consistency backend is an image-embedding one (clip_i, dino,
-dreamsim), an embedding; and whether dlib's face detector finds a face.
+dreamsim), an embedding — with its similarity to the centroid of its character's reference images ("character
+presence") — and whether dlib's face detector finds a face.
 
 Flags are relative to the dataset itself wherever an absolute threshold would be arbitrary: an image is flagged for
 quality, sharpness or alignment when it is a robust outlier on the bad side of the dataset's median (see
@@ -61,6 +62,7 @@ class ImageReport:
     sharpness: float | None = None
     phash: str | None = None
     face: bool | None = None
+    character_similarity: float | None = None  # embedding cosine to the centroid of its character's references
     problems: list[str] = field(default_factory=list)
 
 
@@ -122,6 +124,48 @@ def _loaded(
         warnings.append(f"{purpose} skipped: {err}")
         return None
     return backend
+
+
+def _character_presence(
+    embedder: Backend,
+    emb: np.ndarray,
+    ok: list[int],
+    reports: list[ImageReport],
+    config: Config,
+    opts: AuditOptions,
+    warnings: list[str],
+) -> None:
+    """Similarity of each image to its character's reference images; low outliers within a character are flagged."""
+    from loratune.images import list_images
+
+    centroids: dict[str, np.ndarray] = {}
+    for name, character in config.dataset.characters.items():
+        if not character.references:
+            continue
+        try:
+            refs = [
+                load_image(p) for p in list_images(character.references, what=f"dataset.characters.{name}.references")
+            ]
+        except LoratuneError as err:
+            warnings.append(f"character presence of {name} skipped: {err}")
+            continue
+        r = embedder.embed(refs).float().cpu().numpy()  # type: ignore[attr-defined]
+        centre = (r / np.linalg.norm(r, axis=1, keepdims=True)).mean(0)
+        centroids[name] = centre / np.linalg.norm(centre)
+    for k, i in enumerate(ok):
+        centre = centroids.get(reports[i].character or "")
+        if centre is not None:
+            reports[i].character_similarity = float(emb[k] @ centre)
+    if embedder.stand_in:
+        return
+    for name in centroids:
+        rows = [i for i in ok if reports[i].character == name and reports[i].character_similarity is not None]
+        values = [reports[i].character_similarity for i in rows]
+        median = statistics.median(values) if values else 0.0
+        for k in checks.robust_outliers(values, high_is_bad=False, z=opts.outlier_z, min_gap=0.05):
+            reports[rows[k]].problems.append(
+                f"may not show {name}: similarity to its references {values[k]:.3f} (its images' median {median:.3f})"
+            )
 
 
 def _run_backend(backend: Backend, items: list[EvalImage], batch_size: int) -> Any:
@@ -286,6 +330,7 @@ def run_audit(
             for a, b, cos in checks.cosine_pairs(emb, opts.duplicate_cosine):
                 pair = duplicates.setdefault((ok[a], ok[b]), {"a": reports[ok[a]].file, "b": reports[ok[b]].file})
                 pair["cosine"] = cos
+        _character_presence(embedder, emb, ok, reports, config, opts, warnings)
     for (i, j), pair in sorted(duplicates.items()):
         how = ", ".join(f"{k.replace('_', ' ')} {v:.3g}" for k, v in pair.items() if k not in ("a", "b"))
         reports[i].problems.append(f"near-duplicate of {reports[j].file} ({how})")
@@ -318,7 +363,12 @@ def run_audit(
     for name in list(config.dataset.characters) + [None]:
         mine = [r for r in reports if r.character == name]
         if mine:
-            per_character[name or ""] = {"images": len(mine), "flagged": sum(bool(r.problems) for r in mine)}
+            sims = [r.character_similarity for r in mine if r.character_similarity is not None]
+            per_character[name or ""] = {
+                "images": len(mine),
+                "flagged": sum(bool(r.problems) for r in mine),
+                "reference_similarity": sum(sims) / len(sims) if sims else None,
+            }
     flagged = [{"file": r.file, "problems": r.problems} for r in reports if r.problems]
     data: dict[str, Any] = {
         "dataset": str(root.resolve()),  # per-image "file" paths are relative to this folder
