@@ -73,3 +73,30 @@ def test_model_free_checks() -> None:
     assert (0, 2, 0) in checks.hash_pairs(hashes, 6)
     emb = np.eye(3)
     assert checks.embedding_diversity(emb) == pytest.approx({"mean_cosine_distance": 1.0, "vendi_score": 3.0})
+
+
+def test_audit_plain_folder_with_metadata_empty_caption_and_corrupt_image(tmp_path: Path) -> None:
+    from loratune.audit import AuditOptions, run_audit
+    from loratune.config import load_config
+
+    data = tmp_path / "plain"
+    data.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(4):
+        Image.fromarray(rng.integers(0, 255, (48, 48, 3), dtype=np.uint8)).save(data / f"{i}.png")
+    (data / "metadata.jsonl").write_text(
+        '{"file_name": "0.png", "text": "a cat"}\n{"file_name": "1.png", "text": "a dog"}\n'
+    )
+    (data / "2.txt").write_text("   \n")
+    (data / "3.txt").write_text("a bird")
+    (data / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    options = AuditOptions(alignment=False, embeddings=False, faces=False)
+    audit = run_audit(data, load_config(None), options, out_dir=tmp_path / "out").data
+
+    assert audit["layout"] == "plain" and audit["images"] == 5
+    rows = {r["file"]: r for r in audit["per_image"]}
+    assert rows["0.png"]["caption"] == "a cat" and rows["3.png"]["caption"] == "a bird"
+    assert rows["2.png"]["problems"] == ["caption empty (2.txt)"]
+    assert any(p.startswith("unreadable image") for p in rows["broken.png"]["problems"])
+    assert audit["summary"]["unreadable_images"] == 1
+    assert json.loads((tmp_path / "out" / "audit.json").read_text())["images"] == 5
