@@ -172,6 +172,8 @@ def test_resume_continues_step_count_and_optimizer_state(tiny_models, small_data
         torch.testing.assert_close(a[key], b[key], rtol=0, atol=1e-6)
     log = [json.loads(line)["step"] for line in (tmp_path / "resumed" / "train_log.jsonl").read_text().splitlines()]
     assert log == [1, 2, 3]
+    with pytest.raises(LoratuneError, match="already holds checkpoints"):
+        train(config, tmp_path / "straight")
 
 
 def test_training_features_together(tiny_models, small_dataset, tmp_path) -> None:

@@ -77,7 +77,7 @@ class _progress:
             self.task = self.bar.add_task("train", total=None, status="")
 
         def on_step(record: dict[str, Any]) -> None:
-            if self.bar is not None:
+            if self.bar is not None and record.get("loss") is not None:  # external trainers report no steps
                 status = f"epoch {record['epoch']} loss {record['loss']:.4f} lr {record['lr']:.2e}"
                 self.bar.update(self.task, total=record["total_steps"], completed=record["step"], status=status)
 

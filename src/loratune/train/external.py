@@ -129,6 +129,8 @@ def train_external(
         sample_prompts(config)
     out_dir = Path(out_dir)
     output_dir = out_dir / "checkpoints"
+    if output_dir.is_dir() and any(output_dir.iterdir()):  # old files would pass for this run's checkpoints
+        raise LoratuneError(f"{out_dir}: already holds checkpoints; choose another --out")
     output_dir.mkdir(parents=True, exist_ok=True)
     args = build_command(config, output_dir)
     cwd = Path(ext.cwd) if ext.cwd else None

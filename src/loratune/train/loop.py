@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from loratune.atomic import atomic_write_json
+from loratune.atomic import atomic_write_json, atomic_write_text
 from loratune.config import Config
 from loratune.errors import LoratuneError
 from loratune.train.data import Item, assign_bucket, bucket_sizes, plan_epoch, process_caption, scan_dataset
@@ -154,6 +154,9 @@ def train(
     ``progress`` is called after each optimizer step with {epoch, step, total_steps, loss, lr}.
     """
     items = prepare(config)
+    out_dir = Path(out_dir)
+    if not resume and (out_dir / "checkpoints").is_dir() and any((out_dir / "checkpoints").iterdir()):
+        raise LoratuneError(f"{out_dir}: already holds checkpoints; resume it (--resume) or choose another --out")
 
     import torch
     from accelerate.utils import set_seed
@@ -165,7 +168,6 @@ def train(
     from loratune.train.optim import build_optimizer, build_scheduler, carry_over, restore_scheduler
 
     t = config.train
-    out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     device = pick_device(t.device)
     mixed = t.mixed_precision if t.mixed_precision != "auto" else ("bf16" if device.type == "cuda" else "no")
@@ -214,6 +216,7 @@ def train(
         restore_scheduler(new_scheduler, lr_scheduler.state_dict())
         optimizer, lr_scheduler = new_optimizer, new_scheduler
 
+    history = out_dir / "train_log.jsonl"
     run = _Run(config, models, rebuild_optimizer)
     generator = torch.Generator().manual_seed(t.seed)
     step, start_epoch = 0, 1
@@ -231,9 +234,11 @@ def train(
         restore_scheduler(lr_scheduler, state["lr_scheduler"])
         generator.set_state(state["generator"])
         step, start_epoch = int(state["step"]), int(state["epoch"]) + 1
+        if history.is_file():  # steps after the checkpoint are trained again: drop their old log lines
+            kept = [line for line in history.read_text(encoding="utf-8").splitlines() if json.loads(line)["step"] <= step]
+            atomic_write_text(history, "".join(line + "\n" for line in kept))
     (out_dir / FAILED_MARKER).unlink(missing_ok=True)
 
-    history = out_dir / "train_log.jsonl"
     checkpoints: list[CheckpointInfo] = []
     loss_value: float | None = None
     stopped = False
