@@ -111,7 +111,7 @@ def bucket_sizes(resolution: int, step: int = 64, min_side: int = 256, max_side:
     min_side = min(min_side, resolution)
     max_side = max(max_side, resolution)
     area = resolution * resolution
-    sizes = {(resolution // step * step,) * 2} if resolution >= step else {(resolution, resolution)}
+    sizes = {(resolution, resolution)}
     width = min_side
     while width <= max_side:
         height = min(max_side, area // width // step * step)
