@@ -248,3 +248,96 @@ def test_internvl2_remote_code_scores_like_upstream_prompt_and_tiling(internvl2_
     guarded = Runtime(device=torch.device("cpu"), dtype=torch.float32, trust_remote_code=False)
     with pytest.raises(LoratuneError, match="trust_remote_code"):
         create_backend(BackendConfig(name="vqascore", model=str(internvl2_folder)), guarded, "alignment").load()
+
+
+def _chatml(image_markup: str) -> str:
+    return (
+        "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{% for c in m['content'] %}{% if c['type'] == 'image' %}"
+        + image_markup
+        + "{% else %}{{ c['text'] }}{% endif %}{% endfor %}<|im_end|>\n{% endfor %}"
+        "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+    )
+
+
+def _tiny_llava(folder: Path, vlm: Path) -> Path:
+    from transformers import (
+        AutoTokenizer,
+        CLIPImageProcessor,
+        LlavaConfig,
+        LlavaForConditionalGeneration,
+        LlavaProcessor,
+    )
+
+    tok = AutoTokenizer.from_pretrained(vlm)
+    tok.add_special_tokens({"additional_special_tokens": ["<image>"]})
+    vision = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2, image_size=56,
+                  patch_size=14, projection_dim=32)  # fmt: skip
+    text = dict(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+                num_key_value_heads=1)  # fmt: skip
+    image_token = tok.convert_tokens_to_ids("<image>")
+    config = LlavaConfig(vision_config=vision, text_config=text, image_token_index=image_token, image_seq_length=16)
+    torch.manual_seed(0)
+    LlavaForConditionalGeneration(config).save_pretrained(folder)
+    processor = LlavaProcessor(
+        image_processor=CLIPImageProcessor(size={"shortest_edge": 56}, crop_size={"height": 56, "width": 56}),
+        tokenizer=tok,
+        patch_size=14,
+        vision_feature_select_strategy="default",
+        chat_template=_chatml("<image>\n"),
+        num_additional_image_tokens=1,
+    )
+    processor.save_pretrained(folder)
+    return folder
+
+
+def _tiny_qwen2_vl(folder: Path, vlm: Path) -> Path:
+    from transformers import (
+        AutoTokenizer,
+        Qwen2VLConfig,
+        Qwen2VLForConditionalGeneration,
+        Qwen2VLImageProcessor,
+        Qwen2VLProcessor,
+        Qwen2VLVideoProcessor,
+    )
+
+    tok = AutoTokenizer.from_pretrained(vlm)
+    specials = ["<|vision_start|>", "<|vision_end|>", "<|image_pad|>", "<|video_pad|>"]
+    tok.add_special_tokens({"additional_special_tokens": specials})
+    start, end, image, video = (tok.convert_tokens_to_ids(t) for t in specials)
+    vision = dict(depth=1, embed_dim=32, hidden_size=32, num_heads=2, patch_size=14, spatial_merge_size=2,
+                  temporal_patch_size=2)  # fmt: skip
+    rope = {"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [2, 2, 4]}
+    text = dict(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+                num_key_value_heads=1, rope_parameters=rope, bos_token_id=None, eos_token_id=None)  # fmt: skip
+    config = Qwen2VLConfig(
+        vision_config=vision,
+        text_config=text,
+        vision_start_token_id=start,
+        vision_end_token_id=end,
+        image_token_id=image,
+        video_token_id=video,
+    )
+    torch.manual_seed(0)
+    Qwen2VLForConditionalGeneration(config).save_pretrained(folder)
+    processor = Qwen2VLProcessor(
+        image_processor=Qwen2VLImageProcessor(min_pixels=56 * 56, max_pixels=112 * 112),
+        tokenizer=tok,
+        video_processor=Qwen2VLVideoProcessor(),
+        chat_template=_chatml("<|vision_start|><|image_pad|><|vision_end|>"),
+    )
+    processor.save_pretrained(folder)
+    return folder
+
+
+@pytest.mark.parametrize("build", [_tiny_llava, _tiny_qwen2_vl], ids=["llava", "qwen2_vl"])
+def test_native_loader_batches_other_vlm_families(build, tiny_models, tmp_path: Path) -> None:
+    folder = build(tmp_path / "vlm", tiny_models.vlm)
+    rng = np.random.default_rng(1)
+    images = [Image.fromarray(rng.integers(0, 255, (60 + 30 * i, 90, 3), dtype=np.uint8)) for i in range(2)]
+    prompts = ["a cat", "a very long prompt with many more words than the other one"]
+    backend = _backend("vqascore", folder, "alignment", traits=False)
+    backend.setup(References())
+    backend.update([EvalImage(Path(f"{i}.png"), img, prompt=p) for i, (img, p) in enumerate(zip(images, prompts))])
+    result = backend.compute()  # one left-padded batch of two prompts of different lengths
+    expected = [_reference_p_yes(folder, img, QUESTION.format(p))[0] for img, p in zip(images, prompts)]
+    assert result.per_image == pytest.approx(expected, abs=1e-5)
