@@ -176,7 +176,6 @@ class EvaluationSection(Strict):
     dtype: Literal["float32", "float16", "bfloat16"] = "float32"
     batch_size: int = Field(8, ge=1, le=1024)
     trust_remote_code: bool = Field(False, description="allow models whose code ships with the checkpoint")
-    traits: bool = Field(True, description="ask the alignment VLM about each character trait")
 
     @field_validator("backends", mode="before")
     @classmethod
