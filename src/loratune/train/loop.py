@@ -205,13 +205,17 @@ def train(
             groups.append({"params": trainable_parameters(models.text_encoders[i]), "lr": t.text_encoder_lr or t.learning_rate})
         return groups
 
-    optimizer = build_optimizer(t, param_groups())
+    # Prepared by accelerate so that fp16's gradient scaler unscales before clipping and skips overflowing steps.
+    optimizer = accelerator.prepare_optimizer(build_optimizer(t, param_groups()))
     lr_scheduler = build_scheduler(t, optimizer, total_steps)
 
     def rebuild_optimizer(replaced: dict[int, Any]) -> None:
         nonlocal optimizer, lr_scheduler
-        new_optimizer = build_optimizer(t, param_groups())
+        new_optimizer = accelerator.prepare_optimizer(build_optimizer(t, param_groups()))
         carry_over(optimizer, new_optimizer, replaced)
+        # accelerate unscales the gradients of every optimizer it prepared; the old one shares parameters with the
+        # new one, so it must go or fp16 gradients would be unscaled twice.
+        accelerator._optimizers = [o for o in accelerator._optimizers if o is not optimizer]
         new_scheduler = build_scheduler(t, new_optimizer, total_steps)
         restore_scheduler(new_scheduler, lr_scheduler.state_dict())
         optimizer, lr_scheduler = new_optimizer, new_scheduler
