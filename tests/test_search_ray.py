@@ -48,3 +48,56 @@ def test_ray_backend_asha_prunes_and_phases(tmp_path, monkeypatch) -> None:
         assert (run / t.user_attrs["trial_dir"] / "scores.json").is_file()
     assert not list((run / "trials").glob(".*"))
     assert best is not None and (run / "best" / "best.json").is_file()
+
+
+def test_ray_restore_after_the_driver_is_killed(tmp_path, monkeypatch) -> None:
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from test_search_runner import tree_digest
+
+    markers = tmp_path / "markers"
+    markers.mkdir()
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")]))
+    monkeypatch.setenv("RAY_USAGE_STATS_ENABLED", "0")
+    monkeypatch.setenv("LORATUNE_TEST_EPOCH_SECONDS", "0.5")
+    monkeypatch.setenv("LORATUNE_TEST_MARKERS", str(markers))
+    monkeypatch.syspath_prepend(str(TESTS))
+    config_file = write_config(tmp_path / "c.yaml", n_trials=5, pruner="none",
+                               phases={"refine_trials": 1, "ensemble_top_k": 0},
+                               ray={"num_cpus": 2, "cpus_per_trial": 1, "max_concurrent": 1})
+    run = tmp_path / "run"
+    script = (f"import sys; sys.path.insert(0, {str(TESTS)!r})\n"
+              "from loratune.config import load_config\nfrom loratune.search.ray_backend import run_ray\n"
+              f"run_ray(load_config({str(config_file)!r}), {str(run)!r}, backend={BACKEND!r})\n")
+    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    try:
+        deadline = time.monotonic() + 240
+        while not list(markers.glob("0002-epoch2-*")):
+            assert proc.poll() is None and time.monotonic() < deadline
+            time.sleep(0.1)
+        os.killpg(proc.pid, signal.SIGKILL)  # the driver and the local Ray it started
+        proc.wait()
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    time.sleep(2)
+    killed = study(run).get_trials()
+    before = {t.number: (t.values, tree_digest(run / t.user_attrs["trial_dir"])) for t in killed if t.state.is_finished()}
+    assert before and killed[2].state == TrialState.RUNNING
+    monkeypatch.setenv("LORATUNE_TEST_EPOCH_SECONDS", "0")
+    run_ray(None, run, resume=True, backend=BACKEND)
+    after = study(run).get_trials()
+    assert all(t.state.is_finished() for t in after)
+    for number, (values, digest) in before.items():
+        assert after[number].values == values and tree_digest(run / after[number].user_attrs["trial_dir"]) == digest
+    assert after[2].state == TrialState.FAIL and not (run / "trials" / "0002").exists()
+    retry = [t for t in after if t.number > 2 and t.params == killed[2].params]
+    assert len(retry) == 1 and retry[0].state == TrialState.COMPLETE
+    assert (run / retry[0].user_attrs["trial_dir"] / "scores.json").is_file()
+    phases = [t.user_attrs.get("phase") for t in after if t.state != TrialState.FAIL]
+    assert phases.count("baseline") + phases.count("search") == 4 and phases.count("refine") == 1
+    assert not list((run / "trials").glob(".*"))

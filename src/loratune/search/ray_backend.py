@@ -1,10 +1,13 @@
 """``loratune optimize --backend ray``: Ray Tune (OptunaSearch + ASHA) over the same space, study and run directory.
 
-Phases 1–2 (baseline + sampler search) and phase 3's refinement run as two Tune experiments (``RUN/ray/search``,
-``RUN/ray/refine``); the ensemble trial and ``RUN/best`` then run locally, exactly as with ``--backend local``.
+Phases 1–2 (baseline + sampler search) and phase 3's refinement run as two Tune experiments (``RUN/ray/search-N``,
+``RUN/ray/refine-N``); the ensemble trial and ``RUN/best`` then run locally, exactly as with ``--backend local``.
 ASHA stops weak trials on the per-epoch composite (``time_attr="epoch"``). Resources per trial come from
-``search.ray`` (fractional GPUs share a card). After a crash, ``--resume`` restores each unfinished experiment
-(``Tuner.restore``) and continues it.
+``search.ray`` (fractional GPUs share a card); Tune itself retries a trial whose Ray worker died
+(``max_retry``). After the driver crashed, ``--resume`` takes the Optuna study as the record: trials it still shows
+RUNNING died with the driver, are failed and re-enqueued with their params, finished trials stay untouched, and fresh
+Tune experiments run what the budget still holds (Tune's own experiment snapshot can lag behind the study and would
+run trials twice).
 
 Ray's ``OptunaSearch`` tells Optuna every trial that stopped with a metric as COMPLETE — so ASHA-stopped trials would
 reach the sampler as finished trials with the partial value of their last epoch, biasing TPE toward short runs, and
@@ -17,12 +20,14 @@ the trial finished (stopped by ASHA included): with several Ray nodes, RUN must 
 from __future__ import annotations
 
 import functools
+import json
 import os
 import shutil
 from pathlib import Path
 from typing import Any
 
 import optuna
+from optuna.exceptions import UpdateFinishedTrialError
 from optuna.trial import TrialState
 
 from loratune.atomic import atomic_write_json, atomic_write_text
@@ -30,8 +35,8 @@ from loratune.config import Config, load_config
 from loratune.errors import LoratuneError
 from loratune.search.config import ParamSpec
 from loratune.search.runner import (
-    BUDGET_PHASES, CONFIG_FILE, Plan, Worker, _describe_failure, best_trials, copy_best, make_sampler, prepare_run,
-    quiet_optuna, record_scores,
+    BUDGET_PHASES, CONFIG_FILE, Plan, Worker, _clean_partial_dirs, _describe_failure, best_trials, copy_best, counted,
+    make_sampler, prepare_run, quiet_optuna, record_scores,
 )
 from loratune.search.space import apply_params, narrow, suggest
 from loratune.search.storage import STUDY_NAME, open_storage
@@ -73,7 +78,8 @@ def _searcher_class() -> type:
             return {**params, NUMBER_KEY: ot.number}
 
         def on_trial_result(self, trial_id: str, result: dict[str, Any]) -> None:
-            if trial_id in self._completed_trials or result.get("composite") is None or result.get("failed"):
+            if trial_id in self._completed_trials or result.get("composite") is None or result.get("failed") \
+                    or result.get("already_finished"):
                 return
             ot = self._ot_trials[trial_id]
             epoch = int(result["epoch"])
@@ -98,13 +104,18 @@ def _searcher_class() -> type:
             if tmp.is_dir() and not final.exists():
                 os.replace(tmp, final)
             result = result or {}
-            if error or result.get("failed"):
-                ot.set_user_attr("fail_reason", result.get("fail_reason") or "trial errored in Ray")
-                self._ot_study.tell(ot, state=TrialState.FAIL)
-            elif result.get("complete") and trial_id in self._best:
-                self._ot_study.tell(ot, self._best[trial_id])
-            else:  # stopped by ASHA (or never scored): not a finished trial with a partial value
-                self._ot_study.tell(ot, state=TrialState.PRUNED)
+            try:
+                if result.get("already_finished"):
+                    pass  # restored after a crash: this trial was told before the searcher's last checkpoint
+                elif error or result.get("failed"):
+                    ot.set_user_attr("fail_reason", result.get("fail_reason") or "trial errored in Ray")
+                    self._ot_study.tell(ot, state=TrialState.FAIL)
+                elif result.get("complete") and trial_id in self._best:
+                    self._ot_study.tell(ot, self._best[trial_id])
+                else:  # stopped by ASHA (or never scored): not a finished trial with a partial value
+                    self._ot_study.tell(ot, state=TrialState.PRUNED)
+            except UpdateFinishedTrialError:
+                pass  # the same: told before the crash, re-reported after the restore
             self._completed_trials.add(trial_id)
 
     return PruningAwareOptunaSearch
@@ -128,8 +139,11 @@ def _trainable(params: dict[str, Any], run_dir: str, backend: str | None) -> Non
     trial_backend: TrialBackend = _CACHE["backend"]
     trial_config = apply_params(config, params, config.search.space)
     tmp, final = _temp_dir(root, number), _final_dir(root, number)
-    if final.exists():
-        raise LoratuneError(f"{final}: already exists; refusing to overwrite a finished trial's files")
+    if final.exists():  # finished before a crash, after Tune's last experiment checkpoint: never touch its files
+        scores = json.loads((final / "scores.json").read_text()) if (final / "scores.json").is_file() else {}
+        tune.report({"composite": scores.get("composite") or 0.0, "epoch": scores.get("best_epoch") or 0,
+                     "already_finished": True, "complete": True})
+        return
     if tmp.exists():  # an earlier attempt of this very trial died with its Ray worker: start it afresh
         shutil.rmtree(tmp)
     tmp.mkdir(parents=True)
@@ -162,8 +176,8 @@ def _define_by_run(trial: optuna.Trial, space: dict[str, ParamSpec]) -> None:
     suggest(trial, space)  # a module-level function: Tune pickles the searcher (and its space) into checkpoints
 
 
-def _tune_phase(run_dir: Path, config: Config, name: str, phase: str, space: dict[str, ParamSpec],
-                sampler: optuna.samplers.BaseSampler, num_samples: int, backend: str | None, resume: bool) -> None:
+def _tune_phase(run_dir: Path, config: Config, phase: str, space: dict[str, ParamSpec],
+                sampler: optuna.samplers.BaseSampler, num_samples: int, backend: str | None) -> None:
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler
     from ray.tune.search import ConcurrencyLimiter
@@ -173,12 +187,10 @@ def _tune_phase(run_dir: Path, config: Config, name: str, phase: str, space: dic
         tune.with_parameters(_trainable, run_dir=str(run_dir), backend=backend),
         {"cpu": ray_cfg.cpus_per_trial, "gpu": ray_cfg.gpus_per_trial},
     )
-    path = run_dir / "ray" / name
-    if resume and tune.Tuner.can_restore(str(path)):
-        tune.Tuner.restore(str(path), trainable=trainable, resume_errored=True).fit()
-        return
     if num_samples <= 0:
         return
+    attempt = 1 + sum(1 for p in (run_dir / "ray").glob(f"{phase}-*"))
+    name = f"{phase}-{attempt}"  # a resumed run starts a fresh experiment; the study holds the history
     spec = config.search.space.get("epochs")
     max_epochs = int(spec.high) if spec is not None and spec.high is not None else config.train.epochs
     searcher = _searcher_class()(
@@ -186,9 +198,10 @@ def _tune_phase(run_dir: Path, config: Config, name: str, phase: str, space: dic
         metric="composite", mode="max", sampler=sampler, study_name=STUDY_NAME,
         storage=open_storage(run_dir, config.search, heartbeat=False), run_dir=str(run_dir), phase=phase,
     )
-    scheduler = ASHAScheduler(time_attr="epoch", metric="composite", mode="max", max_t=max(max_epochs, 1),
-                              grace_period=min(ray_cfg.grace_period, max(max_epochs, 1)),
-                              reduction_factor=ray_cfg.reduction_factor)
+    # ASHA is Ray's pruner; ``search.pruner: none`` runs every trial to its last epoch.
+    scheduler = None if config.search.pruner == "none" else ASHAScheduler(
+        time_attr="epoch", metric="composite", mode="max", max_t=max(max_epochs, 1),
+        grace_period=min(ray_cfg.grace_period, max(max_epochs, 1)), reduction_factor=ray_cfg.reduction_factor)
     tuner = tune.Tuner(
         trainable,
         tune_config=tune.TuneConfig(search_alg=ConcurrencyLimiter(searcher, max_concurrent=ray_cfg.max_concurrent),
@@ -221,17 +234,19 @@ def run_ray(config: Config | None, run_dir: str | Path, resume: bool = False, ba
         plan = Plan.of(config.search)
         storage = open_storage(run_dir, config.search)
         study = optuna.load_study(study_name=STUDY_NAME, storage=storage)
+        if resume:
+            _recover(study, config, run_dir)
         n_startup = max(2, min(10, plan.search // 2))
-        _tune_phase(run_dir, config, "search", "search", dict(config.search.space),
+        _tune_phase(run_dir, config, "search", dict(config.search.space),
                     make_sampler(config.search, "search", len(study.trials), None, n_startup),
-                    plan.baseline + plan.search - _done(study, ("baseline", "search")), backend, resume)
+                    _to_run(study, ("baseline", "search"), plan.baseline + plan.search), backend)
         ranked = [t for t in best_trials(study.get_trials(deepcopy=False), config.search)
                   if t.user_attrs.get("phase") in BUDGET_PHASES]
         space, fixed = narrow(config.search.space, ranked[0].params, config.search.phases.refine_width) if ranked \
             else (dict(config.search.space), {})
-        _tune_phase(run_dir, config, "refine", "refine", space,
+        _tune_phase(run_dir, config, "refine", space,
                     make_sampler(config.search, "refine", len(study.trials), fixed, n_startup),
-                    plan.refine - _done(study, ("refine",)), backend, resume)
+                    _to_run(study, ("refine",), plan.refine), backend)
     finally:
         if started:
             ray.shutdown()
@@ -240,6 +255,18 @@ def run_ray(config: Config | None, run_dir: str | Path, resume: bool = False, ba
     return copy_best(run_dir, config)
 
 
-def _done(study: optuna.Study, phases: tuple[str, ...]) -> int:
-    return sum(1 for t in study.get_trials(deepcopy=False)
-               if t.user_attrs.get("phase") in phases and t.state.is_finished())
+def _to_run(study: optuna.Study, phases: tuple[str, ...], allowed: int) -> int:
+    """Tune samples for a phase: the open slots plus the enqueued trials (baseline, retries) waiting in it."""
+    held = [t for t in study.get_trials(deepcopy=False) if counted(t) and t.user_attrs.get("phase") in phases]
+    waiting = sum(1 for t in held if t.state == TrialState.WAITING)
+    return max(0, allowed - len(held)) + waiting
+
+
+def _recover(study: optuna.Study, config: Config, run_dir: Path) -> None:
+    """After a crash of the driver, its Ray trials died with it: fail the trials still RUNNING in the study and
+    enqueue each once more with its params (as Optuna's heartbeat retry does in local mode)."""
+    retry = optuna.storages.RetryFailedTrialCallback(max_retry=config.search.max_retry)
+    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        study.tell(t.number, state=TrialState.FAIL)
+        retry(study, study.get_trials(deepcopy=False)[t.number])
+    _clean_partial_dirs(run_dir, open_storage(run_dir, config.search, heartbeat=False))

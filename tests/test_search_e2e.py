@@ -1,0 +1,75 @@
+"""``loratune optimize`` end to end on the tiny SD1.5 model: the real trainer, real sampling, real scoring backends
+(stand-in weights), through all three phases with pruned trials, then the best LoRA in RUN/best/."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+from safetensors.torch import load_file
+
+from loratune.cli import main
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def small_dataset(tiny_models, tmp_path_factory) -> Path:
+    """Two captioned images per character, one repeat: one batch of two per character per epoch."""
+    root = tmp_path_factory.mktemp("search-data")
+    for folder in sorted(Path(tiny_models.dataset).iterdir()):
+        token = folder.name.split("_", 1)[1]
+        target = root / f"1_{token}"
+        target.mkdir()
+        for image in sorted(folder.glob("*.png"))[:2]:
+            shutil.copy(image, target / image.name)
+            shutil.copy(image.with_suffix(".txt"), target / f"{image.stem}.txt")
+    return root
+
+
+def test_optimize_three_phases_on_the_tiny_model(tiny_models, small_dataset, tmp_path, capsys) -> None:
+    run = tmp_path / "run"
+    args = [
+        "optimize", str(tiny_models.config), "--run", str(run),
+        "--set", f"dataset.path={small_dataset}", "--set", "train.batch_size=2", "--set", "sampling.steps=2",
+        "--set", "evaluation.backends.alignment.traits=false", "--set", "train.epochs=2",
+        "--set", "search.n_trials=6", "--set", "search.seed=0",
+        "--set", "search.space={learning_rate: {type: float, low: 1.0e-4, high: 1.0e-2, log: true}, "
+                 "rank: {type: categorical, choices: [2, 4]}}",
+        "--set", "search.phases={refine_trials: 2, ensemble_top_k: 2, ensemble_method: svd, ensemble_rank: 4}",
+    ]
+    assert main(args) == 0, capsys.readouterr().err
+    study = optuna.load_study(study_name="loratune", storage=f"sqlite:///{run / 'study.db'}")
+    trials = study.get_trials()
+    phases = [t.user_attrs["phase"] for t in trials]
+    assert phases[0] == "baseline" and "search" in phases and phases.count("refine") == 2 and phases[-1] == "ensemble"
+    assert len(trials) >= 7  # 6 + the ensemble
+    assert any(t.state == TrialState.PRUNED for t in trials), [t.state for t in trials]
+    for t in trials:
+        assert t.state in (TrialState.COMPLETE, TrialState.PRUNED), t.user_attrs.get("fail_reason")
+        folder = run / t.user_attrs["trial_dir"]
+        scores = json.loads((folder / "scores.json").read_text())
+        assert t.user_attrs["stand_in"] is True
+        lora = load_file(str(folder / t.user_attrs["lora"]))
+        assert any(k.endswith(".lora_down.weight") for k in lora)
+        if t.user_attrs["phase"] == "ensemble":
+            assert {k: v.shape[0] for k, v in lora.items() if k.endswith("lora_down.weight")}.popitem()[1] <= 4
+            continue
+        # Every epoch was sampled and scored; the value is the best epoch's composite.
+        assert [e["epoch"] for e in scores["epochs"]] == sorted(t.intermediate_values)
+        for e in scores["epochs"]:
+            assert (folder / "samples" / f"epoch-{e['epoch']:04d}").is_dir()
+            assert (folder / "scores" / f"epoch-{e['epoch']:04d}" / "scores.json").is_file()
+        best = max(scores["epochs"], key=lambda e: e["composite"])
+        assert t.user_attrs["best_epoch"] == best["epoch"]
+        if t.state == TrialState.COMPLETE:
+            assert t.value == pytest.approx(best["composite"])
+            assert len(scores["epochs"]) == 2
+    best = json.loads((run / "best" / "best.json").read_text())
+    winner = max((t for t in trials if t.state == TrialState.COMPLETE), key=lambda t: t.value)
+    assert best["trial"] == winner.number and (run / "best" / best["lora"]).is_file()
+    assert list((run / "best" / "samples").glob("*.png"))
