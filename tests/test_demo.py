@@ -1,0 +1,47 @@
+"""The demo's plumbing on a real study (the full demo is `make demo`: minutes of CPU, too long for the suite)."""
+
+from __future__ import annotations
+
+import io
+
+import optuna
+from report_run import make_run
+from rich.console import Console
+
+from loratune.config import load_config
+from loratune.demo import DEMO_OVERRIDES, DemoResult, StudyWatcher, _progress, print_summary
+
+
+def test_watcher_counts_finished_trials_and_shows_the_running_epoch(tmp_path):
+    run = make_run(tmp_path / "run")
+    study = optuna.load_study(study_name="loratune", storage=f"sqlite:///{run / 'study.db'}")
+    live = study.ask()
+    live.set_user_attr("phase", "refine")
+    live.report(0.42, 1)
+    progress = _progress(Console(file=io.StringIO()))
+    task = progress.add_task("search", total=7, status="")
+    StudyWatcher(run, progress, task, 7).update(study.get_trials(deepcopy=False))
+    shown = progress.tasks[0]
+    assert shown.completed == 6
+    assert shown.fields["status"] == "trial 6 (refine) epoch 1 composite 0.420, 1 pruned"
+
+
+def test_demo_overrides_give_every_phase(tiny_models):
+    config = load_config(tiny_models.config, DEMO_OVERRIDES)
+    search = config.search
+    assert search.phases.baseline and search.phases.refine_trials >= 1 and search.phases.ensemble_top_k >= 2
+    assert search.n_trials - 1 - search.phases.refine_trials >= 3  # sampler trials: enough for the pruner to act
+    assert search.pruner == "median" and config.train.sample_checkpoints
+
+
+def test_summary_says_where_everything_is(tmp_path):
+    result = DemoResult(tmp_path, tmp_path / "models", tmp_path / "dataset", tmp_path / "run" / "config.yaml",
+                        tmp_path / "run", tmp_path / "run" / "report.html", None, None,
+                        {"complete": 5, "pruned": 1}, {"baseline": 1, "search": 3}, {"search": 100.0},
+                        ["dataset audit (loratune.audit is not available)"])
+    out = io.StringIO()
+    print_summary(result, Console(file=out, width=200))
+    text = out.getvalue()
+    assert f"file://{tmp_path / 'run' / 'report.html'}" in text
+    assert "5 complete" in text and "1 pruned" in text and "stand-ins" in text
+    assert "not in this demo: dataset audit" in text
