@@ -56,3 +56,43 @@ def test_generic_pyiqa_takes_range_and_direction_from_pyiqa() -> None:
         create_backend(BackendConfig(name="pyiqa", metric="nope"), RUNTIME, "quality")
     with pytest.raises(LoratuneError, match="reference"):
         create_backend(BackendConfig(name="pyiqa", metric="lpips"), RUNTIME, "quality")
+
+
+class _RunsCodeWhenUnpickled:
+    """What a booby-trapped checkpoint holds: unpickling it calls ``Path.touch`` (any callable would do)."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.touch, (self.marker,))
+
+
+def test_user_checkpoint_is_checked_before_pyiqa_unpickles_it(tmp_path: Path) -> None:
+    # pyiqa reads checkpoints with torch.load(weights_only=False): ours must refuse a file that would run code.
+    marker = tmp_path / "code-ran"
+    trap = tmp_path / "musiq.pth"
+    torch.save({"params": _RunsCodeWhenUnpickled(marker)}, trap)
+    with pytest.raises(LoratuneError, match=r"^evaluation\.backends\.quality\.model: not a plain weights checkpoint"):
+        create_backend(BackendConfig(name="musiq", model=str(trap)), RUNTIME, "quality").load()
+    assert not marker.exists()
+
+    wrong = tmp_path / "wrong.pth"
+    torch.save({"params": {"not": torch.zeros(1)}}, wrong)
+    with pytest.raises(LoratuneError, match=r"^evaluation\.backends\.quality\.model: cannot load .*wrong\.pth"):
+        create_backend(BackendConfig(name="musiq", model=str(wrong)), RUNTIME, "quality").load()
+    with pytest.raises(LoratuneError, match=r"^evaluation\.backends\.quality\.model: pyiqa checkpoint not found"):
+        create_backend(BackendConfig(name="musiq", model=str(tmp_path / "typo.pth")), RUNTIME, "quality")
+
+
+@pytest.mark.parametrize(("name", "metric"), [("musiq", "musiq"), ("piqe", "piqe"), ("pyiqa", "musiq")])
+def test_registry_rows_agree_with_pyiqa(name: str, metric: str) -> None:
+    from importlib.metadata import metadata
+
+    from loratune.metrics.quality import pyiqa_metric_info
+    from loratune.metrics.registry import BACKENDS
+
+    spec = BACKENDS[name]
+    assert (spec.score_range, spec.higher_is_better) == pyiqa_metric_info(metric)
+    assert metadata("pyiqa")["License-Expression"] == "PolyForm-Noncommercial-1.0.0"
+    assert "PolyForm Noncommercial 1.0.0" in spec.licence and "non-commercial" in spec.licence

@@ -9,8 +9,8 @@ offline). A local checkpoint file can be given as ``model``. When the download f
 ``pretrained=False`` — random weights — and every result says "stand-in weights"; ``require_pretrained: true`` turns
 that into an error instead. PIQE needs no weights at all and is the real offline default.
 
-Licence: pyiqa is released under the NTU S-Lab License 1.0 (non-commercial use only); several metrics' weights carry
-their own terms.
+Licence: pyiqa is released under the PolyForm Noncommercial License 1.0.0 (its LICENSE file), some components under the
+NTU S-Lab License 1.0 — both non-commercial use only; several metrics' weights carry their own terms.
 """
 
 from __future__ import annotations
@@ -25,8 +25,9 @@ from pydantic import Field
 from loratune.errors import LoratuneError
 from loratune.metrics.base import AxisResult, Backend, EvalImage
 from loratune.metrics.cache import cached_model
+from loratune.metrics.openclip_models import first_line
 
-PYIQA_LICENCE = "NTU S-Lab License 1.0 (non-commercial use only; pyiqa) + each metric's weights' own terms"
+PYIQA_LICENCE = "PolyForm Noncommercial 1.0.0 + NTU S-Lab License 1.0 (non-commercial use only; pyiqa) + each metric's weights' own terms"
 
 
 def pyiqa_metric_info(name: str, field: str = "evaluation.backends.quality") -> tuple[tuple[float, float], bool]:
@@ -57,27 +58,46 @@ def _takes_pretrained(metric: str) -> bool:
     return "pretrained" in inspect.signature(arch.__init__).parameters
 
 
+def check_plain_checkpoint(path: str, field: str) -> None:
+    """Refuse a checkpoint that is not plain tensors and containers before pyiqa reads it.
+
+    pyiqa loads weights with ``torch.load(weights_only=False)``, which runs any code pickled into the file; a file that
+    loads with ``weights_only=True`` holds only tensors and plain containers, so pyiqa's load of it is safe.
+    """
+    import torch
+
+    if Path(path).suffix == ".safetensors":
+        raise LoratuneError(f"{field}: pyiqa reads torch checkpoints (.pth), not .safetensors: {path}")
+    try:
+        torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # noqa: BLE001  (unsafe pickle, corrupt or foreign file: the user's to fix)
+        raise LoratuneError(f"{field}: not a plain weights checkpoint {path} ({first_line(err)})") from None
+
+
 def load_pyiqa_metric(
     metric: str, device: Any, weights: str | None, require_pretrained: bool, field: str
 ) -> tuple[Any, bool]:
     """Build a pyiqa metric; returns (metric, stand_in). Falls back to random weights only when allowed."""
     import pyiqa
 
-    kwargs: dict[str, Any] = {"device": device}
     if weights is not None:
-        if not Path(weights).is_file():
-            raise LoratuneError(f"{field}.model: pyiqa checkpoint not found: {weights}")
-        kwargs["pretrained_model_path"] = weights
+        check_plain_checkpoint(weights, f"{field}.model")
+        try:
+            return pyiqa.create_metric(metric, device=device, pretrained_model_path=weights), False
+        except Exception as err:  # noqa: BLE001  (wrong architecture or keys in the user's file)
+            raise LoratuneError(
+                f"{field}.model: cannot load {weights} into pyiqa {metric!r}: {first_line(err)}"
+            ) from None
     try:
-        return pyiqa.create_metric(metric, **kwargs), False
+        return pyiqa.create_metric(metric, device=device), False
     except OSError as err:  # urllib's URLError (no network) and missing files are OSErrors
         if require_pretrained or not _takes_pretrained(metric):
-            raise LoratuneError(f"{field}: cannot load pyiqa {metric!r} weights ({str(err).splitlines()[0]})") from None
+            raise LoratuneError(f"{field}: cannot load pyiqa {metric!r} weights ({first_line(err)})") from None
     try:
         return pyiqa.create_metric(metric, device=device, pretrained=False), True
     except OSError as err:
         raise LoratuneError(
-            f"{field}: pyiqa {metric!r} needs files that cannot be fetched ({str(err).splitlines()[0]})"
+            f"{field}: pyiqa {metric!r} needs files that cannot be fetched ({first_line(err)})"
         ) from None
 
 
@@ -101,8 +121,14 @@ class PyiqaQuality(Backend):
             from dataclasses import replace
 
             self.spec = replace(self.spec, score_range=score_range, higher_is_better=higher, norm_range=score_range)
-        # A model reference that is not a file is pyiqa's own name for its weights, not ours to resolve.
-        self.weights = self.config.model if self.config.model and Path(self.config.model).exists() else None
+        # ``model``: a checkpoint file for the metric, or ``pyiqa:<name>`` (the registry's label for pyiqa's own weights).
+        model = self.config.model
+        self.weights: str | None = None
+        if model and not model.startswith("pyiqa:"):
+            path = Path(model).expanduser()
+            if not path.is_file():
+                raise LoratuneError(f"{self.field_path}.model: pyiqa checkpoint not found: {model}")
+            self.weights = str(path)
         self.model_id = f"pyiqa:{self.metric_name}" + (f" ({self.weights})" if self.weights else "")
         self.reset()
 

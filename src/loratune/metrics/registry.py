@@ -80,7 +80,7 @@ _SPECS = [
     ),
     BackendSpec(
         "dlib_face", "consistency", "loratune.metrics.face_identity:DlibFaceIdentity", (-1.0, 1.0), True,
-        (0.8, 1.0), False, False, "Boost Software License (dlib); CC0 (face_recognition_models weights)",
+        (0.8, 1.0), False, False, "Boost Software License (dlib); MIT (face_recognition_models), its dlib models CC0",
         "dlib_face_recognition_resnet_model_v1",
         "dlib ResNet 128-d face-embedding cosine (weights ship in face_recognition_models: real, offline)",
     ),
@@ -105,17 +105,19 @@ _SPECS = [
     # --- technical quality ----------------------------------------------------------------------------------------
     BackendSpec(
         "musiq", "quality", "loratune.metrics.quality:Musiq", (0.0, 100.0), True, (20.0, 80.0),
-        False, False, "NTU S-Lab License 1.0, non-commercial (pyiqa); MUSIQ weights: Apache-2.0", "pyiqa:musiq",
+        False, False, "PolyForm Noncommercial 1.0.0 + NTU S-Lab 1.0, non-commercial (pyiqa); MUSIQ weights: Apache-2.0",
+        "pyiqa:musiq",
         "MUSIQ (KonIQ-10k) through pyiqa; random stand-in weights when the checkpoint cannot be fetched",
     ),
     BackendSpec(
         "pyiqa", "quality", "loratune.metrics.quality:PyiqaQuality", (0.0, 100.0), True, (20.0, 80.0),
-        False, False, "NTU S-Lab License 1.0, non-commercial (pyiqa) + the metric's weights' own terms", "pyiqa:musiq",
+        False, False, "PolyForm Noncommercial 1.0.0 + NTU S-Lab 1.0, non-commercial (pyiqa) + the weights' own terms",
+        "pyiqa:musiq",
         "any pyiqa no-reference metric (option metric: topiq_nr, clipiqa, ...); range and direction from pyiqa's table",
     ),
     BackendSpec(
         "piqe", "quality", "loratune.metrics.quality:Piqe", (0.0, 100.0), False, (10.0, 80.0),
-        False, False, "NTU S-Lab License 1.0, non-commercial (pyiqa's implementation)", None,
+        False, False, "PolyForm Noncommercial 1.0.0 + NTU S-Lab 1.0, non-commercial (pyiqa's implementation)", None,
         "PIQE (Venkatanath et al. 2015): weight-free blockwise distortion estimate, lower is better; works offline",
     ),
     # --- diversity ------------------------------------------------------------------------------------------------
