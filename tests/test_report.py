@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import io
+import os
 import re
 
 import optuna
@@ -41,6 +42,9 @@ def test_report_is_one_offline_file(run_dir):
     assert len(uris) == result.images
     sizes = {Image.open(io.BytesIO(base64.b64decode(u))).size for u in uris}
     assert sizes == {(64, 64)}
+    umask = os.umask(0)
+    os.umask(umask)
+    assert result.path.stat().st_mode & 0o777 == 0o666 & ~umask  # like any file the user writes, not mkstemp's 0600
     # No temporary file left next to the report (atomic write).
     assert sorted(p.name for p in run_dir.iterdir() if p.name.startswith(".")) == []
 
