@@ -154,3 +154,14 @@ def test_images_without_a_character_compare_to_all_references() -> None:
     )
     centroid = torch.nn.functional.normalize((a + o) / 2, dim=0)  # as References.for_character(None): everyone's
     assert result.value == pytest.approx(float(m @ centroid), abs=1e-5)
+
+
+def test_unusable_insightface_files_are_one_line_errors(tiny_models, tmp_path: Path) -> None:
+    # A pack folder without its ONNX files: insightface fails an assert with no message (once an IndexError here).
+    empty_pack = tmp_path / "pack"
+    empty_pack.mkdir()
+    with pytest.raises(LoratuneError, match=r"^evaluation\.backends\.consistency\.model: cannot load insightface"):
+        _backend("insightface", model=str(empty_pack), fallback=None)
+    # The recogniser where the detector belongs: insightface's router would hand back a recogniser.
+    with pytest.raises(LoratuneError, match=r"^evaluation\.backends\.consistency\.detector: .* not a face detection"):
+        _backend("insightface", model=str(tiny_models.arcface), detector=str(tiny_models.arcface), fallback=None)

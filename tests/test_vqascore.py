@@ -341,3 +341,14 @@ def test_native_loader_batches_other_vlm_families(build, tiny_models, tmp_path: 
     result = backend.compute()  # one left-padded batch of two prompts of different lengths
     expected = [_reference_p_yes(folder, img, QUESTION.format(p))[0] for img, p in zip(images, prompts)]
     assert result.per_image == pytest.approx(expected, abs=1e-5)
+
+
+def test_missing_or_unloadable_model_is_a_one_line_error(tmp_path: Path) -> None:
+    runtime = Runtime(device=torch.device("cpu"), dtype=torch.float32)
+    for name, axis in (("vqascore", "alignment"), ("traits", "consistency")):
+        missing = BackendConfig(name=name, model=str(tmp_path / "missing"))
+        with pytest.raises(LoratuneError, match=rf"^evaluation\.backends\.{axis}\.model: model path not found"):
+            create_backend(missing, runtime, axis)  # before anything loads
+    not_a_model = create_backend(BackendConfig(name="vqascore", model=str(tmp_path)), runtime, "alignment")
+    with pytest.raises(LoratuneError, match=r"^evaluation\.backends\.alignment\.model: cannot load vision-language"):
+        not_a_model.load()

@@ -339,10 +339,9 @@ def run_audit(
     # --- faces --------------------------------------------------------------------------------------------------------
     faces: dict[str, Any] | None = None
     if opts.faces and ok:
-        from loratune.metrics.cache import cached_model
-        from loratune.metrics.face_identity import _load_dlib
+        from loratune.metrics.face_identity import load_dlib
 
-        detector = cached_model(("dlib_face",), _load_dlib)[0]
+        detector = load_dlib()[0]
         for i in ok:
             reports[i].face = len(detector(np.ascontiguousarray(np.asarray(images[i])), 1)) > 0
         per_folder: dict[str, list[bool]] = defaultdict(list)

@@ -14,7 +14,8 @@ from pydantic import Field
 from loratune.errors import LoratuneError
 from loratune.metrics.base import AxisResult, Backend, EvalImage
 from loratune.metrics.cache import cached_model
-from loratune.modelref import is_stand_in
+from loratune.metrics.openclip_models import first_line
+from loratune.modelref import check_model_ref, is_stand_in
 
 
 def _load_pipeline(ref: str, device: Any, dtype: Any, field: str) -> Any:
@@ -22,8 +23,8 @@ def _load_pipeline(ref: str, device: Any, dtype: Any, field: str) -> Any:
 
     try:
         return pipeline("image-classification", model=ref, device=device, dtype=dtype)
-    except (OSError, ValueError, KeyError) as err:
-        raise LoratuneError(f"{field}: cannot load image classifier {ref!r}: {str(err).splitlines()[0]}") from None
+    except Exception as err:  # noqa: BLE001  (missing files, no network, not an image classifier)
+        raise LoratuneError(f"{field}: cannot load image classifier {ref!r}: {first_line(err)}") from None
 
 
 class CafeAesthetic(Backend):
@@ -36,6 +37,7 @@ class CafeAesthetic(Backend):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        self.model_id = check_model_ref(self.model_id or "", f"{self.field_path}.model")
         self.reset()
 
     def load(self) -> None:

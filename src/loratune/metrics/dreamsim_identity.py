@@ -24,6 +24,7 @@ from pydantic import Field
 from loratune.errors import LoratuneError
 from loratune.metrics.cache import cached_model
 from loratune.metrics.embedding_identity import _EmbeddingIdentity
+from loratune.metrics.openclip_models import first_line
 from loratune.modelref import is_stand_in
 
 if TYPE_CHECKING:
@@ -49,9 +50,9 @@ class DreamSimEncoder:
                 normalize_embeds=True,
                 dreamsim_type=dreamsim_type,
             )
-        except (OSError, RuntimeError, KeyError) as err:  # no network, or an incomplete checkpoint folder
+        except Exception as err:  # noqa: BLE001  (no network, an incomplete folder, a half-downloaded zip)
             raise LoratuneError(
-                f"{field}: cannot load DreamSim {dreamsim_type!r} from {cache_dir} ({str(err).splitlines()[0]}); "
+                f"{field}: cannot load DreamSim {dreamsim_type!r} from {cache_dir} ({first_line(err)}); "
                 "put the unzipped DreamSim checkpoint there"
             ) from None
         self.model.to(device)

@@ -46,7 +46,8 @@ def mean_pairwise_cosine(embeddings: torch.Tensor) -> tuple[float | None, list[f
     return float(off_diagonal.sum() / (n * (n - 1))), per_row
 
 
-def _mean(values: list[float]) -> float | None:
+def mean_or_none(values: list[float]) -> float | None:
+    """The mean, or None for no values (a missing measurement is never 0)."""
     return sum(values) / len(values) if values else None
 
 
@@ -107,7 +108,7 @@ class _EmbeddingIdentity(Backend):
             to_refs = [self._to_references[i] for i in rows if self._to_references[i] is not None]
             per_character[NO_CHARACTER if character is None else character] = {
                 "images": len(rows),
-                "to_references": _mean(to_refs),  # type: ignore[arg-type]
+                "to_references": mean_or_none(to_refs),  # type: ignore[arg-type]
                 "across_generations": across,
                 "references": 0 if self._references_for(character) is None else len(self._references_for(character)),
             }
@@ -115,15 +116,15 @@ class _EmbeddingIdentity(Backend):
                 across_values.append(across)
         to_refs_all = [v for v in self._to_references if v is not None]
         details: dict[str, Any] = {
-            "to_references": _mean(to_refs_all),
-            "across_generations": _mean(across_values),
+            "to_references": mean_or_none(to_refs_all),
+            "across_generations": mean_or_none(across_values),
             "per_character": per_character,
         }
         if to_refs_all:
             details["mode"] = "similarity to reference images (mean over references); across generations in details"
             if len(to_refs_all) < len(self._to_references):
                 details["images_without_references"] = len(self._to_references) - len(to_refs_all)
-            return self.result(_mean(to_refs_all), per_image=list(self._to_references), details=details)
+            return self.result(mean_or_none(to_refs_all), per_image=list(self._to_references), details=details)
         if not across_values:
             return self.missing(
                 "no reference images and no character with two or more generations",
@@ -131,7 +132,7 @@ class _EmbeddingIdentity(Backend):
                 details=details,
             )
         details["mode"] = "across generations only: no reference images (per-image = mean similarity to the others)"
-        return self.result(_mean(across_values), per_image=across_per_image, details=details)
+        return self.result(mean_or_none(across_values), per_image=across_per_image, details=details)
 
 
 class ClipImageIdentity(_EmbeddingIdentity):

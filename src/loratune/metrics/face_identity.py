@@ -26,7 +26,8 @@ from pydantic import Field, field_validator
 from loratune.errors import LoratuneError
 from loratune.metrics.base import AxisResult, Backend, EvalImage, References
 from loratune.metrics.cache import cached_model
-from loratune.metrics.embedding_identity import mean_pairwise_cosine
+from loratune.metrics.embedding_identity import mean_or_none, mean_pairwise_cosine
+from loratune.metrics.openclip_models import first_line
 from loratune.modelref import is_stand_in
 
 if TYPE_CHECKING:
@@ -52,10 +53,6 @@ class FaceOptions(Backend.Options):
         if v is not None and "name" not in v:
             raise ValueError("fallback needs a backend name, e.g. {name: clip_i, model: ViT-L-14}")
         return v
-
-
-def _mean(values: list[float]) -> float | None:
-    return sum(values) / len(values) if values else None
 
 
 class _FaceIdentity(Backend):
@@ -162,21 +159,23 @@ class _FaceIdentity(Backend):
             to_refs = [p for item, p in zip(self.items, per_image) if item.character == character and p is not None]
             per_character[character or ""] = {
                 "faces": len(rows),
-                "to_reference_centroid": _mean(to_refs),
+                "to_reference_centroid": mean_or_none(to_refs),
                 "across_generations": across,
             }
             if across is not None:
                 across_values.append(across)
         scored = [p for p in per_image if p is not None]
         details.update(
-            per_character=per_character, to_reference_centroid=_mean(scored), across_generations=_mean(across_values)
+            per_character=per_character,
+            to_reference_centroid=mean_or_none(scored),
+            across_generations=mean_or_none(across_values),
         )
         if scored:
             details["mode"] = "cosine to the character's reference-face centroid; images without a face left out"
-            return self.result(_mean(scored), per_image=per_image, details=details)
+            return self.result(mean_or_none(scored), per_image=per_image, details=details)
         if across_values:
             details["mode"] = "across generations only (no reference faces)"
-            return self.result(_mean(across_values), per_image=per_image, details=details)
+            return self.result(mean_or_none(across_values), per_image=per_image, details=details)
         return self.missing(
             f"faces found in {found} of {n} images; nothing to compare", per_image=per_image, details=details
         )
@@ -248,8 +247,6 @@ class InsightFaceIdentity(_FaceIdentity):
         self.stand_in = is_stand_in(self.model_id) or (opts.detector is not None and is_stand_in(opts.detector))
 
     def _load(self) -> tuple[Any, Any]:
-        from insightface.model_zoo import get_model
-
         gpu = str(self.runtime.device).startswith("cuda")
         ctx_id = 0 if gpu else -1
         providers = ["CUDAExecutionProvider", "CPUExecutionProvider"] if gpu else ["CPUExecutionProvider"]
@@ -257,11 +254,12 @@ class InsightFaceIdentity(_FaceIdentity):
         ref = str(Path(self.model_id or "").expanduser()) if self.is_onnx else (self.model_id or "")
         try:
             if self.is_onnx:
-                recogniser = get_model(ref, providers=providers)
+                recogniser = _onnx_model(ref, "recognition", providers, f"{self.field_path}.model")
                 recogniser.prepare(ctx_id)
                 detector = None
                 if opts.detector and not opts.recogniser_only:
-                    detector = get_model(str(Path(opts.detector).expanduser()), providers=providers)
+                    path = str(Path(opts.detector).expanduser())
+                    detector = _onnx_model(path, "detection", providers, f"{self.field_path}.detector")
                     detector.prepare(ctx_id, input_size=(opts.det_size, opts.det_size), det_thresh=opts.det_thresh)
                 return detector, recogniser
             from insightface.app import FaceAnalysis
@@ -270,9 +268,11 @@ class InsightFaceIdentity(_FaceIdentity):
                 name=ref, root=opts.root, allowed_modules=["detection", "recognition"], providers=providers
             )
             app.prepare(ctx_id=ctx_id, det_size=(opts.det_size, opts.det_size), det_thresh=opts.det_thresh)
-        except (OSError, AssertionError, RuntimeError, ValueError) as err:
+        except LoratuneError:
+            raise
+        except Exception as err:  # noqa: BLE001  (a pack without its ONNX files, no network, a broken ONNX)
             raise LoratuneError(
-                f"{self.field_path}.model: cannot load insightface model {ref!r}: {str(err).splitlines()[0]}"
+                f"{self.field_path}.model: cannot load insightface model {ref!r}: {first_line(err)}"
             ) from None
         return (None if opts.recogniser_only else app.det_model), app.models["recognition"]
 
@@ -295,6 +295,17 @@ class InsightFaceIdentity(_FaceIdentity):
         return out
 
 
+def _onnx_model(path: str, task: str, providers: list[str], field: str) -> Any:
+    """insightface's model for an ONNX file, which must be of the expected kind (its router guesses from the shapes)."""
+    from insightface.model_zoo import get_model
+
+    model = get_model(path, providers=providers)
+    if model is None or getattr(model, "taskname", None) != task:
+        found = "no model insightface knows" if model is None else f"a {model.taskname} model"
+        raise LoratuneError(f"{field}: {path} is {found}, not a face {task} ONNX")
+    return model
+
+
 class DlibFaceIdentity(_FaceIdentity):
     """dlib's HOG face detector + 5-point alignment + ResNet 128-d embedding (files from face_recognition_models)."""
 
@@ -305,7 +316,7 @@ class DlibFaceIdentity(_FaceIdentity):
     options: Options
 
     def load(self) -> None:
-        self.detector, self.shape_predictor, self.embedder = cached_model(("dlib_face",), _load_dlib)
+        self.detector, self.shape_predictor, self.embedder = load_dlib()
         self.model_id = "dlib_face_recognition_resnet_model_v1 (face_recognition_models)"
 
     def embed_faces(self, images: list[Image.Image]) -> list[np.ndarray | None]:
@@ -322,6 +333,11 @@ class DlibFaceIdentity(_FaceIdentity):
             shape = self.shape_predictor(rgb, rect)
             out.append(np.asarray(self.embedder.compute_face_descriptor(rgb, shape, self.options.jitter)))
         return out
+
+
+def load_dlib() -> tuple[Any, Any, Any]:
+    """dlib's (HOG face detector, 5-point shape predictor, ResNet face embedder), loaded once per process."""
+    return cached_model(("dlib_face",), _load_dlib)
 
 
 def _load_dlib() -> tuple[Any, Any, Any]:

@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from loratune.errors import LoratuneError
+from loratune.metrics.openclip_models import first_line
 
 if TYPE_CHECKING:
     import torch
@@ -182,10 +183,8 @@ class NativeVlm(YesNoVlm):
         try:
             self.processor = AutoProcessor.from_pretrained(ref)
             self.model = AutoModelForImageTextToText.from_pretrained(ref, dtype=dtype or "auto")
-        except (OSError, ValueError, KeyError) as err:
-            raise LoratuneError(
-                f"{field}: cannot load vision-language model {ref!r}: {str(err).splitlines()[0]}"
-            ) from None
+        except Exception as err:  # noqa: BLE001  (missing files, no network, an unsupported architecture)
+            raise LoratuneError(f"{field}: cannot load vision-language model {ref!r}: {first_line(err)}") from None
         self.model.to(device).eval()
         self.device = device
         self.tokenizer = self.processor.tokenizer
@@ -225,8 +224,8 @@ class InternVL2RemoteVlm(YesNoVlm):
         try:
             self.model = AutoModel.from_pretrained(ref, dtype=dtype or torch.float32, trust_remote_code=True)
             self.tokenizer = AutoTokenizer.from_pretrained(ref, trust_remote_code=True, use_fast=False)
-        except (OSError, ValueError, KeyError) as err:
-            raise LoratuneError(f"{field}: cannot load InternVL2 model {ref!r}: {str(err).splitlines()[0]}") from None
+        except Exception as err:  # noqa: BLE001  (also ImportError: packages the checkpoint's own code imports)
+            raise LoratuneError(f"{field}: cannot load InternVL2 model {ref!r}: {first_line(err)}") from None
         self.model.to(device).eval()
         self.device = device
         config = self.model.config

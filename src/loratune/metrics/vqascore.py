@@ -14,14 +14,14 @@ the composite; both backends share one loaded model.
 from __future__ import annotations
 
 from collections import defaultdict
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import Field
 
 from loratune.metrics.base import AxisResult, Backend, EvalImage, References
 from loratune.metrics.cache import cached_model
 from loratune.metrics.vlm_models import YesNoVlm, load_vlm, resolve_loader
-from loratune.modelref import is_stand_in
+from loratune.modelref import check_model_ref, is_stand_in
 
 PASS_THRESHOLD = 0.5
 
@@ -68,6 +68,10 @@ class TraitTally:
 class _VlmBackend(Backend):
     Options = VlmOptions
     options: VlmOptions
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.model_id = check_model_ref(self.model_id or "", f"{self.field_path}.model")
 
     def load(self) -> None:
         ref = self.model_id or ""
