@@ -242,6 +242,18 @@ def _features(output: Any) -> torch.Tensor:
     return output[0]
 
 
+def _auto_model_and_processor(ref: str, processor: str, field: str, trust_remote_code: bool) -> tuple[Any, Any]:
+    """``AutoModel`` and the named transformers processor class from a hub id or folder; failures name the field."""
+    import transformers
+
+    try:
+        model = transformers.AutoModel.from_pretrained(ref, trust_remote_code=trust_remote_code)
+        loaded = getattr(transformers, processor).from_pretrained(ref, trust_remote_code=trust_remote_code)
+    except Exception as err:  # noqa: BLE001  (any load failure is the user's file or network)
+        raise LoratuneError(f"{field}: cannot load transformers model {ref}: {first_line(err)}") from None
+    return model, loaded
+
+
 class HFClipModel:
     """A transformers dual encoder (``CLIPModel`` and kin: anything with ``get_image/text_features``) + processor."""
 
@@ -288,13 +300,7 @@ def load_hf_clip(ref: str, device: Any, dtype: Any, field: str, trust_remote_cod
     ref = check_model_ref(ref, field)
 
     def loader() -> HFClipModel:
-        from transformers import AutoModel, AutoProcessor
-
-        try:
-            model = AutoModel.from_pretrained(ref, trust_remote_code=trust_remote_code)
-            processor = AutoProcessor.from_pretrained(ref, trust_remote_code=trust_remote_code)
-        except Exception as err:  # noqa: BLE001  (any load failure is the user's file or network)
-            raise LoratuneError(f"{field}: cannot load transformers model {ref}: {first_line(err)}") from None
+        model, processor = _auto_model_and_processor(ref, "AutoProcessor", field, trust_remote_code)
         if not hasattr(model, "get_image_features") or not hasattr(model, "get_text_features"):
             raise LoratuneError(f"{field}: {ref} is a {type(model).__name__}, not a CLIP-style image+text model")
         model = model.to(device=device, dtype=dtype or model.dtype).eval()
@@ -344,13 +350,7 @@ def load_hf_vision(
     ref = check_model_ref(ref, field)
 
     def loader() -> HFVisionModel:
-        from transformers import AutoImageProcessor, AutoModel
-
-        try:
-            model = AutoModel.from_pretrained(ref, trust_remote_code=trust_remote_code)
-            processor = AutoImageProcessor.from_pretrained(ref, trust_remote_code=trust_remote_code)
-        except Exception as err:  # noqa: BLE001  (any load failure is the user's file or network)
-            raise LoratuneError(f"{field}: cannot load transformers model {ref}: {first_line(err)}") from None
+        model, processor = _auto_model_and_processor(ref, "AutoImageProcessor", field, trust_remote_code)
         model = model.to(device=device, dtype=dtype or model.dtype).eval()
         return HFVisionModel(model, processor, device, pooling)
 
