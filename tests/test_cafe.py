@@ -13,34 +13,15 @@ from loratune.config import BackendConfig
 from loratune.errors import LoratuneError
 from loratune.metrics.base import EvalImage, References, Runtime
 from loratune.metrics.registry import create_backend
-from loratune.modelref import write_stand_in_marker
+from loratune.tiny.classifier import build_image_classifier
 
 RUNTIME = Runtime(device=torch.device("cpu"), dtype=torch.float32, batch_size=4)
 
 
 @pytest.fixture(scope="module")
 def tiny_classifier(tmp_path_factory) -> Path:
-    from transformers import ViTConfig, ViTForImageClassification, ViTImageProcessor
-
-    folder = tmp_path_factory.mktemp("cafe")
-    config = ViTConfig(
-        image_size=32,
-        patch_size=8,
-        hidden_size=16,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        intermediate_size=32,
-        id2label={0: "aesthetic", 1: "not_aesthetic"},
-        label2id={"aesthetic": 0, "not_aesthetic": 1},
-    )
-    torch.manual_seed(0)
-    model = ViTForImageClassification(config)
-    with torch.no_grad():  # make "not_aesthetic" the top label, so the top label's score would be the wrong answer
-        model.classifier.bias.copy_(torch.tensor([0.0, 1.0]))
-    model.save_pretrained(folder)
-    ViTImageProcessor(size={"height": 32, "width": 32}).save_pretrained(folder)
-    write_stand_in_marker(folder, "tiny cafe_aesthetic-shaped classifier")
-    return folder
+    # "not_aesthetic" made the top label, so the top label's score would be the wrong answer.
+    return build_image_classifier(tmp_path_factory.mktemp("cafe"), bias=(0.0, 1.0))
 
 
 def test_cafe_scores_probability_of_aesthetic_label(tiny_classifier: Path) -> None:
@@ -68,3 +49,11 @@ def test_cafe_scores_probability_of_aesthetic_label(tiny_classifier: Path) -> No
     )
     with pytest.raises(LoratuneError, match="label"):
         wrong.load()
+
+
+def test_missing_or_unloadable_classifier_is_a_one_line_error(tmp_path: Path) -> None:
+    with pytest.raises(LoratuneError, match=r"^evaluation\.backends\.aesthetics\.model: model path not found"):
+        create_backend(BackendConfig(name="cafe_aesthetic", model=str(tmp_path / "missing")), RUNTIME, "aesthetics")
+    not_a_model = create_backend(BackendConfig(name="cafe_aesthetic", model=str(tmp_path)), RUNTIME, "aesthetics")
+    with pytest.raises(LoratuneError, match=r"^evaluation\.backends\.aesthetics\.model: cannot load image classifier"):
+        not_a_model.load()
