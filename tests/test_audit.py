@@ -7,7 +7,9 @@ from pathlib import Path
 
 import imagehash
 import numpy as np
+import open_clip
 import pytest
+import torch
 from PIL import Image, ImageEnhance, ImageFilter
 
 from loratune.audit import checks
@@ -52,7 +54,21 @@ def test_audit_flags_duplicate_blur_missing_and_long_caption(tiny_models, tmp_pa
     assert audit["alignment"]["backend"] == "vqascore" and len(audit["alignment"]["lowest"]) == 3
     assert set(audit["alignment"]["traits"]) == {"lucaboy", "albertoboy"}
     assert audit["stand_in"] and audit["diversity"]["embedding"]["vendi_score"] >= 1.0
-    assert -1.0 <= audit["characters"]["lucaboy"]["reference_similarity"] <= 1.0  # embedding vs its references
+    # Character presence, independently: open_clip's own model, cosine to the centroid of the character's references.
+    model, _, preprocess = open_clip.create_model_and_transforms(f"local-dir:{tiny_models.open_clip}")
+
+    def embed(paths: list[Path]) -> torch.Tensor:
+        with torch.no_grad():
+            e = model.eval().encode_image(torch.stack([preprocess(Image.open(p).convert("RGB")) for p in paths]))
+        return torch.nn.functional.normalize(e.float(), dim=-1)
+
+    centre = torch.nn.functional.normalize(
+        embed(sorted((tiny_models.references / "lucaboy").glob("*.png"))).mean(0), dim=0
+    )
+    luca = [r for r in audit["per_image"] if r["character"] == "lucaboy"]
+    expected = [float(e @ centre) for e in embed([ds.train / r["file"] for r in luca])]
+    assert len(luca) == 5 and [r["character_similarity"] for r in luca] == pytest.approx(expected, abs=1e-4)
+    assert audit["characters"]["lucaboy"]["reference_similarity"] == pytest.approx(np.mean(expected), abs=1e-4)
     assert audit["faces"]["face_rate"] == 0.0  # drawn stick figures: no flags for missing faces then
     assert "0003.png" in printed and "stand-in" in printed
 

@@ -226,10 +226,14 @@ def test_half_precision_runtime_and_seeded_random_weights(tiny_models, images, c
     """bfloat16 (what a GPU run would use) feeds open_clip inputs of the right dtype; 'random' weights repeat."""
     from loratune.metrics.cache import clear_model_cache
 
-    full = score(make("clipscore", str(tiny_models.open_clip)), images).per_image
+    fp32 = make("clipscore", str(tiny_models.open_clip))
+    full = score(fp32, images).per_image
     runtime = Runtime(device=torch.device("cpu"), dtype=torch.bfloat16, batch_size=4)
     half = create_backend(BackendConfig(name="clipscore", model=str(tiny_models.open_clip)), runtime, "alignment")
     assert score(half, images).per_image == pytest.approx(full, abs=2.0)
+    # The model cache keys on the dtype: the bfloat16 runtime got its own bfloat16 model, not the float32 one.
+    assert half.encoder is not fp32.encoder and half.encoder.dtype == torch.bfloat16
+    assert any(p.dtype == torch.bfloat16 for p in half.encoder.model.parameters())
 
     random_a = score(make("clipscore", "loratune-tiny-clip", pretrained="random"), images)
     clear_model_cache()
