@@ -26,6 +26,7 @@ from loratune.errors import LoratuneError
 from loratune.metrics.base import AxisResult, Backend, EvalImage
 from loratune.metrics.cache import cached_model
 from loratune.metrics.openclip_models import first_line
+from loratune.modelref import is_stand_in
 
 PYIQA_LICENCE = "PolyForm Noncommercial 1.0.0 + NTU S-Lab License 1.0 (non-commercial use only; pyiqa) + each metric's weights' own terms"
 
@@ -140,6 +141,7 @@ class PyiqaQuality(Backend):
                 self.metric_name, self.runtime.device, self.weights, self.options.require_pretrained, self.field_path
             ),
         )
+        self.stand_in = self.stand_in or is_stand_in(self.weights)  # a checkpoint the tiny factory wrote
 
     def reset(self) -> None:
         self.per_image: list[float | None] = []
