@@ -18,7 +18,15 @@ __all__ = ["CheckpointInfo", "StopTraining", "TrainResult", "TrainingDiverged", 
 
 
 def train(config: Config, out_dir: str | Path, on_checkpoint: Any = None, **kwargs: Any) -> TrainResult:
-    """Train one LoRA as ``config`` says (built-in trainer, or ``train.external``'s command); see ``loop.train``."""
+    """Train one LoRA as ``config`` says (built-in trainer, or ``train.external``'s command); see ``loop.train``.
+
+    ``on_checkpoint(info)`` runs after each saved and sampled checkpoint and may raise ``StopTraining``; keyword
+    arguments ``resume=True`` (continue from the newest checkpoint) and ``progress=callable`` (per step) pass on.
+
+    >>> result = train(load_config("loratune.yaml"), "runs/luca")  # doctest: +SKIP
+    >>> result.last.kohya_path  # doctest: +SKIP
+    PosixPath('runs/luca/checkpoints/epoch-0010/lora-000010.safetensors')
+    """
     if config.train.external is not None:
         from loratune.train.external import train_external
 

@@ -317,7 +317,7 @@ def _save(
     t = config.train
     alpha = float(models.unet.peft_config["default"].lora_alpha)
     extra: dict[str, Any] = {"ss_text_encoder_lr": str(t.text_encoder_lr or t.learning_rate) if models.trained_text_encoders else "0",
-                             "ss_network_args": {"trainer": "loratune"}, "ss_lr_scheduler": t.lr_scheduler,
+                             "ss_training_comment": "trained with loratune", "ss_lr_scheduler": t.lr_scheduler,
                              "ss_num_epochs": str(t.epochs), "ss_batch_size_per_device": str(t.batch_size),
                              "ss_gradient_accumulation_steps": str(t.gradient_accumulation),
                              "ss_noise_offset": str(t.noise_offset), "ss_min_snr_gamma": str(t.min_snr_gamma or ""),
