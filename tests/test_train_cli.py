@@ -26,6 +26,13 @@ def test_train_command_runs_and_reports_json(tiny_models, tmp_path, capsys) -> N
     assert report["steps"] == 1 and report["checkpoints"][0]["kohya"].endswith("tiny-000001.safetensors")
     assert (tmp_path / "run" / "config.yaml").is_file()
 
+    again = ["train", str(tiny_models.config), "--set", f"dataset.path={data.parent}", "--set", "train.epochs=2",
+             "--set", "train.sample_checkpoints=false", "--out", str(tmp_path / "run"), "--json"]
+    assert main(again) == 2 and "--resume" in capsys.readouterr().err  # never overwrites a run silently
+    assert main([*again, "--resume"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["steps"] == 2 and [c["epoch"] for c in report["checkpoints"]] == [2]
+
 
 @pytest.mark.parametrize(("override", "message"), [("train.rank=0", "train.rank"), ("train.optimizer=sgd", "train.optimizer")])
 def test_bad_values_exit_2_with_one_line(tiny_models, tmp_path, capsys, override, message) -> None:
