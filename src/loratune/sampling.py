@@ -54,7 +54,7 @@ def load_pipeline(config: Config, device: Any | None = None) -> Any:
     from loratune.modelref import check_model_ref
 
     base = check_model_ref(config.model.base, "model.base")
-    device = device or pick_device("auto")
+    device = device or pick_device(config.evaluation.device)  # sampling feeds evaluation: same device
     cls = StableDiffusionXLPipeline if config.model.family == "sdxl" else StableDiffusionPipeline
     kwargs: dict[str, Any] = {"dtype": torch_dtype(config.model.dtype, device)}
     if config.model.variant:
