@@ -9,9 +9,16 @@
 3. **Naive loop**: per image, drop the model cache, build a fresh ``Evaluator`` (loading every model again) and score
    that one image: what a script that calls a scorer per file does. Timed on a few images and reported per image.
 
+4. **Per backend** (the issue-3 scorers, each alone, beside the per-axis table): VQAScore with and without trait
+   checks, VLM traits, MUSIQ, PIQE, InsightFace (pack and bare recogniser), dlib, cafe_aesthetic (and DreamSim with
+   ``--dreamsim``), each built through the registry on the evaluator's runtime, loaded once (load time reported), warmed
+   up on two images, then timed on ``--backend-images`` drawings of the tiny dataset (update + compute). Tiny stand-in
+   models from ``loratune.tiny``; PIQE and dlib are the real offline metrics. Images/s on stand-in models measure the
+   pipeline, not a real model's cost (MUSIQ's random multi-scale ViT is the slow row on a CPU).
+
 Default: the tiny models' config (``loratune tiny-models``), so it runs offline on a CPU in a few minutes.
 Run: ``python benchmarks/eval_throughput.py [--images 16] [--naive-images 2] [--config loratune.yaml] [--size 64]
-[--axes consistency,aesthetics,diversity]``.
+[--axes consistency,aesthetics,diversity] [--backend-images 8] [--no-backends] [--dreamsim DIR]``.
 """
 
 from __future__ import annotations
@@ -32,13 +39,17 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 import numpy as np
 import torch
 from PIL import Image
+from rich.columns import Columns
 from rich.console import Console
 from rich.table import Table
 
-from loratune.config import Config, load_config
+from loratune.config import BackendConfig, Config, load_config
 from loratune.evaluation import Evaluator, Sample, load_references
+from loratune.metrics.base import EvalImage, References, Runtime
 from loratune.metrics.cache import clear_model_cache
-from loratune.metrics.registry import AXES
+from loratune.metrics.registry import AXES, create_backend
+from loratune.tiny import TinyModels, build_tiny_models
+from loratune.tiny.classifier import build_image_classifier
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -134,6 +145,71 @@ def forward_timer(evaluator: Evaluator) -> Iterator[tuple[dict[str, float], dict
             setattr(evaluator.backends[axis], name, method)
 
 
+def tiny_drawings(tiny: TinyModels, count: int, size: int) -> list[EvalImage]:
+    """The tiny dataset's drawings (faces the stand-in SCRFD can find), resized, with their captions as prompts."""
+    paths = sorted(Path(tiny.dataset).rglob("*.png"))
+    out = []
+    for i in range(count):
+        path = paths[i % len(paths)]
+        character = path.parent.name.split("_", 1)[1]
+        prompt = path.with_suffix(".txt").read_text().strip()
+        out.append(EvalImage(path, Image.open(path).convert("RGB").resize((size, size)), prompt, i, character))
+    return out
+
+
+def backend_table(tiny: TinyModels, runtime: Runtime, count: int, size: int, dreamsim: Path | None) -> Table:
+    """Load time and images/s of each issue-3 scorer alone, on the tiny models."""
+    items = tiny_drawings(tiny, count, size)
+    refs = References(
+        images={
+            c: [Image.open(p).convert("RGB") for p in sorted((Path(tiny.references) / c).glob("*.png"))]
+            for c in ("lucaboy", "albertoboy")
+        },
+        traits={"lucaboy": ["curly brown hair", "a teal shirt"], "albertoboy": ["spiky black hair", "a yellow shirt"]},
+    )
+    table = Table(title=f"Per backend, alone: {len(items)} drawings of {size}x{size}, tiny models")
+    for column in ("backend", "options", "load s", "images/s", "stand-in", "value"):
+        table.add_column(column, justify="left" if column in ("backend", "options") else "right")
+    with tempfile.TemporaryDirectory() as tmp:
+        cases: list[tuple[str, str, dict[str, Any]]] = [
+            ("alignment", "vqascore", {"model": str(tiny.vlm), "traits": False}),
+            ("alignment", "vqascore", {"model": str(tiny.vlm), "traits": True}),
+            ("consistency", "traits", {"model": str(tiny.vlm)}),
+            ("quality", "musiq", {}),
+            ("quality", "piqe", {}),
+            ("consistency", "insightface", {"model": str(Path(tiny.arcface).parent), "fallback": None}),
+            ("consistency", "insightface", {"model": str(tiny.arcface), "recogniser_only": True, "fallback": None}),
+            ("consistency", "dlib_face", {"fallback": None}),
+            ("aesthetics", "cafe_aesthetic", {"model": str(build_image_classifier(Path(tmp) / "cafe"))}),
+        ]
+        if dreamsim:
+            cases.append(("consistency", "dreamsim", {"model": str(dreamsim), "dreamsim_type": "open_clip_vitb32"}))
+        for axis, name, options in cases:
+            started = time.perf_counter()
+            backend = create_backend(BackendConfig(name=name, **options), runtime, axis)
+            backend.load()
+            backend.setup(refs)
+            load_s = time.perf_counter() - started
+            backend.reset()
+            backend.update(items[:2])  # warm-up: kernels are built per input shape on first use
+            backend.reset()
+            started = time.perf_counter()
+            for start in range(0, len(items), runtime.batch_size):
+                backend.update(items[start : start + runtime.batch_size])
+            result = backend.compute()
+            seconds = time.perf_counter() - started
+            shown = {k: v for k, v in options.items() if k != "model" and v is not None}
+            table.add_row(
+                name,
+                ", ".join(f"{k}={v}" for k, v in shown.items()),
+                f"{load_s:.2f}",
+                f"{len(items) / seconds:.2f}",
+                "yes" if result.stand_in else "no",
+                "-" if result.value is None else f"{result.value:.3f}",
+            )
+    return table
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", type=Path, help="a loratune.yaml (default: the tiny models' config)")
@@ -142,16 +218,21 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=64, help="side of the generated test images in pixels")
     parser.add_argument("--repeat", type=int, default=2, help="timed runs of each kind (the fastest is reported)")
     parser.add_argument("--axes", help="comma-separated axes to keep (default: every configured backend)")
+    parser.add_argument("--backend-images", type=int, default=8, help="drawings each backend alone is timed on")
+    parser.add_argument("--backend-size", type=int, default=128, help="side of those drawings in pixels")
+    parser.add_argument("--no-backends", action="store_true", help="skip the per-backend table")
+    parser.add_argument("--dreamsim", type=Path, help="a DreamSim checkpoint folder (see dreamsim_identity) to include")
     args = parser.parse_args()
     console = Console()
-    if not console.is_terminal:  # piped into a file or CI log: room for the full column names
-        console.width = 120
+    if not console.is_terminal:  # piped into a file or CI log: room for the full column names, tables side by side
+        console.width = 200
     torch.manual_seed(0)
 
+    # The tiny models: the default config, and the per-backend rows (which always run on stand-ins).
+    tiny = build_tiny_models(REPO / ".cache" / "tiny-models") if args.config is None or not args.no_backends else None
     if args.config is None:
-        from loratune.tiny import build_tiny_models
-
-        args.config = build_tiny_models(REPO / ".cache" / "tiny-models").config
+        assert tiny is not None
+        args.config = tiny.config
     keep = set(args.axes.split(",")) if args.axes else set(AXES)
     config = load_config(args.config, [f"evaluation.backends.{axis}=null" for axis in AXES if axis not in keep])
 
@@ -235,7 +316,12 @@ def main() -> None:
             f"{seconds / forward_seconds:.0%}" if forward_seconds else "-",
             "yes" if result.axes[axis].stand_in else "no",
         )
-    console.print(axes)
+    if tiny is None:
+        console.print(axes)
+        return
+    clear_model_cache()  # each backend's load time below includes its own models
+    per_backend = backend_table(tiny, evaluator.runtime, args.backend_images, args.backend_size, args.dreamsim)
+    console.print(Columns([axes, per_backend], padding=(0, 4)))
 
 
 if __name__ == "__main__":
