@@ -106,6 +106,12 @@ def test_too_few_faces_fall_back_to_image_embeddings(tiny_models) -> None:
 
     with pytest.raises(LoratuneError, match="fallback"):
         create_backend(BackendConfig(name="dlib_face", fallback={"model": "x"}), RUNTIME, "consistency")
+    # A bad fallback names its own fields, not the face backend's.
+    missing = BackendConfig(name="dlib_face", fallback={"name": "clip_i", "model": "./no/such/clip"})
+    with pytest.raises(LoratuneError, match=r"^evaluation\.backends\.consistency\.fallback\.model: model path not"):
+        create_backend(missing, RUNTIME, "consistency")
+    with pytest.raises(LoratuneError, match=r"^evaluation\.backends\.consistency\.fallback: backend 'piqe' scores"):
+        create_backend(BackendConfig(name="dlib_face", fallback={"name": "piqe"}), RUNTIME, "consistency")
 
 
 def test_insightface_pack_folder_and_detector_by_path_agree(tiny_models) -> None:

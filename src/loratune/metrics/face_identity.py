@@ -73,12 +73,17 @@ class _FaceIdentity(Backend):
         if self.options.fallback is None:
             return None
         from loratune.config import BackendConfig
-        from loratune.metrics.registry import create_backend
+        from loratune.metrics.registry import backend_class, get_spec
 
+        # Built under its own field path, so a bad fallback model or option names `...fallback.<field>`.
+        field = f"{self.field_path}.fallback"
         config = BackendConfig.model_validate(self.options.fallback)
-        if config.name == self.spec.name:
-            raise LoratuneError(f"{self.field_path}.fallback: cannot fall back to {config.name!r} itself")
-        return create_backend(config, self.runtime, self.spec.axis)
+        spec = get_spec(config.name, field)
+        if spec.name == self.spec.name:
+            raise LoratuneError(f"{field}: cannot fall back to {config.name!r} itself")
+        if spec.axis != self.spec.axis:
+            raise LoratuneError(f"{field}: backend {config.name!r} scores {spec.axis}, not {self.spec.axis}")
+        return backend_class(spec)(config, self.runtime, field_path=field)
 
     def embed_faces(self, images: list[Image.Image]) -> list[np.ndarray | None]:
         """The embedding of the largest face in each image, or None where no face is found."""
