@@ -171,3 +171,28 @@ def test_unusable_insightface_files_are_one_line_errors(tiny_models, tmp_path: P
     # The recogniser where the detector belongs: insightface's router would hand back a recogniser.
     with pytest.raises(LoratuneError, match=r"^evaluation\.backends\.consistency\.detector: .* not a face detection"):
         _backend("insightface", model=str(tiny_models.arcface), detector=str(tiny_models.arcface), fallback=None)
+
+
+def test_face_paths_in_a_config_resolve_next_to_it(tiny_models, tmp_path: Path) -> None:
+    import shutil
+
+    import yaml
+
+    from loratune.config import load_config
+
+    folder = tmp_path / "project"
+    shutil.copytree(tiny_models.arcface.parent, folder / "faces")
+    shutil.copytree(tiny_models.open_clip, folder / "clip")
+    consistency = {
+        "name": "insightface",
+        "model": "faces/arcface.onnx",
+        "detector": f"faces/{tiny_models.face_detector.name}",
+        "fallback": {"name": "clip_i", "model": "clip"},
+    }
+    (folder / "loratune.yaml").write_text(yaml.safe_dump({"evaluation": {"backends": {"consistency": consistency}}}))
+    backend = load_config(folder / "loratune.yaml").evaluation.backends["consistency"]
+    assert backend.model == str(folder / "faces" / "arcface.onnx")
+    assert backend.options()["detector"] == str(folder / "faces" / tiny_models.face_detector.name)
+    assert backend.options()["fallback"]["model"] == str(folder / "clip")
+    built = create_backend(backend, RUNTIME, "consistency")  # from another working folder: the files are found
+    assert built.fallback is not None and built.fallback.model_id == str(folder / "clip")

@@ -142,10 +142,18 @@ class BackendConfig(BaseModel):
         the config when such a file exists there, so a config folder can be moved as a whole."""
         if isinstance(data, dict):
             suffixes = ("_model", "_path", "_file", "_dir", "pretrained")
-            data = {
-                k: resolve_model(v, info) if isinstance(v, str) and k != "model" and k.endswith(suffixes) else v
-                for k, v in data.items()
-            }
+            named = ("detector", "root")  # insightface's detector ONNX and its packs' folder
+
+            def resolve(key: str, value: Any) -> Any:
+                if isinstance(value, str) and key != "model" and (key.endswith(suffixes) or key in named):
+                    return resolve_model(value, info)
+                if key == "fallback" and isinstance(value, dict):  # a nested backend (face identity's fallback)
+                    nested = cls._resolve_model_options(value, info)
+                    model = nested.get("model")
+                    return {**nested, "model": resolve_model(model, info)} if isinstance(model, str) else nested
+                return value
+
+            data = {k: resolve(k, v) for k, v in data.items()}
         return data
 
     @field_validator("norm_range")
