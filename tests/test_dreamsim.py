@@ -87,5 +87,5 @@ def test_dreamsim_similarity_is_one_minus_dreamsim_distance(dreamsim_folder: Pat
     assert result.stand_in
 
     missing = BackendConfig(name="dreamsim", model=str(dreamsim_folder / "nothing"), dreamsim_type="clip_vitb32")
-    with pytest.raises(LoratuneError, match="DreamSim"):
+    with pytest.raises(LoratuneError, match=r"^evaluation\.backends\.consistency\.model: cannot load DreamSim"):
         create_backend(missing, RUNTIME, "consistency").load()

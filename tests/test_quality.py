@@ -45,7 +45,7 @@ def test_musiq_runs_through_pyiqa_on_stand_in_weights() -> None:
     assert result.stand_in and backend.describe()["stand_in_weights"]
     assert len(result.per_image) == 2 and all(np.isfinite(result.per_image))
     assert "non-commercial" in backend.spec.licence
-    with pytest.raises(LoratuneError, match="musiq"):
+    with pytest.raises(LoratuneError, match=r"^evaluation\.backends\.quality: cannot load pyiqa 'musiq' weights"):
         create_backend(BackendConfig(name="musiq", require_pretrained=True), RUNTIME, "quality").load()
 
 
