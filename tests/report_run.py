@@ -59,10 +59,18 @@ def make_run(run_dir: Path, epochs: int = 3, multi_objective: bool = False, stan
         "search": {"n_trials": 6},
     }
     (run_dir / "config.yaml").write_text(yaml.safe_dump(config))
-    (run_dir / "audit.json").write_text(json.dumps({
-        "dataset": "data/chars", "images": 12, "captions_missing": 1,
-        "flagged": [{"file": "10_luca/003.png", "problem": "near-duplicate of 002.png", "score": 0.98},
-                    {"file": "10_alberto/007.png", "problem": "blurred", "score": 0.12}],
+    data = run_dir.parent / "data"
+    for i, file in enumerate(["10_luca/003.png", "10_alberto/007.png"]):
+        (data / file).parent.mkdir(parents=True, exist_ok=True)
+        _sample(data / file, 5 + i, i)
+    (run_dir / "audit.json").write_text(json.dumps({  # the shape loratune.audit writes
+        "dataset": str(data), "layout": "kohya", "images": 12, "stand_in": False,
+        "warnings": ["embeddings (clip_i) are stand-in weights: embedding duplicates not flagged"],
+        "summary": {"flagged_images": 2, "caption_problems": 1, "near_duplicate_pairs": 1},
+        "per_image": [{"file": f"10_luca/{i:03d}.png", "problems": []} for i in range(12)],
+        "flagged": [{"file": "10_luca/003.png", "problems": ["near-duplicate of 10_luca/002.png (phash distance 0)"]},
+                    {"file": "10_alberto/007.png", "problems": ["blurry: sharpness 4.0", "missing caption"]}],
+        "characters": {"luca": {"images": 6, "flagged": 1, "reference_similarity": 0.97}},
     }))
     storage = f"sqlite:///{run_dir / 'study.db'}"
     if multi_objective:

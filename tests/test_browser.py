@@ -93,6 +93,9 @@ def test_report_renders_in_chromium(browser, tmp_path, multi_objective):
         return imgs.length && imgs.every(i => i.complete) ? imgs.map(i => i.naturalWidth) : false;""")
     assert len(images) == result.images > 0
     assert all(w == 64 for w in images), images
+    audit_thumbs = browser.execute_script(
+        "return [...document.querySelectorAll('img.audit-thumb')].map(i => i.complete && i.naturalWidth)")
+    assert audit_thumbs == [64, 64]
     assert browser.execute_script("return document.querySelectorAll('.epoch.best-epoch').length") >= 1
     banner = browser.find_element("id", "stand-in-warning")
     assert banner.is_displayed() and "Stand-in weights" in banner.text

@@ -39,7 +39,7 @@ def test_report_is_one_offline_file(run_dir):
     assert "cdn.plot.ly" not in page
     # Every thumbnail is a real image that decodes; 64-px samples stay 64 px.
     uris = DATA_URI.findall(html)
-    assert len(uris) == result.images
+    assert len(uris) == result.images + 2  # samples + the audit's two flagged images
     sizes = {Image.open(io.BytesIO(base64.b64decode(u))).size for u in uris}
     assert sizes == {(64, 64)}
     umask = os.umask(0)
@@ -76,7 +76,10 @@ def test_report_content(run_dir):
     assert result.images == 4 * (3 + 1 + 3 + 3 + 1 + 1)
     assert "luca boy on a beach" in samples and "seed 1" in samples
     # Audit summary and the models.
-    assert "near-duplicate of 002.png" in html and "10_alberto/007.png" in html
+    audit = html.split('id="audit"')[1].split("</section>")[0]
+    assert "near-duplicate of 10_luca/002.png" in audit and "blurry: sharpness 4.0; missing caption" in audit
+    assert audit.count('class="audit-thumb"') == 2 and "reference_similarity" in audit
+    assert "10_luca/011.png" not in audit  # per_image stays in audit.json
     assert "clipscore" in html and "lpips" in html and "BSD-2-Clause" in html
     assert "axes not computed: quality" in html and "alignment 0.353" in html
 

@@ -139,7 +139,7 @@ def _quiet() -> None:
 
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     warnings.filterwarnings("ignore")
-    for name in ("diffusers", "transformers", "timm", "open_clip", "pyiqa"):
+    for name in ("diffusers", "transformers", "timm", "open_clip", "pyiqa", "bitsandbytes"):
         logging.getLogger(name).setLevel(logging.ERROR)
     try:
         import diffusers.utils.logging as dlog
@@ -151,6 +151,24 @@ def _quiet() -> None:
         tlog.set_verbosity_error()
     except ImportError:
         pass
+
+
+def plant_flaws(train_dir: Path) -> list[Path]:
+    """Give the audit something to find, as real datasets do: in the first character's folder, image 3 becomes a
+    near-copy of image 2 (same caption, 4% brighter) and image 4 is blurred. Returns the two files changed."""
+    from PIL import Image, ImageEnhance, ImageFilter
+
+    folder = sorted(p for p in train_dir.iterdir() if p.is_dir())[0]
+    images = sorted(folder.glob("*.png"))
+    if len(images) < 4:
+        return []
+    original, duplicate, blurred = images[1], images[2], images[3]
+    with Image.open(original) as img:
+        ImageEnhance.Brightness(img.convert("RGB")).enhance(1.04).save(duplicate)
+    duplicate.with_suffix(".txt").write_text(original.with_suffix(".txt").read_text())
+    with Image.open(blurred) as img:
+        img.convert("RGB").filter(ImageFilter.GaussianBlur(3)).save(blurred)
+    return [duplicate, blurred]
 
 
 def run_demo(out_dir: str | Path = "demo-run", console: Console | None = None) -> DemoResult:
@@ -176,6 +194,7 @@ def run_demo(out_dir: str | Path = "demo-run", console: Console | None = None) -
             models = build_tiny_models(out_dir / "models")
         with _stage(progress, "Two-character dataset", seconds, "dataset"):
             dataset = make_character_dataset(out_dir / "dataset", n_per_character=DEMO_IMAGES_PER_CHARACTER)
+            plant_flaws(dataset.train)
         overrides = [f"dataset.path={dataset.train}"] + [
             f"dataset.characters.{token}.references={dataset.references / token}" for token in dataset.characters]
         config = load_config(models.config, DEMO_OVERRIDES + overrides)
@@ -222,7 +241,7 @@ def print_summary(result: DemoResult, console: Console | None = None) -> None:
     console = console or Console()
     table = Table(title="loratune demo", show_header=False, title_justify="left")
     table.add_column(style="bold")
-    table.add_column()
+    table.add_column(overflow="fold")
     table.add_row("tiny models", str(result.models_dir))
     table.add_row("dataset", str(result.dataset))
     table.add_row("config", str(result.config))

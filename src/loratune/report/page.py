@@ -59,6 +59,7 @@ tr.best-row td { background: #fff4e6; }
 table.grid { width: auto; }
 table.grid td, table.grid th { border: none; padding: 2px; position: static; background: none; }
 table.grid th.prompt { max-width: 130px; font-weight: normal; font-size: 11px; color: var(--muted); text-align: right; }
+img.audit-thumb { width: 64px; height: auto; display: block; border-radius: 3px; }
 table.grid img { display: block; width: var(--thumb); height: auto; image-rendering: auto; border-radius: 3px; }
 code { background: #f1f3f8; padding: 1px 4px; border-radius: 3px; }
 """
@@ -269,7 +270,7 @@ def _samples(ranked: list[TrialInfo], thumb: int, all_epochs_for: int, max_image
         more = f'<p class="muted">{skipped} other epoch(s) not shown.</p>' if skipped else ""
         composite = _composite(info)
         title = (f"#{rank} · trial {info.number} · {info.phase} · {info.trial.state.name.lower()} · composite "
-                 f"{_fmt(composite)} · best epoch {_fmt(best)}")
+                 f"{_fmt(composite)} · " + ("merged LoRA" if merged else f"best epoch {_fmt(best)}"))
         opened = " open" if rank <= 3 else ""
         blocks.append(f'<details class="trial" id="trial-{info.number}"{opened}><summary>{escape(title)}</summary>'
                       f'<div class="epochs">{grids}</div>{more}</details>')
@@ -283,24 +284,36 @@ def _samples(ranked: list[TrialInfo], thumb: int, all_epochs_for: int, max_image
             f"best trial first; the best epoch is outlined.</p>{body}</section>")
 
 
-def _render_value(value: Any) -> str:
+def _plain(value: Any) -> bool:
+    """A value that fits one table cell: a scalar or a list of scalars."""
+    return not isinstance(value, dict) and not (isinstance(value, list) and any(isinstance(v, (dict, list)) for v in value))
+
+
+def _render_value(value: Any, depth: int = 0) -> str:
+    """Any JSON as compact HTML: plain entries of a mapping in one key/value table, nested ones as sub-sections."""
+    heading = f"h{min(3 + depth, 6)}"
     if isinstance(value, dict):
-        if all(not isinstance(v, (dict, list)) for v in value.values()):
-            return "<table style='width:auto'>" + "".join(
-                f"<tr><td>{escape(str(k))}</td><td>{_fmt(v)}</td></tr>" for k, v in value.items()) + "</table>"
-        return "".join(f"<h3>{escape(str(k))}</h3>{_render_value(v)}" for k, v in value.items())
+        plain = {k: v for k, v in value.items() if _plain(v)}
+        html = ""
+        if plain:
+            html = "<table style='width:auto'>" + "".join(
+                f"<tr><td>{escape(str(k))}</td><td>{_cell(v)}</td></tr>" for k, v in plain.items()) + "</table>"
+        return html + "".join(f"<{heading}>{escape(str(k))}</{heading}>{_render_value(v, depth + 1)}"
+                              for k, v in value.items() if k not in plain)
     if isinstance(value, list):
         if not value:
             return "<span class='muted'>none</span>"
         if all(isinstance(v, dict) for v in value):
             cols: list[str] = []
             for row in value:
-                cols += [k for k in row if k not in cols and not isinstance(row[k], dict)]
+                cols += [k for k in row if k not in cols and _plain(row[k])]
             cols = cols[:8]
             rows = "".join("<tr>" + "".join(f"<td>{_cell(r.get(c))}</td>" for c in cols) + "</tr>" for r in value[:25])
             more = f"<p class='muted'>… {len(value) - 25} more</p>" if len(value) > 25 else ""
             return (f"<table><thead><tr>{''.join(f'<th>{escape(c)}</th>' for c in cols)}</tr></thead>"
                     f"<tbody>{rows}</tbody></table>{more}")
+        if all(isinstance(v, str) for v in value):
+            return "<ul>" + "".join(f"<li>{escape(v)}</li>" for v in value[:50]) + "</ul>"
         return escape(", ".join(str(v) for v in value[:50])) + (" …" if len(value) > 50 else "")
     return _fmt(value)
 
@@ -317,6 +330,24 @@ _AUDIT_FIRST = ("summary", "warnings", "flagged", "near_duplicates", "characters
 _AUDIT_SKIP = {"per_image", "options", "backends", "stand_in_backends"}
 
 
+def _flagged_with_thumbnails(audit: dict[str, Any]) -> str:
+    """The flagged images as a table with each image beside its problems."""
+    root = Path(str(audit.get("dataset", "")))
+    rows = []
+    for item in audit.get("flagged", [])[:50]:
+        if not isinstance(item, dict):
+            continue
+        file = str(item.get("file", ""))
+        uri = thumbnail_uri(root / file, 64) if file and (root / file).is_file() else None
+        img = f'<img class="audit-thumb" src="{uri}" alt="{escape(file)}">' if uri else ""
+        problems = item.get("problems", item.get("problem", ""))
+        rows.append(f"<tr><td>{img}</td><td>{escape(file)}</td><td>{_cell(problems)}</td></tr>")
+    if not rows:
+        return "<p class='muted'>Nothing flagged.</p>"
+    return ("<table><thead><tr><th></th><th>file</th><th>problems</th></tr></thead>"
+            f"<tbody>{''.join(rows)}</tbody></table>")
+
+
 def _audit(run: RunData) -> str:
     if run.audit is None:
         body = ('<p class="muted">No <code>audit.json</code> in this run. Run <code>loratune audit DATASET</code> '
@@ -327,7 +358,9 @@ def _audit(run: RunData) -> str:
         scalars = {k: v for k, v in audit.items() if not isinstance(v, (dict, list))}
         nested = {k: v for k, v in audit.items() if isinstance(v, (dict, list))}
         body = (_render_value(scalars) if scalars else "") + "".join(
-            f"<h3>{escape(str(k))}</h3>{_render_value(v)}" for k, v in nested.items())
+            f"<h3>{escape(str(k))}</h3>"
+            + (_flagged_with_thumbnails(run.audit) if k == "flagged" else _render_value(v, 1))
+            for k, v in nested.items())
     return f'<section class="card" id="audit"><h2>Dataset audit</h2>{body}</section>'
 
 
