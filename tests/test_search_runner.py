@@ -18,7 +18,7 @@ from optuna.trial import TrialState
 
 from loratune.config import load_config
 from loratune.errors import LoratuneError
-from loratune.search.runner import Plan, assign_phase, counted, run_optimize
+from loratune.search.runner import Plan, assign_phase, counted, next_action, run_optimize
 
 TESTS = Path(__file__).resolve().parent
 REPO = TESTS.parent
@@ -252,3 +252,18 @@ def test_ctrl_c_stops_cleanly_and_resume_retries(tmp_path, monkeypatch) -> None:
     retries = [t for t in after if t.user_attrs.get("retry_of") == 1]
     assert len(retries) == 1 and retries[0].params == trials[1].params and retries[0].state.is_finished()
     assert sum(1 for t in after if counted(t)) == 3
+
+
+def test_a_trial_without_its_phase_yet_holds_its_slot() -> None:
+    """Another worker's trial between ask() and set_user_attr('phase') still counts (the two-worker race)."""
+    plan = Plan(1, 1, 1, False)
+
+    def trial(n: int, phase: str | None):
+        attrs = {"phase": phase} if phase else {}
+        return optuna.trial.FrozenTrial(number=n, state=TrialState.RUNNING, value=None, datetime_start=None,
+                                        datetime_complete=None, params={}, distributions={}, user_attrs=attrs,
+                                        system_attrs={}, intermediate_values={}, trial_id=n)
+
+    trials = [trial(0, "baseline"), trial(1, "search"), trial(2, None)]
+    assert assign_phase(trials, 3, plan) == "surplus"
+    assert next_action(trials, plan) == "wait"

@@ -88,28 +88,47 @@ def counted(t: FrozenTrial) -> bool:
     return True
 
 
-def assign_phase(trials: Sequence[FrozenTrial], number: int, plan: Plan) -> str:
-    """The phase of new trial ``number``: decided by the counted trials numbered before it."""
-    before = [t for t in trials if t.number < number and counted(t)]
-    in_budget = sum(1 for t in before if t.user_attrs.get("phase") in BUDGET_PHASES)
+def _decide(in_budget: int, ensemble_taken: bool, plan: Plan) -> str:
     if in_budget < plan.baseline + plan.search:
         return "search"
     if in_budget < plan.budget:
         return "refine"
-    if plan.ensemble and not any(t.user_attrs.get("phase") == "ensemble" for t in before):
+    if plan.ensemble and not ensemble_taken:
         return "ensemble"
     return "surplus"
+
+
+def effective_phases(trials: Sequence[FrozenTrial], plan: Plan) -> dict[int, str]:
+    """Phase per counted trial. A trial another worker has just asked for may not carry its phase yet; it gets the
+    phase that worker is deciding by the same rule, so concurrent workers never both take the last slot."""
+    phases: dict[int, str] = {}
+    in_budget, ensemble_taken = 0, False
+    for t in sorted(trials, key=lambda t: t.number):
+        if not counted(t):
+            continue
+        phase = t.user_attrs.get("phase") or _decide(in_budget, ensemble_taken, plan)
+        phases[t.number] = phase
+        in_budget += phase in BUDGET_PHASES
+        ensemble_taken |= phase == "ensemble"
+    return phases
+
+
+def assign_phase(trials: Sequence[FrozenTrial], number: int, plan: Plan) -> str:
+    """The phase of new trial ``number``: decided by the counted trials numbered before it."""
+    phases = effective_phases([t for t in trials if t.number < number], plan)
+    in_budget = sum(1 for p in phases.values() if p in BUDGET_PHASES)
+    return _decide(in_budget, "ensemble" in phases.values(), plan)
 
 
 def next_action(trials: Sequence[FrozenTrial], plan: Plan, own_running: int = 0) -> str:
     """``run`` (ask for a trial), ``wait`` (others' trials still running) or ``done``."""
     if any(t.state == TrialState.WAITING for t in trials):
         return "run"
-    live = [t for t in trials if counted(t)]
-    if sum(1 for t in live if t.user_attrs.get("phase") in BUDGET_PHASES) < plan.budget:
+    phases = effective_phases(trials, plan)
+    if sum(1 for p in phases.values() if p in BUDGET_PHASES) < plan.budget:
         return "run"
     running = sum(1 for t in trials if t.state == TrialState.RUNNING) - own_running
-    if plan.ensemble and not any(t.user_attrs.get("phase") == "ensemble" for t in live):
+    if plan.ensemble and "ensemble" not in phases.values():
         if not any(t.state == TrialState.COMPLETE for t in trials):
             return "done"  # nothing to merge
         return "wait" if running else "run"
