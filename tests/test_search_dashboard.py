@@ -3,21 +3,19 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
 import socket
 import subprocess
 import sys
 import time
 import urllib.request
-from pathlib import Path
 
 import pytest
+from test_search_runner import BACKEND, TESTS, write_config
 
 from loratune.cli import main
 from loratune.config import load_config
 from loratune.search.runner import run_optimize
-from test_search_runner import BACKEND, TESTS, write_config
 
 
 def _free_port() -> int:

@@ -4,15 +4,13 @@ searcher fix, folders, phases — not training): ASHA-stopped trials reach Optun
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
-import optuna
 import pytest
 from optuna.trial import TrialState
+from test_search_runner import BACKEND, TESTS, study, write_config
 
 from loratune.config import load_config
 from loratune.search.ray_backend import run_ray
-from test_search_runner import BACKEND, TESTS, study, write_config
 
 pytestmark = pytest.mark.slow
 

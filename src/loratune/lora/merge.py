@@ -41,7 +41,7 @@ def modules(state: Mapping[str, torch.Tensor], name: str = "LoRA") -> list[str]:
     for key in state:
         if key.endswith(_DOWN):
             found.append(key[: -len(_DOWN)])
-        elif not (key.endswith(_UP) or key.endswith(_ALPHA)):
+        elif not key.endswith((_UP, _ALPHA)):
             raise LoratuneError(f"{name}: key {key!r} is not a plain kohya LoRA tensor (lora_down/lora_up/alpha)")
     for m in found:
         if m + _UP not in state:

@@ -35,8 +35,19 @@ from loratune.config import Config, load_config
 from loratune.errors import LoratuneError
 from loratune.search.config import ParamSpec
 from loratune.search.runner import (
-    BUDGET_PHASES, CONFIG_FILE, Plan, Worker, _clean_partial_dirs, _describe_failure, best_trials, copy_best, counted,
-    make_sampler, prepare_run, quiet_optuna, record_scores,
+    BUDGET_PHASES,
+    CONFIG_FILE,
+    Plan,
+    Worker,
+    _clean_partial_dirs,
+    _describe_failure,
+    best_trials,
+    copy_best,
+    counted,
+    make_sampler,
+    prepare_run,
+    quiet_optuna,
+    record_scores,
 )
 from loratune.search.space import apply_params, narrow, suggest
 from loratune.search.storage import STUDY_NAME, open_storage

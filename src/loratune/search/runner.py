@@ -28,12 +28,11 @@ import subprocess
 import sys
 import time
 import traceback
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-
-import warnings
 
 import optuna
 from optuna.exceptions import ExperimentalWarning
