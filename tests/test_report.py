@@ -166,6 +166,12 @@ def test_cli_prints_the_path(run_dir, capsys):
 def test_a_study_still_being_written_is_read(run_dir):
     """A RUNNING trial (a live search) shows up in the table without breaking the report."""
     study = optuna.load_study(study_name="loratune", storage=f"sqlite:///{run_dir / 'study.db'}")
-    study.ask()
+    live = study.ask()
+    live.report(0.5, 1)
+    partial = run_dir / "trials" / f".{live.number:04d}.tmp123"
+    (partial / "samples").mkdir(parents=True)
+    (run_dir / "trials" / "0000" / "samples" / "epoch-0001").rename(partial / "samples" / "epoch-0001")
     html = build_report(run_dir).path.read_text()
     assert ">running<" in html
+    running = html.split(f'id="trial-{live.number}"')[1].split("</details>")[0]
+    assert running.count('class="sample"') == 4

@@ -192,6 +192,9 @@ def trial_folder(run_dir: Path, trial: optuna.trial.FrozenTrial) -> Path | None:
         candidates.append(path if path.is_absolute() else run_dir / path)
         candidates.append(run_dir / "trials" / path.name)  # a copied run: the absolute path points elsewhere
     candidates.append(run_dir / "trials" / f"{trial.number:04d}")
+    if trial.state.name == "RUNNING":
+        # A running trial is built under a temporary name (renamed into place when it ends): show its progress.
+        candidates += sorted((run_dir / "trials").glob(f".{trial.number:04d}.*"))
     return next((c for c in candidates if c.is_dir()), None)
 
 
