@@ -1,15 +1,17 @@
-"""The demo's plumbing on a real study (the full demo is `make demo`: minutes of CPU, too long for the suite)."""
+"""The demo: its plumbing on a real study, and the whole loop once (one search trial shorter than `make demo`)."""
 
 from __future__ import annotations
 
 import io
+import json
 
 import optuna
+import pytest
 from report_run import make_run
 from rich.console import Console
 
 from loratune.config import load_config
-from loratune.demo import DEMO_OVERRIDES, DemoResult, StudyWatcher, _progress, print_summary
+from loratune.demo import DEMO_OVERRIDES, DemoResult, StudyWatcher, _progress, print_summary, run_demo
 
 
 def test_watcher_counts_finished_trials_and_shows_the_running_epoch(tmp_path):
@@ -45,3 +47,21 @@ def test_summary_says_where_everything_is(tmp_path):
     assert f"file://{tmp_path / 'run' / 'report.html'}" in text
     assert "5 complete" in text and "1 pruned" in text and "stand-ins" in text
     assert "not in this demo: dataset audit" in text
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_demo_runs_the_whole_loop(tmp_path, tiny_models):
+    """The real demo, one search trial shorter: every phase, a report with trials, plots and image grids."""
+    import shutil
+
+    shutil.copytree(tiny_models.root, tmp_path / "models")  # the demo reuses a complete build in DIR/models
+    result = run_demo(tmp_path, Console(file=io.StringIO()), overrides=["search.n_trials=4"])
+    assert set(result.phases) == {"baseline", "search", "refine", "ensemble"}
+    assert sum(result.states.values()) == 5 and result.states.get("complete", 0) >= 3
+    assert result.audit is not None and result.best_lora is not None and result.best_lora.is_file()
+    audit = json.loads(result.audit.read_text())
+    assert audit["summary"]["near_duplicate_pairs"] >= 1 and audit["summary"]["flagged_images"] >= 2
+    html = result.report.read_text()
+    assert html.count('class="sample"') >= 4 * 5 and 'id="plot-history"' in html and 'id="stand-in-warning"' in html
+    assert (result.run_dir / "best").is_dir() and result.report.parent == result.run_dir

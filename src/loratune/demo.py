@@ -171,8 +171,12 @@ def plant_flaws(train_dir: Path) -> list[Path]:
     return [duplicate, blurred]
 
 
-def run_demo(out_dir: str | Path = "demo-run", console: Console | None = None) -> DemoResult:
-    """Run the whole loop into ``out_dir``: ``models/`` (reused between demos) and a new ``runs/<time>/``."""
+def run_demo(out_dir: str | Path = "demo-run", console: Console | None = None,
+             overrides: list[str] | None = None) -> DemoResult:
+    """Run the whole loop into ``out_dir``: ``models/`` (reused between demos) and a new ``runs/<time>/``.
+
+    ``overrides`` (``key=value``) are applied after the demo's own, e.g. to make it shorter still.
+    """
     import optuna
 
     from loratune.config import load_config
@@ -195,9 +199,9 @@ def run_demo(out_dir: str | Path = "demo-run", console: Console | None = None) -
         with _stage(progress, "Two-character dataset", seconds, "dataset"):
             dataset = make_character_dataset(out_dir / "dataset", n_per_character=DEMO_IMAGES_PER_CHARACTER)
             plant_flaws(dataset.train)
-        overrides = [f"dataset.path={dataset.train}"] + [
+        dataset_overrides = [f"dataset.path={dataset.train}"] + [
             f"dataset.characters.{token}.references={dataset.references / token}" for token in dataset.characters]
-        config = load_config(models.config, DEMO_OVERRIDES + overrides)
+        config = load_config(models.config, DEMO_OVERRIDES + dataset_overrides + list(overrides or []))
         audit_path: Path | None = None
         start = time.perf_counter()
         with _stage(progress, "Dataset audit", seconds, "audit") as note:
