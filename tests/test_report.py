@@ -116,6 +116,18 @@ def test_real_weights_show_no_warning(tmp_path):
     assert 'id="stand-in-warning"' not in result.path.read_text()
 
 
+def test_audit_found_next_to_the_dataset(run_dir, tmp_path):
+    """`loratune audit` writes audit.json into the dataset folder by default; the report looks there too."""
+    import yaml
+
+    (run_dir / "audit.json").rename(tmp_path / "data" / "audit.json")
+    config = yaml.safe_load((run_dir / "config.yaml").read_text())
+    config["dataset"] = {"path": str(tmp_path / "data")}
+    (run_dir / "config.yaml").write_text(yaml.safe_dump(config))
+    html = build_report(run_dir).path.read_text()
+    assert "near-duplicate of 10_luca/002.png" in html
+
+
 def test_small_studies_still_give_a_report(tmp_path):
     run = tmp_path / "run"
     run.mkdir()

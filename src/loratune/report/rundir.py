@@ -312,6 +312,9 @@ def load_run(run_dir: str | Path) -> RunData:
         trials.append(TrialInfo(trial, folder, params if isinstance(params, dict) else dict(trial.params),
                                 scores if isinstance(scores, dict) else None, read_epochs(folder, trial.user_attrs)))
     audit = _read_json(run_dir / "audit.json")
+    dataset = config.get("dataset") if isinstance(config.get("dataset"), dict) else {}
+    if audit is None and isinstance(dataset, dict) and dataset.get("path"):
+        audit = _read_json(Path(str(dataset["path"])) / "audit.json")  # `loratune audit`'s default place
     evaluation = _epoch_scores(trials)
     backends = _backends(config, trials, evaluation)
     model = config.get("model") if isinstance(config.get("model"), dict) else {}
