@@ -69,6 +69,8 @@ def test_report_content(run_dir):
     trial4 = samples.split('id="trial-4"')[1].split("</details>")[0]
     assert re.search(r'class="epoch best-epoch" data-epoch="2"', trial4)
     assert trial4.count('data-epoch=') == 3
+    scores = trial4.split("class='epoch-scores'")[1].split("</table>")[0]
+    assert scores.count("<tr") == 4 and scores.count('class="best-row"') == 1  # header + 3 epochs, epoch 2 best
     trial5 = samples.split('id="trial-5"')[1].split("</details>")[0]
     assert trial5.count('data-epoch=') == 1 and "merged LoRA" in trial5 and "best-epoch" not in trial5
     # 2 prompts x 2 seeds per grid. The 5 best-ranked trials show every epoch (4: 3, ensemble: 1, 1: 3, 0: 3,

@@ -249,6 +249,25 @@ def _grid(epoch: EpochSamples, thumb: int, is_best: bool, budget: list[int], mer
             f'<table class="grid">{head}{"".join(rows)}</table></div>')
 
 
+def _epoch_table(info: TrialInfo) -> str:
+    """The trial's scores per epoch (the runner's scores.json ``epochs``), best epoch highlighted."""
+    epochs = (info.scores or {}).get("epochs")
+    if not isinstance(epochs, list) or len(epochs) < 2:
+        return ""
+    rows = [e for e in epochs if isinstance(e, dict) and "epoch" in e]
+    axes: list[str] = []
+    for row in rows:
+        axes += [a for a in (row.get("axes") or {}) if a not in axes]
+    head = "".join(f"<th>{escape(h)}</th>" for h in ["epoch", "composite", *axes])
+    best = ' class="best-row"'
+    body = "".join(
+        f"<tr{best if r['epoch'] == info.best_epoch else ''}><td class='num'>{_fmt(r['epoch'])}</td>"
+        f"<td class='num'>{_fmt(r.get('composite'))}</td>"
+        + "".join(f"<td class='num'>{_fmt((r.get('axes') or {}).get(a), 3)}</td>" for a in axes) + "</tr>"
+        for r in rows)
+    return f"<table class='epoch-scores' style='width:auto;margin-top:8px'><thead><tr>{head}</tr></thead>{body}</table>"
+
+
 def _samples(ranked: list[TrialInfo], thumb: int, all_epochs_for: int, max_images: int) -> str:
     budget = [max_images]
     blocks = []
@@ -273,7 +292,7 @@ def _samples(ranked: list[TrialInfo], thumb: int, all_epochs_for: int, max_image
                  f"{_fmt(composite)} · " + ("merged LoRA" if merged else f"best epoch {_fmt(best)}"))
         opened = " open" if rank <= 3 else ""
         blocks.append(f'<details class="trial" id="trial-{info.number}"{opened}><summary>{escape(title)}</summary>'
-                      f'<div class="epochs">{grids}</div>{more}</details>')
+                      f'<div class="epochs">{grids}</div>{more}{_epoch_table(info)}</details>')
     if not blocks:
         body = '<p class="muted">No sample images found under trials/NNNN/samples/.</p>'
     else:
