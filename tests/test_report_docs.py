@@ -42,7 +42,7 @@ def test_example_configs_validate_with_real_hub_ids(name):
 
 
 def test_readme_yaml_snippets_validate():
-    blocks = re.findall(r"```yaml\n(.*?)```", README.read_text(encoding="utf-8"), flags=re.S)
+    blocks = re.findall(r"```yaml\n(.*?)```", README.read_text(encoding="utf-8"), flags=re.DOTALL)
     assert len(blocks) >= 3
     for block in blocks:
         validate_config(yaml.safe_load(block), base_dir=REPO)

@@ -100,11 +100,11 @@ class StudyWatcher(threading.Thread):
                     continue
                 try:
                     study = optuna.load_study(study_name="loratune", storage=f"sqlite:///{self.run_dir / 'study.db'}")
-                except Exception:  # the runner is still creating it
+                except Exception:  # noqa: BLE001, S112 - the runner is still creating it
                     continue
             try:
                 self.update(study.get_trials(deepcopy=False))
-            except Exception:  # a locked database for a moment: try again on the next tick
+            except Exception:  # noqa: BLE001, S112 - a locked database for a moment: try on the next tick
                 continue
 
     def update(self, trials: list[Any]) -> None:
@@ -158,7 +158,7 @@ def plant_flaws(train_dir: Path) -> list[Path]:
     near-copy of image 2 (same caption, 4% brighter) and image 4 is blurred. Returns the two files changed."""
     from PIL import Image, ImageEnhance, ImageFilter
 
-    folder = sorted(p for p in train_dir.iterdir() if p.is_dir())[0]
+    folder = min(p for p in train_dir.iterdir() if p.is_dir())
     images = sorted(folder.glob("*.png"))
     if len(images) < 4:
         return []

@@ -40,7 +40,7 @@ def _figure(key: str, title: str, build: Callable[[], go.Figure | None], note: s
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # optuna's ExperimentalWarning and "no trials" warnings
             fig = build()
-    except Exception as err:  # optuna raises ValueError/RuntimeError/ZeroDivisionError on degenerate studies
+    except Exception as err:  # noqa: BLE001 - optuna raises ValueError/RuntimeError/... on degenerate studies
         return Figure(key, title, None, f"not available: {str(err).splitlines()[0] if str(err) else type(err).__name__}")
     if fig is None:
         return Figure(key, title, None, note or "not available for this run")

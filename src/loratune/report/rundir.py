@@ -179,7 +179,7 @@ def load_study(run_dir: Path, config: dict[str, Any]) -> optuna.study.Study:
         return optuna.load_study(study_name=STUDY_NAME, storage=storage)
     except KeyError:
         raise LoratuneError(f"{run_dir}: the storage holds no study named {STUDY_NAME!r}") from None
-    except Exception as err:  # sqlalchemy/optuna storage errors: a corrupt or foreign database
+    except Exception as err:  # noqa: BLE001 - sqlalchemy/optuna storage errors: a corrupt or foreign database
         raise LoratuneError(f"{run_dir}: cannot read the study ({type(err).__name__}: {str(err).splitlines()[0]})") from None
 
 
