@@ -20,12 +20,16 @@ def test_watcher_counts_finished_trials_and_shows_the_running_epoch(tmp_path):
     live = study.ask()
     live.set_user_attr("phase", "refine")
     live.report(0.42, 1)
+    # The running trial's folder has a temporary name; its trainer appends one JSON line per step.
+    (run / "trials" / ".0006.abc").mkdir()
+    (run / "trials" / ".0006.abc" / "train_log.jsonl").write_text(
+        "".join(json.dumps({"epoch": 1, "step": s, "total_steps": 40, "loss": 0.1}) + "\n" for s in range(1, 13)))
     progress = _progress(Console(file=io.StringIO()))
     task = progress.add_task("search", total=7, status="")
     StudyWatcher(run, progress, task, 7).update(study.get_trials(deepcopy=False))
     shown = progress.tasks[0]
     assert shown.completed == 6
-    assert shown.fields["status"] == "trial 6 (refine) epoch 1 composite 0.420, 1 pruned"
+    assert shown.fields["status"] == "trial 6 (refine) epoch 1 composite 0.420, step 12/40, 1 pruned"
 
 
 def test_demo_overrides_give_every_phase(tiny_models):

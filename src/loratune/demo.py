@@ -107,6 +107,21 @@ class StudyWatcher(threading.Thread):
             except Exception:  # noqa: BLE001, S112 - a locked database for a moment: try on the next tick
                 continue
 
+    def training_step(self, number: int) -> str:
+        """`` step 12/40`` from the last line of the running trial's train_log.jsonl (its folder has a temporary
+        name until the trial ends)."""
+        import json
+
+        for log in (self.run_dir / "trials").glob(f".{number:04d}.*/train_log.jsonl"):
+            try:
+                with open(log, "rb") as fh:
+                    fh.seek(max(0, log.stat().st_size - 400))
+                    record = json.loads(fh.read().decode("utf-8", "replace").strip().splitlines()[-1])
+                return f", step {record['step']}/{record['total_steps']}"
+            except (OSError, ValueError, KeyError, IndexError):
+                return ""
+        return ""
+
     def update(self, trials: list[Any]) -> None:
         finished = [t for t in trials if t.state.is_finished()]
         running = [t for t in trials if t.state.name == "RUNNING"]
@@ -116,7 +131,8 @@ class StudyWatcher(threading.Thread):
             t = running[-1]
             epoch = max(t.intermediate_values) if t.intermediate_values else 0
             last = f" composite {t.intermediate_values[epoch]:.3f}" if epoch else ""
-            status = f"trial {t.number} ({t.user_attrs.get('phase', '…')}) epoch {epoch}{last}" + (
+            steps = self.training_step(t.number)
+            status = f"trial {t.number} ({t.user_attrs.get('phase', '…')}) epoch {epoch}{last}{steps}" + (
                 f", {status}" if status else "")
         self.progress.update(self.task, completed=min(len(finished), self.total), status=status)
 
