@@ -29,7 +29,7 @@ def test_watcher_counts_finished_trials_and_shows_the_running_epoch(tmp_path):
     StudyWatcher(run, progress, task, 7).update(study.get_trials(deepcopy=False))
     shown = progress.tasks[0]
     assert shown.completed == 6
-    assert shown.fields["status"] == "trial 6 (refine) epoch 1 composite 0.420, step 12/40, 1 pruned"
+    assert shown.fields["status"] == "#6 refine: epoch 1 (0.420), step 12/40, 1 pruned"
 
 
 def test_demo_overrides_give_every_phase(tiny_models):

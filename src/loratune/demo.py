@@ -60,7 +60,7 @@ class DemoResult:
 
 
 def _progress(console: Console) -> Progress:
-    return Progress(SpinnerColumn(), TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+    return Progress(SpinnerColumn(), TextColumn("[bold]{task.description}"), BarColumn(bar_width=20), MofNCompleteColumn(),
                     TimeElapsedColumn(), TextColumn("{task.fields[status]}"), console=console)
 
 
@@ -130,9 +130,9 @@ class StudyWatcher(threading.Thread):
         if running:
             t = running[-1]
             epoch = max(t.intermediate_values) if t.intermediate_values else 0
-            last = f" composite {t.intermediate_values[epoch]:.3f}" if epoch else ""
+            last = f" ({t.intermediate_values[epoch]:.3f})" if epoch else ""
             steps = self.training_step(t.number)
-            status = f"trial {t.number} ({t.user_attrs.get('phase', '…')}) epoch {epoch}{last}{steps}" + (
+            status = f"#{t.number} {t.user_attrs.get('phase', '…')}: epoch {epoch}{last}{steps}" + (
                 f", {status}" if status else "")
         self.progress.update(self.task, completed=min(len(finished), self.total), status=status)
 
@@ -229,7 +229,7 @@ def run_demo(out_dir: str | Path = "demo-run", console: Console | None = None,
             else:
                 note["status"] = f"[green]{flagged} image(s) flagged, done in {time.perf_counter() - start:.1f}s"
         total = config.search.n_trials + (1 if config.search.phases.ensemble_top_k >= 2 else 0)
-        task = progress.add_task("Search (baseline → search → refine → ensemble)", total=total, status="")
+        task = progress.add_task("Search", total=total, status="")
         watcher = StudyWatcher(run_dir, progress, task, total)
         watcher.start()
         start = time.perf_counter()
