@@ -1,15 +1,17 @@
 """Training speed and peak memory: loratune's trainer vs a minimal loop after diffusers' train_text_to_image_lora.py.
 
-Both train the same LoRA (rank 4 on to_q/to_k/to_v/to_out.0, AdamW, fp32) on the same tiny SD1.5 and dataset, with
-and without latent caching. Each variant runs in its own process, so peak RSS is that variant's alone; steps/s
-counts only the steps after a short warm-up (model loading and caching excluded).
+Both train the same LoRA (rank 4 on to_q/to_k/to_v/to_out.0, AdamW, fp32) on the same tiny SD1.5 and images (the
+tiny dataset, one repeat), with and without latent caching. Each variant runs in its own process, so peak RSS is that
+variant's alone; steps/s counts only steps after the first epoch (model loading and cache filling excluded). A shared
+machine is noisy: the variants run interleaved for several rounds and the table shows the median and the range.
 
-    .venv/bin/python benchmarks/train_speed.py [--steps 30] [--batch-size 4] [--tiny-dir .cache/tiny-models]
+    .venv/bin/python benchmarks/train_speed.py [--steps 20] [--rounds 3] [--batch-size 4] [--tiny-dir DIR]
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import resource
@@ -18,7 +20,6 @@ import sys
 import time
 from pathlib import Path
 
-WARMUP = 3
 VARIANTS = ["reference", "reference+cache", "loratune", "loratune+cache"]
 
 
@@ -27,13 +28,15 @@ def _batches(dataset: Path, batch_size: int, resolution: int):
     from PIL import Image
     from torchvision import transforms
 
-    files = sorted(dataset.glob("*/*.png"))
-    tf = transforms.Compose([
-        transforms.Resize(resolution, interpolation=transforms.InterpolationMode.BILINEAR),
-        transforms.CenterCrop(resolution),
-        transforms.ToTensor(),
-        transforms.Normalize([0.5], [0.5]),
-    ])
+    files = sorted(dataset.glob("*/*.png"))  # one repeat each, like the loratune variant
+    tf = transforms.Compose(
+        [
+            transforms.Resize(resolution, interpolation=transforms.InterpolationMode.BILINEAR),
+            transforms.CenterCrop(resolution),
+            transforms.ToTensor(),
+            transforms.Normalize([0.5], [0.5]),
+        ]
+    )
     rows = [(tf(Image.open(f).convert("RGB")), f.with_suffix(".txt").read_text().strip()) for f in files]
     while True:
         for i in range(0, len(rows) - batch_size + 1, batch_size):
@@ -57,7 +60,9 @@ def run_reference(base: Path, dataset: Path, steps: int, batch_size: int, cache:
     unet = UNet2DConditionModel.from_pretrained(base, subfolder="unet")
     for m in (unet, vae, text_encoder):
         m.requires_grad_(False)
-    unet.add_adapter(LoraConfig(r=4, lora_alpha=4, init_lora_weights="gaussian", target_modules=["to_k", "to_q", "to_v", "to_out.0"]))
+    unet.add_adapter(
+        LoraConfig(r=4, lora_alpha=4, init_lora_weights="gaussian", target_modules=["to_k", "to_q", "to_v", "to_out.0"])
+    )
     params = [p for p in unet.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=1e-4)
     data = _batches(dataset, batch_size, 64)
@@ -66,7 +71,9 @@ def run_reference(base: Path, dataset: Path, steps: int, batch_size: int, cache:
         with torch.no_grad():
             for _ in range(len(sorted(dataset.glob("*/*.png"))) // batch_size):
                 pixels, captions = next(data)
-                cached.append((vae.encode(torch.stack(pixels)).latent_dist.sample() * vae.config.scaling_factor, captions))
+                cached.append(
+                    (vae.encode(torch.stack(pixels)).latent_dist.sample() * vae.config.scaling_factor, captions)
+                )
     times = []
     for step in range(steps):
         start = time.perf_counter()
@@ -78,7 +85,9 @@ def run_reference(base: Path, dataset: Path, steps: int, batch_size: int, cache:
         noise = torch.randn_like(latents)
         timesteps = torch.randint(0, scheduler.config.num_train_timesteps, (latents.shape[0],)).long()
         noisy = scheduler.add_noise(latents, noise, timesteps)
-        ids = tokenizer(captions, max_length=tokenizer.model_max_length, padding="max_length", truncation=True, return_tensors="pt").input_ids
+        ids = tokenizer(
+            captions, max_length=tokenizer.model_max_length, padding="max_length", truncation=True, return_tensors="pt"
+        ).input_ids
         hidden = text_encoder(ids, return_dict=False)[0]
         pred = unet(noisy, timesteps, hidden, return_dict=False)[0]
         loss = F.mse_loss(pred.float(), noise.float(), reduction="mean")
@@ -94,20 +103,52 @@ def run_loratune(config_path: Path, dataset: Path, steps: int, batch_size: int, 
     from loratune.config import load_config
     from loratune.train import train
 
-    config = load_config(config_path, [
-        f"dataset.path={dataset}", "dataset.resolution=64", "dataset.buckets=false", "train.rank=4", "train.alpha=4",
-        "train.optimizer=adamw", "train.learning_rate=1e-4", f"train.batch_size={batch_size}", "train.epochs=1000",
-        f"train.max_steps={steps}", f"train.cache_latents={str(cache).lower()}", "train.sample_checkpoints=false",
-        "train.mixed_precision=no", "train.device=cpu",
-    ])
+    config = load_config(
+        config_path,
+        [
+            f"dataset.path={dataset}",
+            "dataset.resolution=64",
+            "dataset.buckets=false",
+            "train.rank=4",
+            "train.alpha=4",
+            "train.optimizer=adamw",
+            "train.learning_rate=1e-4",
+            f"train.batch_size={batch_size}",
+            "train.epochs=1000",
+            f"train.max_steps={steps}",
+            f"train.cache_latents={str(cache).lower()}",
+            "train.sample_checkpoints=false",
+            "train.mixed_precision=no",
+            "train.device=cpu",
+        ],
+    )
     stamps: list[float] = []
     train(config, out, progress=lambda record: stamps.append(time.perf_counter()))
-    return [b - a for a, b in zip(stamps, stamps[1:])]
+    return [b - a for a, b in itertools.pairwise(stamps)]
+
+
+def one_repeat_dataset(tiny_dataset: Path, out: Path) -> Path:
+    """The tiny dataset's images and captions with one repeat per epoch (``1_<token>/``)."""
+    import shutil
+
+    for folder in sorted(p for p in tiny_dataset.iterdir() if p.is_dir()):
+        target = out / f"1_{folder.name.split('_', 1)[1]}"
+        target.mkdir(parents=True, exist_ok=True)
+        for f in folder.iterdir():
+            shutil.copy(f, target / f.name)
+    return out
+
+
+def warmup_steps(tiny_dir: Path, batch_size: int) -> int:
+    """The first epoch (it fills the caches) plus one step."""
+    return len(list((tiny_dir / "dataset" / "train").glob("*/*.png"))) // batch_size + 1
 
 
 def child(args: argparse.Namespace) -> None:
+    import tempfile
+
     tiny = Path(args.tiny_dir)
-    dataset = tiny / "dataset" / "train"
+    dataset = one_repeat_dataset(tiny / "dataset" / "train", Path(tempfile.mkdtemp(prefix="loratune-bench-")))
     cache = args.variant.endswith("+cache")
     if args.variant.startswith("reference"):
         times = run_reference(tiny / "sd15", dataset, args.steps, args.batch_size, cache)
@@ -116,14 +157,15 @@ def child(args: argparse.Namespace) -> None:
 
         with tempfile.TemporaryDirectory() as out:
             times = run_loratune(tiny / "loratune.yaml", dataset, args.steps, args.batch_size, cache, Path(out))
-    measured = times[WARMUP:]
+    measured = times[warmup_steps(tiny, args.batch_size) :]
     rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(json.dumps({"variant": args.variant, "steps_per_s": len(measured) / sum(measured), "peak_rss_mb": rss_mb}))
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=30)
+    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--tiny-dir", default=str(Path(__file__).resolve().parents[1] / ".cache" / "tiny-models"))
     parser.add_argument("--variant", choices=VARIANTS, help=argparse.SUPPRESS)
@@ -133,27 +175,40 @@ def main() -> None:
         child(args)
         return
 
+    import statistics
+
     from rich.console import Console
     from rich.table import Table
 
     from loratune.tiny import build_tiny_models
 
     build_tiny_models(args.tiny_dir)
-    results = {}
-    for variant in VARIANTS:
-        cmd = [sys.executable, __file__, "--variant", variant, "--steps", str(args.steps + WARMUP + 1),
-               "--batch-size", str(args.batch_size), "--tiny-dir", args.tiny_dir]
-        out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
-        results[variant] = json.loads(out.strip().splitlines()[-1])
-    table = Table(title=f"LoRA training on the tiny SD1.5, 64 px, batch {args.batch_size}, rank 4, {args.steps} steps "
-                        f"({os.cpu_count()} CPUs, torch threads default)")
-    for column in ("trainer", "latent cache", "steps/s", "vs reference", "peak RSS (MB)"):
+    total = args.steps + warmup_steps(Path(args.tiny_dir), args.batch_size) + 1
+    runs: dict[str, list[dict]] = {v: [] for v in VARIANTS}
+    for _ in range(args.rounds):  # interleaved, so a burst of load elsewhere hits every variant alike
+        for variant in VARIANTS:
+            cmd = [sys.executable, __file__, "--variant", variant, "--steps", str(total)]
+            cmd += ["--batch-size", str(args.batch_size), "--tiny-dir", args.tiny_dir]
+            out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+            runs[variant].append(json.loads(out.strip().splitlines()[-1]))
+    speed = {v: sorted(r["steps_per_s"] for r in rs) for v, rs in runs.items()}
+    table = Table(
+        title=f"LoRA training on the tiny SD1.5, 64 px, batch {args.batch_size}, rank 4: median of {args.rounds} "
+        f"runs x {args.steps} steps ({os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f})"
+    )
+    for column in ("trainer", "latent cache", "steps/s", "range", "vs reference", "peak RSS (MB)"):
         table.add_column(column, justify="right" if column != "trainer" else "left")
     for variant in VARIANTS:
-        r = results[variant]
-        ref = results["reference+cache" if variant.endswith("+cache") else "reference"]
-        table.add_row(variant.split("+")[0], "yes" if variant.endswith("+cache") else "no", f"{r['steps_per_s']:.2f}",
-                      f"{r['steps_per_s'] / ref['steps_per_s']:.2f}x", f"{r['peak_rss_mb']:.0f}")
+        median = statistics.median(speed[variant])
+        ref = statistics.median(speed["reference+cache" if variant.endswith("+cache") else "reference"])
+        table.add_row(
+            variant.split("+")[0],
+            "yes" if variant.endswith("+cache") else "no",
+            f"{median:.2f}",
+            f"{speed[variant][0]:.2f}-{speed[variant][-1]:.2f}",
+            f"{median / ref:.2f}x",
+            f"{max(r['peak_rss_mb'] for r in runs[variant]):.0f}",
+        )
     Console().print(table)
 
 

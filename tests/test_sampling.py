@@ -28,30 +28,53 @@ def trained(tiny_models, tmp_path_factory):
     for image in sorted(Path(tiny_models.dataset).glob("*/*.png"))[:2]:
         shutil.copy(image, data / image.name)
         shutil.copy(image.with_suffix(".txt"), data / f"{image.stem}.txt")
-    config = load_config(tiny_models.config, [
-        f"dataset.path={data.parent}", "train.epochs=2", "train.batch_size=2", "train.learning_rate=1e-2",
-        "train.sample_checkpoints=false", "sampling.steps=2", "sampling.seeds=[0, 1]", "sampling.width=32",
-        "sampling.height=32", "sampling.cfg=1.0", "sampling.prompts=[{text: lucaboy on a beach, character: lucaboy}]",
-    ])
+    config = load_config(
+        tiny_models.config,
+        [
+            f"dataset.path={data.parent}",
+            "train.epochs=2",
+            "train.batch_size=2",
+            "train.learning_rate=1e-2",
+            "train.sample_checkpoints=false",
+            "sampling.steps=2",
+            "sampling.seeds=[0, 1]",
+            "sampling.width=32",
+            "sampling.height=32",
+            "sampling.cfg=1.0",
+            "sampling.prompts=[{text: lucaboy on a beach, character: lucaboy}]",
+        ],
+    )
     train(config, tmp_path / "run")
     loras = tmp_path / "loras"  # what a kohya user has: per-epoch files in one folder, plus a diffusers copy
     loras.mkdir()
     for epoch in (2, 1):
         folder = tmp_path / "run" / "checkpoints" / f"epoch-{epoch:04d}"
         shutil.copy(folder / f"tiny-{epoch:06d}.safetensors", loras)
-    shutil.copy(tmp_path / "run" / "checkpoints" / "epoch-0002" / "pytorch_lora_weights.safetensors", loras / "zz-diffusers.safetensors")
+    shutil.copy(
+        tmp_path / "run" / "checkpoints" / "epoch-0002" / "pytorch_lora_weights.safetensors",
+        loras / "zz-diffusers.safetensors",
+    )
     return config, loras
 
 
 def test_sample_loras_renders_a_folder_of_per_epoch_files(trained, tmp_path) -> None:
     config, loras = trained
-    assert [p.name for p in find_lora_files([loras])] == ["tiny-000001.safetensors", "tiny-000002.safetensors", "zz-diffusers.safetensors"]
+    assert [p.name for p in find_lora_files([loras])] == [
+        "tiny-000001.safetensors",
+        "tiny-000002.safetensors",
+        "zz-diffusers.safetensors",
+    ]
 
     results = sample_loras(config, [loras], tmp_path / "samples")
     assert list(results) == [str(p) for p in find_lora_files([loras])]
     for samples in results.values():
-        assert [(s.prompt, s.seed, s.character) for s in samples] == [("lucaboy on a beach", 0, "lucaboy"), ("lucaboy on a beach", 1, "lucaboy")]
-    rows = [json.loads(line) for line in (tmp_path / "samples" / "tiny-000001" / "samples.jsonl").read_text().splitlines()]
+        assert [(s.prompt, s.seed, s.character) for s in samples] == [
+            ("lucaboy on a beach", 0, "lucaboy"),
+            ("lucaboy on a beach", 1, "lucaboy"),
+        ]
+    rows = [
+        json.loads(line) for line in (tmp_path / "samples" / "tiny-000001" / "samples.jsonl").read_text().splitlines()
+    ]
     assert rows[0]["file"] == "p00-s0.png" and rows[0]["note"] == "stand-in weights"
     pixels = {Path(k).stem: [np.asarray(Image.open(s.path), dtype=np.int16) for s in v] for k, v in results.items()}
     assert np.abs(pixels["tiny-000001"][0] - pixels["tiny-000002"][0]).max() > 0
@@ -73,7 +96,11 @@ def test_rank_loras_samples_scores_and_ranks_by_composite(trained, tmp_path) -> 
     backends = {getattr(axis, "value", axis): backend for axis, backend in config.evaluation.backends.items()}
     config.evaluation.backends = backends | {"alignment": None, "aesthetics": None, "quality": None}  # the quick two
     ranked = rank_loras(config, [loras], tmp_path, show_progress=False)
-    assert sorted(r.path.name for r in ranked) == ["tiny-000001.safetensors", "tiny-000002.safetensors", "zz-diffusers.safetensors"]
+    assert sorted(r.path.name for r in ranked) == [
+        "tiny-000001.safetensors",
+        "tiny-000002.safetensors",
+        "zz-diffusers.safetensors",
+    ]
     composites = [r.result.composite for r in ranked]
     assert composites == sorted(composites, reverse=True)
     same = {r.path.name: r.result.composite for r in ranked}

@@ -64,7 +64,12 @@ def _pixels(path: Path | str) -> np.ndarray:
 def test_each_optimizer_moves_the_lora_weights(tiny_models, small_dataset, tmp_path, family, optimizer) -> None:
     lr = {"adamw": "1e-3", "prodigy": "1.0", "lion": "1e-4"}[optimizer]
     config = make_config(
-        tiny_models, small_dataset, f"train.optimizer={optimizer}", f"train.learning_rate={lr}", "train.epochs=2", family=family
+        tiny_models,
+        small_dataset,
+        f"train.optimizer={optimizer}",
+        f"train.learning_rate={lr}",
+        "train.epochs=2",
+        family=family,
     )
     result = train(config, tmp_path)
     assert result.steps == 2 and result.epochs == 2 and np.isfinite(result.final_loss)
@@ -79,7 +84,9 @@ def test_each_optimizer_moves_the_lora_weights(tiny_models, small_dataset, tmp_p
 def test_adamw8bit_and_bf16_mixed_precision_in_one_process(tiny_models, small_dataset, tmp_path) -> None:
     pytest.importorskip("bitsandbytes")
     for precision, optimizer in [("bf16", "adamw"), ("no", "adamw8bit")]:
-        config = make_config(tiny_models, small_dataset, f"train.mixed_precision={precision}", f"train.optimizer={optimizer}")
+        config = make_config(
+            tiny_models, small_dataset, f"train.mixed_precision={precision}", f"train.optimizer={optimizer}"
+        )
         result = train(config, tmp_path / precision)
         assert np.isfinite(result.final_loss)
         ups = [v for k, v in load_file(result.last.kohya_path).items() if k.endswith("lora_up.weight")]
@@ -91,13 +98,21 @@ def test_kohya_file_gives_the_same_images_as_the_diffusers_file(tiny_models, sma
     from loratune.sampling import apply_lora, load_pipeline, render
 
     config = make_config(
-        tiny_models, small_dataset, "train.alpha=2", "train.train_text_encoder=true", "train.sample_checkpoints=true",
-        "train.learning_rate=1e-2", family=family,
+        tiny_models,
+        small_dataset,
+        "train.alpha=2",
+        "train.train_text_encoder=true",
+        "train.sample_checkpoints=true",
+        "train.learning_rate=1e-2",
+        family=family,
     )
     result = train(config, tmp_path / "run")
     info = result.last
     kohya = load_file(info.kohya_path)
-    prefixes = {"sd15": ("lora_unet_", "lora_te_text_model_"), "sdxl": ("lora_unet_", "lora_te1_text_model_", "lora_te2_text_model_")}
+    prefixes = {
+        "sd15": ("lora_unet_", "lora_te_text_model_"),
+        "sdxl": ("lora_unet_", "lora_te1_text_model_", "lora_te2_text_model_"),
+    }
     assert {next(p for p in prefixes[family] if k.startswith(p)) for k in kohya} == set(prefixes[family])
     assert {v.item() for k, v in kohya.items() if k.endswith(".alpha")} == {2.0}
 
@@ -144,7 +159,9 @@ def test_progressive_rank_growth_keeps_the_function_exactly(tiny_models) -> None
 
 
 def test_progressive_rank_in_training_rebuilds_the_optimizer(tiny_models, small_dataset, tmp_path) -> None:
-    config = make_config(tiny_models, small_dataset, "train.epochs=2", "train.rank_schedule={2: 8}", "train.train_text_encoder=true")
+    config = make_config(
+        tiny_models, small_dataset, "train.epochs=2", "train.rank_schedule={2: 8}", "train.train_text_encoder=true"
+    )
     result = train(config, tmp_path)
     first, second = (load_file(c.kohya_path) for c in result.checkpoints)
     key = next(k for k in first if k.startswith("lora_unet") and k.endswith("lora_down.weight"))
@@ -183,11 +200,26 @@ def test_resume_continues_step_count_and_optimizer_state(tiny_models, small_data
 
 def test_training_features_together(tiny_models, small_dataset, tmp_path) -> None:
     config = make_config(
-        tiny_models, small_dataset, "train.prediction_type=v_prediction", "train.min_snr_gamma=5", "train.noise_offset=0.1",
-        "train.gradient_accumulation=2", "train.gradient_checkpointing=true", "train.flip=true", "train.shuffle_captions=true",
-        "train.keep_tokens=1", "train.cache_latents=false", "train.lr_scheduler=cosine_with_restarts", "train.lr_warmup_steps=1",
-        "train.batch_size=1", "train.epochs=2", "train.optimizer=prodigy", "train.learning_rate=1.0", "train.prodigy.use_bias_correction=true",
-        "train.prodigy.safeguard_warmup=true", "train.prodigy.d_coef=2",
+        tiny_models,
+        small_dataset,
+        "train.prediction_type=v_prediction",
+        "train.min_snr_gamma=5",
+        "train.noise_offset=0.1",
+        "train.gradient_accumulation=2",
+        "train.gradient_checkpointing=true",
+        "train.flip=true",
+        "train.shuffle_captions=true",
+        "train.keep_tokens=1",
+        "train.cache_latents=false",
+        "train.lr_scheduler=cosine_with_restarts",
+        "train.lr_warmup_steps=1",
+        "train.batch_size=1",
+        "train.epochs=2",
+        "train.optimizer=prodigy",
+        "train.learning_rate=1.0",
+        "train.prodigy.use_bias_correction=true",
+        "train.prodigy.safeguard_warmup=true",
+        "train.prodigy.d_coef=2",
     )
     result = train(config, tmp_path)
     assert result.steps == 2  # per epoch two batches of one, accumulated into one step; the first at warmup lr 0

@@ -89,7 +89,9 @@ def test_stop_training_ends_the_external_run(tiny_models, template, tmp_path) ->
 def test_timeout_stops_the_process_group_with_its_children(tiny_models, template, tmp_path) -> None:
     pid_file = tmp_path / "child.pid"
     config = _config(
-        tiny_models, _fake(template, f"--hang --child_pid_file {pid_file}"), "train.external.timeout_s=3",
+        tiny_models,
+        _fake(template, f"--hang --child_pid_file {pid_file}"),
+        "train.external.timeout_s=3",
         "train.sample_checkpoints=false",
     )
     with pytest.raises(LoratuneError, match="still running after 3 s"):

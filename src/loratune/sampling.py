@@ -123,7 +123,14 @@ def read_samples(folder: str | Path) -> list[Sample]:
     for line in path.read_text(encoding="utf-8").splitlines():
         if line.strip():
             row = json.loads(line)
-            out.append(Sample(path=str(folder / row["file"]), prompt=row["prompt"], seed=row["seed"], character=row.get("character")))
+            out.append(
+                Sample(
+                    path=str(folder / row["file"]),
+                    prompt=row["prompt"],
+                    seed=row["seed"],
+                    character=row.get("character"),
+                )
+            )
     return out
 
 
@@ -174,7 +181,6 @@ def sample_loras(config: Config, lora_paths: list[str | Path], out_dir: str | Pa
     return results
 
 
-
 @dataclass
 class RankedLora:
     """One LoRA file's place in a ranking: its scores and where its samples and scores.json went."""
@@ -211,7 +217,16 @@ def rank_loras(
     ranked.sort(key=lambda r: (r.result.composite is None, -(r.result.composite or 0.0)))
     atomic_write_json(
         Path(out_dir) / "ranking.json",
-        [{"rank": i + 1, "lora": str(r.path), "epoch": r.epoch, "composite": r.result.composite,
-          "normalised": r.result.normalised, "samples": str(r.samples_dir)} for i, r in enumerate(ranked)],
+        [
+            {
+                "rank": i + 1,
+                "lora": str(r.path),
+                "epoch": r.epoch,
+                "composite": r.result.composite,
+                "normalised": r.result.normalised,
+                "samples": str(r.samples_dir),
+            }
+            for i, r in enumerate(ranked)
+        ],
     )
     return ranked

@@ -37,17 +37,36 @@ def command(
 
             raise LoratuneError(f"{err} (marker: {err.marker})") from None
     rows = [
-        {"epoch": c.epoch, "step": c.step, "rank": c.rank, "resolution": c.resolution,
-         "kohya": str(c.kohya_path), "diffusers": str(c.diffusers_path), "samples": len(c.samples)}
+        {
+            "epoch": c.epoch,
+            "step": c.step,
+            "rank": c.rank,
+            "resolution": c.resolution,
+            "kohya": str(c.kohya_path),
+            "diffusers": str(c.diffusers_path),
+            "samples": len(c.samples),
+        }
         for c in result.checkpoints
     ]
     if as_json:
-        print(json.dumps({"out_dir": str(out_dir), "steps": result.steps, "epochs": result.epochs,
-                          "final_loss": result.final_loss, "checkpoints": rows}, indent=2))
+        print(
+            json.dumps(
+                {
+                    "out_dir": str(out_dir),
+                    "steps": result.steps,
+                    "epochs": result.epochs,
+                    "final_loss": result.final_loss,
+                    "checkpoints": rows,
+                },
+                indent=2,
+            )
+        )
         return
     from rich.table import Table
 
-    table = Table(title=f"{out_dir}: {result.steps} steps, {result.epochs} epochs, final loss {result.final_loss or float('nan'):.4f}")
+    table = Table(
+        title=f"{out_dir}: {result.steps} steps, {result.epochs} epochs, final loss {result.final_loss or float('nan'):.4f}"
+    )
     for column in ("epoch", "step", "rank", "resolution", "kohya", "samples"):
         table.add_column(column)
     for row in rows:
@@ -69,10 +88,25 @@ class _progress:
         from loratune.progress import stderr_console
 
         if self.enabled and sys.stderr.isatty():
-            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+            from rich.progress import (
+                BarColumn,
+                MofNCompleteColumn,
+                Progress,
+                TextColumn,
+                TimeElapsedColumn,
+                TimeRemainingColumn,
+            )
 
-            self.bar = Progress(TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[status]}"),
-                                TimeElapsedColumn(), TimeRemainingColumn(), console=stderr_console, transient=True)
+            self.bar = Progress(
+                TextColumn("[bold]train"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TextColumn("{task.fields[status]}"),
+                TimeElapsedColumn(),
+                TimeRemainingColumn(),
+                console=stderr_console,
+                transient=True,
+            )
             self.bar.__enter__()
             self.task = self.bar.add_task("train", total=None, status="")
 
@@ -83,10 +117,12 @@ class _progress:
 
         def on_checkpoint(info: Any) -> None:
             if self.enabled:
-                stderr_console.print(f"epoch {info.epoch}: step {info.step}, {info.kohya_path}, {len(info.samples)} samples")
+                stderr_console.print(
+                    f"epoch {info.epoch}: step {info.step}, {info.kohya_path}, {len(info.samples)} samples"
+                )
 
         return on_step, on_checkpoint
 
-    def __exit__(self, *exc: Any) -> None:
+    def __exit__(self, *exc: object) -> None:
         if self.bar is not None:
             self.bar.__exit__(*exc)

@@ -141,7 +141,7 @@ def read_metadata(path: str | Path) -> dict[str, str]:
     try:
         with safe_open(str(path), framework="pt") as fh:
             return dict(fh.metadata() or {})
-    except Exception as err:  # safetensors raises its own error types for a broken header
+    except Exception as err:  # noqa: BLE001 - safetensors raises its own error types for a broken header
         raise LoratuneError(f"{path}: not a readable safetensors file ({err})") from None
 
 

@@ -9,7 +9,7 @@ from typing import Any
 
 from loratune.atomic import atomic_dir, atomic_write_json
 from loratune.errors import LoratuneError
-from loratune.lora.kohya import kohya_metadata, to_kohya
+from loratune.lora.kohya import to_kohya
 from loratune.train.model import Models, lora_config_dict, state_dict
 
 DIFFUSERS_FILE = "pytorch_lora_weights.safetensors"
@@ -54,13 +54,13 @@ def save_checkpoint(
         pipeline = StableDiffusionXLPipeline if models.family == "sdxl" else StableDiffusionPipeline
         pipeline.save_lora_weights(tmp, weight_name=DIFFUSERS_FILE, safe_serialization=True, **kwargs)
         encoders = tuple(te_sds.get(i, {}) for i in range(max(te_sds, default=-1) + 1))
-        tensors = to_kohya(
-            models.family, unet_sd, alpha, encoders, layers_per_block=_layers_per_block(models.unet)
-        )
+        tensors = to_kohya(models.family, unet_sd, alpha, encoders, layers_per_block=_layers_per_block(models.unet))
         from safetensors.torch import save_file
 
         save_file(tensors, str(tmp / kohya_name(output_name, epoch)), metadata=metadata)
-        torch.save(training_state | {"lora": {"unet": unet_sd, **{f"te{i}": sd for i, sd in te_sds.items()}}}, tmp / STATE_FILE)
+        torch.save(
+            training_state | {"lora": {"unet": unet_sd, **{f"te{i}": sd for i, sd in te_sds.items()}}}, tmp / STATE_FILE
+        )
         atomic_write_json(tmp / INFO_FILE, info)
     return target, target / DIFFUSERS_FILE, target / kohya_name(output_name, epoch)
 
@@ -82,7 +82,7 @@ def load_training_state(folder: Path) -> dict[str, Any]:
 
     try:
         return torch.load(folder / STATE_FILE, map_location="cpu", weights_only=True)
-    except Exception as err:  # torch raises several types for a corrupt or foreign file
+    except Exception as err:  # noqa: BLE001 - torch raises several types for a corrupt or foreign file
         raise LoratuneError(f"{folder / STATE_FILE}: cannot resume from this file ({err})") from None
 
 

@@ -119,4 +119,3 @@ class TrainSection(BaseModel):
     @property
     def lora_alpha(self) -> float:
         return float(self.alpha if self.alpha is not None else self.rank)
-

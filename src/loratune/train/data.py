@@ -130,9 +130,7 @@ def assign_bucket(width: int, height: int, buckets: list[tuple[int, int]]) -> tu
     return min(buckets, key=lambda b: (abs(math.log(b[0] / b[1]) - ratio), -b[0] * b[1]))
 
 
-def plan_epoch(
-    item_buckets: list[tuple[int, tuple[int, int]]], batch_size: int, seed: int
-) -> list[list[int]]:
+def plan_epoch(item_buckets: list[tuple[int, tuple[int, int]]], batch_size: int, seed: int) -> list[list[int]]:
     """Batches of item indices for one epoch: each item ``repeats`` times, one bucket per batch, shuffled by seed.
 
     ``item_buckets`` holds (repeats, bucket) per item.

@@ -165,7 +165,9 @@ def train_external(
                     break
                 if ext.timeout_s is not None and time.monotonic() - start > ext.timeout_s:
                     stop_process_group(proc)
-                    raise LoratuneError(f"train.external: still running after {ext.timeout_s:g} s; stopped (log: {log_path})")
+                    raise LoratuneError(
+                        f"train.external: still running after {ext.timeout_s:g} s; stopped (log: {log_path})"
+                    )
                 time.sleep(POLL_S)
         except StopTraining:
             stopped = True
@@ -176,8 +178,9 @@ def train_external(
         raise LoratuneError(f"train.external: command exited with code {proc.returncode} (log: {log_path})")
     if not checkpoints and not stopped:
         raise LoratuneError(f"train.external: the command wrote no .safetensors checkpoints into {output_dir}")
-    return TrainResult(out_dir, checkpoints, steps=0, epochs=max((c.epoch for c in checkpoints), default=0),
-                       stopped_early=stopped)
+    return TrainResult(
+        out_dir, checkpoints, steps=0, epochs=max((c.epoch for c in checkpoints), default=0), stopped_early=stopped
+    )
 
 
 def _group_alive(pgid: int) -> bool:

@@ -55,12 +55,19 @@ class Batch:
 def epoch_batches(config: Config, items: list[Item], epoch: int, resolution: int) -> list[Batch]:
     """The epoch's batches: bucketed at ``resolution``, shuffled, captions processed, flips drawn — all by seed."""
     ds, t = config.dataset, config.train
-    sizes = bucket_sizes(resolution, ds.bucket_step, ds.min_bucket, ds.max_bucket) if ds.buckets else [(resolution, resolution)]
+    sizes = (
+        bucket_sizes(resolution, ds.bucket_step, ds.min_bucket, ds.max_bucket)
+        if ds.buckets
+        else [(resolution, resolution)]
+    )
     buckets = [assign_bucket(it.width, it.height, sizes) for it in items]
     rng = random.Random(t.seed * 1_000_003 + epoch)
     batches = []
     for indices in plan_epoch([(it.repeats, b) for it, b in zip(items, buckets)], t.batch_size, rng.randrange(2**32)):
-        captions = [process_caption(items[i].caption, t.shuffle_captions, t.keep_tokens, t.caption_separator, rng) for i in indices]
+        captions = [
+            process_caption(items[i].caption, t.shuffle_captions, t.keep_tokens, t.caption_separator, rng)
+            for i in indices
+        ]
         flips = [t.flip and rng.random() < 0.5 for _ in indices]
         batches.append(Batch(indices, buckets[indices[0]], captions, flips))
     return batches
@@ -134,7 +141,10 @@ def _accelerator(mixed_precision: str, cpu: bool) -> Any:
     from accelerate.state import AcceleratorState
 
     state = AcceleratorState._shared_state
-    if state and (state.get("_mixed_precision") != mixed_precision or (cpu and state.get("device") and state["device"].type != "cpu")):
+    if state and (
+        state.get("_mixed_precision") != mixed_precision
+        or (cpu and state.get("device") and state["device"].type != "cpu")
+    ):
         # accelerate's state is a process-wide singleton that refuses a second precision; single-process runs
         # hold nothing else in it, so starting it afresh is safe.
         AcceleratorState._reset_state(reset_partial_state=True)
@@ -164,7 +174,7 @@ def train(
     from loratune.device import pick_device
     from loratune.train import checkpoint as ckpt
     from loratune.train.encode import LatentCache, TextCache, encode_images, encode_text, load_pixels
-    from loratune.train.model import add_lora, current_rank, load_models, load_state_dict, trainable_parameters
+    from loratune.train.model import add_lora, load_models, load_state_dict, trainable_parameters
     from loratune.train.optim import build_optimizer, build_scheduler, carry_over, restore_scheduler
 
     t = config.train
@@ -178,7 +188,9 @@ def train(
     models = load_models(config.model.base, config.model.family, config.model.variant)
     if t.prediction_type:
         models.noise_scheduler.register_to_config(prediction_type=t.prediction_type)
-    add_lora(models, t.rank, t.lora_alpha, t.target_modules, t.text_encoder_target_modules if t.train_text_encoder else None)
+    add_lora(
+        models, t.rank, t.lora_alpha, t.target_modules, t.text_encoder_target_modules if t.train_text_encoder else None
+    )
     # Frozen weights in the compute dtype; the trained LoRA weights (and the VAE, which overflows in fp16) in fp32.
     models.vae.to(device)
     for module in [models.unet, *models.text_encoders]:
@@ -202,7 +214,9 @@ def train(
     def param_groups() -> list[dict[str, Any]]:
         groups = [{"params": trainable_parameters(models.unet), "lr": t.learning_rate}]
         for i in models.trained_text_encoders:
-            groups.append({"params": trainable_parameters(models.text_encoders[i]), "lr": t.text_encoder_lr or t.learning_rate})
+            groups.append(
+                {"params": trainable_parameters(models.text_encoders[i]), "lr": t.text_encoder_lr or t.learning_rate}
+            )
         return groups
 
     # Prepared by accelerate so that fp16's gradient scaler unscales before clipping and skips overflowing steps.
@@ -239,7 +253,9 @@ def train(
         generator.set_state(state["generator"])
         step, start_epoch = int(state["step"]), int(state["epoch"]) + 1
         if history.is_file():  # steps after the checkpoint are trained again: drop their old log lines
-            kept = [line for line in history.read_text(encoding="utf-8").splitlines() if json.loads(line)["step"] <= step]
+            kept = [
+                line for line in history.read_text(encoding="utf-8").splitlines() if json.loads(line)["step"] <= step
+            ]
             atomic_write_text(history, "".join(line + "\n" for line in kept))
     (out_dir / FAILED_MARKER).unlink(missing_ok=True)
 
@@ -260,18 +276,32 @@ def train(
                 if latent_cache is not None:
                     latents = latent_cache(batch.indices, batch.bucket, batch.flips)
                 else:
-                    pixels = torch.stack([load_pixels(items[i], batch.bucket, f) for i, f in zip(batch.indices, batch.flips)])
+                    pixels = torch.stack(
+                        [load_pixels(items[i], batch.bucket, f) for i, f in zip(batch.indices, batch.flips)]
+                    )
                     latents = encode_images(models.vae, pixels.to(device), sample=True, generator=generator)
             latents = latents.to(device, weight_dtype)
             with accelerator.autocast():
-                cond = text_cache(batch.captions) if text_cache is not None else encode_text(models, batch.captions, device)
+                cond = (
+                    text_cache(batch.captions)
+                    if text_cache is not None
+                    else encode_text(models, batch.captions, device)
+                )
                 loss = diffusion_loss(models, latents, cond, batch.bucket, t, generator)
             if not torch.isfinite(loss):
                 marker = atomic_write_json(
                     out_dir / FAILED_MARKER,
-                    {"reason": "diverged", "detail": f"loss is {loss.item()}", "epoch": epoch, "step": step, "config": t.model_dump(mode="json")},
+                    {
+                        "reason": "diverged",
+                        "detail": f"loss is {loss.item()}",
+                        "epoch": epoch,
+                        "step": step,
+                        "config": t.model_dump(mode="json"),
+                    },
                 )
-                raise TrainingDiverged(f"training diverged at epoch {epoch}, step {step}: loss is {loss.item()}", marker)
+                raise TrainingDiverged(
+                    f"training diverged at epoch {epoch}, step {step}: loss is {loss.item()}", marker
+                )
             accelerator.backward(loss / t.gradient_accumulation)
             if (index + 1) % t.gradient_accumulation and index + 1 < len(batches):
                 continue
@@ -282,8 +312,16 @@ def train(
             optimizer.zero_grad(set_to_none=True)
             step += 1
             loss_value = float(loss.item())
-            record = {"epoch": epoch, "step": step, "total_steps": total_steps, "loss": loss_value, "lr": lr_scheduler.get_last_lr()[0], "resolution": run.resolution, "rank": run.rank,
-                      "latent_size": list(latents.shape[-2:])}
+            record = {
+                "epoch": epoch,
+                "step": step,
+                "total_steps": total_steps,
+                "loss": loss_value,
+                "lr": lr_scheduler.get_last_lr()[0],
+                "resolution": run.resolution,
+                "rank": run.rank,
+                "latent_size": list(latents.shape[-2:]),
+            }
             with history.open("a", encoding="utf-8") as fh:
                 fh.write(json.dumps(record) + "\n")
             if progress is not None:
@@ -295,7 +333,9 @@ def train(
         last = epoch == t.epochs or bool(t.max_steps and step >= t.max_steps)
         if epoch % t.save_every_epochs and not last:
             continue
-        info = _save(config, out_dir, models, run, strategies, epoch, step, optimizer, lr_scheduler, generator, accelerator)
+        info = _save(
+            config, out_dir, models, run, strategies, epoch, step, optimizer, lr_scheduler, generator, accelerator
+        )
         checkpoints.append(info)
         if on_checkpoint is not None:
             try:
@@ -307,8 +347,17 @@ def train(
 
 
 def _save(
-    config: Config, out_dir: Path, models: Any, run: _Run, strategies: list[Any], epoch: int, step: int,
-    optimizer: Any, lr_scheduler: Any, generator: Any, accelerator: Any,
+    config: Config,
+    out_dir: Path,
+    models: Any,
+    run: _Run,
+    strategies: list[Any],
+    epoch: int,
+    step: int,
+    optimizer: Any,
+    lr_scheduler: Any,
+    generator: Any,
+    accelerator: Any,
 ) -> CheckpointInfo:
     """Write the epoch's checkpoint, then sample it with the run's fixed prompts and seeds."""
     from loratune.lora.kohya import kohya_metadata
@@ -316,27 +365,51 @@ def _save(
 
     t = config.train
     alpha = float(models.unet.peft_config["default"].lora_alpha)
-    extra: dict[str, Any] = {"ss_text_encoder_lr": str(t.text_encoder_lr or t.learning_rate) if models.trained_text_encoders else "0",
-                             "ss_training_comment": "trained with loratune", "ss_lr_scheduler": t.lr_scheduler,
-                             "ss_num_epochs": str(t.epochs), "ss_batch_size_per_device": str(t.batch_size),
-                             "ss_gradient_accumulation_steps": str(t.gradient_accumulation),
-                             "ss_noise_offset": str(t.noise_offset), "ss_min_snr_gamma": str(t.min_snr_gamma or ""),
-                             "ss_output_name": t.output_name}
+    extra: dict[str, Any] = {
+        "ss_text_encoder_lr": str(t.text_encoder_lr or t.learning_rate) if models.trained_text_encoders else "0",
+        "ss_training_comment": "trained with loratune",
+        "ss_lr_scheduler": t.lr_scheduler,
+        "ss_num_epochs": str(t.epochs),
+        "ss_batch_size_per_device": str(t.batch_size),
+        "ss_gradient_accumulation_steps": str(t.gradient_accumulation),
+        "ss_noise_offset": str(t.noise_offset),
+        "ss_min_snr_gamma": str(t.min_snr_gamma or ""),
+        "ss_output_name": t.output_name,
+    }
     for strategy in strategies:
         extra |= strategy.metadata()
     metadata = kohya_metadata(
         config.model.family, run.rank, alpha, epoch, step, t.learning_rate, t.optimizer, t.seed, run.resolution, extra
     )
-    info = {"epoch": epoch, "step": step, "rank": run.rank, "alpha": alpha, "resolution": run.resolution,
-            "optimizer": t.optimizer, "family": config.model.family, "time": time.time(),
-            "curriculum": {str(k): v for k, v in t.curriculum.items()}, "rank_schedule": {str(k): v for k, v in t.rank_schedule.items()}}
-    state = {"epoch": epoch, "step": step, "rank": run.rank, "optimizer": optimizer.state_dict(),
-             "lr_scheduler": lr_scheduler.state_dict(), "generator": generator.get_state()}
-    folder, diffusers_path, kohya_path = ckpt.save_checkpoint(out_dir, models, epoch, t.output_name, info, metadata, state)
+    info = {
+        "epoch": epoch,
+        "step": step,
+        "rank": run.rank,
+        "alpha": alpha,
+        "resolution": run.resolution,
+        "optimizer": t.optimizer,
+        "family": config.model.family,
+        "time": time.time(),
+        "curriculum": {str(k): v for k, v in t.curriculum.items()},
+        "rank_schedule": {str(k): v for k, v in t.rank_schedule.items()},
+    }
+    state = {
+        "epoch": epoch,
+        "step": step,
+        "rank": run.rank,
+        "optimizer": optimizer.state_dict(),
+        "lr_scheduler": lr_scheduler.state_dict(),
+        "generator": generator.get_state(),
+    }
+    folder, diffusers_path, kohya_path = ckpt.save_checkpoint(
+        out_dir, models, epoch, t.output_name, info, metadata, state
+    )
     samples: list[Any] = []
     if t.sample_checkpoints:
         samples = _sample_live(config, models, out_dir / "samples" / f"epoch-{epoch:04d}", accelerator)
-    return CheckpointInfo(epoch, step, diffusers_path, kohya_path, samples, rank=run.rank, resolution=run.resolution, folder=folder)
+    return CheckpointInfo(
+        epoch, step, diffusers_path, kohya_path, samples, rank=run.rank, resolution=run.resolution, folder=folder
+    )
 
 
 def _sample_live(config: Config, models: Any, out_dir: Path, accelerator: Any) -> list[Any]:
@@ -350,12 +423,21 @@ def _sample_live(config: Config, models: Any, out_dir: Path, accelerator: Any) -
     scheduler = getattr(diffusers, scheduler_config["_class_name"]).from_config(scheduler_config)
     if config.train.prediction_type:
         scheduler.register_to_config(prediction_type=config.train.prediction_type)
-    parts = {"vae": models.vae, "unet": models.unet, "scheduler": scheduler,
-             "text_encoder": models.text_encoders[0], "tokenizer": models.tokenizers[0]}
+    parts = {
+        "vae": models.vae,
+        "unet": models.unet,
+        "scheduler": scheduler,
+        "text_encoder": models.text_encoders[0],
+        "tokenizer": models.tokenizers[0],
+    }
     if models.family == "sdxl":
-        pipe = StableDiffusionXLPipeline(**parts, text_encoder_2=models.text_encoders[1], tokenizer_2=models.tokenizers[1])
+        pipe = StableDiffusionXLPipeline(
+            **parts, text_encoder_2=models.text_encoders[1], tokenizer_2=models.tokenizers[1]
+        )
     else:
-        pipe = StableDiffusionPipeline(**parts, safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+        pipe = StableDiffusionPipeline(
+            **parts, safety_checker=None, feature_extractor=None, requires_safety_checker=False
+        )
     set_scheduler(pipe, config.sampling.scheduler)
     pipe.set_progress_bar_config(disable=True)
     trained = [m for m in [models.unet, *models.text_encoders] if m.training]

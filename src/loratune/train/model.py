@@ -35,7 +35,9 @@ def load_models(base: str, family: str, variant: str | None = None) -> Models:
         try:
             return loader.from_pretrained(base, subfolder=subfolder, **kwargs)
         except (OSError, ValueError) as err:
-            raise LoratuneError(f"model.base: cannot load {subfolder} from {base}: {str(err).splitlines()[0]}") from None
+            raise LoratuneError(
+                f"model.base: cannot load {subfolder} from {base}: {str(err).splitlines()[0]}"
+            ) from None
 
     kwargs = {"variant": variant} if variant else {}
     unet = part(UNet2DConditionModel, "unet", **kwargs)
@@ -52,7 +54,9 @@ def load_models(base: str, family: str, variant: str | None = None) -> Models:
     return Models(family, unet, vae, encoders, tokenizers, noise_scheduler)
 
 
-def add_lora(models: Models, rank: int, alpha: float, unet_targets: list[str], text_encoder_targets: list[str] | None) -> None:
+def add_lora(
+    models: Models, rank: int, alpha: float, unet_targets: list[str], text_encoder_targets: list[str] | None
+) -> None:
     """Inject LoRA adapters (B = 0, so the model is unchanged); text encoders only when targets are given."""
     from peft import LoraConfig, inject_adapter_in_model
 
@@ -61,7 +65,9 @@ def add_lora(models: Models, rank: int, alpha: float, unet_targets: list[str], t
     )
     if text_encoder_targets:
         for index, encoder in enumerate(models.text_encoders):
-            config = LoraConfig(r=rank, lora_alpha=alpha, init_lora_weights="gaussian", target_modules=list(text_encoder_targets))
+            config = LoraConfig(
+                r=rank, lora_alpha=alpha, init_lora_weights="gaussian", target_modules=list(text_encoder_targets)
+            )
             inject_adapter_in_model(config, encoder, adapter_name=ADAPTER)
             # inject_adapter_in_model leaves no peft_config behind; keep it for metadata like add_adapter does.
             encoder.peft_config = {ADAPTER: config}
@@ -82,7 +88,9 @@ def state_dict(model: Any) -> dict[str, Any]:
     """The adapter's tensors with peft's unprefixed keys (``….lora_A.weight``), detached float32 copies."""
     from peft import get_peft_model_state_dict
 
-    return {k: v.detach().float().cpu().clone() for k, v in get_peft_model_state_dict(model, adapter_name=ADAPTER).items()}
+    return {
+        k: v.detach().float().cpu().clone() for k, v in get_peft_model_state_dict(model, adapter_name=ADAPTER).items()
+    }
 
 
 def load_state_dict(model: Any, tensors: dict[str, Any]) -> None:

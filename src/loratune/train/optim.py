@@ -11,7 +11,11 @@ from typing import Any
 from loratune.errors import LoratuneError
 from loratune.train.config import TrainSection
 
-_PACKAGES = {"adamw8bit": ("bitsandbytes", "bitsandbytes"), "prodigy": ("prodigyopt", "prodigyopt"), "lion": ("lion_pytorch", "lion-pytorch")}
+_PACKAGES = {
+    "adamw8bit": ("bitsandbytes", "bitsandbytes"),
+    "prodigy": ("prodigyopt", "prodigyopt"),
+    "lion": ("lion_pytorch", "lion-pytorch"),
+}
 
 
 def check_optimizer(train: TrainSection) -> None:
@@ -24,7 +28,7 @@ def check_optimizer(train: TrainSection) -> None:
     if train.optimizer == "adamw8bit":
         try:
             import bitsandbytes.optim  # noqa: F401  (imports fail on unsupported platforms)
-        except Exception as err:  # bitsandbytes raises assorted errors when its native library cannot load
+        except Exception as err:  # noqa: BLE001 - bitsandbytes raises assorted errors when its native library cannot load
             raise LoratuneError(f"train.optimizer: adamw8bit needs a working bitsandbytes ({err})") from None
 
 
