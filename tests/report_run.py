@@ -4,6 +4,7 @@ with real PNG samples, laid out as the search runner writes them. Nothing is moc
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 
 import optuna
@@ -76,7 +77,9 @@ def make_run(run_dir: Path, epochs: int = 3, multi_objective: bool = False, stan
     if multi_objective:
         study = optuna.create_study(study_name="loratune", storage=storage, directions=["maximize", "maximize"],
                                     sampler=optuna.samplers.RandomSampler(seed=0))
-        study.set_metric_names(["alignment", "consistency"])
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            study.set_metric_names(["alignment", "consistency"])
     else:
         study = optuna.create_study(study_name="loratune", storage=storage, direction="maximize",
                                     sampler=optuna.samplers.RandomSampler(seed=0))
