@@ -112,6 +112,17 @@ def test_multi_objective_has_a_pareto_front(tmp_path):
     assert "alignment: maximize, consistency: maximize" in html
 
 
+def test_objective_names_from_the_runners_study_attribute(tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    study = optuna.create_study(study_name="loratune", storage=f"sqlite:///{run / 'study.db'}",
+                                directions=["maximize", "minimize"])
+    study.set_user_attr("directions", {"alignment": "maximize", "diversity": "minimize"})
+    study.optimize(lambda t: (t.suggest_float("x", 0, 1), t.suggest_float("y", 0, 1)), n_trials=3)
+    html = build_report(run).path.read_text()
+    assert "alignment: maximize, diversity: minimize" in html and 'id="plot-pareto"' in html
+
+
 def test_real_weights_show_no_warning(tmp_path):
     result = build_report(make_run(tmp_path / "run", stand_in=False))
     assert not result.stand_in

@@ -140,6 +140,9 @@ def objective_names(run: RunData) -> list[str]:
     study = run.study
     if study.metric_names:
         return [str(n) for n in study.metric_names]
+    recorded = study.user_attrs.get("directions")  # the runner records {axis: direction} on the study
+    if isinstance(recorded, dict) and len(recorded) == len(study.directions):
+        return [str(n) for n in recorded]
     if not run.multi_objective:
         return ["composite"]
     search = run.config.get("search") if isinstance(run.config.get("search"), dict) else {}
