@@ -8,6 +8,8 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export RAY_USAGE_STATS_ENABLED := 0
 export TOKENIZERS_PARALLELISM := false
+# torch's OpenMP threads spin while waiting; on a busy 2-core machine that makes them ~30x slower.
+export OMP_WAIT_POLICY := PASSIVE
 
 .PHONY: demo test install clean browser
 

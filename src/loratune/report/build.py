@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,10 +45,6 @@ def build_report(run_dir: str | Path, out: str | Path | None = None, thumb_size:
                        max_images=max_images)
     target = Path(out) if out is not None else run.run_dir / "report.html"
     atomic_write_text(target, html)
-    # The temporary file behind an atomic write is created 0600; a report is meant to be shared and served.
-    umask = os.umask(0)
-    os.umask(umask)
-    target.chmod(0o666 & ~umask)
     return ReportResult(
         path=target, trials=len(run.trials), figures=sum(f.html is not None for f in figures),
         images=html.count('class="sample"'), stand_in=run.any_stand_in, size_bytes=len(html.encode("utf-8")),
