@@ -36,4 +36,8 @@ def test_ensemble_user_errors(tmp_path, capsys) -> None:
     assert "2 LoRAs" in capsys.readouterr().err
     assert main(["ensemble", str(tmp_path / "nope.safetensors"), "--out", str(tmp_path / "m.safetensors")]) == 2
     assert "not found" in capsys.readouterr().err
+    (tmp_path / "bad.safetensors").write_bytes(b"\x08\x00\x00\x00\x00\x00\x00\x00{broken")
+    assert main(["ensemble", args[0], str(tmp_path / "bad.safetensors"), "--out", str(tmp_path / "m.safetensors")]) == 2
+    err = capsys.readouterr().err
+    assert "bad.safetensors: not a readable safetensors file" in err and err.count("\n") == 1  # one line, no traceback
     assert not (tmp_path / "m.safetensors").exists()

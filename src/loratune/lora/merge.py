@@ -28,7 +28,7 @@ from typing import Literal
 
 import torch
 
-from loratune.errors import LoratuneError
+from loratune.errors import LoratuneError, first_line
 
 Method = Literal["avg", "concat", "svd"]
 METHODS: tuple[str, ...] = ("avg", "concat", "svd")

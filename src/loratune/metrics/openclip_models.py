@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
-from loratune.errors import LoratuneError
+from loratune.errors import LoratuneError, first_line  # first_line: re-exported for the backends that import it here
 from loratune.metrics.cache import cached_model
 from loratune.modelref import check_model_ref, is_stand_in, looks_like_hub_id
 
@@ -41,11 +41,6 @@ class ImageEmbedder(Protocol):
     """What the identity backends need: L2-normalised float32 image embeddings on the CPU, one row per image."""
 
     def embed_images(self, images: Sequence[Image.Image], batch_size: int = 8) -> torch.Tensor: ...
-
-
-def first_line(err: BaseException) -> str:
-    text = str(err).strip().splitlines()
-    return f"{type(err).__name__}: {text[0] if text else ''}".rstrip(": ")
 
 
 def _batches(items: Sequence[Any], size: int) -> list[Sequence[Any]]:

@@ -11,6 +11,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from loratune.errors import first_line
+
 if TYPE_CHECKING:
     import optuna
     import plotly.graph_objects as go
@@ -41,7 +43,7 @@ def _figure(key: str, title: str, build: Callable[[], go.Figure | None], note: s
             warnings.simplefilter("ignore")  # optuna's ExperimentalWarning and "no trials" warnings
             fig = build()
     except Exception as err:  # noqa: BLE001 - optuna raises ValueError/RuntimeError/... on degenerate studies
-        return Figure(key, title, None, f"not available: {str(err).splitlines()[0] if str(err) else type(err).__name__}")
+        return Figure(key, title, None, f"not available: {first_line(err)}")
     if fig is None:
         return Figure(key, title, None, note or "not available for this run")
     return Figure(key, title, _render(fig, key), note)

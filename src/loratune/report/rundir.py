@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
-from loratune.errors import LoratuneError
+from loratune.errors import LoratuneError, first_line
 
 if TYPE_CHECKING:
     import optuna
@@ -180,7 +180,7 @@ def load_study(run_dir: Path, config: dict[str, Any]) -> optuna.study.Study:
     except KeyError:
         raise LoratuneError(f"{run_dir}: the storage holds no study named {STUDY_NAME!r}") from None
     except Exception as err:  # noqa: BLE001 - sqlalchemy/optuna storage errors: a corrupt or foreign database
-        raise LoratuneError(f"{run_dir}: cannot read the study ({type(err).__name__}: {str(err).splitlines()[0]})") from None
+        raise LoratuneError(f"{run_dir}: cannot read the study ({first_line(err)})") from None
 
 
 def trial_folder(run_dir: Path, trial: optuna.trial.FrozenTrial) -> Path | None:
@@ -199,22 +199,21 @@ def trial_folder(run_dir: Path, trial: optuna.trial.FrozenTrial) -> Path | None:
 
 
 def read_samples(epoch_dir: Path) -> list[SampleImage]:
-    """A checkpoint's samples from ``samples.jsonl`` (file, prompt, seed, character), else the image files alone."""
-    manifest = epoch_dir / "samples.jsonl"
+    """A checkpoint's samples in ``samples.jsonl`` order (parsed by ``loratune.manifest``, the one reader of sample
+    manifests), else the image files alone when the manifest is missing or unreadable."""
+    from loratune.manifest import SAMPLES_MANIFEST, read_manifest
+
     images: list[SampleImage] = []
+    manifest = epoch_dir / SAMPLES_MANIFEST
     if manifest.is_file():
-        for line in manifest.read_text(encoding="utf-8").splitlines():
-            try:
-                row = json.loads(line)
-            except ValueError:
-                continue
-            if not isinstance(row, dict) or "file" not in row:
-                continue
-            path = epoch_dir / Path(str(row["file"])).name
+        try:
+            rows = read_manifest(manifest)
+        except LoratuneError:
+            rows = {}  # a half-written or hand-edited manifest: the images still show, without their prompts
+        for file, info in rows.items():
+            path = epoch_dir / Path(file).name
             if path.is_file():
-                seed = row.get("seed")
-                images.append(SampleImage(path, str(row.get("prompt", "")), int(seed) if seed is not None else None,
-                                          row.get("character")))
+                images.append(SampleImage(path, info.prompt or "", info.seed, info.character))
     if not images:
         images = [SampleImage(p, "", None) for p in sorted(epoch_dir.iterdir()) if p.suffix.lower() in _IMAGE_SUFFIXES]
     return images

@@ -4,8 +4,9 @@
 >>> from loratune.search.config import ParamSpec
 >>> space = {"optimizer": ParamSpec(type="categorical", choices=["adamw", "prodigy"]),
 ...          "d_coef": ParamSpec(type="float", low=0.5, high=2, when={"optimizer": "prodigy"})}
->>> trial = optuna.create_study().ask({"optimizer": optuna.distributions.CategoricalDistribution(["adamw"])})
->>> suggest(trial, space)
+>>> study = optuna.create_study()
+>>> study.enqueue_trial({"optimizer": "adamw"})
+>>> suggest(study.ask(), space)  # d_coef is inactive for adamw: not suggested at all
 {'optimizer': 'adamw'}
 """
 
