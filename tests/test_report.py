@@ -63,6 +63,8 @@ def test_report_content(run_dir):
     assert re.findall(r'href="#trial-(\d+)"', table) == ["4", "5", "1", "0", "2", "3"]
     for word in ("baseline", "refine", "ensemble", "pruned", "fail", "merge of trials #4, #1", "pruned after epoch 1"):
         assert word in table
+    # The quality axis was never computed: each scored trial (0, 1, 4, 5) says "missing", none shows it as a number.
+    assert table.count('<td class="num missing"') == 4
     # Samples: trial 4 (best) comes first and its best epoch (2) is outlined; the ensemble shows its merged LoRA.
     samples = html.split('id="samples"')[1]
     assert samples.index('id="trial-4"') < samples.index('id="trial-5"') < samples.index('id="trial-0"')

@@ -26,6 +26,22 @@ def test_optimize_user_errors(tmp_path, capsys) -> None:
     assert main(["optimize", str(config), "--run", str(tmp_path / "run")]) == 2
     assert "search.space" in capsys.readouterr().err
     assert not (tmp_path / "run" / "config.yaml").exists()
+    for override, field in [("search.sampler=cmaes", "search.sampler"), ("search.pruner=asha", "search.pruner"),
+                            ("search.space.rank.choices=[]", "search.space.rank"), ("search.n_trials", "--set")]:
+        assert main(["optimize", str(config), "--run", str(tmp_path / "run"), "--set", override]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and field in err, err
+    # A corrupt study database on --resume: one line naming the storage, not an sqlalchemy traceback.
+    run = tmp_path / "corrupt"
+    run.mkdir()
+    (run / "config.yaml").write_text("{}\n")
+    (run / "study.db").write_bytes(b"SQLite format 3\x00" + b"\xff" * 200)
+    assert main(["optimize", "--resume", "--run", str(run)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "search.storage: cannot open" in err, err
+    assert main(["dashboard", str(run)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and str(run) in err, err
 
 
 def test_failure_reasons() -> None:
@@ -33,5 +49,10 @@ def test_failure_reasons() -> None:
     oom = torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
     assert _describe_failure(oom).startswith("out of memory:")
     assert _describe_failure(RuntimeError("DefaultCPUAllocator: can't allocate memory: out of memory")).startswith("out of memory")
+    # Messages that are empty or blank still give a reason (the type), never an IndexError.
+    assert _describe_failure(RuntimeError()) == "RuntimeError"
+    assert _describe_failure(ValueError("\n")) == "ValueError"
+    assert _describe_failure(LoratuneError("")) == "LoratuneError"
+    assert _describe_failure(KeyError("lora_up")) == "KeyError: 'lora_up'"
     assert _describe_failure(subprocess.CalledProcessError(3, ["accelerate", "launch"])) == "trainer exited with code 3"
     assert _describe_failure(LoratuneError("train.external: command not found")) == "train.external: command not found"

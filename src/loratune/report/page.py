@@ -196,6 +196,9 @@ def _table(run: RunData, ranked: list[TrialInfo]) -> str:
         axis_cells = []
         for axis in axes:
             v = info.axes.get(axis)
+            if v is None and axis in info.axes:  # scored but not computable: say so, never show it as a number
+                axis_cells.append('<td class="num missing" title="this axis could not be computed">missing</td>')
+                continue
             bar = f'<span class="bar" style="width:{max(0.0, min(1.0, v)) * 50:.0f}px"></span>' if v is not None else ""
             axis_cells.append(f'<td class="num">{bar}{_fmt(v, 3)}</td>')
         param_cells = [f"<td>{_fmt(trial.params.get(p), 3)}</td>" for p in params]

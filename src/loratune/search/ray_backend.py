@@ -37,6 +37,7 @@ from loratune.search.config import ParamSpec
 from loratune.search.runner import (
     BUDGET_PHASES,
     CONFIG_FILE,
+    NO_COMPOSITE,
     Plan,
     Worker,
     _clean_partial_dirs,
@@ -50,7 +51,7 @@ from loratune.search.runner import (
     record_scores,
 )
 from loratune.search.space import apply_params, narrow, suggest
-from loratune.search.storage import STUDY_NAME, open_storage
+from loratune.search.storage import STUDY_NAME, open_storage, retry_callback
 from loratune.search.trials import EpochScore, TrialBackend, load_backend
 
 NUMBER_KEY = "_loratune_trial"
@@ -90,8 +91,8 @@ def _searcher_class() -> type:
 
         def on_trial_result(self, trial_id: str, result: dict[str, Any]) -> None:
             if trial_id in self._completed_trials or result.get("composite") is None or result.get("failed") \
-                    or result.get("already_finished"):
-                return
+                    or result.get("already_finished") or result.get("scored") is False:
+                return  # an epoch whose every axis is missing reports nothing to Optuna (Tune saw a stand-in 0.0)
             ot = self._ot_trials[trial_id]
             epoch = int(result["epoch"])
             if epoch in self._reported.setdefault(trial_id, set()):
@@ -121,9 +122,12 @@ def _searcher_class() -> type:
                 elif error or result.get("failed"):
                     ot.set_user_attr("fail_reason", result.get("fail_reason") or "trial errored in Ray")
                     self._ot_study.tell(ot, state=TrialState.FAIL)
-                elif result.get("complete") and trial_id in self._best:
+                elif trial_id not in self._best:  # no epoch was scored: failed like the local runner, never 0
+                    ot.set_user_attr("fail_reason", NO_COMPOSITE)
+                    self._ot_study.tell(ot, state=TrialState.FAIL)
+                elif result.get("complete"):
                     self._ot_study.tell(ot, self._best[trial_id])
-                else:  # stopped by ASHA (or never scored): not a finished trial with a partial value
+                else:  # stopped by ASHA: not a finished trial with a partial value
                     self._ot_study.tell(ot, state=TrialState.PRUNED)
             except UpdateFinishedTrialError:
                 pass  # the same: told before the crash, re-reported after the restore
@@ -168,7 +172,9 @@ def _trainable(params: dict[str, Any], run_dir: str, backend: str | None) -> Non
         attrs = record_scores(tmp, epochs)
         log.append(f"epoch {score.epoch}: composite {score.composite}")
         atomic_write_text(tmp / "log.txt", "\n".join(log) + "\n")
+        # ASHA needs a number every epoch; ``scored`` keeps an all-missing epoch's 0.0 out of the study.
         tune.report({"composite": score.composite if score.composite is not None else 0.0, "epoch": score.epoch,
+                     "scored": score.composite is not None,
                      "best_composite": attrs["composite"], "complete": score.epoch >= trial_config.train.epochs,
                      "trial_dir": f"trials/{number:04d}", **{k: attrs[k] for k in _ATTRS if k in attrs}})
 
@@ -276,7 +282,7 @@ def _to_run(study: optuna.Study, phases: tuple[str, ...], allowed: int) -> int:
 def _recover(study: optuna.Study, config: Config, run_dir: Path) -> None:
     """After a crash of the driver, its Ray trials died with it: fail the trials still RUNNING in the study and
     enqueue each once more with its params (as Optuna's heartbeat retry does in local mode)."""
-    retry = optuna.storages.RetryFailedTrialCallback(max_retry=config.search.max_retry)
+    retry = retry_callback(config.search)
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         study.tell(t.number, state=TrialState.FAIL)
         retry(study, study.get_trials(deepcopy=False)[t.number])

@@ -15,7 +15,7 @@ trial (``StopTraining``), whose best epoch so far stays on disk. A trial's value
 Trial folders are built under a temporary name and renamed into ``trials/NNNN`` when the trial ends, so a folder under
 its final name is always complete, and a resumed run never writes into one. A killed worker's trial stops beating,
 is failed after the grace period and retried under a new number with the same params (Optuna's
-``RetryFailedTrialCallback``); a Ctrl-C'd trial is retried on ``--resume``.
+Optuna's retry callback); a Ctrl-C'd trial is retried on ``--resume``.
 """
 
 from __future__ import annotations
@@ -40,10 +40,10 @@ from optuna.trial import FrozenTrial, TrialState
 
 from loratune.atomic import atomic_dir, atomic_write_json, atomic_write_text
 from loratune.config import Config, dump_config, load_config
-from loratune.errors import LoratuneError
+from loratune.errors import LoratuneError, first_line
 from loratune.search.config import ParamSpec, SearchSection
 from loratune.search.space import apply_params, baseline_params, check_space, narrow, suggest
-from loratune.search.storage import STUDY_NAME, directions, open_storage, study_exists
+from loratune.search.storage import STUDY_NAME, directions, open_storage, retry_callback, study_exists
 from loratune.search.trials import EpochScore, TrialBackend, load_backend
 
 BUDGET_PHASES = ("baseline", "search", "refine")
@@ -51,6 +51,7 @@ BUDGET_PHASES = ("baseline", "search", "refine")
 _NOT_COUNTED_REASONS = (None, "interrupted", "surplus")
 MAX_CONSECUTIVE_FAILURES = 3
 CONFIG_FILE = "config.yaml"
+NO_COMPOSITE = "no composite score (every axis missing)"
 
 
 class TrialFailed(Exception):
@@ -199,7 +200,7 @@ def _pareto(trials: list[FrozenTrial], dirs: list[str]) -> list[FrozenTrial]:
 def _objective_values(search: SearchSection, score: EpochScore) -> list[float] | float:
     if not search.directions:
         if score.composite is None:
-            raise TrialFailed("no composite score (every axis missing)")
+            raise TrialFailed(NO_COMPOSITE)
         return score.composite
     values = []
     for axis in search.directions:
@@ -271,6 +272,15 @@ class Worker:
         return narrow(self.search.space, ranked[0].params, self.search.phases.refine_width)
 
     def objective(self, trial: optuna.Trial) -> float | list[float]:
+        try:
+            return self._objective(trial)
+        except TrialFailed as err:
+            # Every failure carries its reason: without one the trial would count as a crash (slot reopened).
+            if not trial.user_attrs.get("fail_reason"):
+                trial.set_user_attr("fail_reason", str(err) or "failed")
+            raise
+
+    def _objective(self, trial: optuna.Trial) -> float | list[float]:
         trial.set_user_attr("worker_pid", os.getpid())
         trials = self.study.get_trials(deepcopy=False)
         phase = trial.user_attrs.get("phase") or assign_phase(trials, trial.number, self.plan)
@@ -425,14 +435,15 @@ def _describe_failure(err: BaseException) -> str:
 
     if isinstance(err, TrainingDiverged):
         return f"diverged: {err}"
-    text = str(err).splitlines()[0] if str(err) else type(err).__name__
+    line = first_line(err)  # "Type: first line", safe on empty messages
+    text = line.removeprefix(f"{type(err).__name__}:").strip()
     if "out of memory" in str(err).lower() or type(err).__name__ == "OutOfMemoryError":
-        return f"out of memory: {text}"
+        return f"out of memory: {text or line}"
     if isinstance(err, subprocess.CalledProcessError):
         return f"trainer exited with code {err.returncode}"
     if isinstance(err, LoratuneError):
-        return text
-    return f"{type(err).__name__}: {text}"
+        return text or line
+    return line
 
 
 def quiet_optuna() -> None:
@@ -479,7 +490,7 @@ def _retry_interrupted(study: optuna.Study, search: SearchSection) -> None:
     """Ctrl-C'd trials are FAIL with reason ``interrupted``: enqueue each once more, as a crash retry would."""
     trials = study.get_trials(deepcopy=False)
     retried = {n for t in trials for n in t.system_attrs.get("retry_history", [])}
-    callback = optuna.storages.RetryFailedTrialCallback(max_retry=search.max_retry)
+    callback = retry_callback(search)
     for t in trials:
         if t.state == TrialState.FAIL and fail_reason(t) == "interrupted" and t.number not in retried:
             callback(study, t)
