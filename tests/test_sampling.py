@@ -108,3 +108,23 @@ def test_rank_loras_samples_scores_and_ranks_by_composite(trained, tmp_path) -> 
     table = json.loads((tmp_path / "ranking.json").read_text())
     assert [row["rank"] for row in table] == [1, 2, 3] and table[0]["lora"] == str(ranked[0].path)
     assert all((r.samples_dir / "scores.json").is_file() for r in ranked)
+
+
+def test_evaluate_command_ranks_a_folder_of_lora_files(trained, tmp_path, capsys) -> None:
+    from loratune.cli import main
+    from loratune.config import dump_config
+
+    config, loras = trained
+    cfg_path = tmp_path / "c.yaml"
+    cfg_path.write_text(dump_config(config))
+    quick = ["--set", "evaluation.backends.alignment=null", "--set", "evaluation.backends.aesthetics=null",
+             "--set", "evaluation.backends.quality=null"]
+    code = main(["evaluate", str(loras), "--config", str(cfg_path), "--out", str(tmp_path / "ev"), "--json", *quick])
+    out = capsys.readouterr()
+    assert code == 0, out.err
+    table = json.loads(out.out)
+    assert sorted(Path(row["lora"]).name for row in table) == [p.name for p in find_lora_files([loras])]
+    assert [row["composite"] for row in table] == sorted((row["composite"] for row in table), reverse=True)
+    assert all((Path(row["samples"]) / "scores.json").is_file() for row in table)
+    code = main(["evaluate", str(loras), "--config", str(cfg_path), "--out", str(tmp_path / "ev2"), *quick])
+    assert code == 0 and "ranked by composite" in capsys.readouterr().out

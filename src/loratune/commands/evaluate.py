@@ -1,4 +1,4 @@
-"""``loratune evaluate``: score generated images on the five axes and the composite."""
+"""``loratune evaluate``: score generated images — or sample and rank LoRA files — on the five axes."""
 
 from __future__ import annotations
 
@@ -9,21 +9,50 @@ from typing import Annotated, Optional
 import typer
 
 
+def is_lora_input(path: Path) -> bool:
+    """A ``.safetensors`` file, or a folder holding LoRA files and no images: rank LoRAs instead of scoring images."""
+    from loratune.images import is_image_file
+
+    if path.is_file():
+        return path.suffix == ".safetensors"
+    if path.is_dir():
+        entries = list(path.rglob("*"))
+        return any(p.suffix == ".safetensors" for p in entries) and not any(is_image_file(p) for p in entries)
+    return False
+
+
 def command(
-    images: Annotated[Path, typer.Argument(help="folder of generated images (or one image)")],
+    images: Annotated[Path, typer.Argument(help="folder of generated images (or one image), or LoRA file(s) to rank")],
     prompts: Annotated[Optional[Path], typer.Option(help="JSONL/CSV manifest: file, prompt[, seed, character]")] = None,
     references: Annotated[Optional[Path], typer.Option(help="reference images (one sub-folder per character, or flat)")] = None,
     config: Annotated[Optional[Path], typer.Option("--config", "-c", help="loratune YAML config")] = None,
     out: Annotated[Optional[Path], typer.Option(help="where scores.json and per_image.csv go (default: IMAGES)")] = None,
     set_: Annotated[Optional[list[str]], typer.Option("--set", help="override a config key, e.g. evaluation.batch_size=4")] = None,
-    as_json: Annotated[bool, typer.Option("--json", help="print scores.json to stdout instead of a table")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="print scores.json (or ranking.json) to stdout")] = False,
 ) -> None:
-    """Score generated images: prompt alignment, character consistency, aesthetics, technical quality, diversity."""
+    """Score generated images: prompt alignment, character consistency, aesthetics, technical quality, diversity.
+
+    Given LoRA files or a folder of them (e.g. kohya's per-epoch outputs, either format), samples each on the
+    configured base model with the config's prompts and seeds, scores each set and ranks the LoRAs by composite.
+    """
     from loratune.config import load_config
-    from loratune.evaluation import evaluate_images
     from loratune.report.console import print_scores
 
     cfg = load_config(config, set_ or [])
+    if is_lora_input(images):
+        from loratune.report.console import print_ranking
+        from loratune.sampling import rank_loras
+
+        target = out if out is not None else (images if images.is_dir() else images.parent) / "loratune-eval"
+        ranked = rank_loras(cfg, [images], target, references=references, show_progress=not as_json)
+        if as_json:
+            print((target / "ranking.json").read_text())
+        else:
+            print_ranking(ranked, target / "ranking.json")
+        return
+
+    from loratune.evaluation import evaluate_images
+
     result, json_path = evaluate_images(images, cfg, prompts=prompts, references=references, out_dir=out,
                                         show_progress=not as_json)
     if as_json:

@@ -36,3 +36,20 @@ def print_scores(result: EvaluationResult, json_path: Path | None = None, consol
         console.print("[bold yellow]warning:[/] some backends ran on stand-in (random) weights; their scores mean nothing.")
     if json_path is not None:
         console.print(f"wrote {json_path} and {json_path.with_name('per_image.csv')}")
+
+
+def print_ranking(ranked: list, ranking_path: Path | None = None, console: Console | None = None) -> None:
+    """The LoRA ranking of ``loratune evaluate LORAS``: composite and normalised axes, best first."""
+    console = console or Console()
+    axes = list(ranked[0].result.normalised) if ranked else []
+    table = Table(title=f"loratune evaluate — {len(ranked)} LoRA files ranked by composite", title_justify="left")
+    for col in ("rank", "LoRA", "epoch", "composite", *axes):
+        table.add_column(col, overflow="fold")
+    for i, r in enumerate(ranked, 1):
+        table.add_row(str(i), r.path.name, "" if r.epoch is None else str(r.epoch), _fmt(r.result.composite),
+                      *(_fmt(r.result.normalised.get(a)) for a in axes))
+    console.print(table)
+    if any(r.result.stand_in for r in ranked):
+        console.print("[bold yellow]warning:[/] some backends ran on stand-in (random) weights; their scores mean nothing.")
+    if ranking_path is not None:
+        console.print(f"wrote {ranking_path} (samples and scores.json per LoRA beside it)")
