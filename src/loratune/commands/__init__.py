@@ -22,10 +22,5 @@ COMMANDS = [
 
 def register_all(app: typer.Typer) -> None:
     for name, module in COMMANDS:
-        try:
-            mod = importlib.import_module(f"loratune.commands.{module}")
-        except ModuleNotFoundError as err:
-            if err.name == f"loratune.commands.{module}":
-                continue  # command not built yet
-            raise
+        mod = importlib.import_module(f"loratune.commands.{module}")
         app.command(name=name, help=mod.command.__doc__)(mod.command)
