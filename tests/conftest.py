@@ -22,3 +22,25 @@ def tiny_models():
     from loratune.tiny import build_tiny_models
 
     return build_tiny_models(TINY_CACHE)
+
+
+@pytest.fixture(scope="session")
+def small_dataset_factory(tiny_models, tmp_path_factory):
+    """``make(n)``: a kohya dataset with the first ``n`` captioned images of each tiny character, one repeat each."""
+    import shutil
+
+    made: dict[int, Path] = {}
+
+    def make(per_character: int) -> Path:
+        if per_character not in made:
+            root = tmp_path_factory.mktemp(f"data-{per_character}")
+            for folder in sorted(Path(tiny_models.dataset).iterdir()):
+                target = root / f"1_{folder.name.split('_', 1)[1]}"
+                target.mkdir()
+                for image in sorted(folder.glob("*.png"))[:per_character]:
+                    shutil.copy(image, target / image.name)
+                    shutil.copy(image.with_suffix(".txt"), target / f"{image.stem}.txt")
+            made[per_character] = root
+        return made[per_character]
+
+    return make

@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import optuna
@@ -18,17 +17,9 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def small_dataset(tiny_models, tmp_path_factory) -> Path:
+def small_dataset(small_dataset_factory) -> Path:
     """Two captioned images per character, one repeat: one batch of two per character per epoch."""
-    root = tmp_path_factory.mktemp("search-data")
-    for folder in sorted(Path(tiny_models.dataset).iterdir()):
-        token = folder.name.split("_", 1)[1]
-        target = root / f"1_{token}"
-        target.mkdir()
-        for image in sorted(folder.glob("*.png"))[:2]:
-            shutil.copy(image, target / image.name)
-            shutil.copy(image.with_suffix(".txt"), target / f"{image.stem}.txt")
-    return root
+    return small_dataset_factory(2)
 
 
 def test_optimize_three_phases_on_the_tiny_model(tiny_models, small_dataset, tmp_path, capsys) -> None:

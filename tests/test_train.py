@@ -21,17 +21,9 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def small_dataset(tiny_models, tmp_path_factory) -> Path:
+def small_dataset(small_dataset_factory) -> Path:
     """One captioned image per character, one repeat: a single batch of two per epoch."""
-    root = tmp_path_factory.mktemp("data")
-    for folder in sorted(Path(tiny_models.dataset).iterdir()):
-        token = folder.name.split("_", 1)[1]
-        target = root / f"1_{token}"
-        target.mkdir()
-        for image in sorted(folder.glob("*.png"))[:1]:
-            shutil.copy(image, target / image.name)
-            shutil.copy(image.with_suffix(".txt"), target / f"{image.stem}.txt")
-    return root
+    return small_dataset_factory(1)
 
 
 def make_config(tiny_models, dataset: Path, *overrides: str, family: str = "sd15") -> Config:

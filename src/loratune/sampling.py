@@ -16,8 +16,7 @@ from loratune.atomic import atomic_path, atomic_write_json, atomic_write_text
 from loratune.config import Config, Prompt, SamplingSection
 from loratune.errors import LoratuneError
 from loratune.evaluation import Sample
-
-SAMPLES_FILE = "samples.jsonl"
+from loratune.manifest import SAMPLES_MANIFEST
 
 _SCHEDULERS = {
     "euler": "EulerDiscreteScheduler",
@@ -109,29 +108,8 @@ def render(pipe: Any, config: Config, out_dir: str | Path, lora_scale: float | N
         | ({"note": "stand-in weights"} if stand_in else {})
         for s in samples
     ]
-    atomic_write_text(out_dir / SAMPLES_FILE, "".join(json.dumps(r) + "\n" for r in rows))
+    atomic_write_text(out_dir / SAMPLES_MANIFEST, "".join(json.dumps(r) + "\n" for r in rows))
     return samples
-
-
-def read_samples(folder: str | Path) -> list[Sample]:
-    """The records of a folder written by ``render``."""
-    folder = Path(folder)
-    path = folder / SAMPLES_FILE
-    if not path.is_file():
-        raise LoratuneError(f"{folder}: no {SAMPLES_FILE}")
-    out = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        if line.strip():
-            row = json.loads(line)
-            out.append(
-                Sample(
-                    path=str(folder / row["file"]),
-                    prompt=row["prompt"],
-                    seed=row["seed"],
-                    character=row.get("character"),
-                )
-            )
-    return out
 
 
 def find_lora_files(paths: list[str | Path]) -> list[Path]:
