@@ -217,13 +217,15 @@ IMG_START, IMG_END, IMG_CONTEXT = "<img>", "</img>", "<IMG_CONTEXT>"
 class InternVL2RemoteVlm(YesNoVlm):
     """Original InternVL2 checkpoints (remote code): upstream tiling and prompt, logits from ``forward()``."""
 
-    def __init__(self, ref: str, device: Any, dtype: Any, field: str, max_tiles: int | None = None) -> None:
+    def __init__(
+        self, ref: str, device: Any, dtype: Any, field: str, trust_remote_code: bool, max_tiles: int | None = None
+    ) -> None:
         import torch
         from transformers import AutoModel, AutoTokenizer
 
         try:
-            self.model = AutoModel.from_pretrained(ref, dtype=dtype or torch.float32, trust_remote_code=True)
-            self.tokenizer = AutoTokenizer.from_pretrained(ref, trust_remote_code=True, use_fast=False)
+            self.model = AutoModel.from_pretrained(ref, dtype=dtype or torch.float32, trust_remote_code=trust_remote_code)
+            self.tokenizer = AutoTokenizer.from_pretrained(ref, trust_remote_code=trust_remote_code, use_fast=False)
         except Exception as err:  # noqa: BLE001  (also ImportError: packages the checkpoint's own code imports)
             raise LoratuneError(f"{field}: cannot load InternVL2 model {ref!r}: {first_line(err)}") from None
         self.model.to(device).eval()
@@ -322,5 +324,5 @@ def load_vlm(
     max_tiles: int | None = None,
 ) -> YesNoVlm:
     if resolve_loader(ref, loader, trust_remote_code, field) == "internvl2":
-        return InternVL2RemoteVlm(ref, device, dtype, field, max_tiles)
+        return InternVL2RemoteVlm(ref, device, dtype, field, trust_remote_code, max_tiles)
     return NativeVlm(ref, device, dtype, field)
