@@ -204,18 +204,30 @@ def _run_script(run: Path, config: Path) -> str:
             f"run_optimize(load_config({str(config)!r}), {str(run)!r}, backend={BACKEND!r})\n")
 
 
+def _start_until(script: str, markers: Path, pattern: str, timeout: float = 120) -> subprocess.Popen:
+    """Start the optimizer script in a child process and return once the synthetic backend has touched ``pattern``
+    (a trial's epoch has begun): the moment to kill or interrupt it."""
+    proc = subprocess.Popen([sys.executable, "-c", script], stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + timeout
+    while not list(markers.glob(pattern)):
+        if proc.poll() is not None or time.monotonic() > deadline:
+            exited = proc.poll()
+            proc.kill()
+            proc.wait()
+            pytest.fail(f"the optimizer {'exited with ' + str(exited) if exited is not None else 'timed out'} "
+                        f"before {pattern}")
+        time.sleep(0.05)
+    return proc
+
+
 def test_sigkill_mid_trial_then_resume(tmp_path, monkeypatch) -> None:
     run, markers = tmp_path / "run", tmp_path / "markers"
     markers.mkdir()
     config = write_config(tmp_path / "c.yaml", n_trials=5, phases={"refine_trials": 1, "ensemble_top_k": 0})
     monkeypatch.setenv("LORATUNE_TEST_EPOCH_SECONDS", "0.3")
     monkeypatch.setenv("LORATUNE_TEST_MARKERS", str(markers))
-    proc = subprocess.Popen([sys.executable, "-c", _run_script(run, config)], stderr=subprocess.DEVNULL)
+    proc = _start_until(_run_script(run, config), markers, "0002-epoch2-*")
     try:
-        deadline = time.monotonic() + 120
-        while not list(markers.glob("0002-epoch2-*")):
-            assert proc.poll() is None and time.monotonic() < deadline
-            time.sleep(0.05)
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait()
     finally:
@@ -267,11 +279,7 @@ def test_ctrl_c_stops_cleanly_and_resume_retries(tmp_path, monkeypatch) -> None:
     monkeypatch.setenv("LORATUNE_TEST_MARKERS", str(markers))
     script = _run_script(run, config).replace("run_optimize(", "import sys\ntry:\n    run_optimize(") + \
         "except KeyboardInterrupt:\n    sys.exit(130)\n"
-    proc = subprocess.Popen([sys.executable, "-c", script], stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 120
-    while not list(markers.glob("0001-epoch2-*")):
-        assert proc.poll() is None and time.monotonic() < deadline
-        time.sleep(0.05)
+    proc = _start_until(script, markers, "0001-epoch2-*")
     proc.send_signal(signal.SIGINT)
     assert proc.wait(timeout=60) == 130
     trials = study(run).get_trials()
