@@ -182,6 +182,13 @@ def test_bad_run_dirs(tmp_path, setup, message, capsys):
     assert not (run / "report.html").exists() if run.is_dir() else True
 
 
+def test_out_must_be_a_file(run_dir, capsys):
+    assert main(["report", str(run_dir), "--out", str(run_dir / "trials")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--out" in err and "is a directory" in err
+    assert not (run_dir / "report.html").exists()
+
+
 def test_cli_prints_the_path(run_dir, capsys):
     assert main(["report", str(run_dir), "--thumb-size", "32"]) == 0
     out = capsys.readouterr().out

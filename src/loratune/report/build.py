@@ -38,6 +38,8 @@ def build_report(run_dir: str | Path, out: str | Path | None = None, thumb_size:
         raise LoratuneError(f"--thumb-size: must be between 16 and 1024 pixels (got {thumb_size})")
     if max_images < 0:
         raise LoratuneError(f"--max-images: must be >= 0 (got {max_images})")
+    if out is not None and Path(out).is_dir():
+        raise LoratuneError(f"--out: {out} is a directory; give the HTML file to write (e.g. {Path(out) / 'report.html'})")
     start = time.perf_counter()
     run = load_run(run_dir)
     figures = build_figures(run)
