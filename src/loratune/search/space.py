@@ -162,7 +162,8 @@ def check_space(config: Config, space: Mapping[str, ParamSpec]) -> None:
         for other in order:
             spec = space[other]
             if other not in probe and is_active(spec, probe):
-                probe[other] = spec.choices[0] if spec.type == "categorical" and spec.choices else spec.low
+                probe[other] = spec.choices[0] if spec.type == "categorical" and spec.choices else \
+                    int(spec.low or 0) if spec.type == "int" else spec.low
         spec = space[name]
         for value in (spec.choices or []) if spec.type == "categorical" else [spec.low, spec.high]:
             probe[name] = int(value) if spec.type == "int" else value
