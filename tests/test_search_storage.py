@@ -2,20 +2,34 @@
 
 from __future__ import annotations
 
+import warnings
+
+import optuna
 import pytest
+from optuna.trial import TrialState
 
 from loratune.errors import LoratuneError
 from loratune.search.config import SearchSection
 from loratune.search.storage import open_storage, storage_url, study_exists
 
 
+@pytest.mark.filterwarnings("ignore:Heartbeat of storage is supposed to be used with Study.optimize")
 def test_default_is_sqlite_in_the_run_dir(tmp_path) -> None:
     search = SearchSection(heartbeat_interval=5)
     assert storage_url(tmp_path, search) == f"sqlite:///{tmp_path.resolve() / 'study.db'}"
-    storage = open_storage(tmp_path, search)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", FutureWarning)  # optuna's deprecated retry-callback names are not used
+        storage = open_storage(tmp_path, search)
     assert (tmp_path / "study.db").is_file() and not study_exists(storage)
     assert storage.heartbeat_interval == 5 and storage.grace_period == 10
-    assert storage.failed_trial_callback is not None
+    # The crash detector's retry: a dead trial comes back once per allowed retry (search.max_retry, default 2).
+    study = optuna.create_study(storage=storage, study_name="loratune")
+    study.enqueue_trial({"x": 0.5})
+    dead = study.ask()
+    study.tell(dead, state=TrialState.FAIL)
+    storage.failed_trial_callback(study, study.trials[dead.number])
+    retry = study.get_trials(states=(TrialState.WAITING,))
+    assert len(retry) == 1 and retry[0].system_attrs["failed_trial"] == dead.number
     assert open_storage(tmp_path, search, heartbeat=False).heartbeat_interval is None
 
 
