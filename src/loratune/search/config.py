@@ -135,7 +135,9 @@ class SearchSection(_Strict):
     def _axes(cls, v: dict[str, str] | None) -> dict[str, str] | None:
         if v is None:
             return v
-        known = {"composite", "alignment", "consistency", "aesthetics", "quality", "diversity"}
+        from loratune.metrics.registry import AXES  # light: the axis names, no backend is imported
+
+        known = {"composite", *AXES}
         for axis in v:
             if axis not in known:
                 raise ValueError(f"unknown axis {axis!r} (known: {', '.join(sorted(known))})")
