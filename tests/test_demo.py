@@ -63,6 +63,8 @@ def test_demo_runs_the_whole_loop(tmp_path, tiny_models):
     result = run_demo(tmp_path, Console(file=io.StringIO()), overrides=["search.n_trials=4"])
     assert set(result.phases) == {"baseline", "search", "refine", "ensemble"}
     assert sum(result.states.values()) == 5 and result.states.get("complete", 0) >= 3
+    # Issue 6: the demo's search shows pruning (the median pruner stops trial 2 after epoch 1; runs are seeded).
+    assert result.states.get("pruned", 0) >= 1, result.states
     assert result.audit is not None and result.best_lora is not None and result.best_lora.is_file()
     audit = json.loads(result.audit.read_text())
     assert audit["summary"]["near_duplicate_pairs"] >= 1 and audit["summary"]["flagged_images"] >= 2
