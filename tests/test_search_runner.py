@@ -186,6 +186,30 @@ def test_every_axis_missing_fails_the_trial_with_its_reason(tmp_path) -> None:
     assert not (run / "best").exists()
 
 
+class MixedRankBackend(FailingBackend):
+    """Trial N writes rank-(2 + N % 2) LoRAs: consecutive trials cannot be parameter-averaged."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        write = self.inner._lora
+        self.inner._lora = lambda path, seed, rank: write(path, seed, 2 + (seed // 100) % 2)
+
+    def train(self, config, out_dir, on_epoch):
+        self.inner.train(config, out_dir, on_epoch)
+
+
+def test_an_ensemble_that_cannot_merge_fails_alone(tmp_path) -> None:
+    run = tmp_path / "run"
+    config = load_config(write_config(tmp_path / "c.yaml", n_trials=2, pruner="none",
+                                      phases={"refine_trials": 0, "ensemble_top_k": 2, "ensemble_method": "avg"}))
+    sys.modules[__name__].make_mixed = MixedRankBackend
+    best = run_optimize(config, run, backend=f"{__name__}:make_mixed", say=lambda m: None)
+    trials = study(run).get_trials()
+    assert [t.state for t in trials] == [TrialState.COMPLETE, TrialState.COMPLETE, TrialState.FAIL]
+    assert trials[2].user_attrs["phase"] == "ensemble" and "equal ranks" in trials[2].user_attrs["fail_reason"]
+    assert best is not None and best.number in (0, 1) and (run / "best" / "best.json").is_file()
+
+
 def test_multi_objective_turns_pruning_off(tmp_path) -> None:
     run = tmp_path / "run"
     config = load_config(write_config(tmp_path / "c.yaml", n_trials=4, directions={"alignment": "maximize",

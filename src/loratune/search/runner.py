@@ -154,7 +154,7 @@ def _grid(space: dict[str, ParamSpec]) -> dict[str, list[Any]]:
             continue
         lo, hi = float(spec.low or 0), float(spec.high or 0)
         points = [lo, math.sqrt(lo * hi) if spec.log else (lo + hi) / 2, hi]
-        grid[name] = sorted({int(round(p)) if spec.type == "int" else p for p in points})
+        grid[name] = sorted({round(p) if spec.type == "int" else p for p in points})
     return grid
 
 
@@ -390,10 +390,11 @@ class Worker:
                                                     "members": [t.number for t in members],
                                                     "method": phases.ensemble_method, "rank": phases.ensemble_rank,
                                                     "sources": [str(p.relative_to(self.run_dir)) for p in paths]})
-            # Weights: an even average; the merged LoRA is scored like any trial.
-            lora = merge_files(paths, tmp / "checkpoints" / "ensemble.safetensors", method=phases.ensemble_method,
-                               rank=phases.ensemble_rank if phases.ensemble_method == "svd" else None)
             try:
+                # Weights: an even average; the merged LoRA is scored like any trial. A merge that cannot be made
+                # (avg over members of different ranks) fails this trial only: the study and RUN/best go on.
+                lora = merge_files(paths, tmp / "checkpoints" / "ensemble.safetensors", method=phases.ensemble_method,
+                                   rank=phases.ensemble_rank if phases.ensemble_method == "svd" else None)
                 score = self.backend.score_lora(self.config, lora, tmp)
             except KeyboardInterrupt:
                 trial.set_user_attr("fail_reason", "interrupted")

@@ -213,6 +213,6 @@ def baseline_params(config: Config, space: Mapping[str, ParamSpec]) -> dict[str,
             lo, hi = float(spec.low or 0), float(spec.high or 0)
             value = min(hi, max(lo, float(value if value is not None else lo)))
             if spec.type == "int":
-                value = int(round(value))
+                value = round(value)
         params[name] = value
     return params
