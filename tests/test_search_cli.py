@@ -26,6 +26,10 @@ def test_optimize_user_errors(tmp_path, capsys) -> None:
     assert main(["optimize", str(config), "--run", str(tmp_path / "run")]) == 2
     assert "search.space" in capsys.readouterr().err
     assert not (tmp_path / "run" / "config.yaml").exists()
+    (tmp_path / "a-file").write_text("x")
+    assert main(["optimize", str(config), "--run", str(tmp_path / "a-file")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "a-file: not a directory" in err, err
     for override, field in [("search.sampler=cmaes", "search.sampler"), ("search.pruner=asha", "search.pruner"),
                             ("search.space.rank.choices=[]", "search.space.rank"), ("search.n_trials", "--set")]:
         assert main(["optimize", str(config), "--run", str(tmp_path / "run"), "--set", override]) == 2

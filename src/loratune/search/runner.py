@@ -457,6 +457,8 @@ def quiet_optuna() -> None:
 def prepare_run(run_dir: Path, config: Config | None, resume: bool) -> Config:
     """Create (or reopen for ``resume``) the run directory and its study; returns the run's config."""
     config_file = run_dir / CONFIG_FILE
+    if run_dir.exists() and not run_dir.is_dir():
+        raise LoratuneError(f"{run_dir}: not a directory (--run names the run directory)")
     if resume:
         if not config_file.is_file():
             raise LoratuneError(f"{run_dir}: no {CONFIG_FILE}; nothing to resume")
