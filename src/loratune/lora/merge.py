@@ -175,7 +175,7 @@ def load_lora(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, str]
             meta = dict(fh.metadata() or {})
             return {k: fh.get_tensor(k) for k in fh.keys()}, meta
     except (SafetensorError, OSError) as err:
-        raise LoratuneError(f"{path}: not a readable safetensors file ({err})") from None
+        raise LoratuneError(f"{path}: not a readable safetensors file ({first_line(err)})") from None
 
 
 def merge_files(
