@@ -99,3 +99,42 @@ def test_ray_restore_after_the_driver_is_killed(tmp_path, monkeypatch) -> None:
     phases = [t.user_attrs.get("phase") for t in after if t.state != TrialState.FAIL]
     assert phases.count("baseline") + phases.count("search") == 4 and phases.count("refine") == 1
     assert not list((run / "trials").glob(".*"))
+
+
+def test_searcher_tells_optuna_only_real_outcomes(tmp_path) -> None:
+    """The searcher alone (no Tune run): an all-missing trial fails and reports nothing, never 0; a trial ASHA stopped
+    is PRUNED; only a trial that ran to its last epoch is COMPLETE, valued at its best epoch."""
+    import functools
+
+    import optuna
+
+    from loratune.search.config import ParamSpec, SearchSection
+    from loratune.search.ray_backend import _define_by_run, _searcher_class
+    from loratune.search.runner import NO_COMPOSITE
+    from loratune.search.storage import open_storage
+
+    storage = open_storage(tmp_path, SearchSection(), heartbeat=False)
+    optuna.create_study(storage=storage, study_name="loratune")
+    space = {"x": ParamSpec(type="float", low=0, high=1)}
+    searcher = _searcher_class()(space=functools.partial(_define_by_run, space=space), metric="composite", mode="max",
+                                 sampler=optuna.samplers.RandomSampler(seed=0), study_name="loratune",
+                                 storage=storage, run_dir=str(tmp_path), phase="search")
+    for trial_id in ("unscored", "finished", "stopped"):
+        assert searcher.suggest(trial_id) is not None
+    curve = {1: 0.5, 2: 0.75}
+    for epoch in (1, 2):
+        done = epoch == 2
+        searcher.on_trial_result("unscored", {"composite": 0.0, "scored": False, "epoch": epoch, "complete": done})
+        searcher.on_trial_result("finished", {"composite": curve[epoch], "scored": True, "epoch": epoch,
+                                              "best_composite": curve[epoch], "complete": done})
+    searcher.on_trial_complete("unscored", {"composite": 0.0, "scored": False, "epoch": 2, "complete": True})
+    searcher.on_trial_complete("finished", {"composite": 0.75, "scored": True, "epoch": 2, "best_composite": 0.75,
+                                            "complete": True})
+    # ASHA stops "stopped" on its first result: that result reaches only on_trial_complete.
+    searcher.on_trial_complete("stopped", {"composite": 0.25, "scored": True, "epoch": 1, "best_composite": 0.25,
+                                           "complete": False})
+    unscored, finished, stopped = optuna.load_study(study_name="loratune", storage=storage).get_trials()
+    assert unscored.state == TrialState.FAIL and unscored.intermediate_values == {}
+    assert unscored.user_attrs["fail_reason"] == NO_COMPOSITE
+    assert finished.state == TrialState.COMPLETE and finished.value == 0.75 and finished.intermediate_values == curve
+    assert stopped.state == TrialState.PRUNED and stopped.intermediate_values == {1: 0.25}
