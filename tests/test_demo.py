@@ -42,15 +42,14 @@ def test_demo_overrides_give_every_phase(tiny_models):
 
 def test_summary_says_where_everything_is(tmp_path):
     result = DemoResult(tmp_path, tmp_path / "models", tmp_path / "dataset", tmp_path / "run" / "config.yaml",
-                        tmp_path / "run", tmp_path / "run" / "report.html", None, None,
-                        {"complete": 5, "pruned": 1}, {"baseline": 1, "search": 3}, {"search": 100.0},
-                        ["dataset audit (loratune.audit is not available)"])
+                        tmp_path / "run", tmp_path / "run" / "report.html", tmp_path / "run" / "audit.json", None,
+                        {"complete": 5, "pruned": 1}, {"baseline": 1, "search": 3}, {"search": 100.0})
     out = io.StringIO()
     print_summary(result, Console(file=out, width=200))
     text = out.getvalue()
     assert f"file://{tmp_path / 'run' / 'report.html'}" in text
     assert "5 complete" in text and "1 pruned" in text and "stand-ins" in text
-    assert "not in this demo: dataset audit" in text
+    assert str(tmp_path / "run" / "audit.json") in text and "best LoRA" in text
 
 
 @pytest.mark.slow
@@ -71,3 +70,12 @@ def test_demo_runs_the_whole_loop(tmp_path, tiny_models):
     html = result.report.read_text()
     assert html.count('class="sample"') >= 4 * 5 and 'id="plot-history"' in html and 'id="stand-in-warning"' in html
     assert (result.run_dir / "best").is_dir() and result.report.parent == result.run_dir
+
+
+def test_two_demos_in_the_same_second_get_separate_run_folders(tmp_path) -> None:
+    from loratune.demo import _claim_run_dir
+
+    first = _claim_run_dir(tmp_path / "runs", "20261130-120000")
+    second = _claim_run_dir(tmp_path / "runs", "20261130-120000")
+    assert first.name == "20261130-120000" and second.name == "20261130-120000-2"
+    assert first.is_dir() and second.is_dir() and not any(first.iterdir())

@@ -13,7 +13,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
-from loratune.errors import LoratuneError
+from loratune.errors import LoratuneError, first_line
 from loratune.search.config import SearchSection
 from loratune.train.config import TrainSection
 
@@ -290,7 +290,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         try:
             loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
         except (yaml.YAMLError, UnicodeDecodeError) as err:
-            raise LoratuneError(f"{path}: not valid YAML: {str(err).splitlines()[0]}") from None
+            raise LoratuneError(f"{path}: not valid YAML: {first_line(err)}") from None
         if loaded is None:
             loaded = {}
         if not isinstance(loaded, dict):

@@ -8,7 +8,6 @@ everything is. Nothing is downloaded; every score comes from stand-in weights an
 from __future__ import annotations
 
 import datetime as _dt
-import importlib.util
 import threading
 import time
 from collections.abc import Iterator
@@ -20,6 +19,8 @@ from typing import Any
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
+
+from loratune.errors import LoratuneError
 
 # The demo's search: small enough for ~5 minutes on 2 CPU cores, big enough to show every phase: a baseline, 3
 # sampler trials, 1 refinement and the ensemble of the best 2, each trial 2 epochs. The median pruner judges a trial
@@ -51,12 +52,24 @@ class DemoResult:
     config: Path
     run_dir: Path
     report: Path
-    audit: Path | None
+    audit: Path
     best_lora: Path | None
     states: dict[str, int]
     phases: dict[str, int]
     seconds: dict[str, float] = field(default_factory=dict)
-    missing: list[str] = field(default_factory=list)
+
+
+def _claim_run_dir(parent: Path, stamp: str) -> Path:
+    """A new, empty run folder named by the time; two demos started in the same second get ``-2``, ``-3``, …."""
+    parent.mkdir(parents=True, exist_ok=True)
+    for n in range(1, 1000):
+        candidate = parent / (stamp if n == 1 else f"{stamp}-{n}")
+        try:
+            candidate.mkdir()
+            return candidate
+        except FileExistsError:
+            continue
+    raise LoratuneError(f"{parent}: too many runs named {stamp}*")
 
 
 def _progress(console: Console) -> Progress:
@@ -137,10 +150,8 @@ class StudyWatcher(threading.Thread):
         self.progress.update(self.task, completed=min(len(finished), self.total), status=status)
 
 
-def _audit(dataset: Path, config: Any, run_dir: Path) -> tuple[Path | None, int]:
+def _audit(dataset: Path, config: Any, run_dir: Path) -> tuple[Path, int]:
     """Audit the dataset into ``run_dir/audit.json`` (where the report finds it); returns (path, flagged images)."""
-    if importlib.util.find_spec("loratune.audit") is None:
-        return None, 0
     from loratune.audit import run_audit
 
     result = run_audit(dataset, config, out_dir=run_dir)
@@ -204,9 +215,8 @@ def run_demo(out_dir: str | Path = "demo-run", console: Console | None = None,
     console = console or Console(stderr=True)
     _quiet()
     out_dir = Path(out_dir).resolve()
-    run_dir = out_dir / "runs" / _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    run_dir = _claim_run_dir(out_dir / "runs", _dt.datetime.now().strftime("%Y%m%d-%H%M%S"))
     seconds: dict[str, float] = {}
-    missing: list[str] = []
     messages: list[str] = []
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     with _progress(console) as progress:
@@ -218,16 +228,10 @@ def run_demo(out_dir: str | Path = "demo-run", console: Console | None = None,
         dataset_overrides = [f"dataset.path={dataset.train}"] + [
             f"dataset.characters.{token}.references={dataset.references / token}" for token in dataset.characters]
         config = load_config(models.config, DEMO_OVERRIDES + dataset_overrides + list(overrides or []))
-        audit_path: Path | None = None
         start = time.perf_counter()
         with _stage(progress, "Dataset audit", seconds, "audit") as note:
-            run_dir.mkdir(parents=True)
             audit_path, flagged = _audit(dataset.train, config, run_dir)
-            if audit_path is None:
-                missing.append("dataset audit (loratune.audit is not available)")
-                note["status"] = "[yellow]skipped: loratune.audit not available"
-            else:
-                note["status"] = f"[green]{flagged} image(s) flagged, done in {time.perf_counter() - start:.1f}s"
+            note["status"] = f"[green]{flagged} image(s) flagged, done in {time.perf_counter() - start:.1f}s"
         total = config.search.n_trials + (1 if config.search.phases.ensemble_top_k >= 2 else 0)
         task = progress.add_task("Search", total=total, status="")
         watcher = StudyWatcher(run_dir, progress, task, total)
@@ -254,7 +258,7 @@ def run_demo(out_dir: str | Path = "demo-run", console: Console | None = None,
     best_dir = run_dir / "best"
     best_lora = next(iter(sorted(best_dir.glob("*.safetensors"))), None) if best_dir.is_dir() else None
     return DemoResult(out_dir, models.root, dataset.train, run_dir / "config.yaml", run_dir, report.path, audit_path,
-                      best_lora, states, phases, seconds, missing)
+                      best_lora, states, phases, seconds)
 
 
 def print_summary(result: DemoResult, console: Console | None = None) -> None:
@@ -265,7 +269,7 @@ def print_summary(result: DemoResult, console: Console | None = None) -> None:
     table.add_row("tiny models", str(result.models_dir))
     table.add_row("dataset", str(result.dataset))
     table.add_row("config", str(result.config))
-    table.add_row("audit", str(result.audit) if result.audit else "[yellow]not run (loratune.audit missing)")
+    table.add_row("audit", str(result.audit))
     table.add_row("run", str(result.run_dir))
     table.add_row("trials", ", ".join(f"{n} {s}" for s, n in sorted(result.states.items())))
     table.add_row("phases", ", ".join(f"{n} {p}" for p, n in result.phases.items()))
@@ -275,6 +279,4 @@ def print_summary(result: DemoResult, console: Console | None = None) -> None:
     table.add_row("report", f"[bold green]{result.report}")
     console.print(table)
     console.print("[yellow]All models here are random stand-ins: the scores only show that the loop works.")
-    for item in result.missing:
-        console.print(f"[yellow]not in this demo: {item}")
     console.print(f"Open the report: [bold]file://{result.report}")

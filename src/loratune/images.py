@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from loratune.errors import LoratuneError
+from loratune.errors import LoratuneError, first_line
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff", ".gif")
 _MAX_PIXELS = 16384 * 16384
@@ -83,7 +83,7 @@ def load_image(path: str | Path) -> Image.Image:
     except UnidentifiedImageError:
         raise LoratuneError(f"{path}: not an image or an unsupported format") from None
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
-        reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+        reason = first_line(err)
         if "truncated" in reason.lower() or isinstance(err, (OSError, SyntaxError)):
             raise LoratuneError(f"{path}: corrupt or truncated image ({reason})") from None
         raise LoratuneError(f"{path}: cannot decode image ({reason})") from None

@@ -14,7 +14,7 @@ from typing import Any
 
 from loratune.atomic import atomic_path, atomic_write_json, atomic_write_text
 from loratune.config import Config, Prompt, SamplingSection
-from loratune.errors import LoratuneError
+from loratune.errors import LoratuneError, first_line
 from loratune.evaluation import Sample
 from loratune.manifest import SAMPLES_MANIFEST
 
@@ -63,7 +63,7 @@ def load_pipeline(config: Config, device: Any | None = None) -> Any:
     try:
         pipe = cls.from_pretrained(base, **kwargs)
     except (OSError, ValueError) as err:
-        raise LoratuneError(f"model.base: cannot load {base}: {str(err).splitlines()[0]}") from None
+        raise LoratuneError(f"model.base: cannot load {base}: {first_line(err)}") from None
     set_scheduler(pipe, config.sampling.scheduler)
     pipe.set_progress_bar_config(disable=True)
     return pipe.to(device)
@@ -138,7 +138,7 @@ def apply_lora(pipe: Any, path: str | Path, name: str = "loratune") -> None:
     try:
         pipe.load_lora_weights(str(path), adapter_name=name)
     except (OSError, ValueError, KeyError, RuntimeError) as err:
-        raise LoratuneError(f"{path}: not a LoRA for this base model ({str(err).splitlines()[0]})") from None
+        raise LoratuneError(f"{path}: not a LoRA for this base model ({first_line(err)})") from None
 
 
 def sample_loras(config: Config, lora_paths: list[str | Path], out_dir: str | Path) -> dict[str, list[Sample]]:

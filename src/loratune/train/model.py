@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from loratune.errors import LoratuneError
+from loratune.errors import LoratuneError, first_line
 
 ADAPTER = "default"
 
@@ -36,7 +36,7 @@ def load_models(base: str, family: str, variant: str | None = None) -> Models:
             return loader.from_pretrained(base, subfolder=subfolder, **kwargs)
         except (OSError, ValueError) as err:
             raise LoratuneError(
-                f"model.base: cannot load {subfolder} from {base}: {str(err).splitlines()[0]}"
+                f"model.base: cannot load {subfolder} from {base}: {first_line(err)}"
             ) from None
 
     kwargs = {"variant": variant} if variant else {}
