@@ -62,7 +62,7 @@ def _takes_pretrained(metric: str) -> bool:
 def check_plain_checkpoint(path: str, field: str) -> None:
     """Refuse a checkpoint that is not plain tensors and containers before pyiqa reads it.
 
-    pyiqa loads weights with ``torch.load(weights_only=False)``, which runs any code pickled into the file; a file that
+    pyiqa unpickles weights with weights_only switched off, which runs any code pickled into the file; a file that
     loads with ``weights_only=True`` holds only tensors and plain containers, so pyiqa's load of it is safe.
     """
     import torch
