@@ -68,3 +68,21 @@ def test_bad_yaml_and_missing_file(tmp_path):
         load_config(tmp_path / "bad.yaml")
     with pytest.raises(LoratuneError, match="KEY=VALUE"):
         apply_override({}, "novalue")
+
+
+def test_backend_options_naming_files_resolve_next_to_config(tmp_path):
+    (tmp_path / "clip").mkdir()
+    (tmp_path / "faces").mkdir()
+    (tmp_path / "faces" / "det.onnx").write_bytes(b"")
+    path = tmp_path / "c.yaml"
+    path.write_text(
+        "evaluation:\n  backends:\n"
+        "    aesthetics: {name: laion_aesthetic, clip_model: clip, pretrained: openai}\n"
+        "    consistency: {name: insightface, detector: faces/det.onnx, fallback: {name: clip_i, model: clip}}\n"
+    )
+    backends = load_config(path).evaluation.backends
+    assert backends["aesthetics"].options() == {"clip_model": str(tmp_path / "clip"), "pretrained": "openai"}
+    options = backends["consistency"].options()
+    assert options["detector"] == str(tmp_path / "faces" / "det.onnx")
+    assert options["fallback"] == {"name": "clip_i", "model": str(tmp_path / "clip")}
+    assert backends["consistency"].name == "insightface"

@@ -138,22 +138,21 @@ class BackendConfig(BaseModel):
     @model_validator(mode="before")
     @classmethod
     def _resolve_model_options(cls, data: Any, info: ValidationInfo) -> Any:
-        """Options that name a model or file (``clip_model``, ``detector_path``, ...) resolve like ``model``: next to
-        the config when such a file exists there, so a config folder can be moved as a whole."""
+        """Every option value that names a file or folder next to the config (``clip_model``, ``detector``, a nested
+        ``fallback.model``, ...) resolves like ``model``, so a config folder can be moved as a whole. Values that
+        are not such paths (hub ids, tags, choices) stay as written."""
+
+        def resolve(value: Any) -> Any:
+            if isinstance(value, str):
+                return resolve_model(value, info)
+            if isinstance(value, dict):
+                return {k: resolve(v) for k, v in value.items()}
+            if isinstance(value, list):
+                return [resolve(v) for v in value]
+            return value
+
         if isinstance(data, dict):
-            suffixes = ("_model", "_path", "_file", "_dir", "pretrained")
-            named = ("detector", "root")  # insightface's detector ONNX and its packs' folder
-
-            def resolve(key: str, value: Any) -> Any:
-                if isinstance(value, str) and key != "model" and (key.endswith(suffixes) or key in named):
-                    return resolve_model(value, info)
-                if key == "fallback" and isinstance(value, dict):  # a nested backend (face identity's fallback)
-                    nested = cls._resolve_model_options(value, info)
-                    model = nested.get("model")
-                    return {**nested, "model": resolve_model(model, info)} if isinstance(model, str) else nested
-                return value
-
-            data = {k: resolve(k, v) for k, v in data.items()}
+            return {k: v if k == "name" else resolve(v) for k, v in data.items()}
         return data
 
     @field_validator("norm_range")
