@@ -36,6 +36,19 @@ def _text_config(hidden: int, projection_dim: int):
     )
 
 
+# The UNet layout both tiny pipelines share: two resolution levels, cross-attention in the lower one.
+_UNET_BLOCKS = {
+    "block_out_channels": (32, 64),
+    "layers_per_block": 2,
+    "sample_size": 32,
+    "in_channels": 4,
+    "out_channels": 4,
+    "down_block_types": ("DownBlock2D", "CrossAttnDownBlock2D"),
+    "up_block_types": ("CrossAttnUpBlock2D", "UpBlock2D"),
+    "norm_num_groups": 32,
+}
+
+
 def _vae():
     from diffusers import AutoencoderKL
 
@@ -57,16 +70,9 @@ def build_sd15(folder: Path, seed: int = 0) -> None:
 
     torch.manual_seed(seed)
     unet = UNet2DConditionModel(
-        block_out_channels=(32, 64),
-        layers_per_block=2,
-        sample_size=32,
-        in_channels=4,
-        out_channels=4,
-        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
-        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        **_UNET_BLOCKS,
         cross_attention_dim=32,
         attention_head_dim=8,
-        norm_num_groups=32,
     )
     vae = _vae()
     text_encoder = CLIPTextModel(_text_config(32, 32))
@@ -106,13 +112,7 @@ def build_sdxl(folder: Path, seed: int = 0) -> None:
     torch.manual_seed(seed)
     hidden_1, hidden_2, projection_2, time_dim = 32, 32, 32, 8
     unet = UNet2DConditionModel(
-        block_out_channels=(32, 64),
-        layers_per_block=2,
-        sample_size=32,
-        in_channels=4,
-        out_channels=4,
-        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
-        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        **_UNET_BLOCKS,
         attention_head_dim=(2, 4),
         use_linear_projection=True,
         addition_embed_type="text_time",
@@ -120,7 +120,6 @@ def build_sdxl(folder: Path, seed: int = 0) -> None:
         transformer_layers_per_block=(1, 2),
         projection_class_embeddings_input_dim=6 * time_dim + projection_2,
         cross_attention_dim=hidden_1 + hidden_2,
-        norm_num_groups=32,
     )
     vae = _vae()
     text_encoder = CLIPTextModel(_text_config(hidden_1, 32))
