@@ -44,7 +44,8 @@ from rich.console import Console
 from rich.table import Table
 
 from loratune.config import BackendConfig, Config, load_config
-from loratune.evaluation import Evaluator, Sample, load_references
+from loratune.evaluation import Evaluator, load_references
+from loratune.records import Sample
 from loratune.metrics.base import EvalImage, References, Runtime
 from loratune.metrics.cache import clear_model_cache
 from loratune.metrics.registry import AXES, create_backend

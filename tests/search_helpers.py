@@ -15,7 +15,7 @@ from safetensors.torch import save_file
 from loratune.config import Config
 from loratune.lora.merge import load_lora
 from loratune.search.synthetic import Surface
-from loratune.search.trials import EpochScore
+from loratune.records import EpochScore
 
 
 class SyntheticBackend:

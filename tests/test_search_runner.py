@@ -162,7 +162,7 @@ class MissingAxesBackend(FailingBackend):
     """Trains normally, but no axis can be computed at any epoch: the composite is None, never 0."""
 
     def train(self, config, out_dir, on_epoch):
-        from loratune.search.trials import EpochScore
+        from loratune.records import EpochScore
 
         self.inner.train(config, out_dir, lambda s: on_epoch(
             EpochScore(s.epoch, None, {"alignment": None, "diversity": None}, s.lora, s.samples_dir)))

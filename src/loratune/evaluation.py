@@ -29,23 +29,12 @@ from loratune.metrics.base import AxisResult, Backend, EvalImage, References, Ru
 from loratune.metrics.composite import composite, normalise
 from loratune.metrics.registry import AXES, create_backend
 from loratune.progress import progress_bar
+from loratune.records import Sample
 
 STAND_IN_WARNING = "ran on stand-in (randomly initialised) weights: its scores mean nothing"
 _VERSIONED = ("loratune", "torch", "diffusers", "transformers", "peft", "open_clip_torch", "timm", "pyiqa", "lpips",
               "insightface", "onnxruntime", "optuna")
 
-
-@dataclass
-class Sample:
-    """A generated image and what it was generated from."""
-
-    path: Path
-    prompt: str | None = None
-    seed: int | None = None
-    character: str | None = None
-
-    def __post_init__(self) -> None:
-        self.path = Path(self.path)
 
 
 @dataclass

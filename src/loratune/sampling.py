@@ -15,8 +15,8 @@ from typing import Any
 from loratune.atomic import atomic_path, atomic_write_json, atomic_write_text
 from loratune.config import Config, Prompt, SamplingSection
 from loratune.errors import LoratuneError, first_line
-from loratune.evaluation import Sample
 from loratune.manifest import SAMPLES_MANIFEST
+from loratune.records import Sample
 
 _SCHEDULERS = {
     "euler": "EulerDiscreteScheduler",

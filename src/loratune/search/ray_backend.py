@@ -52,7 +52,8 @@ from loratune.search.runner import (
 )
 from loratune.search.space import apply_params, narrow, suggest
 from loratune.search.storage import STUDY_NAME, open_storage, retry_callback
-from loratune.search.trials import EpochScore, TrialBackend, load_backend
+from loratune.records import EpochScore
+from loratune.search.trials import TrialBackend, load_backend
 
 NUMBER_KEY = "_loratune_trial"
 _ATTRS = ("best_epoch", "composite", "axes", "stand_in", "lora", "samples", "trial_dir")

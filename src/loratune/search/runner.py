@@ -44,7 +44,8 @@ from loratune.errors import LoratuneError, first_line
 from loratune.search.config import ParamSpec, SearchSection
 from loratune.search.space import apply_params, baseline_params, check_space, narrow, suggest
 from loratune.search.storage import STUDY_NAME, directions, open_storage, retry_callback, study_exists
-from loratune.search.trials import EpochScore, TrialBackend, load_backend
+from loratune.records import EpochScore
+from loratune.search.trials import TrialBackend, load_backend
 
 BUDGET_PHASES = ("baseline", "search", "refine")
 # Failures that used up their slot (the trial really ran and failed); crashes and Ctrl-C are retried instead.

@@ -10,23 +10,13 @@ from __future__ import annotations
 
 import importlib
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
 from loratune.config import Config
 from loratune.errors import LoratuneError
+from loratune.records import EpochScore
 
-
-@dataclass
-class EpochScore:
-    epoch: int
-    composite: float | None
-    normalised: dict[str, float | None] = field(default_factory=dict)
-    lora: Path | None = None  # the checkpoint's kohya file
-    samples_dir: Path | None = None
-    stand_in: bool = False
-    result: Any = None  # the EvaluationResult, when there is one
 
 
 class TrialBackend(Protocol):

@@ -1,10 +1,11 @@
-"""What a training run hands back: checkpoint records, the result, and the two ways a run ends early."""
+"""What a training run hands back: the result, and the two ways a run ends early (checkpoints: ``loratune.records``)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+
+from loratune.records import CheckpointInfo
 
 
 class StopTraining(Exception):
@@ -22,16 +23,6 @@ class TrainingDiverged(RuntimeError):
 FAILED_MARKER = "FAILED.json"
 
 
-@dataclass
-class CheckpointInfo:
-    epoch: int
-    step: int
-    diffusers_path: Path | None
-    kohya_path: Path | None
-    samples: list[Any] = field(default_factory=list)
-    rank: int | None = None
-    resolution: int | None = None
-    folder: Path | None = None
 
 
 @dataclass

@@ -1,0 +1,52 @@
+"""The records that cross parts: a generated sample, a saved checkpoint, an epoch's score.
+
+Plain dataclasses that import nothing heavy, so that training, sampling, evaluation and search can name each other's
+results without importing each other (``train/`` never imports a metric to name a ``Sample``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+
+@dataclass
+class Sample:
+    """A generated image and what it was generated from."""
+
+    path: Path
+    prompt: str | None = None
+    seed: int | None = None
+    character: str | None = None
+
+    def __post_init__(self) -> None:
+        self.path = Path(self.path)
+
+
+@dataclass
+class CheckpointInfo:
+    """One saved training checkpoint and the samples rendered from it."""
+
+    epoch: int
+    step: int
+    diffusers_path: Path | None
+    kohya_path: Path | None
+    samples: list[Sample] = field(default_factory=list)
+    rank: int | None = None
+    resolution: int | None = None
+    folder: Path | None = None
+
+
+@dataclass
+class EpochScore:
+    """An epoch's (or a merged LoRA's) scores: the composite, the normalised axes and where its files are."""
+
+    epoch: int
+    composite: float | None
+    normalised: dict[str, float | None] = field(default_factory=dict)
+    lora: Path | None = None  # the checkpoint's kohya file
+    samples_dir: Path | None = None
+    stand_in: bool = False
+    result: Any = None  # the EvaluationResult, when there is one
+    backends: dict[str, str] = field(default_factory=dict)  # axis -> backend that produced its number
