@@ -101,6 +101,7 @@ def make_run(run_dir: Path, epochs: int = 3, multi_objective: bool = False, stan
             trial.set_user_attr("members", [4, 1])
             trial.set_user_attr("axes", _axes(0.5))
             trial.set_user_attr("composite", 0.55)
+            trial.set_user_attr("lora", "checkpoints/ensemble.safetensors")
             (trial_dir / "scores.json").write_text(json.dumps({"best_epoch": 0, "composite": 0.55, "axes": _axes(0.5),
                                                                "epochs": [{"epoch": 0, "composite": 0.55}]}))
             study.tell(trial, [0.75, 0.47] if multi_objective else 0.55)
@@ -125,6 +126,7 @@ def make_run(run_dir: Path, epochs: int = 3, multi_objective: bool = False, stan
         trial.set_user_attr("best_epoch", best_epoch)
         trial.set_user_attr("axes", axes)
         trial.set_user_attr("composite", curve[best_epoch - 1])
+        trial.set_user_attr("lora", f"checkpoints/epoch-{best_epoch:04d}/lora.safetensors")
         # The runner's summary, and one evaluation's full scores.json per epoch (as loratune.evaluation writes it).
         (trial_dir / "scores.json").write_text(json.dumps({
             "best_epoch": best_epoch, "composite": curve[best_epoch - 1], "axes": axes, "stand_in": stand_in,

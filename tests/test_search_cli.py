@@ -8,7 +8,7 @@ import torch
 
 from loratune.cli import main
 from loratune.errors import LoratuneError
-from loratune.search.runner import _describe_failure
+from loratune.search.trial import describe_failure
 from loratune.train import TrainingDiverged
 
 
@@ -49,14 +49,14 @@ def test_optimize_user_errors(tmp_path, capsys) -> None:
 
 
 def test_failure_reasons() -> None:
-    assert _describe_failure(TrainingDiverged("training diverged at epoch 2, step 7: loss is nan")).startswith("diverged:")
+    assert describe_failure(TrainingDiverged("training diverged at epoch 2, step 7: loss is nan")).startswith("diverged:")
     oom = torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
-    assert _describe_failure(oom).startswith("out of memory:")
-    assert _describe_failure(RuntimeError("DefaultCPUAllocator: can't allocate memory: out of memory")).startswith("out of memory")
+    assert describe_failure(oom).startswith("out of memory:")
+    assert describe_failure(RuntimeError("DefaultCPUAllocator: can't allocate memory: out of memory")).startswith("out of memory")
     # Messages that are empty or blank still give a reason (the type), never an IndexError.
-    assert _describe_failure(RuntimeError()) == "RuntimeError"
-    assert _describe_failure(ValueError("\n")) == "ValueError"
-    assert _describe_failure(LoratuneError("")) == "LoratuneError"
-    assert _describe_failure(KeyError("lora_up")) == "KeyError: 'lora_up'"
-    assert _describe_failure(subprocess.CalledProcessError(3, ["accelerate", "launch"])) == "trainer exited with code 3"
-    assert _describe_failure(LoratuneError("train.external: command not found")) == "train.external: command not found"
+    assert describe_failure(RuntimeError()) == "RuntimeError"
+    assert describe_failure(ValueError("\n")) == "ValueError"
+    assert describe_failure(LoratuneError("")) == "LoratuneError"
+    assert describe_failure(KeyError("lora_up")) == "KeyError: 'lora_up'"
+    assert describe_failure(subprocess.CalledProcessError(3, ["accelerate", "launch"])) == "trainer exited with code 3"
+    assert describe_failure(LoratuneError("train.external: command not found")) == "train.external: command not found"

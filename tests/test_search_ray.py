@@ -110,7 +110,7 @@ def test_searcher_tells_optuna_only_real_outcomes(tmp_path) -> None:
 
     from loratune.search.config import ParamSpec, SearchSection
     from loratune.search.ray_backend import _define_by_run, _searcher_class
-    from loratune.search.runner import NO_COMPOSITE
+    from loratune.search.trial import NO_COMPOSITE
     from loratune.search.storage import open_storage
 
     storage = open_storage(tmp_path, SearchSection(), heartbeat=False)

@@ -18,7 +18,9 @@ from optuna.trial import TrialState
 
 from loratune.config import load_config
 from loratune.errors import LoratuneError
-from loratune.search.runner import Plan, assign_phase, counted, next_action, run_optimize
+from loratune.search.config import SearchSection
+from loratune.search.phases import Plan, assign_phase, counted, next_action
+from loratune.search.runner import run_optimize
 
 TESTS = Path(__file__).resolve().parent
 REPO = TESTS.parent
@@ -169,7 +171,7 @@ class MissingAxesBackend(FailingBackend):
 
 
 def test_every_axis_missing_fails_the_trial_with_its_reason(tmp_path) -> None:
-    from loratune.search.runner import NO_COMPOSITE
+    from loratune.search.trial import NO_COMPOSITE
 
     run = tmp_path / "run"
     config = load_config(write_config(tmp_path / "c.yaml", n_trials=2, phases={"refine_trials": 0, "ensemble_top_k": 0}))
@@ -329,4 +331,4 @@ def test_a_trial_without_its_phase_yet_holds_its_slot() -> None:
 
     trials = [trial(0, "baseline"), trial(1, "search"), trial(2, None)]
     assert assign_phase(trials, 3, plan) == "surplus"
-    assert next_action(trials, plan) == "wait"
+    assert next_action(trials, plan, SearchSection()) == "wait"

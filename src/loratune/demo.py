@@ -21,6 +21,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn
 from rich.table import Table
 
 from loratune.errors import LoratuneError
+from loratune.runfolder import STUDY_NAME, RunFolder
 
 # The demo's search: small enough for ~5 minutes on 2 CPU cores, big enough to show every phase: a baseline, 3
 # sampler trials, 1 refinement and the ensemble of the best 2, each trial 2 epochs. The median pruner judges a trial
@@ -57,6 +58,7 @@ class DemoResult:
     states: dict[str, int]
     phases: dict[str, int]
     seconds: dict[str, float] = field(default_factory=dict)
+    pruning: str = ""  # "pruned N trials, saved M of K epochs"
 
 
 def _claim_run_dir(parent: Path, stamp: str) -> Path:
@@ -109,10 +111,11 @@ class StudyWatcher(threading.Thread):
             if study is None:
                 # The runner writes config.yaml after it created the study: opening the database earlier would race
                 # its table creation.
-                if not (self.run_dir / "config.yaml").is_file():
+                run = RunFolder(self.run_dir)
+                if not run.config.is_file():
                     continue
                 try:
-                    study = optuna.load_study(study_name="loratune", storage=f"sqlite:///{self.run_dir / 'study.db'}")
+                    study = optuna.load_study(study_name=STUDY_NAME, storage=run.storage_url(None))
                 except Exception:  # noqa: BLE001, S112 - the runner is still creating it
                     continue
             try:
@@ -125,7 +128,9 @@ class StudyWatcher(threading.Thread):
         name until the trial ends)."""
         import json
 
-        for log in (self.run_dir / "trials").glob(f".{number:04d}.*/train_log.jsonl"):
+        for log in (folder / "train_log.jsonl" for folder in RunFolder(self.run_dir).building_dirs(number)):
+            if not log.is_file():
+                continue
             try:
                 with open(log, "rb") as fh:
                     fh.seek(max(0, log.stat().st_size - 400))
@@ -208,7 +213,7 @@ def run_demo(out_dir: str | Path = "demo-run", console: Console | None = None,
 
     from loratune.config import load_config
     from loratune.report import build_report
-    from loratune.search.runner import run_optimize
+    from loratune.search.runner import pruning_savings, run_optimize
     from loratune.tiny import build_tiny_models
     from loratune.tiny.dataset import make_character_dataset
 
@@ -243,7 +248,7 @@ def run_demo(out_dir: str | Path = "demo-run", console: Console | None = None,
             watcher.stop.set()
             watcher.join()
             seconds["search"] = time.perf_counter() - start
-        study = optuna.load_study(study_name="loratune", storage=f"sqlite:///{run_dir / 'study.db'}")
+        study = optuna.load_study(study_name=STUDY_NAME, storage=RunFolder(run_dir).storage_url(None))
         trials = study.get_trials(deepcopy=False)
         watcher.update(trials)
         progress.update(task, completed=total, status=f"[green]done in {seconds['search']:.0f}s")
@@ -255,10 +260,10 @@ def run_demo(out_dir: str | Path = "demo-run", console: Console | None = None,
         states[t.state.name.lower()] = states.get(t.state.name.lower(), 0) + 1
         phase = str(t.user_attrs.get("phase", "?"))
         phases[phase] = phases.get(phase, 0) + 1
-    best_dir = run_dir / "best"
+    best_dir = RunFolder(run_dir).best
     best_lora = next(iter(sorted(best_dir.glob("*.safetensors"))), None) if best_dir.is_dir() else None
-    return DemoResult(out_dir, models.root, dataset.train, run_dir / "config.yaml", run_dir, report.path, audit_path,
-                      best_lora, states, phases, seconds)
+    return DemoResult(out_dir, models.root, dataset.train, RunFolder(run_dir).config, run_dir, report.path, audit_path,
+                      best_lora, states, phases, seconds, str(pruning_savings(trials)))
 
 
 def print_summary(result: DemoResult, console: Console | None = None) -> None:
@@ -273,6 +278,7 @@ def print_summary(result: DemoResult, console: Console | None = None) -> None:
     table.add_row("run", str(result.run_dir))
     table.add_row("trials", ", ".join(f"{n} {s}" for s, n in sorted(result.states.items())))
     table.add_row("phases", ", ".join(f"{n} {p}" for p, n in result.phases.items()))
+    table.add_row("pruning", result.pruning)
     table.add_row("best LoRA", str(result.best_lora) if result.best_lora else "[yellow]none")
     table.add_row("time", ", ".join(f"{k} {v:.0f}s" for k, v in result.seconds.items())
                   + f" (total {sum(result.seconds.values()):.0f}s)")

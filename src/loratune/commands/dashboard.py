@@ -15,10 +15,10 @@ def command(
     """Serve optuna-dashboard for RUN's study on http://127.0.0.1:PORT (loopback only; use an SSH tunnel remotely)."""
     from loratune.config import load_config
     from loratune.errors import LoratuneError, first_line
-    from loratune.search.runner import CONFIG_FILE
+    from loratune.runfolder import CONFIG_FILE, RunFolder
     from loratune.search.storage import storage_url
 
-    config_file = run / CONFIG_FILE
+    config_file = RunFolder(run).config
     if not config_file.is_file():
         raise LoratuneError(f"{run}: no {CONFIG_FILE}; not a loratune run directory")
     config = load_config(config_file)

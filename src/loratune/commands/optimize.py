@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -13,15 +14,18 @@ def command(
     run: Annotated[Optional[Path], typer.Option("--run", "-r", help="run directory (default runs/<config name>)")] = None,
     resume: Annotated[bool, typer.Option(help="continue the run in --run: finished trials stay, crashed ones retry")] = False,
     workers: Annotated[Optional[int], typer.Option(min=1, help="worker processes on this machine (one per GPU)")] = None,
-    backend: Annotated[str, typer.Option(help="local (Optuna workers) or ray (Ray Tune: OptunaSearch + ASHA)")] = "local",
+    backend: Annotated[Optional[str], typer.Option(
+        help="local (Optuna workers) or ray (Ray Tune: OptunaSearch + ASHA); default: the config's search.backend")] = None,
     storage: Annotated[Optional[str], typer.Option(help="postgresql:// or mysql:// URL shared by many machines")] = None,
-    set_: Annotated[Optional[list[str]], typer.Option("--set", help="override a config key, e.g. search.n_trials=30")] = None,
+    set_: Annotated[Optional[list[str]], typer.Option(
+        "--set", help="override a config key, e.g. search.n_trials=30 (with --resume: search settings only)")] = None,
 ) -> None:
     """Search LoRA hyperparameters: every epoch is scored, weak trials are pruned, the best LoRA lands in RUN/best/."""
     from loratune.config import load_config
     from loratune.errors import LoratuneError
+    from loratune.runfolder import RunFolder
 
-    if backend not in ("local", "ray"):
+    if backend not in (None, "local", "ray"):
         raise LoratuneError(f"--backend: expected local or ray (got {backend!r})")
     overrides = list(set_ or [])
     if storage:
@@ -29,24 +33,32 @@ def command(
     if resume:
         if run is None:
             raise LoratuneError("--resume: needs --run RUN_DIR")
-        if overrides:
-            raise LoratuneError("--resume: the run keeps its stored config.yaml; --set/--storage are not allowed")
         cfg = None
+        # A resumed run goes on with the backend it was started with, unless told otherwise.
+        stored = RunFolder(run).config
+        chosen = backend or (load_config(stored).search.backend if stored.is_file() else "local")
     else:
         if config is None:
             raise LoratuneError("optimize: give a CONFIG file (or --resume --run RUN_DIR)")
         cfg = load_config(config, overrides)
+        overrides = []
         run = run or Path("runs") / config.stem
-    if backend == "ray" or (cfg is not None and cfg.search.backend == "ray"):
-        from loratune.search.ray_backend import run_ray
+        chosen = backend or cfg.search.backend
+    try:
+        if chosen == "ray":
+            from loratune.search.ray_backend import run_ray
 
-        best = run_ray(cfg, run, resume=resume)
-    else:
-        from loratune.search.runner import run_optimize
+            best = run_ray(cfg, run, resume=resume, overrides=overrides)
+        else:
+            from loratune.search.runner import run_optimize
 
-        best = run_optimize(cfg, run, resume=resume, workers=workers)
+            best = run_optimize(cfg, run, resume=resume, workers=workers, overrides=overrides)
+    except KeyboardInterrupt:
+        print(f"loratune: interrupted — resume with: loratune optimize --run {run} --resume", file=sys.stderr)
+        raise typer.Exit(130) from None
     if best is None:
         print(f"no trial finished; see {run}/trials")
     else:
-        print(f"best: trial {best.number} ({best.user_attrs.get('phase')}) values {best.values} at epoch "
-              f"{best.user_attrs.get('best_epoch')} -> {Path(run) / 'best'}")
+        state = "" if best.state.name == "COMPLETE" else f", {best.state.name.lower()} trial"
+        print(f"best: trial {best.number} ({best.user_attrs.get('phase')}{state}) composite "
+              f"{best.user_attrs.get('composite')} at epoch {best.user_attrs.get('best_epoch')} -> {Path(run) / 'best'}")

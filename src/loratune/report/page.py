@@ -12,6 +12,7 @@ from typing import Any
 from loratune.report.figures import Figure, objective_names
 from loratune.report.rundir import EpochSamples, RunData, TrialInfo
 from loratune.report.thumbnails import thumbnail_uri
+from loratune.runfolder import RunFolder
 
 _CSS = """
 :root { --fg:#1d2330; --muted:#5b6474; --line:#dde2ea; --accent:#3b5bdb; --best:#e8590c; --warn-bg:#fff4e6;
@@ -80,39 +81,33 @@ def _fmt(value: Any, digits: int = 4) -> str:
 
 
 def rank_trials(run: RunData) -> list[TrialInfo]:
-    """Best first: completed trials by objective, then pruned ones by their best epoch, then the rest."""
-    import optuna
+    """Best first by the search's own rule (``loratune.search.selection``: every trial with a scored epoch competes
+    with its best epoch, pruned ones included), then trials without a candidate epoch by number."""
+    from loratune.search.selection import ranked
 
-    maximise = [d == optuna.study.StudyDirection.MAXIMIZE for d in run.study.directions]
-    pareto: set[int] = set()
-    if run.multi_objective:
-        try:
-            pareto = {t.number for t in run.study.best_trials}
-        except (ValueError, RuntimeError):
-            pareto = set()
+    order = {t.number: i for i, t in enumerate(ranked([info.trial for info in run.trials], run_search(run)))}
+    return sorted(run.trials, key=lambda info: (order.get(info.number, len(order)), info.number))
 
-    def key(info: TrialInfo) -> tuple:
-        trial = info.trial
-        state = trial.state
-        if state == optuna.trial.TrialState.COMPLETE and trial.values:
-            signed = [v if up else -v for v, up in zip(trial.values, maximise)]
-            primary = info.attrs.get("composite", sum(signed)) if run.multi_objective else signed[0]
-            return (0, 0 if trial.number in pareto else 1, -float(primary), trial.number)
-        if trial.intermediate_values:
-            best = max(trial.intermediate_values.values()) if maximise[0] else -min(trial.intermediate_values.values())
-            return (1, 1, -float(best), trial.number)
-        return (2, 1, 0.0, trial.number)
 
-    return sorted(run.trials, key=key)
+def run_search(run: RunData) -> Any:
+    """The run's ``search`` section, typed (defaults when the stored one does not validate: an older run)."""
+    from pydantic import ValidationError
+
+    from loratune.search.config import SearchSection
+
+    try:
+        return SearchSection.model_validate(run.config.get("search") or {})
+    except ValidationError:
+        return SearchSection()
 
 
 def _composite(info: TrialInfo) -> float | None:
     trial = info.trial
-    if trial.values and len(trial.values) == 1:
-        return float(trial.values[0])
     value = info.attrs.get("composite")
     if value is not None:
         return float(value)
+    if trial.values and len(trial.values) == 1:
+        return float(trial.values[0])
     if trial.intermediate_values and info.best_epoch in trial.intermediate_values:
         return float(trial.intermediate_values[info.best_epoch])
     return None
@@ -134,19 +129,20 @@ def _summary(run: RunData, ranked: list[TrialInfo]) -> str:
     states = Counter(t.trial.state.name for t in run.trials)
     phases = Counter(t.phase for t in run.trials)
     names = objective_names(run)
-    best = ranked[0] if ranked and ranked[0].trial.state.name == "COMPLETE" else None
+    best = ranked[0] if ranked and _composite(ranked[0]) is not None and ranked[0].attrs.get("lora") else None
     kpis = [("trials", len(run.trials))] + [(s.lower(), n) for s, n in sorted(states.items())]
     if best is not None:
         if run.multi_objective:
             kpis.append(("Pareto-optimal trials", len(run.study.best_trials)))
         else:
-            kpis.append((f"best {names[0]}", _fmt(best.trial.values[0])))
-            kpis.append(("best trial", f"#{best.number}"))
+            kpis.append((f"best {names[0]}", _fmt(_composite(best))))
+            state = best.trial.state.name.lower()
+            kpis.append(("best trial", f"#{best.number}" + ("" if state == "complete" else f" ({state})")))
             kpis.append(("its best epoch", _fmt(best.best_epoch)))
     kpi_html = "".join(f'<div class="kpi"><div class="v">{v}</div><div class="k">{escape(k)}</div></div>' for k, v in kpis)
     directions = ", ".join(f"{n}: {d.name.lower()}" for n, d in zip(names, run.study.directions))
     phase_line = ", ".join(f"{escape(p)} {n}" for p, n in phases.items())
-    best_dir = run.run_dir / "best"
+    best_dir = RunFolder(run.run_dir).best
     best_files = sorted(p.name for p in best_dir.iterdir()) if best_dir.is_dir() else []
     best_line = (f"<p>Best LoRA and its evidence: <code>{escape(str(best_dir))}</code> "
                  f"({escape(', '.join(best_files[:8]))}{' …' if len(best_files) > 8 else ''})</p>" if best_files else "")

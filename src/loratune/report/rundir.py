@@ -1,7 +1,6 @@
 """Reading a run directory for the report: the Optuna study, the trial folders, the audit and the models used.
 
-Everything here only reads. The layout is the one the search runner writes (see ``loratune.search``):
-``RUN/config.yaml  RUN/study.db  RUN/trials/NNNN/{params.json, scores.json, samples/epoch-XXXX/}  RUN/audit.json``.
+Everything here only reads. The layout is ``loratune.runfolder``'s, the one module that names a run's files.
 Files that are missing or unreadable are reported as missing rather than failing the whole report: a report of a
 run that is still going, or that crashed, is exactly when people want one.
 """
@@ -17,11 +16,11 @@ from typing import TYPE_CHECKING, Any
 import yaml
 
 from loratune.errors import LoratuneError, first_line
+from loratune.runfolder import STUDY_NAME, RunFolder
 
 if TYPE_CHECKING:
     import optuna
 
-STUDY_NAME = "loratune"
 _EPOCH_DIR = re.compile(r"^epoch-(\d+)$")
 _IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp"}
 
@@ -138,7 +137,7 @@ def _read_json(path: Path) -> Any | None:
 
 def read_config(run_dir: Path) -> dict[str, Any]:
     """The run's config as plain data. Read raw (not validated): a report must open even for an older run."""
-    path = run_dir / "config.yaml"
+    path = RunFolder(run_dir).config
     if not path.is_file():
         return {}
     try:
@@ -148,32 +147,26 @@ def read_config(run_dir: Path) -> dict[str, Any]:
     return data if isinstance(data, dict) else {}
 
 
-def storage_url(run_dir: Path, config: dict[str, Any]) -> Any:
-    """Where the study lives: a database URL from the run's config, else the embedded SQLite/journal in the run."""
+def storage_url(run_dir: Path, config: dict[str, Any]) -> str:
+    """Where the study lives: a database URL from the run's config, else the SQLite file in the run."""
     search = config.get("search") if isinstance(config.get("search"), dict) else {}
     storage = search.get("storage") if isinstance(search, dict) else None
     if isinstance(storage, str) and "://" in storage:
         return storage
-    db = run_dir / "study.db"
-    if db.is_file():
-        return f"sqlite:///{db.resolve()}"
-    for name in ("study.journal", "study.log", "journal.log"):
-        journal = run_dir / name
-        if journal.is_file():
-            import optuna
-
-            return optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(journal)))
-    raise LoratuneError(f"{run_dir}: no study.db in this folder (is it a loratune run directory?)")
+    run = RunFolder(run_dir)
+    if not run.sqlite.is_file():
+        raise LoratuneError(f"{run_dir}: no {run.sqlite.name} in this folder (is it a loratune run directory?)")
+    return run.storage_url(None)
 
 
 def load_study(run_dir: Path, config: dict[str, Any]) -> optuna.study.Study:
     import optuna
 
     storage = storage_url(run_dir, config)
-    if isinstance(storage, str) and storage.startswith("sqlite:///"):
+    if storage.startswith("sqlite:///"):
         with open(storage.removeprefix("sqlite:///"), "rb") as fh:
             if not fh.read(16).startswith(b"SQLite format 3"):
-                raise LoratuneError(f"{run_dir / 'study.db'}: not an SQLite database")
+                raise LoratuneError(f"{RunFolder(run_dir).sqlite}: not an SQLite database")
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     try:
         return optuna.load_study(study_name=STUDY_NAME, storage=storage)
@@ -190,11 +183,11 @@ def trial_folder(run_dir: Path, trial: optuna.trial.FrozenTrial) -> Path | None:
     if isinstance(recorded, str) and recorded:
         path = Path(recorded)
         candidates.append(path if path.is_absolute() else run_dir / path)
-        candidates.append(run_dir / "trials" / path.name)  # a copied run: the absolute path points elsewhere
-    candidates.append(run_dir / "trials" / f"{trial.number:04d}")
+        candidates.append(RunFolder(run_dir).trials / path.name)  # a copied run: the absolute path points elsewhere
+    candidates.append(RunFolder(run_dir).trial(trial.number))
     if trial.state.name == "RUNNING":
         # A running trial is built under a temporary name (renamed into place when it ends): show its progress.
-        candidates += sorted((run_dir / "trials").glob(f".{trial.number:04d}.*"))
+        candidates += RunFolder(run_dir).building_dirs(trial.number)
     return next((c for c in candidates if c.is_dir()), None)
 
 
@@ -310,7 +303,7 @@ def load_run(run_dir: str | Path) -> RunData:
         scores = _read_json(folder / "scores.json") if folder else None
         trials.append(TrialInfo(trial, folder, params if isinstance(params, dict) else dict(trial.params),
                                 scores if isinstance(scores, dict) else None, read_epochs(folder, trial.user_attrs)))
-    audit = _read_json(run_dir / "audit.json")
+    audit = _read_json(RunFolder(run_dir).audit)
     dataset = config.get("dataset") if isinstance(config.get("dataset"), dict) else {}
     if audit is None and isinstance(dataset, dict) and dataset.get("path"):
         audit = _read_json(Path(str(dataset["path"])) / "audit.json")  # `loratune audit`'s default place

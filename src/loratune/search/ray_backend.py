@@ -20,9 +20,10 @@ the trial finished (stopped by ASHA included): with several Ray nodes, RUN must 
 from __future__ import annotations
 
 import functools
-import json
 import os
 import shutil
+import sys
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -30,41 +31,24 @@ import optuna
 from optuna.exceptions import UpdateFinishedTrialError
 from optuna.trial import TrialState
 
-from loratune.atomic import atomic_write_json, atomic_write_text
 from loratune.config import Config, load_config
 from loratune.errors import LoratuneError
-from loratune.search.config import ParamSpec
-from loratune.search.runner import (
-    BUDGET_PHASES,
-    CONFIG_FILE,
-    NO_COMPOSITE,
-    Plan,
-    Worker,
-    _clean_partial_dirs,
-    _describe_failure,
-    best_trials,
-    copy_best,
-    counted,
-    make_sampler,
-    prepare_run,
-    quiet_optuna,
-    record_scores,
-)
-from loratune.search.space import apply_params, narrow, suggest
-from loratune.search.storage import STUDY_NAME, open_storage, retry_callback
 from loratune.records import EpochScore
+from loratune.runfolder import STUDY_NAME, RunFolder, publish
+from loratune.search.config import ParamSpec
+from loratune.search.local import AskLock, Worker
+from loratune.search.phases import Plan, counted, refine_space
+from loratune.search.recovery import recover
+from loratune.search.runner import finish_run, prepare_run, quiet_optuna
+from loratune.search.samplers import make_sampler, max_epochs
+from loratune.search.space import apply_params, suggest
+from loratune.search.storage import open_storage, retry_callback
+from loratune.search.trial import BEST_ATTRS, NO_COMPOSITE, run_trial
 from loratune.search.trials import TrialBackend, load_backend
 
 NUMBER_KEY = "_loratune_trial"
-_ATTRS = ("best_epoch", "composite", "axes", "stand_in", "lora", "samples", "trial_dir")
-
-
-def _temp_dir(run_dir: Path, number: int) -> Path:
-    return run_dir / "trials" / f".{number:04d}.ray"
-
-
-def _final_dir(run_dir: Path, number: int) -> Path:
-    return run_dir / "trials" / f"{number:04d}"
+PHASE_KEY = "_loratune_phase"
+_ATTRS = (*BEST_ATTRS, "trial_dir", "epochs_planned")
 
 
 def _searcher_class() -> type:
@@ -87,8 +71,9 @@ def _searcher_class() -> type:
             ot = self._ot_trials[trial_id]
             if not ot.user_attrs.get("phase"):  # the enqueued baseline already carries its phase
                 ot.set_user_attr("phase", self._phase)
-            ot.set_user_attr("trial_dir", f"trials/{ot.number:04d}")
-            return {**params, NUMBER_KEY: ot.number}
+            ot.set_user_attr("trial_dir", RunFolder(Path(self._run_dir)).relative(
+                RunFolder(Path(self._run_dir)).trial(ot.number)))
+            return {**params, NUMBER_KEY: ot.number, PHASE_KEY: ot.user_attrs["phase"]}
 
         def on_trial_result(self, trial_id: str, result: dict[str, Any]) -> None:
             if trial_id in self._completed_trials or result.get("composite") is None or result.get("failed") \
@@ -112,10 +97,10 @@ def _searcher_class() -> type:
             if result:  # a result that made the scheduler stop the trial reaches only on_trial_complete
                 self.on_trial_result(trial_id, result)
             ot = self._ot_trials[trial_id]
-            run_dir = Path(self._run_dir)
-            tmp, final = _temp_dir(run_dir, ot.number), _final_dir(run_dir, ot.number)
-            if tmp.is_dir() and not final.exists():
-                os.replace(tmp, final)
+            run = RunFolder(Path(self._run_dir))
+            building, final = run.building(ot.number, "ray"), run.trial(ot.number)
+            if building.is_dir() and not final.exists():
+                publish(building, final)
             result = result or {}
             try:
                 if result.get("already_finished"):
@@ -141,53 +126,40 @@ _CACHE: dict[str, Any] = {}
 
 
 def _trainable(params: dict[str, Any], run_dir: str, backend: str | None) -> None:
-    """One Ray trial: train with every epoch scored and reported to Tune (ASHA decides whether it goes on)."""
+    """One Ray trial through ``run_trial``: every epoch is reported to Tune, and ASHA decides whether it goes on."""
     from ray import tune
 
     quiet_optuna()
     params = dict(params)
-    number = int(params.pop(NUMBER_KEY))
-    root = Path(run_dir)
+    number, phase = int(params.pop(NUMBER_KEY)), str(params.pop(PHASE_KEY))
+    run = RunFolder(Path(run_dir))
     if "config" not in _CACHE:  # per actor process (reuse_actors): config, trainer backend and scorers load once
-        _CACHE["config"] = load_config(root / CONFIG_FILE)
+        _CACHE["config"] = load_config(run.config)
         _CACHE["backend"] = load_backend(backend)
     config: Config = _CACHE["config"]
     trial_backend: TrialBackend = _CACHE["backend"]
     trial_config = apply_params(config, params, config.search.space)
-    tmp, final = _temp_dir(root, number), _final_dir(root, number)
+    building, final = run.building(number, "ray"), run.trial(number)
     if final.exists():  # finished before a crash, after Tune's last experiment checkpoint: never touch its files
-        scores = json.loads((final / "scores.json").read_text()) if (final / "scores.json").is_file() else {}
-        tune.report({"composite": scores.get("composite") or 0.0, "epoch": scores.get("best_epoch") or 0,
-                     "already_finished": True, "complete": True})
+        tune.report({"composite": 0.0, "epoch": 0, "already_finished": True, "complete": True})
         return
-    if tmp.exists():  # an earlier attempt of this very trial died with its Ray worker: start it afresh
-        shutil.rmtree(tmp)
-    tmp.mkdir(parents=True)
-    atomic_write_json(tmp / "params.json", {"number": number, "params": params,
-                                            "train": trial_config.train.model_dump(mode="json", warnings=False)})
-    epochs: list[EpochScore] = []
-    log = [f"trial {number} (ray) params {params}"]
+    if building.exists():  # an earlier attempt of this very trial died with its Ray worker: start it afresh
+        shutil.rmtree(building)
+    trial_dir = run.relative(final)
 
-    def on_epoch(score: EpochScore) -> None:
-        epochs.append(score)
-        attrs = record_scores(tmp, epochs)
-        log.append(f"epoch {score.epoch}: composite {score.composite}")
-        atomic_write_text(tmp / "log.txt", "\n".join(log) + "\n")
+    def on_epoch(score: EpochScore, attrs: dict[str, Any], last: bool) -> bool:
         # ASHA needs a number every epoch; ``scored`` keeps an all-missing epoch's 0.0 out of the study.
         tune.report({"composite": score.composite if score.composite is not None else 0.0, "epoch": score.epoch,
-                     "scored": score.composite is not None,
-                     "best_composite": attrs["composite"], "complete": score.epoch >= trial_config.train.epochs,
-                     "trial_dir": f"trials/{number:04d}", **{k: attrs[k] for k in _ATTRS if k in attrs}})
+                     "scored": score.composite is not None, "best_composite": attrs["composite"], "complete": last,
+                     "trial_dir": trial_dir, "epochs_planned": trial_config.train.epochs, **attrs})
+        return False  # Tune stops the trial itself when ASHA says so
 
-    try:
-        trial_backend.train(trial_config, tmp, on_epoch)
-    except Exception as err:  # noqa: BLE001 - recorded as the trial's failure; the study goes on
-        reason = _describe_failure(err)
-        log.append(f"failed: {reason}")
-        atomic_write_text(tmp / "log.txt", "\n".join(log) + "\n")
-        best = max((e.composite for e in epochs if e.composite is not None), default=0.0)
-        tune.report({"composite": best, "epoch": (epochs[-1].epoch if epochs else 0) + 1, "failed": True,
-                     "fail_reason": reason, "complete": False})
+    outcome = run_trial(trial_backend, trial_config, params, number, phase, building, on_epoch)
+    if outcome.failure is not None:
+        best = outcome.best
+        tune.report({"composite": best.composite if best else 0.0,
+                     "epoch": (outcome.epochs[-1].epoch if outcome.epochs else 0) + 1, "failed": True,
+                     "fail_reason": outcome.failure, "complete": False})
 
 
 def _define_by_run(trial: optuna.Trial, space: dict[str, ParamSpec]) -> None:
@@ -209,8 +181,7 @@ def _tune_phase(run_dir: Path, config: Config, phase: str, space: dict[str, Para
         return
     attempt = 1 + sum(1 for p in (run_dir / "ray").glob(f"{phase}-*"))
     name = f"{phase}-{attempt}"  # a resumed run starts a fresh experiment; the study holds the history
-    spec = config.search.space.get("epochs")
-    max_epochs = int(spec.high) if spec is not None and spec.high is not None else config.train.epochs
+    epochs = max_epochs(config)
     searcher = _searcher_class()(
         space=functools.partial(_define_by_run, space=space),
         metric="composite", mode="max", sampler=sampler, study_name=STUDY_NAME,
@@ -218,8 +189,8 @@ def _tune_phase(run_dir: Path, config: Config, phase: str, space: dict[str, Para
     )
     # ASHA is Ray's pruner; ``search.pruner: none`` runs every trial to its last epoch.
     scheduler = None if config.search.pruner == "none" else ASHAScheduler(
-        time_attr="epoch", metric="composite", mode="max", max_t=max(max_epochs, 1),
-        grace_period=min(ray_cfg.grace_period, max(max_epochs, 1)), reduction_factor=ray_cfg.reduction_factor)
+        time_attr="epoch", metric="composite", mode="max", max_t=max(epochs, 1),
+        grace_period=min(ray_cfg.grace_period, max(epochs, 1)), reduction_factor=ray_cfg.reduction_factor)
     tuner = tune.Tuner(
         trainable,
         tune_config=tune.TuneConfig(search_alg=ConcurrencyLimiter(searcher, max_concurrent=ray_cfg.max_concurrent),
@@ -230,13 +201,15 @@ def _tune_phase(run_dir: Path, config: Config, phase: str, space: dict[str, Para
     tuner.fit()
 
 
-def run_ray(config: Config | None, run_dir: str | Path, resume: bool = False, backend: str | None = None) -> Any:
+def run_ray(config: Config | None, run_dir: str | Path, resume: bool = False, backend: str | None = None,
+            say: Callable[[str], None] | None = None, overrides: Sequence[str] = ()) -> Any:
     """Run (or resume) the study with Ray Tune; the ensemble and RUN/best follow locally. Returns the best trial."""
     import ray
 
     run_dir = Path(run_dir).resolve()
+    say = say or (lambda msg: print(msg, file=sys.stderr, flush=True))
     quiet_optuna()
-    config = prepare_run(run_dir, config, resume)
+    config = prepare_run(run_dir, config, resume, overrides)
     if config.search.directions:
         raise LoratuneError("search.directions: multi-objective runs use --backend local (ASHA needs one metric)")
     ray_cfg = config.search.ray
@@ -254,23 +227,19 @@ def run_ray(config: Config | None, run_dir: str | Path, resume: bool = False, ba
         study = optuna.load_study(study_name=STUDY_NAME, storage=storage)
         if resume:
             _recover(study, config, run_dir)
-        n_startup = max(2, min(10, plan.search // 2))
         _tune_phase(run_dir, config, "search", dict(config.search.space),
-                    make_sampler(config.search, "search", len(study.trials), None, n_startup),
+                    make_sampler(config.search, "search", len(study.trials), plan.startup_trials),
                     _to_run(study, ("baseline", "search"), plan.baseline + plan.search), backend)
-        ranked = [t for t in best_trials(study.get_trials(deepcopy=False), config.search)
-                  if t.user_attrs.get("phase") in BUDGET_PHASES]
-        space, fixed = narrow(config.search.space, ranked[0].params, config.search.phases.refine_width) if ranked \
-            else (dict(config.search.space), {})
+        space, fixed = refine_space(study.get_trials(deepcopy=False), config.search)
         _tune_phase(run_dir, config, "refine", space,
-                    make_sampler(config.search, "refine", len(study.trials), fixed, n_startup),
+                    make_sampler(config.search, "refine", len(study.trials), plan.startup_trials, fixed),
                     _to_run(study, ("refine",), plan.refine), backend)
     finally:
         if started:
             ray.shutdown()
     # Phase 3's ensemble (and any budget Ray left open) runs in this process, then RUN/best.
-    Worker(run_dir, config, load_backend(backend)).run()
-    return copy_best(run_dir, config)
+    Worker(run_dir, config, load_backend(backend), say=say).run()
+    return finish_run(run_dir, config, say)
 
 
 def _to_run(study: optuna.Study, phases: tuple[str, ...], allowed: int) -> int:
@@ -284,7 +253,9 @@ def _recover(study: optuna.Study, config: Config, run_dir: Path) -> None:
     """After a crash of the driver, its Ray trials died with it: fail the trials still RUNNING in the study and
     enqueue each once more with its params (as Optuna's heartbeat retry does in local mode)."""
     retry = retry_callback(config.search)
-    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        study.tell(t.number, state=TrialState.FAIL)
-        retry(study, study.get_trials(deepcopy=False)[t.number])
-    _clean_partial_dirs(run_dir, open_storage(run_dir, config.search, heartbeat=False))
+    run = RunFolder(run_dir)
+    with AskLock(run.ask_lock):
+        for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+            study.tell(t.number, state=TrialState.FAIL)
+            retry(study, study.get_trials(deepcopy=False)[t.number])
+        recover(study, run, config)

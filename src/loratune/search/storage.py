@@ -17,6 +17,7 @@ from optuna.exceptions import ExperimentalWarning
 from optuna.storages import RDBStorage
 
 from loratune.errors import LoratuneError, first_line
+from loratune.runfolder import STUDY_NAME, RunFolder
 from loratune.search.config import SearchSection
 
 try:  # optuna >= 4.9 renamed the crash-retry callback and RDBStorage's argument; the old names warn (FutureWarning)
@@ -28,16 +29,10 @@ except ImportError:  # pragma: no cover - optuna < 4.9
 
     _CALLBACK_ARG = "failed_trial_callback"
 
-STUDY_NAME = "loratune"
-SQLITE_FILE = "study.db"
 
 
 def storage_url(run_dir: str | Path, search: SearchSection) -> str:
-    if search.storage:
-        if not search.storage.startswith(("sqlite:///", "postgresql", "mysql")):
-            raise LoratuneError(f"search.storage: expected sqlite:///, postgresql:// or mysql:// URL (got {search.storage!r})")
-        return search.storage
-    return f"sqlite:///{(Path(run_dir).resolve() / SQLITE_FILE)}"
+    return RunFolder(Path(run_dir)).storage_url(search.storage)
 
 
 def open_storage(run_dir: str | Path, search: SearchSection, heartbeat: bool = True) -> RDBStorage:

@@ -22,12 +22,14 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     from loratune.config import load_config
-    from loratune.search.runner import CONFIG_FILE, Worker, quiet_optuna
+    from loratune.runfolder import RunFolder
+    from loratune.search.local import Worker
+    from loratune.search.runner import quiet_optuna
     from loratune.search.trials import load_backend
 
     quiet_optuna()
     try:
-        config = load_config(args.run_dir / CONFIG_FILE)
+        config = load_config(RunFolder(args.run_dir).config)
         Worker(args.run_dir.resolve(), config, load_backend(args.backend), index=args.index).run()
     except LoratuneError as err:
         print(f"loratune worker {args.index}: error: {err}", file=sys.stderr)

@@ -1,0 +1,61 @@
+"""Optuna samplers and pruners as the ``search`` section names them."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import optuna
+
+from loratune.config import Config
+from loratune.search.config import ParamSpec, SearchSection
+
+
+def max_epochs(config: Config) -> int:
+    """The most epochs any trial trains: the top of a searched ``epochs`` range, else the config's own."""
+    spec = config.search.space.get("epochs")
+    return int(spec.high) if spec is not None and spec.high is not None else config.train.epochs
+
+
+def make_pruner(search: SearchSection, epochs: int) -> optuna.pruners.BasePruner:
+    if search.directions or search.pruner == "none":
+        # Optuna cannot prune multi-objective studies (should_prune raises NotImplementedError).
+        return optuna.pruners.NopPruner()
+    if search.pruner == "hyperband":
+        return optuna.pruners.HyperbandPruner(min_resource=1, max_resource=max(epochs, 1), reduction_factor=3)
+    if search.pruner == "median":
+        return optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=1)
+    return optuna.pruners.PatientPruner(None, patience=search.patience)
+
+
+def _grid(space: dict[str, ParamSpec]) -> dict[str, list[Any]]:
+    grid: dict[str, list[Any]] = {}
+    for name, spec in space.items():
+        if spec.type == "categorical":
+            grid[name] = list(spec.choices or [])
+            continue
+        lo, hi = float(spec.low or 0), float(spec.high or 0)
+        points = [lo, math.sqrt(lo * hi) if spec.log else (lo + hi) / 2, hi]
+        grid[name] = sorted({round(p) if spec.type == "int" else p for p in points})
+    return grid
+
+
+def make_sampler(search: SearchSection, phase: str, number: int, n_startup: int,
+                 fixed: dict[str, Any] | None = None) -> optuna.samplers.BaseSampler:
+    """The sampler for trial ``number``, seeded by it so resumed runs and parallel workers draw fresh suggestions;
+    ``fixed`` pins the refine phase's categorical choices."""
+    seed = search.seed + number
+    base: optuna.samplers.BaseSampler
+    if search.sampler == "grid" and phase == "search":
+        return optuna.samplers.GridSampler(_grid(search.space), seed=search.seed)
+    if search.sampler == "gp":
+        base = optuna.samplers.GPSampler(seed=seed, n_startup_trials=n_startup)
+    elif search.sampler == "random":
+        base = optuna.samplers.RandomSampler(seed=seed)
+    elif search.directions:
+        base = optuna.samplers.NSGAIISampler(seed=seed)
+    else:
+        base = optuna.samplers.TPESampler(seed=seed, n_startup_trials=n_startup)
+    if phase == "refine" and fixed:
+        return optuna.samplers.PartialFixedSampler(fixed, base)
+    return base
