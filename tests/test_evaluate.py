@@ -213,3 +213,39 @@ def test_norm_range_overrides_show_in_scores_json(tiny_models, tmp_path):
     result.write(tmp_path / "face")
     norm = json.loads((tmp_path / "face" / "scores.json").read_text())["axes"]["consistency"]["normalisation"]
     assert norm["backend"] == "insightface" and norm["range_from"] == "config norm_range"
+
+
+def test_check_evaluation_passes_the_tiny_config_without_loading_a_model(tiny_models):
+    from loratune.config import load_config
+    from loratune.evaluation import check_evaluation
+    from loratune.metrics.cache import cached_keys
+
+    config = load_config(tiny_models.config)
+    before = set(cached_keys())
+    check_evaluation(config)
+    assert set(cached_keys()) == before
+
+
+@pytest.mark.parametrize(
+    "consistency, field, words",
+    [
+        ("{name: clip_i, model: open_clip, colour: red}", "consistency.colour", "Extra inputs are not permitted"),
+        ("{name: clip_i, model: MISSING}", "consistency.model", "model path not found"),
+        ("{name: dlib_face, min_detection_rate: 2}", "consistency.min_detection_rate", "less than or equal to 1"),
+        ("{name: dlib_face, fallback: {name: clip_i, model: MISSING}}", "consistency.fallback.model", "not found"),
+        ("{name: dlib_face, fallback: {name: clip_i, colour: red}}", "consistency.fallback.colour", "Extra inputs"),
+        ("{name: dlib_face, fallback: {name: clipp}}", "consistency.fallback.name", "unknown backend 'clipp'"),
+        ("{name: insightface, model: MISSING}", "consistency.model", "model path not found"),
+    ],
+)
+def test_check_evaluation_names_the_bad_field(tiny_models, tmp_path, consistency, field, words):
+    from loratune.config import load_config
+    from loratune.errors import LoratuneError
+    from loratune.evaluation import check_evaluation
+
+    override = "evaluation.backends.consistency=" + consistency.replace("MISSING", str(tmp_path / "no-such-model"))
+    config = load_config(tiny_models.config, [override])
+    with pytest.raises(LoratuneError) as err:
+        check_evaluation(config)
+    msg = str(err.value)
+    assert msg.startswith(f"evaluation.backends.{field}: ") and words in msg and "\n" not in msg, msg
