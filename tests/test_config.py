@@ -86,3 +86,24 @@ def test_backend_options_naming_files_resolve_next_to_config(tmp_path):
     assert options["detector"] == str(tmp_path / "faces" / "det.onnx")
     assert options["fallback"] == {"name": "clip_i", "model": str(tmp_path / "clip")}
     assert backends["consistency"].name == "insightface"
+
+
+def test_unknown_backend_name_fails_at_load(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("evaluation:\n  backends:\n    quality: {name: piqee}\n")
+    with pytest.raises(LoratuneError) as err:
+        load_config(path)
+    msg = str(err.value)
+    assert msg.startswith("config error: evaluation.backends.quality.name: unknown backend 'piqee' (known: ")
+    assert "piqe, " in msg and "\n" not in msg and msg.count("piqee") == 1
+    with pytest.raises(LoratuneError, match=r"evaluation\.backends: quality: backend 'clip_i' scores consistency"):
+        load_config(None, ["evaluation.backends.quality=clip_i"])
+
+
+def test_config_import_does_not_import_torch():
+    import subprocess
+    import sys
+
+    # The backend table checks names at config load; reading it must stay cheap.
+    code = "import sys, loratune.config; assert 'torch' not in sys.modules, 'torch imported'"
+    subprocess.run([sys.executable, "-c", code], check=True)

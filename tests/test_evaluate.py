@@ -133,3 +133,119 @@ def test_missing_model_path_fails_cleanly(generated, tiny_models, tmp_path, caps
     code, _, err = _run(["evaluate", generated, "--config", tiny_models.config, "--out", out_dir,
                          "--set", f"evaluation.backends.consistency.model={tmp_path / 'no-such-model'}"], capsys)
     _assert_clean_failure(code, err, out_dir, "evaluation.backends.consistency", "no-such-model")
+
+
+def _noise_image(seed: int) -> Image.Image:
+    import numpy as np
+
+    return Image.fromarray(np.random.default_rng(seed).integers(0, 255, (96, 96, 3), dtype=np.uint8))
+
+
+def _identity_evaluator(tiny_models, face_refs: bool, face: dict | None = None, fallback: dict | None = None):
+    """An evaluator scoring only consistency with the tiny insightface (+ CLIP-I fallback); references with faces
+    (the tiny references) or without (noise)."""
+    from loratune.config import BackendConfig, load_config
+    from loratune.evaluation import Evaluator
+    from loratune.metrics.base import References
+
+    consistency = BackendConfig(name="insightface", model=str(tiny_models.arcface),
+                                detector=str(tiny_models.face_detector),
+                                fallback={"name": "clip_i", "model": str(tiny_models.open_clip), **(fallback or {})},
+                                **(face or {}))
+    config = load_config(tiny_models.config, [f"evaluation.backends.{a}=null"
+                                              for a in ("alignment", "aesthetics", "quality", "diversity")])
+    config.evaluation.backends["consistency"] = consistency
+    refs_dir = tiny_models.references / "lucaboy"
+    refs = ([Image.open(p).convert("RGB") for p in sorted(refs_dir.glob("*.png"))] if face_refs
+            else [_noise_image(20), _noise_image(21)])
+    return Evaluator(config, references=References(images={"lucaboy": refs}), show_progress=False)
+
+
+def _face_samples(tiny_models):
+    from loratune.records import Sample
+
+    # The tiny references: the tiny face detector finds a face in each of them.
+    return [Sample(p, character="lucaboy") for p in sorted((tiny_models.references / "lucaboy").glob("*.png"))]
+
+
+def test_fallback_identity_is_normalised_with_the_fallbacks_range(tiny_models, tmp_path):
+    from loratune.metrics.registry import BACKENDS
+
+    evaluator = _identity_evaluator(tiny_models, face_refs=False)
+    result = evaluator.score(_face_samples(tiny_models))
+    axis = result.axes["consistency"]
+    raw = axis.value
+    lo, hi = BACKENDS["clip_i"].norm_range
+    assert axis.backend == "clip_i" and result.backends_used == {"consistency": "clip_i"}
+    assert lo < raw < hi  # inside the range: the formula below is not hidden by clipping
+    assert result.normalised["consistency"] == pytest.approx((raw - lo) / (hi - lo))
+    assert result.normalised["consistency"] != pytest.approx(min(1.0, raw / BACKENDS["insightface"].norm_range[1]))
+    assert result.composite == pytest.approx(result.normalised["consistency"])
+
+    result.write(tmp_path)
+    scores = json.loads((tmp_path / "scores.json").read_text())["axes"]["consistency"]
+    assert scores["backend"] == "clip_i" and scores["details"]["fallback_from"] == "insightface"
+    assert scores["normalisation"] == {"backend": "clip_i", "kind": "linear", "range": [lo, hi],
+                                       "higher_is_better": True, "range_from": "registry"}
+    rows = list(csv.DictReader(io.StringIO((tmp_path / "per_image.csv").read_text())))
+    assert [float(r["consistency"]) for r in rows] == pytest.approx(
+        [min(1.0, max(0.0, (float(r["consistency_raw"]) - lo) / (hi - lo))) for r in rows])
+
+
+def test_norm_range_overrides_show_in_scores_json(tiny_models, tmp_path):
+    # References without faces: the fallback's own norm_range override applies, the face backend's does not.
+    evaluator = _identity_evaluator(tiny_models, face_refs=False, face={"norm_range": [0.2, 0.3]},
+                                    fallback={"norm_range": [-1.0, 1.0]})
+    result = evaluator.score(_face_samples(tiny_models))
+    assert result.normalised["consistency"] == pytest.approx((result.axes["consistency"].value + 1.0) / 2.0)
+    result.write(tmp_path / "fallback")
+    scores = json.loads((tmp_path / "fallback" / "scores.json").read_text())
+    assert scores["axes"]["consistency"]["normalisation"]["range"] == [-1.0, 1.0]
+    assert scores["axes"]["consistency"]["normalisation"]["range_from"] == "config norm_range"
+    face = next(b for b in scores["backends"] if b["axis"] == "consistency")
+    assert face["identity_backend"]["backend"] == "clip_i" and face["normalisation"]["range"] == [0.2, 0.3]
+
+    # References with faces: the face backend produces the number, under its override.
+    evaluator = _identity_evaluator(tiny_models, face_refs=True, face={"norm_range": [-1.0, 1.0]})
+    result = evaluator.score(_face_samples(tiny_models))
+    assert result.backends_used == {"consistency": "insightface"}
+    assert result.normalised["consistency"] == pytest.approx((result.axes["consistency"].value + 1.0) / 2.0)
+    result.write(tmp_path / "face")
+    norm = json.loads((tmp_path / "face" / "scores.json").read_text())["axes"]["consistency"]["normalisation"]
+    assert norm["backend"] == "insightface" and norm["range_from"] == "config norm_range"
+
+
+def test_check_evaluation_passes_the_tiny_config_without_loading_a_model(tiny_models):
+    from loratune.config import load_config
+    from loratune.evaluation import check_evaluation
+    from loratune.metrics.cache import cached_keys
+
+    config = load_config(tiny_models.config)
+    before = set(cached_keys())
+    check_evaluation(config)
+    assert set(cached_keys()) == before
+
+
+@pytest.mark.parametrize(
+    "consistency, field, words",
+    [
+        ("{name: clip_i, model: open_clip, colour: red}", "consistency.colour", "Extra inputs are not permitted"),
+        ("{name: clip_i, model: MISSING}", "consistency.model", "model path not found"),
+        ("{name: dlib_face, min_detection_rate: 2}", "consistency.min_detection_rate", "less than or equal to 1"),
+        ("{name: dlib_face, fallback: {name: clip_i, model: MISSING}}", "consistency.fallback.model", "not found"),
+        ("{name: dlib_face, fallback: {name: clip_i, colour: red}}", "consistency.fallback.colour", "Extra inputs"),
+        ("{name: dlib_face, fallback: {name: clipp}}", "consistency.fallback.name", "unknown backend 'clipp'"),
+        ("{name: insightface, model: MISSING}", "consistency.model", "model path not found"),
+    ],
+)
+def test_check_evaluation_names_the_bad_field(tiny_models, tmp_path, consistency, field, words):
+    from loratune.config import load_config
+    from loratune.errors import LoratuneError
+    from loratune.evaluation import check_evaluation
+
+    override = "evaluation.backends.consistency=" + consistency.replace("MISSING", str(tmp_path / "no-such-model"))
+    config = load_config(tiny_models.config, [override])
+    with pytest.raises(LoratuneError) as err:
+        check_evaluation(config)
+    msg = str(err.value)
+    assert msg.startswith(f"evaluation.backends.{field}: ") and words in msg and "\n" not in msg, msg

@@ -102,7 +102,9 @@ def test_too_few_faces_fall_back_to_image_embeddings(tiny_models) -> None:
     direct.update(items)
     expected = direct.compute()
     assert result.backend == "clip_i" and result.value == pytest.approx(expected.value)
-    assert result.details["fallback_from"] == "dlib_face" and result.details["face_detection_rate"] == 0.0
+    assert result.details["fallback_from"] == "dlib_face"
+    assert result.details["identity_backend"]["reference_face_detection_rate"] == {"": 0.0}
+    assert backend.producer() is backend.fallback and backend.describe()["identity_backend"]["backend"] == "clip_i"
 
     with pytest.raises(LoratuneError, match="fallback"):
         create_backend(BackendConfig(name="dlib_face", fallback={"model": "x"}), RUNTIME, "consistency")
@@ -139,11 +141,57 @@ def test_insightface_pack_folder_and_detector_by_path_agree(tiny_models) -> None
 
 def test_unloadable_fallback_keeps_the_face_result() -> None:
     backend = _backend("dlib_face", fallback={"name": "dino", "model": "facebook/dinov2-base"}, min_detection_rate=0.9)
-    backend.setup(References(images={None: [_astronaut_face()]}))
+    backend.setup(References(images={None: [_astronaut_face(), _noise(4)]}))  # no hub here: the fallback cannot load
+    assert backend.producer() is backend
     backend.update([EvalImage(Path("a.png"), _astronaut_face()), EvalImage(Path("n.png"), _noise(4))])
-    result = backend.compute()  # no hub here: the fallback cannot load
+    result = backend.compute()
     assert result.backend == "dlib_face" and result.value == pytest.approx(1.0, abs=1e-6)
-    assert "fallback_error" in result.details and result.details["face_detection_rate"] == 0.5
+    assert "fallback_error" in result.details["identity_backend"] and result.details["face_detection_rate"] == 0.5
+
+
+def _tiny_insightface(tiny_models, **options):
+    fallback = {"name": "clip_i", "model": str(tiny_models.open_clip)}
+    return _backend("insightface", model=str(tiny_models.arcface), detector=str(tiny_models.face_detector),
+                    fallback=fallback, **options)
+
+
+def _faces(tiny_models, n: int) -> list[EvalImage]:
+    """Images in which the tiny detector finds faces (the tiny references: all of them have one)."""
+    paths = sorted((tiny_models.references / "lucaboy").glob("*.png"))
+    return [EvalImage(p, Image.open(p).convert("RGB"), character="lucaboy") for p in paths[:n]]
+
+
+def test_references_without_faces_choose_the_fallback_once(tiny_models) -> None:
+    backend = _tiny_insightface(tiny_models)
+    refs = References(images={"lucaboy": [_noise(10), _noise(11)]})
+    backend.setup(refs)
+    decision = backend.describe()["identity_backend"]
+    assert decision["backend"] == "clip_i" and decision["reference_face_detection_rate"] == {"lucaboy": 0.0}
+    assert "'lucaboy'" in decision["reason"]
+
+    direct = _backend("clip_i", model=str(tiny_models.open_clip))
+    direct.setup(refs)
+    faces = _faces(tiny_models, 3)
+    assert all(e is not None for e in backend.embed_faces([item.image for item in faces]))
+    for images in (faces, [EvalImage(Path("n.png"), _noise(12), character="lucaboy"), *faces[:1]]):
+        backend.reset()
+        backend.update(images)
+        result = backend.compute()  # every generated image has a face, then some: still CLIP-I, on CLIP-I's scale
+        direct.reset()
+        direct.update(images)
+        assert result.backend == "clip_i" and result.per_image == pytest.approx(direct.compute().per_image)
+        assert result.details["fallback_from"] == "insightface"
+    assert backend.producer().normalisation().backend == "clip_i"
+
+
+def test_references_with_faces_keep_the_face_backend(tiny_models) -> None:
+    backend = _tiny_insightface(tiny_models)
+    refs_dir = tiny_models.references / "lucaboy"
+    backend.setup(References(images={"lucaboy": [Image.open(p).convert("RGB") for p in sorted(refs_dir.glob("*.png"))]}))
+    backend.update([EvalImage(Path(f"{i}.png"), _noise(i), character="lucaboy") for i in range(3)])
+    result = backend.compute()  # no face in any generated image: missing, never the fallback's number
+    assert result.backend == "insightface" and result.value is None and result.details["face_detection_rate"] == 0.0
+    assert backend.producer() is backend and result.details["identity_backend"]["backend"] == "insightface"
 
 
 def test_images_without_a_character_compare_to_all_references() -> None:

@@ -14,6 +14,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from loratune.errors import LoratuneError, first_line
+from loratune.metrics.registry import BACKENDS, backends_for_axis
 from loratune.search.config import SearchSection
 from loratune.train.config import TrainSection
 
@@ -155,6 +156,13 @@ class BackendConfig(BaseModel):
             return {k: v if k == "name" else resolve(v) for k, v in data.items()}
         return data
 
+    @field_validator("name")
+    @classmethod
+    def _known(cls, v: str) -> str:
+        if v not in BACKENDS:
+            raise ValueError(f"unknown backend {v!r} (known: {', '.join(sorted(BACKENDS))})")
+        return v
+
     @field_validator("norm_range")
     @classmethod
     def _range(cls, v: tuple[float, float] | None) -> tuple[float, float] | None:
@@ -200,6 +208,17 @@ class EvaluationSection(Strict):
                 backend = {**merged[axis], **backend}
             merged[axis] = backend
         return merged
+
+    @field_validator("backends")
+    @classmethod
+    def _on_their_axis(cls, v: dict[AxisName, BackendConfig | None]) -> dict[AxisName, BackendConfig | None]:
+        for axis, backend in v.items():
+            if backend is not None and BACKENDS[backend.name].axis != axis:
+                choose = ", ".join(spec.name for spec in backends_for_axis(axis))
+                raise ValueError(
+                    f"{axis}: backend {backend.name!r} scores {BACKENDS[backend.name].axis}, not {axis} (choose: {choose})"
+                )
+        return v
 
     @field_validator("weights", mode="before")
     @classmethod
@@ -266,7 +285,8 @@ def format_validation_error(err: ValidationError, data: dict[str, Any] | None = 
     loc = ".".join(str(p) for p in first["loc"] if p not in ("function-after[_characters_known(), Config]",))
     msg = first["msg"].removeprefix("Value error, ")
     value = first.get("input")
-    shown = "" if isinstance(value, dict) or value is None or first["type"] == "missing" else f" (got {value!r})"
+    hidden = isinstance(value, dict) or value is None or first["type"] == "missing" or repr(value) in msg
+    shown = "" if hidden else f" (got {value!r})"
     more = f" [+{len(err.errors()) - 1} more]" if len(err.errors()) > 1 else ""
     return f"config error: {loc + ': ' if loc else ''}{msg}{shown}{more}"
 

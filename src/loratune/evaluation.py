@@ -2,7 +2,9 @@
 
 ``Evaluator(config)`` builds and loads the backends once (models are cached per process), so a search can score many
 checkpoints with one evaluator. ``score(samples)`` returns an ``EvaluationResult`` whose ``write(out_dir)`` produces
-``per_image.csv`` and ``scores.json`` atomically.
+``per_image.csv`` and ``scores.json`` atomically. Each axis is normalised with the range of the backend that produced
+its number (``EvaluationResult.normalisations``), which ``scores.json`` names. ``check_evaluation(config)`` validates
+every backend name, option and model reference without loading a model.
 
 >>> ev = Evaluator(load_config("loratune.yaml"))  # doctest: +SKIP
 >>> ev.score([Sample("out/0.png", prompt="lucaboy on a beach")]).composite  # doctest: +SKIP
@@ -25,8 +27,8 @@ from loratune.config import Config
 from loratune.errors import LoratuneError
 from loratune.images import is_image_file, list_images, load_image
 from loratune.manifest import match_prompts
-from loratune.metrics.base import AxisResult, Backend, EvalImage, References, Runtime
-from loratune.metrics.composite import composite, normalise
+from loratune.metrics.base import AxisResult, Backend, EvalImage, Normalisation, References, Runtime
+from loratune.metrics.composite import composite
 from loratune.metrics.registry import AXES, create_backend
 from loratune.progress import progress_bar
 from loratune.records import Sample
@@ -48,13 +50,19 @@ class EvaluationResult:
     backends: list[dict[str, Any]]
     runtime: dict[str, Any]
     seconds: float
+    normalisations: dict[str, Normalisation]  # per axis: the producing backend's range
     warnings: list[str] = field(default_factory=list)
 
     @property
     def stand_in(self) -> bool:
         return any(r.stand_in for r in self.axes.values())
 
-    def per_image_rows(self, norm_ranges: dict[str, tuple[float, float, bool]]) -> list[dict[str, Any]]:
+    @property
+    def backends_used(self) -> dict[str, str]:
+        """Per axis, the registry name of the backend that produced the number (a face backend's fallback, say)."""
+        return {axis: norm.backend for axis, norm in self.normalisations.items()}
+
+    def per_image_rows(self) -> list[dict[str, Any]]:
         rows = []
         for i, sample in enumerate(self.samples):
             row: dict[str, Any] = {"file": str(sample.path), "prompt": sample.prompt or "", "seed": sample.seed,
@@ -62,8 +70,7 @@ class EvaluationResult:
             normed: dict[str, float | None] = {}
             for axis, result in self.axes.items():
                 raw = result.per_image[i] if result.per_image is not None else None
-                lo, hi, higher = norm_ranges[axis]
-                normed[axis] = normalise(raw, lo, hi, higher)
+                normed[axis] = self.normalisations[axis].apply(raw)
                 row[f"{axis}_raw"] = raw
                 row[f"{axis}"] = normed[axis]
             per_image = composite(normed, self.weights_used or {a: 1.0 for a in normed})
@@ -83,6 +90,7 @@ class EvaluationResult:
                 "model": r.model_id,
                 "raw": r.value,
                 "normalised": self.normalised.get(axis),
+                "normalisation": self.normalisations[axis].describe(),
                 "weight": self.weights_used.get(axis, 0.0),
                 "missing_reason": r.missing_reason,
                 "stand_in_weights": r.stand_in,
@@ -109,10 +117,10 @@ class EvaluationResult:
             "versions": {name: _version(name) for name in _VERSIONED},
         }
 
-    def write(self, out_dir: str | Path, norm_ranges: dict[str, tuple[float, float, bool]]) -> tuple[Path, Path]:
+    def write(self, out_dir: str | Path) -> tuple[Path, Path]:
         """Write ``per_image.csv`` then ``scores.json`` (the latter last: its presence means the evaluation finished)."""
         out_dir = Path(out_dir)
-        rows = self.per_image_rows(norm_ranges)
+        rows = self.per_image_rows()
         buf = io.StringIO()
         writer = csv.DictWriter(buf, fieldnames=list(rows[0]) if rows else ["file"])
         writer.writeheader()
@@ -170,23 +178,9 @@ class Evaluator:
                                trust_remote_code=ev.trust_remote_code)
         self.show_progress = show_progress
         # Build every backend first: option and name errors surface before any model loads.
-        self.backends: dict[str, Backend] = {}
-        for axis in AXES:
-            backend_config = ev.backends.get(axis)  # type: ignore[call-overload]
-            if backend_config is not None:
-                self.backends[axis] = create_backend(backend_config, self.runtime, axis)
-        if not self.backends:
-            raise LoratuneError("evaluation.backends: no backend configured")
+        self.backends = build_backends(config, self.runtime)
         self.references = references if references is not None else References()
         self._loaded = False
-
-    @property
-    def norm_ranges(self) -> dict[str, tuple[float, float, bool]]:
-        ranges = {}
-        for axis, backend in self.backends.items():
-            lo, hi = backend.config.norm_range or backend.spec.norm_range
-            ranges[axis] = (lo, hi, backend.spec.higher_is_better)
-        return ranges
 
     def check(self, samples: list[Sample]) -> None:
         """User errors that need no model: prompts where a backend needs them, unknown characters."""
@@ -235,8 +229,9 @@ class Evaluator:
                     backend.update(batch)
                     advance(len(batch))
                 results[axis] = backend.compute()
-        ranges = self.norm_ranges
-        normalised = {axis: normalise(r.value, *ranges[axis]) for axis, r in results.items()}
+        # Chosen in setup (a face backend's fallback, say) and fixed from then on: every set is on the same scale.
+        norms = {axis: backend.producer().normalisation() for axis, backend in self.backends.items()}
+        normalised = {axis: norms[axis].apply(r.value) for axis, r in results.items()}
         weights = dict(self.config.evaluation.weights)
         comp = composite({a: normalised.get(a) for a in weights}, weights)
         warnings = [f"{axis} ({r.backend}) {STAND_IN_WARNING}" for axis, r in results.items() if r.stand_in]
@@ -252,8 +247,31 @@ class Evaluator:
             runtime={"device": str(self.runtime.device), "dtype": str(self.runtime.dtype).removeprefix("torch."),
                      "batch_size": batch_size, "python": platform.python_version()},
             seconds=time.perf_counter() - started,
+            normalisations=norms,
             warnings=warnings,
         )
+
+
+def build_backends(config: Config, runtime: Runtime) -> dict[str, Backend]:
+    """Every configured backend, built but not loaded: names, options and model references checked, per axis."""
+    backends: dict[str, Backend] = {}
+    for axis in AXES:
+        backend_config = config.evaluation.backends.get(axis)  # type: ignore[call-overload]
+        if backend_config is not None:
+            backends[axis] = create_backend(backend_config, runtime, axis)
+    if not backends:
+        raise LoratuneError("evaluation.backends: no backend configured")
+    return backends
+
+
+def check_evaluation(config: Config) -> None:
+    """Raise ``LoratuneError`` naming ``evaluation.backends.<axis>.<field>`` for a bad backend option or model reference.
+
+    Builds each backend (and a face backend's fallback) without loading weights or touching the accelerator, so a
+    search can call it before its first trial.
+    """
+    ev = config.evaluation
+    build_backends(config, Runtime(batch_size=ev.batch_size, trust_remote_code=ev.trust_remote_code))
 
 
 def collect_samples(images: str | Path, prompts: str | Path | None = None) -> list[Sample]:
@@ -279,5 +297,5 @@ def evaluate_images(
     result = evaluator.score(samples)
     images_path = Path(images)
     target = Path(out_dir) if out_dir is not None else (images_path if images_path.is_dir() else images_path.parent)
-    json_path, _ = result.write(target, evaluator.norm_ranges)
+    json_path, _ = result.write(target)
     return result, json_path

@@ -190,7 +190,7 @@ def rank_loras(
     for path, samples in sample_loras(config, lora_paths, out_dir).items():
         folder = Path(samples[0].path).parent
         result = evaluator.score(samples)
-        result.write(folder, evaluator.norm_ranges)
+        result.write(folder)
         ranked.append(RankedLora(Path(path), checkpoint_epoch(path), result, folder))
     ranked.sort(key=lambda r: (r.result.composite is None, -(r.result.composite or 0.0)))
     atomic_write_json(

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from loratune.errors import LoratuneError
+from loratune.metrics.composite import normalise
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -85,6 +86,29 @@ class AxisResult:
     model_id: str | None = None
 
 
+@dataclass(frozen=True)
+class Normalisation:
+    """How an axis's raw number becomes [0, 1]: the range of the backend that produced the number."""
+
+    backend: str
+    lo: float
+    hi: float
+    higher_is_better: bool
+    from_config: bool  # the range is the config's ``norm_range``, not the registry's
+
+    def apply(self, value: float | None) -> float | None:
+        return normalise(value, self.lo, self.hi, self.higher_is_better)
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "backend": self.backend,
+            "kind": "linear",
+            "range": [self.lo, self.hi],
+            "higher_is_better": self.higher_is_better,
+            "range_from": "config norm_range" if self.from_config else "registry",
+        }
+
+
 class Backend:
     """Base class of every metric backend. Subclasses set ``Options`` and implement ``load``/``update``/``compute``."""
 
@@ -132,6 +156,15 @@ class Backend:
     def missing(self, reason: str, **kwargs: Any) -> AxisResult:
         return self.result(None, missing_reason=reason, **kwargs)
 
+    def normalisation(self) -> Normalisation:
+        """The range this backend's own numbers are normalised with: the config's ``norm_range``, else the registry's."""
+        lo, hi = self.config.norm_range or self.spec.norm_range
+        return Normalisation(self.spec.name, lo, hi, self.spec.higher_is_better, self.config.norm_range is not None)
+
+    def producer(self) -> Backend:
+        """The backend whose numbers ``compute`` returns (a face backend hands over to its fallback)."""
+        return self
+
     def describe(self) -> dict[str, Any]:
         """What goes into scores.json about this backend."""
         spec = self.spec
@@ -144,5 +177,5 @@ class Backend:
             "licence": spec.licence,
             "score_range": list(spec.score_range),
             "higher_is_better": spec.higher_is_better,
-            "normalisation": {"kind": "linear", "range": list(spec.norm_range)},
+            "normalisation": self.normalisation().describe(),
         }

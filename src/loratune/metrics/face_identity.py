@@ -5,9 +5,12 @@ per-image values and, when references have faces, the axis value), and the mean 
 character's generated faces ("across generations", the value when no reference face exists). An image in which no
 face is found is counted (``details["face_detection_rate"]``) and left out — never scored 0.
 
-Stylised 3D and anime faces often defeat face detectors, so when the detection rate over the generated images falls
-below ``min_detection_rate`` the result comes from the ``fallback`` backend (an image-embedding identity backend such
-as ``clip_i``, built through the registry) run on the same images; ``details`` then says so.
+Stylised 3D and anime faces often defeat face detectors, so when faces are found in fewer than ``min_detection_rate``
+of some character's *reference* images, the ``fallback`` backend (an image-embedding identity backend such as
+``clip_i``, built through the registry) scores identity instead. The choice is made once, in ``setup``, from the
+references and the config alone: every image set the backend scores afterwards (every epoch of a study) is on the
+fallback's scale, normalised with the fallback's range, however many faces the generated images happen to show.
+``details["identity_backend"]`` and ``describe()`` report the choice and the reference detection rates behind it.
 
 insightface: a model pack by name (``buffalo_l``, looked up under ``root/models/``) or folder, or a recogniser ONNX
 file by path plus a detector ONNX (``detector``); ``recogniser_only`` embeds the whole image resized to the
@@ -21,7 +24,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from pydantic import Field, field_validator
+from pydantic import Field, ValidationError, field_validator
 
 from loratune.errors import LoratuneError
 from loratune.metrics.base import AxisResult, Backend, EvalImage, References
@@ -40,7 +43,10 @@ DEFAULT_FALLBACK: dict[str, Any] = {"name": "clip_i", "model": "ViT-L-14", "pret
 
 class FaceOptions(Backend.Options):
     min_detection_rate: float = Field(
-        0.5, ge=0.0, le=1.0, description="below this share of generated images with a face, use the fallback backend"
+        0.5,
+        ge=0.0,
+        le=1.0,
+        description="below this share of a character's reference images with a face, use the fallback backend",
     )
     fallback: dict[str, Any] | None = Field(
         default_factory=lambda: dict(DEFAULT_FALLBACK),
@@ -67,17 +73,22 @@ class _FaceIdentity(Backend):
         self.all_centroid: torch.Tensor | None = None
         self.reference_faces: dict[str, dict[str, int]] = {}
         self.references = References()
+        self.use_fallback = False
+        self.decision: dict[str, Any] = {"backend": self.spec.name, "reason": "references not seen yet"}
         self.reset()
 
     def _build_fallback(self) -> Backend | None:
         if self.options.fallback is None:
             return None
-        from loratune.config import BackendConfig
+        from loratune.config import BackendConfig, format_validation_error
         from loratune.metrics.registry import backend_class, get_spec
 
         # Built under its own field path, so a bad fallback model or option names `...fallback.<field>`.
         field = f"{self.field_path}.fallback"
-        config = BackendConfig.model_validate(self.options.fallback)
+        try:
+            config = BackendConfig.model_validate(self.options.fallback)
+        except ValidationError as err:
+            raise LoratuneError(f"{field}.{format_validation_error(err).removeprefix('config error: ')}") from None
         spec = get_spec(config.name, field)
         if spec.name == self.spec.name:
             raise LoratuneError(f"{field}: cannot fall back to {config.name!r} itself")
@@ -110,6 +121,47 @@ class _FaceIdentity(Backend):
             self.centroids[character] = self._mean_direction(faces)
             every_face += faces
         self.all_centroid = self._mean_direction(every_face)
+        self._choose_backend()
+
+    def _choose_backend(self) -> None:
+        """Face embeddings or the fallback, for the backend's whole life: a function of the references and options."""
+        min_rate = self.options.min_detection_rate
+        rates = {c: f["with_face"] / f["images"] for c, f in self.reference_faces.items() if f["images"]}
+        below = {c: r for c, r in rates.items() if r < min_rate}
+        self.decision = {
+            "backend": self.spec.name,
+            "reference_face_detection_rate": rates,
+            "min_detection_rate": min_rate,
+        }
+        self.use_fallback = False
+        if not rates:
+            self.decision["reason"] = "no reference images to decide from: face embeddings"
+        elif not below:
+            self.decision["reason"] = f"faces found in at least {min_rate:.0%} of every character's references"
+        elif self.fallback is None:
+            self.decision["reason"] = "too few reference faces, but no fallback is configured"
+        else:
+            character, rate = min(below.items(), key=lambda cr: cr[1])
+            whose = f"the references of {character!r}" if character else "the references"
+            reason = (
+                f"faces found in {rate:.0%} of {whose} "
+                f"(< min_detection_rate {min_rate:.0%}); one backend for every character keeps one scale"
+            )
+            try:
+                self.fallback.load()
+                self.fallback.setup(self.references)
+            except LoratuneError as err:  # e.g. its weights cannot be fetched: keep the face backend, say why
+                self.decision.update(reason=reason, fallback_error=str(err))
+                return
+            self.use_fallback = True
+            self.decision.update(backend=self.fallback.spec.name, reason=reason)
+
+    def producer(self) -> Backend:
+        return self.fallback if self.use_fallback and self.fallback is not None else self
+
+    def describe(self) -> dict[str, Any]:
+        fallback = None if self.fallback is None else self.fallback.describe()
+        return {**super().describe(), "identity_backend": self.decision, "fallback": fallback}
 
     @staticmethod
     def _mean_direction(faces: list[torch.Tensor]) -> torch.Tensor | None:
@@ -128,30 +180,39 @@ class _FaceIdentity(Backend):
     def reset(self) -> None:
         self.items: list[EvalImage] = []
         self.embeddings: list[torch.Tensor | None] = []
+        if self.use_fallback:
+            self.producer().reset()
 
     def update(self, batch: list[EvalImage]) -> None:
+        if self.use_fallback:  # the face embeddings would not be used: skip the detector
+            self.producer().update(batch)
+            return
         self.items += batch
         self.embeddings += self._normalised(self.embed_faces([item.image for item in batch]))
 
     def compute(self) -> AxisResult:
         import torch
 
+        if self.use_fallback:
+            result = self.producer().compute()
+            result.details = {
+                **result.details,
+                "fallback_from": self.spec.name,
+                "identity_backend": self.decision,
+                "reference_faces": self.reference_faces,
+            }
+            return result
         n = len(self.embeddings)
         if n == 0:
-            return self.missing("no images")
+            return self.missing("no images", details={"identity_backend": self.decision})
         found = sum(e is not None for e in self.embeddings)
-        rate = found / n
         details: dict[str, Any] = {
-            "face_detection_rate": rate,
+            "identity_backend": self.decision,
+            "face_detection_rate": found / n,
             "images_with_face": found,
             "images_without_face": [str(item.path) for item, e in zip(self.items, self.embeddings) if e is None],
             "reference_faces": self.reference_faces,
         }
-        if rate < self.options.min_detection_rate and self.fallback is not None:
-            try:
-                return self._run_fallback(details)
-            except LoratuneError as err:  # e.g. its weights cannot be fetched: keep the face result, say why
-                details["fallback_error"] = str(err)
         per_image: list[float | None] = []
         for item, emb in zip(self.items, self.embeddings):
             centroid = self._centroid(item.character)
@@ -185,27 +246,6 @@ class _FaceIdentity(Backend):
             f"faces found in {found} of {n} images; nothing to compare", per_image=per_image, details=details
         )
 
-    def _run_fallback(self, details: dict[str, Any]) -> AxisResult:
-        assert self.fallback is not None
-        fallback = self.fallback
-        fallback.load()
-        fallback.setup(self.references)
-        fallback.reset()
-        step = max(1, self.runtime.batch_size)
-        for start in range(0, len(self.items), step):
-            fallback.update(self.items[start : start + step])
-        result = fallback.compute()
-        result.details = {
-            **result.details,
-            "fallback_from": self.spec.name,
-            "fallback_reason": (
-                f"faces found in {details['face_detection_rate']:.0%} of the images "
-                f"(< min_detection_rate {self.options.min_detection_rate:.0%})"
-            ),
-            **details,
-        }
-        return result
-
 
 class InsightFaceIdentity(_FaceIdentity):
     """ArcFace embeddings via insightface: a FaceAnalysis pack, or detector + recogniser ONNX files by path."""
@@ -227,6 +267,9 @@ class InsightFaceIdentity(_FaceIdentity):
         self.is_onnx = ref.endswith(".onnx")
         if self.is_onnx and not Path(ref).expanduser().is_file():
             raise LoratuneError(f"{self.field_path}.model: recogniser ONNX not found: {ref}")
+        # A bare name is a pack under `root` (insightface fetches the packs it knows); a path must exist.
+        if ("/" in ref or ref.startswith((".", "~"))) and not Path(ref).expanduser().exists():
+            raise LoratuneError(f"{self.field_path}.model: model path not found: {ref}")
         if self.options.detector and not Path(self.options.detector).expanduser().is_file():
             raise LoratuneError(f"{self.field_path}.detector: detector ONNX not found: {self.options.detector}")
         if self.is_onnx and not self.options.detector and not self.options.recogniser_only:
@@ -319,6 +362,14 @@ class DlibFaceIdentity(_FaceIdentity):
         jitter: int = Field(0, ge=0, le=100, description="dlib num_jitters: average over re-sampled crops")
 
     options: Options
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        if self.config.model is not None:
+            raise LoratuneError(
+                f"{self.field_path}.model: dlib_face always uses the embedder shipped in face_recognition_models "
+                f"(got {self.config.model!r}); remove `model`"
+            )
 
     def load(self) -> None:
         self.detector, self.shape_predictor, self.embedder = load_dlib()
