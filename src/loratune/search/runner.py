@@ -85,10 +85,13 @@ def prepare_run(run_dir: Path, config: Config | None, resume: bool, overrides: S
 
 
 def _check_before_trials(config: Config) -> None:
-    """Everything that would fail every trial, checked before the first one."""
+    """Everything that would fail every trial, checked before the first one (backends without their weights)."""
+    from loratune.evaluation import check_evaluation
+
     check_space(config, config.search.space)
     if not config.train.sample_checkpoints:
         raise LoratuneError("train.sample_checkpoints: must be true for a search (each epoch is scored)")
+    check_evaluation(config)
 
 
 def _resume_overrides(run: RunFolder, stored: Config, overrides: list[str],

@@ -46,8 +46,9 @@ class TrainAndScore:
                out_dir: Path) -> EpochScore:
         evaluator = self.evaluator(config)
         result = evaluator.score(samples)
-        result.write(out_dir / "scores" / f"epoch-{epoch:04d}", evaluator.norm_ranges)
-        return EpochScore(epoch, result.composite, dict(result.normalised), lora, samples_dir, result.stand_in, result)
+        result.write(out_dir / "scores" / f"epoch-{epoch:04d}")
+        return EpochScore(epoch, result.composite, dict(result.normalised), lora, samples_dir, result.stand_in, result,
+                          dict(result.backends_used))
 
     def train(self, config: Config, out_dir: Path, on_epoch: Callable[[EpochScore], None]) -> None:
         from loratune.train import CheckpointInfo, train

@@ -1,0 +1,132 @@
+"""The selection is right: every scored epoch is a candidate for RUN/best whatever its trial's state, the last epoch
+is never pruned, refinement centres on the best epoch. A scripted trial backend gives each trial a known curve."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import optuna
+import pytest
+from optuna.trial import TrialState, create_trial
+from test_search_runner import study, write_config
+
+from loratune.config import load_config
+from loratune.records import EpochScore
+from loratune.search.config import ParamSpec, SearchSection
+from loratune.search.phases import refine_space
+from loratune.search.runner import run_optimize
+from loratune.search.selection import ranked
+
+# Trial number -> composite per epoch; None: the trainer diverges at that epoch.
+CURVES: dict[int, list[float | None]] = {}
+
+
+class ScriptedBackend:
+    def train(self, config, out_dir: Path, on_epoch) -> None:
+        from safetensors.torch import save_file
+        import torch
+
+        from loratune.train import StopTraining, TrainingDiverged
+
+        number = int(out_dir.name[1:5])
+        for epoch, value in enumerate(CURVES[number][: config.train.epochs], 1):
+            if value is None:
+                raise TrainingDiverged(f"training diverged at epoch {epoch}: loss is nan")
+            lora = out_dir / "checkpoints" / f"epoch-{epoch:04d}" / "lora.safetensors"
+            lora.parent.mkdir(parents=True)
+            save_file({"m.lora_down.weight": torch.full((2, 4), float(number * 10 + epoch)),
+                       "m.lora_up.weight": torch.zeros(4, 2), "m.alpha": torch.tensor(2.0)}, str(lora))
+            samples = out_dir / "samples" / f"epoch-{epoch:04d}"
+            samples.mkdir(parents=True)
+            try:
+                on_epoch(EpochScore(epoch, value, {"alignment": value}, lora, samples))
+            except StopTraining:
+                return
+
+    def score_lora(self, config, lora, out_dir):  # pragma: no cover - no ensemble in these studies
+        raise AssertionError("not used")
+
+
+sys.modules[__name__].make = ScriptedBackend
+BACKEND = f"{__name__}:make"
+
+
+def _run(tmp_path: Path, curves: dict[int, list[float | None]], epochs: int, **search) -> tuple[Path, list]:
+    CURVES.clear()
+    CURVES.update(curves)
+    search = {"pruner": "patient", "patience": 0, **search}
+    config = load_config(write_config(tmp_path / "c.yaml", n_trials=len(curves),
+                                      space={"learning_rate": {"type": "float", "low": 5e-5, "high": 5e-4, "log": True}},
+                                      phases={"refine_trials": 0, "ensemble_top_k": 0}, **search),
+                         [f"train.epochs={epochs}"])
+    run = tmp_path / "run"
+    run_optimize(config, run, backend=BACKEND, say=lambda m: None)
+    return run, study(run).get_trials()
+
+
+def test_a_pruned_trials_best_epoch_is_run_best(tmp_path) -> None:
+    # Trial 1 peaks at epoch 1 (0.9) and falls: the patient pruner (patience 0) stops it at epoch 2.
+    run, trials = _run(tmp_path, {0: [0.5, 0.5, 0.5, 0.5], 1: [0.9, 0.1, 0.1, 0.1]}, epochs=4)
+    assert [t.state for t in trials] == [TrialState.COMPLETE, TrialState.PRUNED]
+    assert trials[1].intermediate_values == {1: 0.9, 2: 0.1}
+    best = json.loads((run / "best" / "best.json").read_text())
+    assert (best["trial"], best["state"], best["best_epoch"], best["composite"]) == (1, "pruned", 1, 0.9)
+    source = run / "trials" / "0001" / "checkpoints" / "epoch-0001" / "lora.safetensors"
+    assert (run / "best" / "lora.safetensors").read_bytes() == source.read_bytes()
+
+
+def test_a_trial_that_failed_after_scoring_is_still_a_candidate(tmp_path) -> None:
+    run, trials = _run(tmp_path, {0: [0.5, 0.5, 0.5], 1: [0.4, 0.8, None]}, epochs=3, pruner="none")
+    assert trials[1].state == TrialState.FAIL and trials[1].user_attrs["fail_reason"].startswith("diverged")
+    best = json.loads((run / "best" / "best.json").read_text())
+    assert (best["trial"], best["state"], best["best_epoch"]) == (1, "fail", 2)
+    assert best["fail_reason"].startswith("diverged")
+
+
+def test_the_last_epoch_is_never_pruned(tmp_path) -> None:
+    # The drop comes at the last epoch: stopping there saves nothing, so the trial completes at its best epoch.
+    run, trials = _run(tmp_path, {0: [0.5, 0.5], 1: [0.9, 0.1]}, epochs=2)
+    assert [t.state for t in trials] == [TrialState.COMPLETE, TrialState.COMPLETE]
+    assert trials[1].value == 0.9 and trials[1].user_attrs["best_epoch"] == 1
+    scores = json.loads((run / "trials" / "0001" / "scores.json").read_text())
+    assert scores["state"] == "complete" and [e["epoch"] for e in scores["epochs"]] == [1, 2]
+
+
+def test_ranking_rule_and_refine_centre() -> None:
+    search = SearchSection(space={"learning_rate": ParamSpec(type="float", low=1e-5, high=1e-3, log=True),
+                                  "epochs": ParamSpec(type="int", low=2, high=20)})
+    dists = {"learning_rate": optuna.distributions.FloatDistribution(1e-5, 1e-3, log=True),
+             "epochs": optuna.distributions.IntDistribution(2, 20)}
+
+    def trial(number: int, state: TrialState, composite: float | None, best_epoch: int, epochs: int, lora=True):
+        attrs = {"phase": "search", "composite": composite, "best_epoch": best_epoch}
+        if lora:
+            attrs["lora"] = f"checkpoints/{number}.safetensors"
+        t = create_trial(state=state, value=composite if state == TrialState.COMPLETE else None,
+                         params={"learning_rate": 1e-4, "epochs": epochs}, distributions=dists, user_attrs=attrs)
+        t.number = number
+        return t
+
+    trials = [trial(0, TrialState.COMPLETE, 0.6, 10, 10), trial(1, TrialState.PRUNED, 0.8, 3, 20),
+              trial(2, TrialState.FAIL, 0.7, 4, 12), trial(3, TrialState.COMPLETE, 0.9, 5, 8, lora=False),
+              trial(4, TrialState.RUNNING, 0.95, 2, 8), trial(5, TrialState.COMPLETE, 0.6, 9, 9)]
+    assert [t.number for t in ranked(trials, search)] == [1, 2, 0, 5]  # ties: the earlier trial first
+    space, _ = refine_space(trials, search)
+    # Trial 1 trained 20 epochs but peaked at 3: the refine range is centred on 3 (width 0.25 of 2..20 = 4.5).
+    assert space["epochs"].low == 2 and space["epochs"].high == 6
+
+
+@pytest.mark.parametrize("directions", [{"alignment": "maximize", "composite": "maximize"}])
+def test_multi_objective_ranking_puts_the_pareto_front_first(directions) -> None:
+    search = SearchSection(directions=directions)
+
+    def trial(number: int, composite: float, alignment: float):
+        t = create_trial(values=[alignment, composite], user_attrs={
+            "composite": composite, "axes": {"alignment": alignment}, "lora": "x.safetensors"})
+        t.number = number
+        return t
+
+    dominated, front_a, front_b = trial(0, 0.5, 0.5), trial(1, 0.6, 0.9), trial(2, 0.8, 0.6)
+    assert [t.number for t in ranked([dominated, front_a, front_b], search)] == [2, 1, 0]
