@@ -115,6 +115,8 @@ class Worker:
                 if baseline_lost(trials, self.plan):
                     enqueue_baseline(self.study, self.config)
                     trials = self.study.get_trials(deepcopy=False)
+                if next_action(trials, self.plan, self.search) != "run":
+                    continue  # another process took the last slot while this one waited for the lock
                 number = len(trials)
                 self.study.sampler = self._sampler(assign_phase(trials, number, self.plan), number, trials)
                 self.study.optimize(self.objective, n_trials=1, catch=(TrialFailed,), gc_after_trial=True)
