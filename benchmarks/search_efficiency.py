@@ -6,8 +6,9 @@ per-epoch scoring + pruning saves.
 2. Training compute: (a) one run per epochs value (6..20) for each config, (b) one 20-epoch run per config with every
    epoch scored (the trial's value is its best epoch), (c) (b) plus Hyperband pruning. Compute is counted in epochs.
 
-Regret = true optimum - true value of the trial the search would hand back (the best *observed* one), so noise can
-mislead a strategy just as it does on real scores. Run: ``python benchmarks/search_efficiency.py [--seeds 10]``
+Regret = true optimum - true value of what the search would hand back: the first candidate of the product's own
+ranking rule (``loratune.search.selection.ranked``: every scored epoch competes, a pruned trial's too) on the *observed*
+scores, so noise can mislead a strategy just as it does on real scores. Pruners are the product's (``make_pruner``). Run: ``python benchmarks/search_efficiency.py [--seeds 10]``
 (~35 s on an idle 2-core machine, ~26 s of CPU; GP's model fits are most of it).
 """
 
@@ -23,6 +24,9 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
+from loratune.search.config import SearchSection
+from loratune.search.samplers import make_pruner
+from loratune.search.selection import ranked
 from loratune.search.synthetic import ALPHA_RATIOS, EPOCH_RANGE, LR_RANGE, RANKS, Surface
 
 N_TRIALS = 20
@@ -49,11 +53,25 @@ def _sampler(name: str, seed: int) -> optuna.samplers.BaseSampler:
     return optuna.samplers.GridSampler(grid, seed=seed)
 
 
+def _candidate(trial: optuna.Trial, observed: float, epoch: int) -> None:
+    """Record a scored epoch the way the runner does (best-epoch user attrs), so the product's ranking can read it."""
+    if observed > trial.user_attrs.get("composite", -np.inf):
+        trial.set_user_attr("composite", observed)
+        trial.set_user_attr("best_epoch", epoch)
+        trial.set_user_attr("lora", f"checkpoints/epoch-{epoch:04d}")
+
+
+def _handed_back(study: optuna.Study, truth: dict[tuple[int, int], float]) -> float:
+    """The true value of what loratune would copy to RUN/best: ``selection.ranked``'s first candidate."""
+    best = ranked(study.get_trials(deepcopy=False), SearchSection())[0]
+    return truth[(best.number, best.user_attrs["best_epoch"])]
+
+
 def run_per_value(surface: Surface, sampler: str, seed: int) -> tuple[float, int]:
-    """One run per trial at its own epochs value, scored once: returns (true value of best observed, epochs spent)."""
+    """One run per trial at its own epochs value, scored once: returns (true value handed back, epochs spent)."""
     rng = np.random.default_rng(seed + 1000)
     study = optuna.create_study(direction="maximize", sampler=_sampler(sampler, seed))
-    truth: dict[int, float] = {}
+    truth: dict[tuple[int, int], float] = {}
     spent = 0
 
     def objective(trial: optuna.Trial) -> float:
@@ -61,25 +79,25 @@ def run_per_value(surface: Surface, sampler: str, seed: int) -> tuple[float, int
         lr, rank, ratio = _config(trial)
         epochs = trial.suggest_int("epochs", *EPOCH_RANGE)
         spent += epochs
-        truth[trial.number] = surface.true(lr, rank, ratio, epochs)
-        return surface.observe(rng, lr, rank, ratio, epochs)
+        truth[(trial.number, epochs)] = surface.true(lr, rank, ratio, epochs)
+        observed = surface.observe(rng, lr, rank, ratio, epochs)
+        _candidate(trial, observed, epochs)
+        return observed
 
     study.optimize(objective, n_trials=N_TRIALS)
-    return truth[study.best_trial.number], spent
+    return _handed_back(study, truth), spent
 
 
-def run_per_epoch(surface: Surface, seed: int, pruner: optuna.pruners.BasePruner | None = None) -> tuple[float, int]:
-    """One 20-epoch run per config, every epoch scored and reported; value = best epoch. Optional pruning.
-
-    A pruned run still has checkpoints: the config handed back is the one whose best observed epoch is highest,
-    pruned or not.
-    """
+def run_per_epoch(surface: Surface, seed: int, pruner: str = "none") -> tuple[float, int]:
+    """One 20-epoch run per config, every epoch scored and reported, with the product's pruner (``make_pruner``) and
+    its rule that the last epoch is never pruned. What is handed back is what the product's ranking picks: a pruned
+    trial's best epoch competes like any other."""
     rng = np.random.default_rng(seed + 2000)
-    pruner = pruner or optuna.pruners.NopPruner()
     # A fixed study name: Hyperband assigns brackets by hashing it.
     study = optuna.create_study(direction="maximize", sampler=optuna.samplers.TPESampler(seed=seed, multivariate=True),
-                                pruner=pruner, study_name=f"per-epoch-{seed}")
-    best: dict[int, tuple[float, float]] = {}  # trial -> (best observed, its true value)
+                                pruner=make_pruner(SearchSection(pruner=pruner), MAX_EPOCHS),
+                                study_name=f"per-epoch-{seed}")
+    truth: dict[tuple[int, int], float] = {}
     spent = 0
 
     def objective(trial: optuna.Trial) -> float:
@@ -87,16 +105,16 @@ def run_per_epoch(surface: Surface, seed: int, pruner: optuna.pruners.BasePruner
         lr, rank, ratio = _config(trial)
         for epoch in range(1, MAX_EPOCHS + 1):
             spent += 1
-            obs = surface.observe(rng, lr, rank, ratio, epoch)
-            if obs > best.get(trial.number, (-np.inf, 0.0))[0]:
-                best[trial.number] = (obs, surface.true(lr, rank, ratio, epoch))
-            trial.report(obs, epoch)  # the raw per-epoch score, as the runner reports it
-            if trial.should_prune():
+            observed = surface.observe(rng, lr, rank, ratio, epoch)
+            truth[(trial.number, epoch)] = surface.true(lr, rank, ratio, epoch)
+            _candidate(trial, observed, epoch)
+            trial.report(observed, epoch)  # the raw per-epoch score, as the runner reports it
+            if epoch < MAX_EPOCHS and trial.should_prune():
                 raise optuna.TrialPruned()
-        return best[trial.number][0]
+        return float(trial.user_attrs["composite"])
 
     study.optimize(objective, n_trials=N_TRIALS)
-    return max(best.values())[1], spent
+    return _handed_back(study, truth), spent
 
 
 def main() -> None:
@@ -131,12 +149,11 @@ def main() -> None:
     tpe_value = [run_per_value(surface, "tpe", s) for s in range(args.seeds)]
     per_epoch = [run_per_epoch(surface, s) for s in range(args.seeds)]
     pruners = {
-        "+ Hyperband pruning (loratune default)":
-            lambda: optuna.pruners.HyperbandPruner(min_resource=1, max_resource=MAX_EPOCHS, reduction_factor=3),
-        "+ median pruning (5 warm-up epochs)": lambda: optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=5),
-        "+ patient pruning (stop 2 epochs after the peak)": lambda: optuna.pruners.PatientPruner(None, patience=2),
+        "+ Hyperband pruning (loratune default)": "hyperband",
+        "+ median pruning (loratune's: 2 start-up trials, 1 warm-up epoch)": "median",
+        "+ patient pruning (loratune's: stop 2 epochs after the peak)": "patient",
     }
-    pruned = {label: [run_per_epoch(surface, s, make()) for s in range(args.seeds)] for label, make in pruners.items()}
+    pruned = {label: [run_per_epoch(surface, s, name) for s in range(args.seeds)] for label, name in pruners.items()}
     table = Table(title=f"Training compute for {N_TRIALS} configs (TPE; epochs counted; median over {args.seeds} seeds)")
     for col in ("strategy", "epochs trained", "saved vs one run per epochs value", "median regret"):
         table.add_column(col, justify="right" if col != "strategy" else "left")

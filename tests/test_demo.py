@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 
 import optuna
 import pytest
@@ -43,12 +44,14 @@ def test_demo_overrides_give_every_phase(tiny_models):
 def test_summary_says_where_everything_is(tmp_path):
     result = DemoResult(tmp_path, tmp_path / "models", tmp_path / "dataset", tmp_path / "run" / "config.yaml",
                         tmp_path / "run", tmp_path / "run" / "report.html", tmp_path / "run" / "audit.json", None,
-                        {"complete": 5, "pruned": 1}, {"baseline": 1, "search": 3}, {"search": 100.0})
+                        {"complete": 5, "pruned": 1}, {"baseline": 1, "search": 3}, {"search": 100.0},
+                        "pruned 1 trial, saved 1 of 10 epochs")
     out = io.StringIO()
     print_summary(result, Console(file=out, width=200))
     text = out.getvalue()
     assert f"file://{tmp_path / 'run' / 'report.html'}" in text
     assert "5 complete" in text and "1 pruned" in text and "stand-ins" in text
+    assert "pruned 1 trial, saved 1 of 10 epochs" in text
     assert str(tmp_path / "run" / "audit.json") in text and "best LoRA" in text
 
 
@@ -64,6 +67,9 @@ def test_demo_runs_the_whole_loop(tmp_path, tiny_models):
     assert sum(result.states.values()) == 5 and result.states.get("complete", 0) >= 3
     # Issue 6: the demo's search shows pruning (the median pruner stops trial 2 after epoch 1; runs are seeded).
     assert result.states.get("pruned", 0) >= 1, result.states
+    # ... and the prune saved training: each pruned trial stopped before its last epoch.
+    match = re.fullmatch(r"pruned (\d+) trials?, saved (\d+) of (\d+) epochs", result.pruning)
+    assert match and int(match[1]) == result.states["pruned"] and 1 <= int(match[2]) < int(match[3]), result.pruning
     assert result.audit is not None and result.best_lora is not None and result.best_lora.is_file()
     audit = json.loads(result.audit.read_text())
     assert audit["summary"]["near_duplicate_pairs"] >= 1 and audit["summary"]["flagged_images"] >= 2
