@@ -60,3 +60,12 @@ def test_failure_reasons() -> None:
     assert describe_failure(KeyError("lora_up")) == "KeyError: 'lora_up'"
     assert describe_failure(subprocess.CalledProcessError(3, ["accelerate", "launch"])) == "trainer exited with code 3"
     assert describe_failure(LoratuneError("train.external: command not found")) == "train.external: command not found"
+
+
+def test_resume_keeps_the_runs_backend(tmp_path) -> None:
+    from loratune.commands.optimize import resumed_backend
+
+    (tmp_path / "config.yaml").write_text("search:\n  backend: ray\n")
+    assert resumed_backend(tmp_path, None) == "ray"  # no need to repeat --backend ray
+    assert resumed_backend(tmp_path, "local") == "local"
+    assert resumed_backend(tmp_path / "missing", None) == "local"

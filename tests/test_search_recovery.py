@@ -15,7 +15,7 @@ from pathlib import Path
 import optuna
 import pytest
 from optuna.trial import TrialState
-from test_search_runner import BACKEND, TESTS, _run_script, _start_until, study, tree_digest, write_config
+from test_search_runner import BACKEND, TESTS, _run_script, interrupt_trial, study, tree_digest, write_config
 
 from loratune.config import load_config
 from loratune.errors import LoratuneError
@@ -37,24 +37,9 @@ def _resume_script(run: Path) -> str:
             f"run_optimize(None, {str(run)!r}, resume=True, backend={BACKEND!r}, say=lambda m: None)\n")
 
 
-def _interrupt_first_trial(tmp_path: Path, monkeypatch, **search) -> Path:
-    """A run whose trial 0 was Ctrl-C'd during its second epoch: FAIL 'interrupted', retried on resume."""
-    run, markers = tmp_path / "run", tmp_path / "markers"
-    markers.mkdir()
-    config = write_config(tmp_path / "c.yaml", **search)
-    monkeypatch.setenv("LORATUNE_TEST_EPOCH_SECONDS", "0.3")
-    monkeypatch.setenv("LORATUNE_TEST_MARKERS", str(markers))
-    script = _run_script(run, config).replace("run_optimize(", "try:\n    run_optimize(") + \
-        "except KeyboardInterrupt:\n    sys.exit(130)\n"
-    proc = _start_until(script, markers, "0000-epoch2-*")
-    proc.send_signal(signal.SIGINT)
-    assert proc.wait(timeout=60) == 130
-    assert study(run).get_trials()[0].user_attrs["fail_reason"] == "interrupted"
-    return run
-
-
 def test_two_resumers_started_together_run_the_waiting_trial_once(tmp_path, monkeypatch) -> None:
-    run = _interrupt_first_trial(tmp_path, monkeypatch, **SMALL)
+    run = interrupt_trial(tmp_path, monkeypatch, 0, **SMALL)
+    assert study(run).get_trials()[0].user_attrs["fail_reason"] == "interrupted"
     procs = [subprocess.Popen([sys.executable, "-c", _resume_script(run)], stderr=subprocess.PIPE, text=True)
              for _ in range(2)]
     outputs = [p.communicate(timeout=180)[1] for p in procs]

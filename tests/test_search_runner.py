@@ -297,17 +297,23 @@ def test_two_workers_share_one_study_without_duplicates(tmp_path, monkeypatch) -
     assert sum(1 for t in trials if t.user_attrs["phase"] == "ensemble" and t.state == TrialState.COMPLETE) == 1
 
 
-def test_ctrl_c_stops_cleanly_and_resume_retries(tmp_path, monkeypatch) -> None:
+def interrupt_trial(tmp_path: Path, monkeypatch, number: int, **search) -> Path:
+    """A run Ctrl-C'd during trial ``number``'s second epoch (the optimizer exits 130); returns the run folder."""
     run, markers = tmp_path / "run", tmp_path / "markers"
     markers.mkdir()
-    config = write_config(tmp_path / "c.yaml", n_trials=3, phases={"refine_trials": 0, "ensemble_top_k": 0})
+    config = write_config(tmp_path / "c.yaml", **search)
     monkeypatch.setenv("LORATUNE_TEST_EPOCH_SECONDS", "0.3")
     monkeypatch.setenv("LORATUNE_TEST_MARKERS", str(markers))
     script = _run_script(run, config).replace("run_optimize(", "import sys\ntry:\n    run_optimize(") + \
         "except KeyboardInterrupt:\n    sys.exit(130)\n"
-    proc = _start_until(script, markers, "0001-epoch2-*")
+    proc = _start_until(script, markers, f"{number:04d}-epoch2-*")
     proc.send_signal(signal.SIGINT)
     assert proc.wait(timeout=60) == 130
+    return run
+
+
+def test_ctrl_c_stops_cleanly_and_resume_retries(tmp_path, monkeypatch) -> None:
+    run = interrupt_trial(tmp_path, monkeypatch, 1, n_trials=3, phases={"refine_trials": 0, "ensemble_top_k": 0})
     trials = study(run).get_trials()
     assert trials[1].state == TrialState.FAIL and trials[1].user_attrs["fail_reason"] == "interrupted"
     assert not list((run / "trials").glob(".*")) and not (run / "trials" / "0001").exists()
@@ -316,6 +322,7 @@ def test_ctrl_c_stops_cleanly_and_resume_retries(tmp_path, monkeypatch) -> None:
     after = study(run).get_trials()
     retries = [t for t in after if t.user_attrs.get("retry_of") == 1]
     assert len(retries) == 1 and retries[0].params == trials[1].params and retries[0].state.is_finished()
+    assert retries[0].user_attrs["fail_reason"] is None  # the retry does not inherit "interrupted"
     assert sum(1 for t in after if counted(t)) == 3
 
 

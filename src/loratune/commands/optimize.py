@@ -23,7 +23,6 @@ def command(
     """Search LoRA hyperparameters: every epoch is scored, weak trials are pruned, the best LoRA lands in RUN/best/."""
     from loratune.config import load_config
     from loratune.errors import LoratuneError
-    from loratune.runfolder import RunFolder
 
     if backend not in (None, "local", "ray"):
         raise LoratuneError(f"--backend: expected local or ray (got {backend!r})")
@@ -34,9 +33,7 @@ def command(
         if run is None:
             raise LoratuneError("--resume: needs --run RUN_DIR")
         cfg = None
-        # A resumed run goes on with the backend it was started with, unless told otherwise.
-        stored = RunFolder(run).config
-        chosen = backend or (load_config(stored).search.backend if stored.is_file() else "local")
+        chosen = resumed_backend(run, backend)
     else:
         if config is None:
             raise LoratuneError("optimize: give a CONFIG file (or --resume --run RUN_DIR)")
@@ -62,3 +59,12 @@ def command(
         state = "" if best.state.name == "COMPLETE" else f", {best.state.name.lower()} trial"
         print(f"best: trial {best.number} ({best.user_attrs.get('phase')}{state}) composite "
               f"{best.user_attrs.get('composite')} at epoch {best.user_attrs.get('best_epoch')} -> {Path(run) / 'best'}")
+
+
+def resumed_backend(run: Path, backend: str | None) -> str:
+    """A resumed run goes on with the backend it was started with (its config.yaml), unless told otherwise."""
+    from loratune.config import load_config
+    from loratune.runfolder import RunFolder
+
+    stored = RunFolder(run).config
+    return backend or (load_config(stored).search.backend if stored.is_file() else "local")
