@@ -31,8 +31,8 @@ def command_values(config: Config, output_dir: Path) -> dict[str, Any]:
     return {
         "rank": t.rank,
         "alpha": t.lora_alpha,
-        "learning_rate": t.learning_rate,
-        "text_encoder_lr": t.text_encoder_lr or t.learning_rate,
+        "learning_rate": t.effective_learning_rate,
+        "text_encoder_lr": t.effective_text_encoder_lr,
         "epochs": t.epochs,
         "batch_size": t.batch_size,
         "seed": t.seed,

@@ -212,10 +212,10 @@ def train(
     total_steps = count_steps(config, items, curriculum)
 
     def param_groups() -> list[dict[str, Any]]:
-        groups = [{"params": trainable_parameters(models.unet), "lr": t.learning_rate}]
+        groups = [{"params": trainable_parameters(models.unet), "lr": t.effective_learning_rate}]
         for i in models.trained_text_encoders:
             groups.append(
-                {"params": trainable_parameters(models.text_encoders[i]), "lr": t.text_encoder_lr or t.learning_rate}
+                {"params": trainable_parameters(models.text_encoders[i]), "lr": t.effective_text_encoder_lr}
             )
         return groups
 
@@ -366,7 +366,7 @@ def _save(
     t = config.train
     alpha = float(models.unet.peft_config["default"].lora_alpha)
     extra: dict[str, Any] = {
-        "ss_text_encoder_lr": str(t.text_encoder_lr or t.learning_rate) if models.trained_text_encoders else "0",
+        "ss_text_encoder_lr": str(t.effective_text_encoder_lr) if models.trained_text_encoders else "0",
         "ss_training_comment": "trained with loratune",
         "ss_lr_scheduler": t.lr_scheduler,
         "ss_num_epochs": str(t.epochs),
@@ -379,7 +379,16 @@ def _save(
     for strategy in strategies:
         extra |= strategy.metadata()
     metadata = kohya_metadata(
-        config.model.family, run.rank, alpha, epoch, step, t.learning_rate, t.optimizer, t.seed, run.resolution, extra
+        config.model.family,
+        run.rank,
+        alpha,
+        epoch,
+        step,
+        t.effective_learning_rate,
+        t.optimizer,
+        t.seed,
+        run.resolution,
+        extra,
     )
     info = {
         "epoch": epoch,
