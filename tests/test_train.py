@@ -328,9 +328,13 @@ def test_a_new_base_or_precision_loads_again(tiny_models, small_dataset) -> None
     assert len(loader.calls) == 3
 
 
-def test_the_ensemble_is_drawn_like_the_epoch_it_came_from(tiny_models, small_dataset, tmp_path) -> None:
+@pytest.mark.parametrize("precision", ["no", "bf16"])
+def test_the_ensemble_is_drawn_like_the_epoch_it_came_from(tiny_models, small_dataset, tmp_path, precision) -> None:
     """An epoch's LoRA, merged alone (as the ensemble trial does) and scored by the trial backend, gives the very
-    images its epoch gave during training: same pipeline, scheduler and precision, on the same loaded base."""
+    images its epoch gave during training: same pipeline, scheduler and precision, on the same loaded base.
+
+    Identical to the bit, in bf16 too: a file's LoRA loads in the base's dtype, the trained one is float32, but
+    autocast rounds both to bf16 the same way before any matmul."""
     from loratune.lora.merge import merge_files
     from loratune.search.trials import TrainAndScore
 
@@ -343,6 +347,8 @@ def test_the_ensemble_is_drawn_like_the_epoch_it_came_from(tiny_models, small_da
         "train.train_text_encoder=true",
         "train.prediction_type=v_prediction",  # the ensemble must be drawn with the trained prediction type too
         "sampling.scheduler=euler",
+        f"train.mixed_precision={precision}",
+        "train.learning_rate=1e-2",
         "evaluation.backends.alignment=null",
         "evaluation.backends.aesthetics=null",
         "evaluation.backends.quality=null",
@@ -360,7 +366,12 @@ def test_the_ensemble_is_drawn_like_the_epoch_it_came_from(tiny_models, small_da
         assert [p.name for p in live] == [p.name for p in drawn] == ["p00-s0.png", "p00-s1.png"]
         assert all(np.array_equal(_pixels(x), _pixels(y)) for x, y in zip(live, drawn))  # identical, not close
         assert ensemble.composite == epoch.composite
-    assert len(loader.calls) == 1  # training and both ensembles on one loaded base
+    from loratune.sampling import render_samples
+
+    with backend.cache.borrow(config, training_precision(config.train)) as base:
+        plain = render_samples(config, base.models, training_precision(config.train), tmp_path / "plain")
+    assert all(np.abs(_pixels(p.path) - _pixels(x)).max() > 0 for p, x in zip(plain, live))  # the LoRA shows
+    assert len(loader.calls) == 1  # training, both ensembles and the plain base on one loaded base
 
 
 def test_nan_loss_raises_and_leaves_a_marker(tiny_models, small_dataset, tmp_path) -> None:

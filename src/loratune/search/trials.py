@@ -21,7 +21,6 @@ if TYPE_CHECKING:
     from loratune.train.cache import BaseCache
 
 
-
 class TrialBackend(Protocol):
     def train(self, config: Config, out_dir: Path, on_epoch: Callable[[EpochScore], None]) -> None: ...
 

@@ -1,4 +1,5 @@
-"""The base model's parts for training, LoRA injection, and the state dicts a checkpoint saves.
+"""The base model's parts for training: loading, placement (``Precision``), LoRA injection and removal (back to the
+pristine base), and the state dicts a checkpoint saves.
 
 Loaded part by part with diffusers/transformers ``from_pretrained`` (hub id or local folder alike). The UNet gets its
 adapter through diffusers' ``add_adapter``; text encoders through ``peft.inject_adapter_in_model`` because
@@ -62,8 +63,8 @@ def load_models(base: str, family: str, variant: str | None = None) -> Models:
 class Precision:
     """Where and in what precision the base model runs, for training and for every sample drawn of a LoRA.
 
-    Frozen weights (UNet, text encoders) in the compute dtype, the VAE in float32 (it overflows in fp16), LoRA weights
-    in float32, and autocast to the compute dtype under mixed precision.
+    Frozen weights (UNet, text encoders) in the compute dtype, the VAE in float32 (it overflows in fp16), trained LoRA
+    weights in float32, and autocast to the compute dtype under mixed precision.
     """
 
     device: Any
@@ -109,7 +110,7 @@ def place(models: Models, precision: Precision) -> None:
 
 
 def upcast_lora(module: Any) -> None:
-    """LoRA weights in float32 whatever the base's dtype (training updates them; sampling reads them as trained)."""
+    """LoRA weights in float32 whatever the base's dtype: the optimizer's updates are too small for half precision."""
     for name, p in module.named_parameters():
         if "lora_" in name:
             p.data = p.data.float()
