@@ -46,9 +46,12 @@ class BaseCache:
         self.loader = loader
         self._key: tuple[Any, ...] | None = None
         self._base: Base | None = None
+        self._lent = False
 
     @contextmanager
     def borrow(self, config: Config, precision: Precision) -> Iterator[Base]:
+        if self._lent:
+            raise RuntimeError("BaseCache: the base is already lent (one run at a time per cache)")
         m = config.model
         key = (m.base, m.family, m.variant, str(precision.device), precision.mixed)
         if self._base is None or self._key != key:
@@ -61,9 +64,11 @@ class BaseCache:
         scheduler = base.models.noise_scheduler
         models = replace(base.models, noise_scheduler=type(scheduler).from_config(scheduler.config),
                          trained_text_encoders=[])
+        self._lent = True
         try:
             yield Base(models, base.latents, base.texts)
         finally:
+            self._lent = False
             try:
                 remove_lora(models)
             except BaseException:
