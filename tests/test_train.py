@@ -1,4 +1,5 @@
-"""The built-in trainer on the tiny SD1.5 and SDXL models: real training steps, real files, loaded back."""
+"""The built-in trainer on the tiny SD1.5 and SDXL models: real training steps, real files, loaded back, and the
+base model a search worker keeps between trials."""
 
 from __future__ import annotations
 
@@ -16,6 +17,8 @@ from loratune.config import Config, load_config
 from loratune.errors import LoratuneError
 from loratune.lora.kohya import read_metadata
 from loratune.train import StopTraining, TrainingDiverged, train
+from loratune.train.cache import BaseCache
+from loratune.train.model import load_models, training_precision
 
 pytestmark = pytest.mark.slow
 
@@ -73,6 +76,55 @@ def test_each_optimizer_moves_the_lora_weights(tiny_models, small_dataset, tmp_p
     assert meta["ss_base_model_version"] == {"sd15": "sd_v1", "sdxl": "sdxl_base_v1-0"}[family]
 
 
+def test_prodigy_without_a_learning_rate_trains_at_1(tiny_models, small_dataset, tmp_path) -> None:
+    # Prodigy's step is d * lr with d estimated from d0 = 1e-6 upwards: the old default lr 1e-4 on top of that
+    # leaves the LoRA where it started (B moves ~1e-9 in three steps), while lr 1.0 moves it 10^4 times as far.
+    moved = {}
+    for lr in ("null", "1e-4"):
+        config = make_config(
+            tiny_models, small_dataset, "train.optimizer=prodigy", f"train.learning_rate={lr}", "train.epochs=3"
+        )
+        records: list[dict] = []
+        result = train(config, tmp_path / lr, progress=records.append)
+        assert [r["lr"] for r in records] == [config.train.effective_learning_rate] * 3
+        ups = [v for k, v in load_file(result.last.kohya_path).items() if k.endswith("lora_up.weight")]
+        moved[lr] = max(float(v.abs().max()) for v in ups)
+    assert read_metadata(tmp_path / "null" / "checkpoints" / "epoch-0003" / "tiny-000003.safetensors")[
+        "ss_learning_rate"
+    ] == "1"
+    assert moved["null"] > 1000 * moved["1e-4"] > 0
+
+
+@pytest.mark.parametrize("family", ["sd15", "sdxl"])
+def test_text_encoder_lora_gets_gradients_under_gradient_checkpointing(
+    tiny_models, small_dataset, tmp_path, family
+) -> None:
+    cache = BaseCache()
+    te_ups = {}
+    for checkpointing in ("true", "false"):
+        config = make_config(
+            tiny_models,
+            small_dataset,
+            "train.train_text_encoder=true",
+            f"train.gradient_checkpointing={checkpointing}",
+            family=family,
+        )
+        result = train(config, tmp_path / checkpointing, cache=cache)
+        tensors = load_file(result.last.kohya_path)
+        te_ups[checkpointing] = {
+            k: v for k, v in tensors.items() if k.startswith("lora_te") and k.endswith("lora_up.weight")
+        }
+    # B starts at zero, so a module that moved got a gradient. Checkpointing recomputes the same forward pass: every
+    # module gets the gradient it gets without (all but SDXL's first-encoder last layer, whose output is unused).
+    on, off = te_ups["true"], te_ups["false"]
+    assert on.keys() == off.keys()
+    for key in on:
+        torch.testing.assert_close(on[key], off[key], rtol=0, atol=1e-6)
+    moved = {k for k, v in on.items() if v.abs().max() > 0}
+    unused = {k for k in on if family == "sdxl" and k.startswith("lora_te1_text_model_encoder_layers_1_")}
+    assert moved == on.keys() - unused and len(unused) == (4 if family == "sdxl" else 0)
+
+
 def test_adamw8bit_and_bf16_mixed_precision_in_one_process(tiny_models, small_dataset, tmp_path) -> None:
     pytest.importorskip("bitsandbytes")
     for precision, optimizer in [("bf16", "adamw"), ("no", "adamw8bit")]:
@@ -87,7 +139,7 @@ def test_adamw8bit_and_bf16_mixed_precision_in_one_process(tiny_models, small_da
 
 @pytest.mark.parametrize("family", ["sd15", "sdxl"])
 def test_kohya_file_gives_the_same_images_as_the_diffusers_file(tiny_models, small_dataset, tmp_path, family) -> None:
-    from loratune.sampling import apply_lora, load_pipeline, render
+    from loratune.sampling import render_samples
 
     config = make_config(
         tiny_models,
@@ -108,12 +160,11 @@ def test_kohya_file_gives_the_same_images_as_the_diffusers_file(tiny_models, sma
     assert {next(p for p in prefixes[family] if k.startswith(p)) for k in kohya} == set(prefixes[family])
     assert {v.item() for k, v in kohya.items() if k.endswith(".alpha")} == {2.0}
 
-    pipe = load_pipeline(config)
-    base = render(pipe, config, tmp_path / "base")
-    apply_lora(pipe, info.diffusers_path)
-    ours = render(pipe, config, tmp_path / "diffusers")
-    apply_lora(pipe, info.kohya_path)
-    theirs = render(pipe, config, tmp_path / "kohya")
+    precision = training_precision(config.train)
+    with BaseCache().borrow(config, precision) as loaded:
+        base = render_samples(config, loaded.models, precision, tmp_path / "base")
+        ours = render_samples(config, loaded.models, precision, tmp_path / "diffusers", lora=info.diffusers_path)
+        theirs = render_samples(config, loaded.models, precision, tmp_path / "kohya", lora=info.kohya_path)
     for b, d, k, live in zip(base, ours, theirs, info.samples):
         assert np.abs(_pixels(b.path) - _pixels(d.path)).max() > 0  # the LoRA changes the image ...
         assert np.array_equal(_pixels(d.path), _pixels(k.path))  # ... identically from both files (alpha 2 != rank 4)
@@ -217,6 +268,110 @@ def test_training_features_together(tiny_models, small_dataset, tmp_path) -> Non
     assert result.steps == 2  # per epoch two batches of one, accumulated into one step; the first at warmup lr 0
     assert np.isfinite(result.final_loss)
     assert all(v.abs().max() > 0 for k, v in load_file(result.last.kohya_path).items() if k.endswith("lora_up.weight"))
+
+
+# -- one base per worker: trials borrow it and leave it pristine; the ensemble is drawn on it like the epochs ------
+
+
+class CountingLoader:
+    """``load_models`` with a count of its calls (each call reads every part with ``from_pretrained``)."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, str, str | None]] = []
+
+    def __call__(self, base: str, family: str, variant: str | None = None):  # type: ignore[no-untyped-def]
+        self.calls.append((base, family, variant))
+        return load_models(base, family, variant)
+
+
+def test_a_trial_does_not_depend_on_the_trial_before(tiny_models, small_dataset, tmp_path) -> None:
+    a = make_config(tiny_models, small_dataset, "train.epochs=2")
+    # B touches everything a trial may leave behind: text-encoder adapters, a larger rank, checkpointing, another
+    # prediction type (the noise scheduler's config), shuffled captions, uncached latents, another optimizer.
+    b = make_config(
+        tiny_models,
+        small_dataset,
+        "train.epochs=2",
+        "train.rank=8",
+        "train.rank_schedule={2: 16}",
+        "train.train_text_encoder=true",
+        "train.gradient_checkpointing=true",
+        "train.prediction_type=v_prediction",
+        "train.shuffle_captions=true",
+        "train.cache_latents=false",
+        "train.optimizer=lion",
+        "train.learning_rate=1e-4",
+    )
+    loader = CountingLoader()
+    cache = BaseCache(loader=loader)
+    first = train(a, tmp_path / "a1", cache=cache)
+    train(b, tmp_path / "b", cache=cache)
+    again = train(a, tmp_path / "a2", cache=cache)
+    assert len(loader.calls) == 1  # three trials, one load
+    before, after = load_file(first.last.kohya_path), load_file(again.last.kohya_path)
+    assert before.keys() == after.keys()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    assert not any(k.startswith("lora_te") for k in after)  # B's text-encoder adapters are gone
+    with cache.borrow(a, training_precision(a.train)) as base:
+        assert base.models.noise_scheduler.config.prediction_type == "epsilon"
+        assert not any("lora_" in name for name, _ in base.models.unet.named_parameters())
+        assert len(base.latents) == 2 and len(base.texts) == 2  # two images, two captions: kept across trials
+
+
+def test_a_new_base_or_precision_loads_again(tiny_models, small_dataset) -> None:
+    loader = CountingLoader()
+    cache = BaseCache(loader=loader)
+    for overrides in [(), ("train.mixed_precision=bf16",), ("train.mixed_precision=bf16",), ()]:
+        config = make_config(tiny_models, small_dataset, *overrides)
+        with cache.borrow(config, training_precision(config.train)) as base:
+            assert base.models.unet.dtype == (torch.bfloat16 if overrides else torch.float32)
+    assert len(loader.calls) == 3
+
+
+@pytest.mark.parametrize("precision", ["no", "bf16"])
+def test_the_ensemble_is_drawn_like_the_epoch_it_came_from(tiny_models, small_dataset, tmp_path, precision) -> None:
+    """An epoch's LoRA, merged alone (as the ensemble trial does) and scored by the trial backend, gives the very
+    images its epoch gave during training: same pipeline, scheduler and precision, on the same loaded base.
+
+    Identical to the bit, in bf16 too: a file's LoRA loads in the base's dtype, the trained one is float32, but
+    autocast rounds both to bf16 the same way before any matmul."""
+    from loratune.lora.merge import merge_files
+    from loratune.search.trials import TrainAndScore
+
+    config = make_config(
+        tiny_models,
+        small_dataset,
+        "train.sample_checkpoints=true",
+        "sampling.seeds=[0, 1]",
+        "sampling.cfg=2.0",
+        "train.train_text_encoder=true",
+        "train.prediction_type=v_prediction",  # the ensemble must be drawn with the trained prediction type too
+        "sampling.scheduler=euler",
+        f"train.mixed_precision={precision}",
+        "train.learning_rate=1e-2",
+        "evaluation.backends.alignment=null",
+        "evaluation.backends.aesthetics=null",
+        "evaluation.backends.quality=null",
+    )
+    loader = CountingLoader()
+    backend = TrainAndScore(cache=BaseCache(loader=loader))
+    epochs = []
+    backend.train(config, tmp_path / "trial", epochs.append)
+    epoch = epochs[-1]
+    for method in ("concat", "avg"):
+        merged = merge_files([epoch.lora], tmp_path / method / "ensemble.safetensors", method=method)
+        ensemble = backend.score_lora(config, merged, tmp_path / method)
+        live = sorted(epoch.samples_dir.glob("*.png"))
+        drawn = sorted(ensemble.samples_dir.glob("*.png"))
+        assert [p.name for p in live] == [p.name for p in drawn] == ["p00-s0.png", "p00-s1.png"]
+        assert all(np.array_equal(_pixels(x), _pixels(y)) for x, y in zip(live, drawn))  # identical, not close
+        assert ensemble.composite == epoch.composite
+    from loratune.sampling import render_samples
+
+    with backend.cache.borrow(config, training_precision(config.train)) as base:
+        plain = render_samples(config, base.models, training_precision(config.train), tmp_path / "plain")
+    assert all(np.abs(_pixels(p.path) - _pixels(x)).max() > 0 for p, x in zip(plain, live))  # the LoRA shows
+    assert len(loader.calls) == 1  # training, both ensembles and the plain base on one loaded base
 
 
 def test_nan_loss_raises_and_leaves_a_marker(tiny_models, small_dataset, tmp_path) -> None:

@@ -1,8 +1,11 @@
 """Render the run's fixed sample set (prompts × seeds) with a LoRA, for training checkpoints and for evaluation.
 
-The base pipeline is loaded once (``load_pipeline``); each LoRA file — diffusers/peft or kohya format, diffusers'
-``load_lora_weights`` reads both — is applied, rendered and unloaded again (``sample_loras``). Every image gets its
-own CPU generator seeded with its seed, so an image depends only on (prompt, seed, LoRA), never on batching or device.
+``render_samples`` is the one way a LoRA is drawn: during training with the adapter in memory, and from a file
+(either format, diffusers' ``load_lora_weights`` reads both) for an ensemble, an outside trainer's checkpoints or
+``loratune evaluate``. Both build the pipeline from the base's loaded parts with the same scheduler and draw under the
+training precision (``loratune.train.model.Precision``), so a LoRA's images do not depend on which way it was drawn.
+Every image gets its own CPU generator seeded with its seed, so an image depends only on (prompt, seed, LoRA), never on
+batching.
 """
 
 from __future__ import annotations
@@ -10,13 +13,17 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from loratune.atomic import atomic_path, atomic_write_json, atomic_write_text
 from loratune.config import Config, Prompt, SamplingSection
 from loratune.errors import LoratuneError, first_line
 from loratune.manifest import SAMPLES_MANIFEST
 from loratune.records import Sample
+
+if TYPE_CHECKING:
+    from loratune.train.cache import BaseCache
+    from loratune.train.model import Models, Precision
 
 _SCHEDULERS = {
     "euler": "EulerDiscreteScheduler",
@@ -37,36 +44,66 @@ def sample_prompts(config: Config) -> list[Prompt]:
     return prompts
 
 
-def set_scheduler(pipe: Any, name: str) -> None:
-    if name == "default":
-        return
+def sampling_scheduler(config: Config) -> Any:
+    """The base's own scheduler (with ``train.prediction_type`` when set), then ``sampling.scheduler`` if chosen."""
     import diffusers
 
-    pipe.scheduler = getattr(diffusers, _SCHEDULERS[name]).from_config(pipe.scheduler.config)
+    scheduler_config = diffusers.DDPMScheduler.load_config(config.model.base, subfolder="scheduler")
+    scheduler = getattr(diffusers, scheduler_config["_class_name"]).from_config(scheduler_config)
+    if config.train.prediction_type:
+        scheduler.register_to_config(prediction_type=config.train.prediction_type)
+    if config.sampling.scheduler != "default":
+        scheduler = getattr(diffusers, _SCHEDULERS[config.sampling.scheduler]).from_config(scheduler.config)
+    return scheduler
 
 
-def load_pipeline(config: Config, device: Any | None = None) -> Any:
-    """The base text-to-image pipeline of ``config.model`` (hub id or folder), on ``device`` in the model dtype."""
+def pipeline_from_models(config: Config, models: Models) -> Any:
+    """A text-to-image pipeline over the loaded parts (no second copy of the weights)."""
     from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
 
-    from loratune.device import pick_device, torch_dtype
-    from loratune.modelref import check_model_ref
-
-    base = check_model_ref(config.model.base, "model.base")
-    device = device or pick_device(config.evaluation.device)  # sampling feeds evaluation: same device
-    cls = StableDiffusionXLPipeline if config.model.family == "sdxl" else StableDiffusionPipeline
-    kwargs: dict[str, Any] = {"dtype": torch_dtype(config.model.dtype, device)}
-    if config.model.variant:
-        kwargs["variant"] = config.model.variant
-    if config.model.family == "sd15":
-        kwargs.update(safety_checker=None, requires_safety_checker=False)
-    try:
-        pipe = cls.from_pretrained(base, **kwargs)
-    except (OSError, ValueError) as err:
-        raise LoratuneError(f"model.base: cannot load {base}: {first_line(err)}") from None
-    set_scheduler(pipe, config.sampling.scheduler)
+    parts = {
+        "vae": models.vae,
+        "unet": models.unet,
+        "scheduler": sampling_scheduler(config),
+        "text_encoder": models.text_encoders[0],
+        "tokenizer": models.tokenizers[0],
+    }
+    if models.family == "sdxl":
+        pipe = StableDiffusionXLPipeline(
+            **parts, text_encoder_2=models.text_encoders[1], tokenizer_2=models.tokenizers[1]
+        )
+    else:
+        pipe = StableDiffusionPipeline(
+            **parts, safety_checker=None, feature_extractor=None, requires_safety_checker=False
+        )
     pipe.set_progress_bar_config(disable=True)
-    return pipe.to(device)
+    return pipe
+
+
+def render_samples(
+    config: Config, models: Models, precision: Precision, out_dir: str | Path, lora: str | Path | None = None
+) -> list[Sample]:
+    """Render the sample set with a LoRA: the adapter already in ``models`` (training), or the file ``lora``.
+
+    The models are in eval mode while drawing and get their modes back afterwards; a file's adapter is removed again.
+    A file's LoRA loads in the base's dtype while a trained one is float32; under mixed precision autocast rounds both
+    to the compute dtype alike before any matmul, so the two ways give the same images to the bit.
+    """
+    pipe = pipeline_from_models(config, models)
+    modules = [models.unet, *models.text_encoders]
+    modes = [m.training for m in modules]
+    for module in modules:
+        module.eval()
+    try:
+        if lora is not None:
+            apply_lora(pipe, lora)
+        with precision.autocast():
+            return render(pipe, config, out_dir)
+    finally:
+        if lora is not None:
+            pipe.unload_lora_weights()
+        for module, training in zip(modules, modes):
+            module.train(training)
 
 
 def render(pipe: Any, config: Config, out_dir: str | Path, lora_scale: float | None = None) -> list[Sample]:
@@ -135,27 +172,36 @@ def find_lora_files(paths: list[str | Path]) -> list[Path]:
 def apply_lora(pipe: Any, path: str | Path, name: str = "loratune") -> None:
     """Load a LoRA file of either format onto ``pipe`` (replacing any loaded before)."""
     pipe.unload_lora_weights()
+    path = Path(path)
     try:
-        pipe.load_lora_weights(str(path), adapter_name=name)
+        # Folder + file name: diffusers 0.35 reads a lone file path as a hub id and refuses it offline.
+        pipe.load_lora_weights(str(path.parent), weight_name=path.name, adapter_name=name)
     except (OSError, ValueError, KeyError, RuntimeError) as err:
         raise LoratuneError(f"{path}: not a LoRA for this base model ({first_line(err)})") from None
 
 
-def sample_loras(config: Config, lora_paths: list[str | Path], out_dir: str | Path) -> dict[str, list[Sample]]:
+def sample_loras(
+    config: Config, lora_paths: list[str | Path], out_dir: str | Path, cache: BaseCache | None = None
+) -> dict[str, list[Sample]]:
     """Sample each LoRA (files or folders of them) on the base model: ``out_dir/<file stem>/`` per LoRA.
 
-    Returns {LoRA path: samples}, in the order found (folders sorted by epoch).
+    The base comes from ``cache`` (a search worker's, shared with its training) or is loaded once here. Returns
+    {LoRA path: samples}, in the order found (folders sorted by epoch).
     """
+    from loratune.modelref import check_model_ref
+    from loratune.train.cache import BaseCache
+    from loratune.train.model import training_precision
+
     files = find_lora_files(lora_paths)
     stems = [f.stem for f in files]
     if len(set(stems)) != len(stems):  # same names in different folders: keep the outputs apart
         stems = [f"{i:03d}-{f.stem}" for i, f in enumerate(files)]
-    pipe = load_pipeline(config)
+    check_model_ref(config.model.base, "model.base")
+    precision = training_precision(config.train)
     results: dict[str, list[Sample]] = {}
-    for path, stem in zip(files, stems):
-        apply_lora(pipe, path)
-        results[str(path)] = render(pipe, config, Path(out_dir) / stem)
-    pipe.unload_lora_weights()
+    with (cache or BaseCache()).borrow(config, precision) as base:
+        for path, stem in zip(files, stems):
+            results[str(path)] = render_samples(config, base.models, precision, Path(out_dir) / stem, lora=path)
     return results
 
 

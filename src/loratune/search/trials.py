@@ -11,12 +11,14 @@ from __future__ import annotations
 import importlib
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from loratune.config import Config
 from loratune.errors import LoratuneError
 from loratune.records import EpochScore
 
+if TYPE_CHECKING:
+    from loratune.train.cache import BaseCache
 
 
 class TrialBackend(Protocol):
@@ -26,11 +28,18 @@ class TrialBackend(Protocol):
 
 
 class TrainAndScore:
-    """The real trial: ``loratune.train.train`` with every checkpoint scored by one long-lived ``Evaluator``."""
+    """The real trial: ``loratune.train.train`` with every checkpoint scored by one long-lived ``Evaluator``.
 
-    def __init__(self) -> None:
+    The base model is kept too (``cache``, a ``loratune.train.cache.BaseCache``): every trial and the ensemble of this
+    worker train and draw on the one loaded copy.
+    """
+
+    def __init__(self, cache: BaseCache | None = None) -> None:
+        from loratune.train.cache import BaseCache
+
         self._evaluator: Any = None
         self._key: str | None = None
+        self.cache = cache if cache is not None else BaseCache()
 
     def evaluator(self, config: Config) -> Any:
         from loratune.evaluation import Evaluator, load_references
@@ -61,12 +70,13 @@ class TrainAndScore:
             samples_dir = Path(info.samples[0].path).parent
             on_epoch(self._score(config, info.samples, info.epoch, info.kohya_path, samples_dir, out_dir))
 
-        train(config, out_dir, on_checkpoint=on_checkpoint)
+        train(config, out_dir, on_checkpoint=on_checkpoint, cache=self.cache)
 
     def score_lora(self, config: Config, lora: Path, out_dir: Path) -> EpochScore:
         from loratune.sampling import sample_loras
 
-        samples = next(iter(sample_loras(config, [lora], out_dir / "samples").values()))
+        # Drawn as the trials' epochs were (loratune.sampling.render_samples), on the same loaded base.
+        samples = next(iter(sample_loras(config, [lora], out_dir / "samples", cache=self.cache).values()))
         samples_dir = Path(samples[0].path).parent if samples else None
         return self._score(config, samples, 0, lora, samples_dir, out_dir)
 

@@ -2,16 +2,23 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_serializer, field_validator, model_validator
 
 OPTIMIZERS = ("adamw", "adamw8bit", "prodigy", "lion")
 SCHEDULERS = ("constant", "cosine", "cosine_with_restarts", "linear")
+DEFAULT_LEARNING_RATE = 1e-4
+# Prodigy estimates its own step size d; the learning rate only multiplies it, so its convention is 1.0.
+PRODIGY_LEARNING_RATE = 1.0
+PRODIGY_LOW_LR = 0.1
+_log = logging.getLogger(__name__)
+_warned_prodigy_lr = False
 
 
 class ProdigySettings(BaseModel):
-    """Prodigy's own knobs (its learning rate stays ``train.learning_rate``, normally 1.0)."""
+    """Prodigy's own knobs (its learning rate stays ``train.learning_rate``: unset means 1.0)."""
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
@@ -42,7 +49,9 @@ class TrainSection(BaseModel):
     rank: int = Field(16, ge=1, le=1024)
     alpha: float | None = Field(None, gt=0, description="LoRA alpha; default = rank")
     target_modules: list[str] = Field(default_factory=lambda: ["to_q", "to_k", "to_v", "to_out.0"], min_length=1)
-    learning_rate: float = Field(1e-4, gt=0, le=10)
+    learning_rate: float | None = Field(
+        None, gt=0, le=10, description="default: 1.0 with prodigy (its convention), else 1e-4"
+    )
     train_text_encoder: bool = False
     text_encoder_lr: float | None = Field(None, gt=0, le=10, description="default = learning_rate")
     text_encoder_target_modules: list[str] = Field(
@@ -115,6 +124,38 @@ class TrainSection(BaseModel):
                 raise ValueError(f"rank_schedule: rank must grow (epoch {epoch}: {rank} <= {previous})")
             previous = rank
         return self
+
+    @model_validator(mode="after")
+    def _prodigy_lr(self) -> TrainSection:
+        global _warned_prodigy_lr
+        explicit = {"learning_rate": self.learning_rate, "text_encoder_lr": self.text_encoder_lr}
+        low = {k: v for k, v in explicit.items() if v is not None and v < PRODIGY_LOW_LR}
+        if self.optimizer == "prodigy" and low and not _warned_prodigy_lr:
+            # Once per process: a search validates the config again for every trial.
+            _warned_prodigy_lr = True
+            field, value = next(iter(low.items()))
+            _log.warning(
+                f"loratune: warning: train.{field}={value:g} with optimizer prodigy multiplies Prodigy's own step "
+                f"size, so training barely moves; leave it unset (prodigy: {PRODIGY_LEARNING_RATE:g})"
+            )
+        return self
+
+    @field_serializer("learning_rate")
+    def _dump_learning_rate(self, value: float | None) -> float | None:
+        # A dump shows the rate that trains. Unset stays unset where None is left out (``exclude_none``: config.yaml,
+        # search trials re-validated with another optimizer), so the default follows the optimizer there.
+        return self.effective_learning_rate if value is None else value
+
+    @property
+    def effective_learning_rate(self) -> float:
+        """``learning_rate``, or the optimizer's default when unset (Prodigy 1.0, others 1e-4)."""
+        if self.learning_rate is not None:
+            return self.learning_rate
+        return PRODIGY_LEARNING_RATE if self.optimizer == "prodigy" else DEFAULT_LEARNING_RATE
+
+    @property
+    def effective_text_encoder_lr(self) -> float:
+        return self.text_encoder_lr if self.text_encoder_lr is not None else self.effective_learning_rate
 
     @property
     def lora_alpha(self) -> float:

@@ -40,11 +40,14 @@ def encode_text(models: Models, captions: list[str], device: Any) -> TextConditi
 
 
 class TextCache:
-    """Memoised text conditioning per caption: valid only while every text encoder is frozen."""
+    """Memoised text conditioning per caption: valid only while every text encoder is frozen.
 
-    def __init__(self, models: Models, device: Any) -> None:
+    ``store`` (caption -> condition) may outlive the run: a later run on the same frozen base reuses it.
+    """
+
+    def __init__(self, models: Models, device: Any, store: dict[str, TextCondition] | None = None) -> None:
         self.models, self.device = models, device
-        self._cache: dict[str, TextCondition] = {}
+        self._cache: dict[str, TextCondition] = {} if store is None else store
 
     def __call__(self, captions: list[str]) -> TextCondition:
         import torch
@@ -91,21 +94,35 @@ def encode_images(vae: Any, pixels: Any, sample: bool, generator: Any | None = N
 
 
 class LatentCache:
-    """Latents per (item, bucket, flipped), encoded once with the frozen VAE and kept in memory."""
+    """Latents per (image file, bucket, flipped), encoded once with the frozen VAE and kept in memory.
 
-    def __init__(self, vae: Any, items: list[Item], device: Any, dtype: Any) -> None:
+    A file is known by path, size and modification time, so ``store`` may outlive the run: a later run on the same
+    VAE reuses every latent whose image, bucket and flip it draws again.
+    """
+
+    def __init__(
+        self, vae: Any, items: list[Item], device: Any, dtype: Any, store: dict[Any, Any] | None = None
+    ) -> None:
         self.vae, self.items, self.device, self.dtype = vae, items, device, dtype
-        self._cache: dict[tuple[int, tuple[int, int], bool], Any] = {}
+        self._cache: dict[Any, Any] = {} if store is None else store
+        self._files = []
+        for item in items:
+            stat = item.image.stat()
+            self._files.append((str(item.image), stat.st_size, stat.st_mtime_ns))
 
     def __call__(self, indices: list[int], bucket: tuple[int, int], flips: list[bool]) -> Any:
         import torch
 
         keys = [(i, bucket, f) for i, f in zip(indices, flips)]
-        missing = [k for k in dict.fromkeys(keys) if k not in self._cache]
+        missing = [k for k in dict.fromkeys(keys) if self._key(k) not in self._cache]
         if missing:
             pixels = torch.stack([load_pixels(self.items[i], b, f) for i, b, f in missing])
             with torch.no_grad():
                 latents = encode_images(self.vae, pixels.to(self.device, self.dtype), sample=False)
             for key, latent in zip(missing, latents):
-                self._cache[key] = latent
-        return torch.stack([self._cache[k] for k in keys])
+                self._cache[self._key(key)] = latent
+        return torch.stack([self._cache[self._key(k)] for k in keys])
+
+    def _key(self, key: tuple[int, tuple[int, int], bool]) -> tuple[Any, ...]:
+        index, bucket, flip = key
+        return (*self._files[index], bucket, flip, str(self.dtype))

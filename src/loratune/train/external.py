@@ -16,11 +16,14 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from loratune.config import Config
 from loratune.errors import LoratuneError
 from loratune.train.records import CheckpointInfo, StopTraining, TrainResult
+
+if TYPE_CHECKING:
+    from loratune.train.cache import BaseCache
 
 POLL_S = 0.5
 
@@ -31,8 +34,8 @@ def command_values(config: Config, output_dir: Path) -> dict[str, Any]:
     return {
         "rank": t.rank,
         "alpha": t.lora_alpha,
-        "learning_rate": t.learning_rate,
-        "text_encoder_lr": t.text_encoder_lr or t.learning_rate,
+        "learning_rate": t.effective_learning_rate,
+        "text_encoder_lr": t.effective_text_encoder_lr,
         "epochs": t.epochs,
         "batch_size": t.batch_size,
         "seed": t.seed,
@@ -115,10 +118,15 @@ def train_external(
     on_checkpoint: Callable[[CheckpointInfo], None] | None = None,
     resume: bool = False,
     progress: Callable[[dict[str, Any]], None] | None = None,
+    cache: BaseCache | None = None,
 ) -> TrainResult:
-    """Run ``config.train.external.command``; sample and report each per-epoch checkpoint it writes."""
+    """Run ``config.train.external.command``; sample and report each per-epoch checkpoint it writes.
+
+    Samples are drawn on the base from ``cache`` (loaded at the first checkpoint when none is given).
+    """
     from loratune.modelref import check_model_ref
     from loratune.sampling import sample_prompts
+    from loratune.train.cache import BaseCache
 
     ext = config.train.external
     assert ext is not None
@@ -139,7 +147,7 @@ def train_external(
     log_path = out_dir / "external.log"
     watcher = _Watcher(output_dir, config.train.epochs)
     checkpoints: list[CheckpointInfo] = []
-    pipe: Any = None
+    cache = cache or BaseCache()
     stopped = False
     start = time.monotonic()
     with open(log_path, "ab") as log:
@@ -151,11 +159,7 @@ def train_external(
             while True:
                 exited = proc.poll() is not None
                 for epoch, path in watcher.ready(final=exited):
-                    if pipe is None and config.train.sample_checkpoints:
-                        from loratune.sampling import load_pipeline
-
-                        pipe = load_pipeline(config)
-                    info = _sample_checkpoint(config, pipe, out_dir, epoch, path)
+                    info = _sample_checkpoint(config, cache, out_dir, epoch, path)
                     checkpoints.append(info)
                     if progress is not None:
                         progress({"epoch": epoch, "step": None, "checkpoint": str(path)})
@@ -191,15 +195,18 @@ def _group_alive(pgid: int) -> bool:
         return False
 
 
-def _sample_checkpoint(config: Config, pipe: Any, out_dir: Path, epoch: int, path: Path) -> CheckpointInfo:
+def _sample_checkpoint(config: Config, cache: BaseCache, out_dir: Path, epoch: int, path: Path) -> CheckpointInfo:
     from loratune.lora.kohya import read_metadata
-    from loratune.sampling import apply_lora, render
+    from loratune.sampling import render_samples
+    from loratune.train.model import training_precision
 
     samples: list[Any] = []
-    if pipe is not None:
-        apply_lora(pipe, path)
-        samples = render(pipe, config, out_dir / "samples" / f"epoch-{epoch:04d}")
-        pipe.unload_lora_weights()
+    if config.train.sample_checkpoints:
+        precision = training_precision(config.train)
+        with cache.borrow(config, precision) as base:
+            samples = render_samples(
+                config, base.models, precision, out_dir / "samples" / f"epoch-{epoch:04d}", lora=path
+            )
     meta = read_metadata(path)
     rank = int(meta["ss_network_dim"]) if meta.get("ss_network_dim", "").isdigit() else None
     steps = int(meta["ss_steps"]) if meta.get("ss_steps", "").isdigit() else 0

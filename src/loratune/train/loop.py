@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from loratune.atomic import atomic_write_json, atomic_write_text
 from loratune.config import Config
@@ -22,6 +22,10 @@ from loratune.errors import LoratuneError
 from loratune.train.data import Item, assign_bucket, bucket_sizes, plan_epoch, process_caption, scan_dataset
 from loratune.train.records import FAILED_MARKER, CheckpointInfo, StopTraining, TrainingDiverged, TrainResult
 from loratune.train.strategies import CurriculumResolution, ProgressiveRank
+
+if TYPE_CHECKING:
+    from loratune.train.cache import Base, BaseCache
+    from loratune.train.model import Precision
 
 
 def prepare(config: Config) -> list[Item]:
@@ -157,65 +161,87 @@ def train(
     on_checkpoint: Callable[[CheckpointInfo], None] | None = None,
     resume: bool = False,
     progress: Callable[[dict[str, Any]], None] | None = None,
+    cache: BaseCache | None = None,
 ) -> TrainResult:
     """Train a LoRA on ``config.dataset`` into ``out_dir``; see the module docstring.
 
     ``resume=True`` continues from the newest checkpoint in ``out_dir`` (weights, optimizer, schedule, step count).
     ``progress`` is called after each optimizer step with {epoch, step, total_steps, loss, lr}.
+    ``cache`` lends the base model (and latents, text embeddings) kept from earlier runs in this process; without one
+    the base is loaded for this run only.
     """
     items = prepare(config)
     out_dir = Path(out_dir)
     if not resume and (out_dir / "checkpoints").is_dir() and any((out_dir / "checkpoints").iterdir()):
         raise LoratuneError(f"{out_dir}: already holds checkpoints; resume it (--resume) or choose another --out")
 
+    from loratune.train.cache import BaseCache
+    from loratune.train.model import training_precision
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    precision = training_precision(config.train)
+    accelerator = _accelerator(precision.mixed, cpu=precision.device.type == "cpu")
+    with (cache or BaseCache()).borrow(config, precision) as base:
+        return _train(config, items, out_dir, base, precision, accelerator, on_checkpoint, resume, progress)
+
+
+def _train(
+    config: Config,
+    items: list[Item],
+    out_dir: Path,
+    base: Base,
+    precision: Precision,
+    accelerator: Any,
+    on_checkpoint: Callable[[CheckpointInfo], None] | None,
+    resume: bool,
+    progress: Callable[[dict[str, Any]], None] | None,
+) -> TrainResult:
     import torch
     from accelerate.utils import set_seed
 
-    from loratune.device import pick_device
     from loratune.train import checkpoint as ckpt
     from loratune.train.encode import LatentCache, TextCache, encode_images, encode_text, load_pixels
-    from loratune.train.model import add_lora, load_models, load_state_dict, trainable_parameters
+    from loratune.train.model import (
+        add_lora,
+        enable_checkpointing,
+        load_state_dict,
+        place,
+        trainable_parameters,
+        upcast_lora,
+    )
     from loratune.train.optim import build_optimizer, build_scheduler, carry_over, restore_scheduler
 
     t = config.train
-    out_dir.mkdir(parents=True, exist_ok=True)
-    device = pick_device(t.device)
-    mixed = t.mixed_precision if t.mixed_precision != "auto" else ("bf16" if device.type == "cuda" else "no")
-    accelerator = _accelerator(mixed, cpu=device.type == "cpu")
-    weight_dtype = {"no": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[mixed]
+    device, weight_dtype = precision.device, precision.weight_dtype
     set_seed(t.seed)
 
-    models = load_models(config.model.base, config.model.family, config.model.variant)
+    models = base.models
     if t.prediction_type:
         models.noise_scheduler.register_to_config(prediction_type=t.prediction_type)
     add_lora(
         models, t.rank, t.lora_alpha, t.target_modules, t.text_encoder_target_modules if t.train_text_encoder else None
     )
-    # Frozen weights in the compute dtype; the trained LoRA weights (and the VAE, which overflows in fp16) in fp32.
-    models.vae.to(device)
-    for module in [models.unet, *models.text_encoders]:
-        # dtype only when it changes: diffusers warns on every dtype cast, even a no-op one
-        module.to(device) if weight_dtype == torch.float32 else module.to(device, weight_dtype)
+    # The new LoRA weights go the base's way (device, dtype), then the trained ones back to fp32.
+    place(models, precision)
     modules = [models.unet, *(models.text_encoders[i] for i in models.trained_text_encoders)]
     for module in modules:
-        for p in trainable_parameters(module):
-            p.data = p.data.float()
+        upcast_lora(module)
     if t.gradient_checkpointing:
-        models.unet.enable_gradient_checkpointing()
-        for i in models.trained_text_encoders:
-            models.text_encoders[i].gradient_checkpointing_enable()
-    text_cache = TextCache(models, device) if t.cache_text_embeddings and not models.trained_text_encoders else None
-    latent_cache = LatentCache(models.vae, items, device, torch.float32) if t.cache_latents else None
+        enable_checkpointing(models)
+    frozen_text = t.cache_text_embeddings and not models.trained_text_encoders
+    # Shuffled captions differ at every step: caching them beyond this run would only grow.
+    text_cache = TextCache(models, device, None if t.shuffle_captions else base.texts) if frozen_text else None
+    latent_cache = LatentCache(models.vae, items, device, torch.float32, base.latents) if t.cache_latents else None
 
     curriculum = CurriculumResolution(t.curriculum, config.dataset.resolution)
     strategies = [curriculum, ProgressiveRank(t.rank_schedule, t.rank)]
     total_steps = count_steps(config, items, curriculum)
 
     def param_groups() -> list[dict[str, Any]]:
-        groups = [{"params": trainable_parameters(models.unet), "lr": t.learning_rate}]
+        groups = [{"params": trainable_parameters(models.unet), "lr": t.effective_learning_rate}]
         for i in models.trained_text_encoders:
             groups.append(
-                {"params": trainable_parameters(models.text_encoders[i]), "lr": t.text_encoder_lr or t.learning_rate}
+                {"params": trainable_parameters(models.text_encoders[i]), "lr": t.effective_text_encoder_lr}
             )
         return groups
 
@@ -334,7 +360,7 @@ def train(
         if epoch % t.save_every_epochs and not last:
             continue
         info = _save(
-            config, out_dir, models, run, strategies, epoch, step, optimizer, lr_scheduler, generator, accelerator
+            config, out_dir, models, run, strategies, epoch, step, optimizer, lr_scheduler, generator, precision
         )
         checkpoints.append(info)
         if on_checkpoint is not None:
@@ -357,7 +383,7 @@ def _save(
     optimizer: Any,
     lr_scheduler: Any,
     generator: Any,
-    accelerator: Any,
+    precision: Precision,
 ) -> CheckpointInfo:
     """Write the epoch's checkpoint, then sample it with the run's fixed prompts and seeds."""
     from loratune.lora.kohya import kohya_metadata
@@ -366,7 +392,7 @@ def _save(
     t = config.train
     alpha = float(models.unet.peft_config["default"].lora_alpha)
     extra: dict[str, Any] = {
-        "ss_text_encoder_lr": str(t.text_encoder_lr or t.learning_rate) if models.trained_text_encoders else "0",
+        "ss_text_encoder_lr": str(t.effective_text_encoder_lr) if models.trained_text_encoders else "0",
         "ss_training_comment": "trained with loratune",
         "ss_lr_scheduler": t.lr_scheduler,
         "ss_num_epochs": str(t.epochs),
@@ -379,7 +405,16 @@ def _save(
     for strategy in strategies:
         extra |= strategy.metadata()
     metadata = kohya_metadata(
-        config.model.family, run.rank, alpha, epoch, step, t.learning_rate, t.optimizer, t.seed, run.resolution, extra
+        config.model.family,
+        run.rank,
+        alpha,
+        epoch,
+        step,
+        t.effective_learning_rate,
+        t.optimizer,
+        t.seed,
+        run.resolution,
+        extra,
     )
     info = {
         "epoch": epoch,
@@ -406,46 +441,9 @@ def _save(
     )
     samples: list[Any] = []
     if t.sample_checkpoints:
-        samples = _sample_live(config, models, out_dir / "samples" / f"epoch-{epoch:04d}", accelerator)
+        from loratune.sampling import render_samples
+
+        samples = render_samples(config, models, precision, out_dir / "samples" / f"epoch-{epoch:04d}")
     return CheckpointInfo(
         epoch, step, diffusers_path, kohya_path, samples, rank=run.rank, resolution=run.resolution, folder=folder
     )
-
-
-def _sample_live(config: Config, models: Any, out_dir: Path, accelerator: Any) -> list[Any]:
-    """Sample with the models in memory (the LoRA active) instead of loading the base a second time."""
-    import diffusers
-    from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
-
-    from loratune.sampling import render, set_scheduler
-
-    scheduler_config = diffusers.DDPMScheduler.load_config(config.model.base, subfolder="scheduler")
-    scheduler = getattr(diffusers, scheduler_config["_class_name"]).from_config(scheduler_config)
-    if config.train.prediction_type:
-        scheduler.register_to_config(prediction_type=config.train.prediction_type)
-    parts = {
-        "vae": models.vae,
-        "unet": models.unet,
-        "scheduler": scheduler,
-        "text_encoder": models.text_encoders[0],
-        "tokenizer": models.tokenizers[0],
-    }
-    if models.family == "sdxl":
-        pipe = StableDiffusionXLPipeline(
-            **parts, text_encoder_2=models.text_encoders[1], tokenizer_2=models.tokenizers[1]
-        )
-    else:
-        pipe = StableDiffusionPipeline(
-            **parts, safety_checker=None, feature_extractor=None, requires_safety_checker=False
-        )
-    set_scheduler(pipe, config.sampling.scheduler)
-    pipe.set_progress_bar_config(disable=True)
-    trained = [m for m in [models.unet, *models.text_encoders] if m.training]
-    for module in trained:
-        module.eval()
-    try:
-        with accelerator.autocast():
-            return render(pipe, config, out_dir)
-    finally:
-        for module in trained:
-            module.train()

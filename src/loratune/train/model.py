@@ -1,4 +1,5 @@
-"""The base model's parts for training, LoRA injection, and the state dicts a checkpoint saves.
+"""The base model's parts for training: loading, placement (``Precision``), LoRA injection and removal (back to the
+pristine base), and the state dicts a checkpoint saves.
 
 Loaded part by part with diffusers/transformers ``from_pretrained`` (hub id or local folder alike). The UNet gets its
 adapter through diffusers' ``add_adapter``; text encoders through ``peft.inject_adapter_in_model`` because
@@ -7,10 +8,14 @@ transformers 5's ``add_adapter`` wants a peft newer than the registry has.
 
 from __future__ import annotations
 
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from loratune.errors import LoratuneError, first_line
+
+if TYPE_CHECKING:
+    from loratune.train.config import TrainSection
 
 ADAPTER = "default"
 
@@ -52,6 +57,107 @@ def load_models(base: str, family: str, variant: str | None = None) -> Models:
     for module in [unet, vae, *encoders]:
         module.requires_grad_(False)
     return Models(family, unet, vae, encoders, tokenizers, noise_scheduler)
+
+
+@dataclass(frozen=True)
+class Precision:
+    """Where and in what precision the base model runs, for training and for every sample drawn of a LoRA.
+
+    Frozen weights (UNet, text encoders) in the compute dtype, the VAE in float32 (it overflows in fp16), trained LoRA
+    weights in float32, and autocast to the compute dtype under mixed precision.
+    """
+
+    device: Any
+    mixed: str  # "no", "fp16" or "bf16"
+
+    @property
+    def weight_dtype(self) -> Any:
+        import torch
+
+        return {"no": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[self.mixed]
+
+    def autocast(self) -> AbstractContextManager[Any]:
+        """The same context accelerate's ``Accelerator.autocast`` gives for this precision."""
+        import torch
+
+        if self.mixed == "no":
+            return nullcontext()
+        return torch.autocast(device_type=self.device.type, dtype=self.weight_dtype)
+
+
+def training_precision(train: TrainSection) -> Precision:
+    """``train.device`` and ``train.mixed_precision`` (auto: bf16 on CUDA, else none)."""
+    from loratune.device import pick_device
+
+    device = pick_device(train.device)
+    mixed = train.mixed_precision
+    if mixed == "auto":
+        mixed = "bf16" if device.type == "cuda" else "no"
+    return Precision(device, mixed)
+
+
+def place(models: Models, precision: Precision) -> None:
+    """Move the parts onto the device; UNet and text encoders in the compute dtype, the VAE in float32."""
+    import torch
+
+    models.vae.to(precision.device)
+    for module in [models.unet, *models.text_encoders]:
+        # dtype only when it changes: diffusers warns on every dtype cast, even a no-op one
+        if precision.weight_dtype == torch.float32:
+            module.to(precision.device)
+        else:
+            module.to(precision.device, precision.weight_dtype)
+
+
+def upcast_lora(module: Any) -> None:
+    """LoRA weights in float32 whatever the base's dtype: the optimizer's updates are too small for half precision."""
+    for name, p in module.named_parameters():
+        if "lora_" in name:
+            p.data = p.data.float()
+
+
+def enable_checkpointing(models: Models) -> None:
+    """Gradient checkpointing on the UNet and on the text encoders being trained.
+
+    Text encoders use non-reentrant checkpointing: with reentrant checkpointing (transformers 4.x's default) the
+    frozen embeddings' output needs no grad, so the checkpointed layers -- and the LoRA inside them -- get none.
+    """
+    models.unet.enable_gradient_checkpointing()
+    kwargs = {"use_reentrant": False}
+    for i in models.trained_text_encoders:
+        encoder = models.text_encoders[i]
+        if hasattr(encoder, "activation_checkpointing_enable"):  # newer name; the old one warns it will go
+            encoder.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+        else:
+            encoder.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+
+
+def remove_lora(models: Models) -> None:
+    """Back to the pristine base: adapters removed, checkpointing off, eval mode, every weight frozen."""
+    from diffusers.utils import recurse_remove_peft_layers
+
+    unet = models.unet
+    if getattr(unet, "peft_config", None):
+        unet.unload_lora()
+    if unet.is_gradient_checkpointing:
+        unet.disable_gradient_checkpointing()
+    for encoder in models.text_encoders:
+        recurse_remove_peft_layers(encoder)
+        for attr in ("peft_config", "_hf_peft_config_loaded"):
+            vars(encoder).pop(attr, None)  # instance attributes only: the class keeps its default
+        if encoder.is_gradient_checkpointing:
+            if hasattr(encoder, "activation_checkpointing_disable"):
+                encoder.activation_checkpointing_disable()
+            else:
+                encoder.gradient_checkpointing_disable()
+        hook = getattr(encoder, "_require_grads_hook", None)
+        if hook is not None:  # transformers adds it when checkpointing starts; it would make frozen text build graphs
+            hook.remove()
+            del encoder._require_grads_hook
+    for module in [unet, models.vae, *models.text_encoders]:
+        module.eval()
+        module.requires_grad_(False)
+    models.trained_text_encoders.clear()
 
 
 def add_lora(
