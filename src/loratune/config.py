@@ -56,8 +56,17 @@ def resolve_model(value: str | None, info: ValidationInfo) -> str | None:
 class ModelSection(Strict):
     base: str = Field("stable-diffusion-v1-5/stable-diffusion-v1-5", description="diffusers hub id or local folder")
     family: Literal["sd15", "sdxl"] = "sd15"
-    dtype: Literal["float32", "float16", "bfloat16"] = "float32"
     variant: str | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_dtype(cls, data: Any) -> Any:
+        # Training and every rendering share one precision (train.mixed_precision): a second knob would let an
+        # ensemble be drawn unlike the epochs it is ranked against.
+        if isinstance(data, dict) and "dtype" in data:
+            raise ValueError("model.dtype is no longer read: training and sampling both use train.mixed_precision "
+                             "(auto = bf16 on CUDA, fp32 on CPU); remove model.dtype")
+        return data
 
     _resolve = field_validator("base")(resolve_model)
 

@@ -32,7 +32,7 @@ def tiny_config() -> dict[str, Any]:
         "diversity": {"name": "lpips", "pretrained_backbone": False, "size": 64},
     }
     return {
-        "model": {"base": "sd15", "family": "sd15", "dtype": "float32"},
+        "model": {"base": "sd15", "family": "sd15"},
         "dataset": {
             "path": "dataset/train",
             "caption_extension": ".txt",
