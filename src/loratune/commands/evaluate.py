@@ -22,12 +22,12 @@ def is_lora_input(path: Path) -> bool:
 
 
 def command(
-    images: Annotated[Path, typer.Argument(help="folder of generated images (or one image), or LoRA file(s) to rank")],
+    images: Annotated[Path, typer.Argument(metavar="IMAGES", help="folder of generated images (or one image), or LoRA file(s) to rank")],
     prompts: Annotated[Optional[Path], typer.Option(help="JSONL/CSV manifest: file, prompt[, seed, character]")] = None,
     references: Annotated[Optional[Path], typer.Option(help="reference images (one sub-folder per character, or flat)")] = None,
     config: Annotated[Optional[Path], typer.Option("--config", "-c", help="loratune YAML config")] = None,
     out: Annotated[Optional[Path], typer.Option(help="where scores.json and per_image.csv go (default: IMAGES)")] = None,
-    set_: Annotated[Optional[list[str]], typer.Option("--set", help="override a config key, e.g. evaluation.batch_size=4")] = None,
+    set_: Annotated[Optional[list[str]], typer.Option("--set", metavar="KEY=VALUE", help="override a config key, e.g. evaluation.batch_size=4")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="print scores.json (or ranking.json) to stdout")] = False,
 ) -> None:
     """Score generated images: prompt alignment, character consistency, aesthetics, technical quality, diversity.

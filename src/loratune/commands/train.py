@@ -10,10 +10,10 @@ import typer
 
 
 def command(
-    config: Annotated[Path, typer.Argument(help="loratune YAML config")],
-    set_: Annotated[Optional[list[str]], typer.Option("--set", help="override a config key, e.g. train.rank=8")] = None,
+    config: Annotated[Path, typer.Argument(metavar="CONFIG", help="loratune YAML config")],
+    set_: Annotated[Optional[list[str]], typer.Option("--set", metavar="KEY=VALUE", help="override a config key, e.g. train.rank=8")] = None,
     out: Annotated[Optional[Path], typer.Option(help="run folder (default: runs/<train.output_name>)")] = None,
-    resume: Annotated[bool, typer.Option(help="continue from the newest checkpoint in the run folder")] = False,
+    resume: Annotated[bool, typer.Option("--resume", help="continue from the newest checkpoint in the run folder")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="print the result as JSON instead of a table")] = False,
 ) -> None:
     """Train a LoRA (built-in trainer, or train.external's command) and sample every checkpoint."""
