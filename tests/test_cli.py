@@ -11,7 +11,6 @@ import pytest
 from loratune.cli import main
 from loratune.commands import COMMANDS
 
-
 HEAVY = ("torch", "diffusers", "transformers", "numpy", "PIL", "optuna", "rich")
 
 
@@ -19,7 +18,7 @@ HEAVY = ("torch", "diffusers", "transformers", "numpy", "PIL", "optuna", "rich")
 def test_help_imports_nothing_heavy_and_shows_flags_plainly(argv):
     code = (f"import sys; from loratune.cli import main; main({argv!r}); "
             f"print([m for m in {HEAVY!r} if m in sys.modules])")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
+    out = subprocess.run([sys.executable, "-c", code], check=False, capture_output=True, text=True, timeout=60,
                          env={**os.environ, "COLUMNS": "80"})
     assert out.returncode == 0, out.stderr
     *help_lines, imported = out.stdout.strip().splitlines()
@@ -38,7 +37,7 @@ def test_cli_sets_the_runtime_environment_unless_the_user_did(outside, inside):
            if k not in ("OMP_WAIT_POLICY", "TOKENIZERS_PARALLELISM", "RAY_USAGE_STATS_ENABLED")}
     if outside is not None:
         env["OMP_WAIT_POLICY"] = outside
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, env=env)
+    out = subprocess.run([sys.executable, "-c", code], check=False, capture_output=True, text=True, timeout=60, env=env)
     assert out.returncode == 0, out.stderr
     assert out.stdout.split()[-4:] == [inside, "false", "0", "False"]  # set before torch could read it
 

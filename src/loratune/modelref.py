@@ -10,7 +10,7 @@ import json
 import re
 from pathlib import Path
 
-from loratune.errors import LoratuneError
+from loratune.errors import LoratuneError, first_line
 
 STAND_IN_MARKER = "loratune-stand-in.json"
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
@@ -21,13 +21,42 @@ def looks_like_hub_id(ref: str) -> bool:
 
 
 def check_model_ref(ref: str, field: str) -> str:
-    """Return ``ref`` if it is an existing path or a plausible hub id; otherwise raise naming ``field``."""
+    """Return ``ref`` if it is an existing path or a hub id this machine can load; otherwise raise naming ``field``.
+
+    A hub id counts when a snapshot is in the local hub cache, or (online) when the hub has the repository. Offline
+    (``HF_HUB_OFFLINE=1``) a hub id that is not cached is an error at once, instead of minutes of retries later.
+    """
     path = Path(ref).expanduser()
     if path.exists():
         return str(path)
-    if looks_like_hub_id(ref):
-        return ref
-    raise LoratuneError(f"{field}: model path not found: {ref}")
+    if not looks_like_hub_id(ref):
+        raise LoratuneError(f"{field}: model path not found: {ref}")
+    check_hub_model(ref, field)
+    return ref
+
+
+def check_hub_model(repo_id: str, field: str) -> None:
+    """Raise a one-line ``LoratuneError`` unless ``repo_id`` is in the hub cache or (online) on the hub."""
+    from huggingface_hub import constants, repo_exists, snapshot_download
+    from huggingface_hub.errors import HFValidationError, LocalEntryNotFoundError
+
+    fix = f"download it with `hf download {repo_id}` (or `huggingface-cli download {repo_id}`), or set {field} to a " \
+          "local folder"
+    try:
+        snapshot_download(repo_id, local_files_only=True)
+        return
+    except (LocalEntryNotFoundError, HFValidationError, OSError):
+        pass
+    if constants.HF_HUB_OFFLINE:
+        raise LoratuneError(f"{field}: model {repo_id} is not in the Hugging Face cache and HF_HUB_OFFLINE=1; {fix}")
+    try:
+        found = repo_exists(repo_id)
+    except Exception as err:  # noqa: BLE001 - any network failure means the same thing to the user
+        raise LoratuneError(f"{field}: cannot reach the Hugging Face hub for {repo_id} ({first_line(err)}); {fix}") \
+            from None
+    if not found:
+        raise LoratuneError(f"{field}: no model {repo_id} on the Hugging Face hub (private or gated models need "
+                            f"`hf auth login`); check the id, or set {field} to a local folder")
 
 
 def stand_in_info(ref: str | None) -> dict | None:

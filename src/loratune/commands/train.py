@@ -22,6 +22,15 @@ def command(
 
     cfg = load_config(config, set_ or [])
     out_dir = out or Path("runs") / cfg.train.output_name
+    # Model and dataset first: a rejected run leaves no folder behind.
+    if cfg.train.external is None:
+        from loratune.train.loop import prepare
+
+        prepare(cfg)
+    else:
+        from loratune.modelref import check_model_ref
+
+        check_model_ref(cfg.model.base, "model.base")
     out_dir.mkdir(parents=True, exist_ok=True)
     from loratune.atomic import atomic_write_text
 
@@ -36,6 +45,12 @@ def command(
             from loratune.errors import LoratuneError
 
             raise LoratuneError(f"{err} (marker: {err.marker})") from None
+        except KeyboardInterrupt:
+            import sys
+
+            print(f"loratune: interrupted — checkpoints so far are in {out_dir / 'checkpoints'}; go on with: "
+                  f"loratune train {config} --out {out_dir} --resume", file=sys.stderr)
+            raise typer.Exit(130) from None
     rows = [
         {
             "epoch": c.epoch,
