@@ -21,17 +21,24 @@ def looks_like_hub_id(ref: str) -> bool:
 
 
 def check_model_ref(ref: str, field: str) -> str:
-    """Return ``ref`` if it is an existing path or a hub id this machine can load; otherwise raise naming ``field``.
-
-    A hub id counts when a snapshot is in the local hub cache, or (online) when the hub has the repository. Offline
-    (``HF_HUB_OFFLINE=1``) a hub id that is not cached is an error at once, instead of minutes of retries later.
-    """
+    """Return ``ref`` if it is an existing path or a plausible hub id; otherwise raise naming ``field``."""
     path = Path(ref).expanduser()
     if path.exists():
         return str(path)
-    if not looks_like_hub_id(ref):
-        raise LoratuneError(f"{field}: model path not found: {ref}")
-    check_hub_model(ref, field)
+    if looks_like_hub_id(ref):
+        return ref
+    raise LoratuneError(f"{field}: model path not found: {ref}")
+
+
+def check_model_available(ref: str, field: str) -> str:
+    """``check_model_ref``, and a hub id must be loadable here: in the local hub cache, or (online) on the hub.
+
+    Offline (``HF_HUB_OFFLINE=1``) a hub id that is not cached is an error at once, instead of minutes of retries
+    when the first trial loads it.
+    """
+    ref = check_model_ref(ref, field)
+    if not Path(ref).exists():
+        check_hub_model(ref, field)
     return ref
 
 

@@ -110,9 +110,13 @@ def _backend(
     exits 0 must have done what it says."""
     from loratune.metrics.registry import create_backend
 
+    from loratune.modelref import check_model_available, looks_like_hub_id
+
     if config is None:
         return None
     try:
+        if config.model and looks_like_hub_id(config.model):
+            check_model_available(config.model, f"evaluation.backends.{axis}.model")
         backend = create_backend(config, runtime, axis)
     except LoratuneError as err:
         raise LoratuneError(f"{purpose}: {err} (or pass {flag} to audit without it)") from None

@@ -44,10 +44,16 @@ def command(
     configured base model with the config's prompts and seeds, scores each set and ranks the LoRAs by composite.
     """
     from loratune.config import load_config
+    from loratune.errors import LoratuneError
+    from loratune.evaluation import check_models
     from loratune.report.console import print_scores
 
     cfg = load_config(config, set_ or [])
-    if is_lora_input(images):
+    if not images.exists():
+        raise LoratuneError(f"images folder not found: {images}")
+    lora_input = is_lora_input(images)
+    check_models(cfg, base=lora_input)
+    if lora_input:
         from loratune.lora.kohya import checkpoint_epoch
         from loratune.report.console import print_ranking
         from loratune.sampling import find_lora_files, rank_loras

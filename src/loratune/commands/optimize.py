@@ -41,14 +41,13 @@ def command(
         overrides = []
         run = run or Path("runs") / config.stem
         chosen = backend or cfg.search.backend
-    from loratune.modelref import check_model_ref
+    from loratune.evaluation import check_models
     from loratune.runfolder import RunFolder
 
-    # The base is not a backend, so the search's own pre-flight (check_evaluation) does not see it.
     stored = RunFolder(run).config
-    base = cfg.model.base if cfg is not None else (load_config(stored).model.base if stored.is_file() else None)
-    if base is not None:
-        check_model_ref(base, "model.base")
+    checked = cfg if cfg is not None else (load_config(stored) if stored.is_file() else None)
+    if checked is not None:  # every model on this machine before the first trial
+        check_models(checked)
     try:
         if chosen == "ray":
             from loratune.search.ray_backend import run_ray

@@ -23,14 +23,13 @@ def command(
     cfg = load_config(config, set_ or [])
     out_dir = out or Path("runs") / cfg.train.output_name
     # Model and dataset first: a rejected run leaves no folder behind.
+    from loratune.modelref import check_model_available
+
+    check_model_available(cfg.model.base, "model.base")
     if cfg.train.external is None:
         from loratune.train.loop import prepare
 
         prepare(cfg)
-    else:
-        from loratune.modelref import check_model_ref
-
-        check_model_ref(cfg.model.base, "model.base")
     out_dir.mkdir(parents=True, exist_ok=True)
     from loratune.atomic import atomic_write_text
 
