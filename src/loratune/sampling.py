@@ -25,6 +25,9 @@ if TYPE_CHECKING:
     from loratune.train.cache import BaseCache
     from loratune.train.model import Models, Precision
 
+# Where a run keeps the base model's own samples (no LoRA; same prompts and seeds): the report's comparison row.
+BASE_SAMPLES = Path("samples") / "base"
+
 _SCHEDULERS = {
     "euler": "EulerDiscreteScheduler",
     "euler_a": "EulerAncestralDiscreteScheduler",

@@ -12,6 +12,7 @@ import math
 import random
 import time
 from collections.abc import Callable
+from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -25,6 +26,7 @@ from loratune.train.strategies import CurriculumResolution, ProgressiveRank
 
 if TYPE_CHECKING:
     from loratune.train.cache import Base, BaseCache
+    from loratune.train.logging import StepLogger
     from loratune.train.model import Precision
 
 
@@ -32,6 +34,7 @@ def prepare(config: Config) -> list[Item]:
     """Validate everything that does not need a model: base reference, dataset, optimizer, sample prompts."""
     from loratune.modelref import check_model_ref
     from loratune.sampling import sample_prompts
+    from loratune.train.logging import check_loggers
     from loratune.train.optim import check_optimizer
 
     check_model_ref(config.model.base, "model.base")
@@ -43,6 +46,7 @@ def prepare(config: Config) -> list[Item]:
         class_token=characters[0].token if len(characters) == 1 else None,
     )
     check_optimizer(config.train)
+    check_loggers(config)
     if config.train.sample_checkpoints:
         sample_prompts(config)
     return items
@@ -176,13 +180,14 @@ def train(
         raise LoratuneError(f"{out_dir}: already holds checkpoints; resume it (--resume) or choose another --out")
 
     from loratune.train.cache import BaseCache
+    from loratune.train.logging import StepLogger
     from loratune.train.model import training_precision
 
     out_dir.mkdir(parents=True, exist_ok=True)
     precision = training_precision(config.train)
     accelerator = _accelerator(precision.mixed, cpu=precision.device.type == "cpu")
-    with (cache or BaseCache()).borrow(config, precision) as base:
-        return _train(config, items, out_dir, base, precision, accelerator, on_checkpoint, resume, progress)
+    with (cache or BaseCache()).borrow(config, precision) as base, closing(StepLogger(config, out_dir)) as step_log:
+        return _train(config, items, out_dir, base, precision, accelerator, on_checkpoint, resume, progress, step_log)
 
 
 def _train(
@@ -195,12 +200,14 @@ def _train(
     on_checkpoint: Callable[[CheckpointInfo], None] | None,
     resume: bool,
     progress: Callable[[dict[str, Any]], None] | None,
+    step_log: StepLogger,
 ) -> TrainResult:
     import torch
     from accelerate.utils import set_seed
 
     from loratune.train import checkpoint as ckpt
     from loratune.train.encode import LatentCache, TextCache, encode_images, encode_text, load_pixels
+    from loratune.train.logging import optimizer_d
     from loratune.train.model import (
         add_lora,
         enable_checkpointing,
@@ -284,6 +291,7 @@ def _train(
             ]
             atomic_write_text(history, "".join(line + "\n" for line in kept))
     (out_dir / FAILED_MARKER).unlink(missing_ok=True)
+    step_log.start(step)
 
     checkpoints: list[CheckpointInfo] = []
     loss_value: float | None = None
@@ -348,8 +356,14 @@ def _train(
                 "rank": run.rank,
                 "latent_size": list(latents.shape[-2:]),
             }
+            if models.trained_text_encoders:
+                record["text_encoder_lr"] = lr_scheduler.get_last_lr()[1]
+            d = optimizer_d(optimizer)
+            if d is not None:
+                record["d"] = d
             with history.open("a", encoding="utf-8") as fh:
                 fh.write(json.dumps(record) + "\n")
+            step_log.step(record)
             if progress is not None:
                 progress(record)
             if t.max_steps and step >= t.max_steps:
@@ -363,6 +377,7 @@ def _train(
             config, out_dir, models, run, strategies, epoch, step, optimizer, lr_scheduler, generator, precision
         )
         checkpoints.append(info)
+        step_log.flush()  # a search may stop the trial at this checkpoint: its curve is complete on disk by then
         if on_checkpoint is not None:
             try:
                 on_checkpoint(info)
