@@ -178,7 +178,7 @@ def test_curriculum_changes_the_resolution_the_unet_sees(tiny_models, small_data
     # the tiny VAE halves the size: 64 px -> 32 latent pixels
     assert seen == [(1, [32, 32]), (2, [48, 48]), (3, [64, 64])]
     meta = read_metadata(tmp_path / "checkpoints" / "epoch-0003" / "tiny-000003.safetensors")
-    assert meta["ss_resolution"] == "128" and json.loads(meta["loratune_curriculum"]) == {"2": 96, "3": 128}
+    assert meta["ss_resolution"] == "(128, 128)" and json.loads(meta["loratune_curriculum"]) == {"2": 96, "3": 128}
 
 
 def test_progressive_rank_growth_keeps_the_function_exactly(tiny_models) -> None:

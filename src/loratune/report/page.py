@@ -66,7 +66,7 @@ table.grid img { display: block; width: var(--thumb); height: auto; image-render
 code { background: #f1f3f8; padding: 1px 4px; border-radius: 3px; overflow-wrap: anywhere; }
 .scroll { overflow-x: auto; max-width: 100%; }
 #trial-table td { white-space: nowrap; }
-#trial-table td.muted { white-space: normal; min-width: 160px; }
+#trial-table td.muted { white-space: normal; min-width: 140px; }
 .tie { font-size: 11px; color: var(--warn); border: 1px solid var(--warn); border-radius: 3px; padding: 0 3px; }
 table.explained td:last-child { max-width: 520px; }
 .epoch.base { border-style: dashed; border-color: #868e96; }
@@ -278,7 +278,7 @@ def _table(run: RunData, ranked: list[TrialInfo]) -> str:
             if v is None and axis in info.axes:  # scored but not computable: say so, never show it as a number
                 axis_cells.append('<td class="num missing" title="this axis could not be computed">missing</td>')
                 continue
-            bar = f'<span class="bar" style="width:{max(0.0, min(1.0, v)) * 50:.0f}px"></span>' if v is not None else ""
+            bar = f'<span class="bar" style="width:{max(0.0, min(1.0, v)) * 36:.0f}px"></span>' if v is not None else ""
             axis_cells.append(f'<td class="num">{bar}{_fmt(v, 3)}</td>')
         param_cells = [f"<td>{_fmt(trial.params.get(p), 3)}</td>" for p in params]
         link = f'<a href="#trial-{trial.number}">#{trial.number}</a>' if info.epochs else f"#{trial.number}"
