@@ -209,6 +209,7 @@ class NativeVlm(YesNoVlm):
             self.tokenizer.pad_token = self.tokenizer.eos_token
         self.yes_ids, self.no_ids = yes_no_ids(self.tokenizer, field)
         self.keep_last = _accepts(self.model, "logits_to_keep")
+        self._prompt_cache: dict[str, list[int]] = {}
 
     def prompt(self, question: str) -> str:
         messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": question}]}]
@@ -255,7 +256,11 @@ class NativeVlm(YesNoVlm):
         return probs
 
     def _prompt_ids(self, question: str) -> list[int]:
-        return list(self.tokenizer(self.prompt(question))["input_ids"])
+        """The chat-templated prompt's token ids, the image as its one placeholder (kept: the trait questions repeat
+        for every image of a character)."""
+        if question not in self._prompt_cache:
+            self._prompt_cache[question] = list(self.tokenizer(self.prompt(question))["input_ids"])
+        return self._prompt_cache[question]
 
     def encode(self, images: Sequence[Image.Image]) -> list[EncodedImage] | None:
         """Each image's vision features and the token span standing for it in a prompt, or None where this model
