@@ -17,6 +17,7 @@ COMMANDS = [
     ("dashboard", "dashboard"),
     ("demo", "demo"),
     ("tiny-models", "tiny_models"),
+    ("world", "world"),
 ]
 
 

@@ -2,7 +2,9 @@
 
 Two stages, each a plain loop you can read top to bottom:
 
-1. the VAE (3 blocks: a 64-px image is a 16×16×4 latent) on reconstruction + a small KL term;
+1. the VAE (3 blocks: a 64-px image is a 16×16×4 latent) on reconstruction + a small KL term, over the base
+   characters and as many anonymous figures in random colours (a VAE trained on the base characters alone
+   cannot draw the targets' teal and purple shirts, so no LoRA could);
 2. the UNet and the CLIP text encoder together on the VAE's latents with DDPM's epsilon loss; 10% of captions are
    dropped to "" so classifier-free guidance works at sampling time.
 
@@ -22,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from loratune.world.scene import BASE_CHARACTERS, world_batch
+from loratune.world.scene import BASE_CHARACTERS, SCENES, Character, render, sample_jitters, world_batch
 
 UNET_CONFIG: dict[str, Any] = {
     "sample_size": 16,
@@ -54,10 +56,10 @@ VAE_CONFIG: dict[str, Any] = {
 class Settings:
     seed: int = 0
     n_images: int = 4000
-    vae_steps: int = 600
+    vae_steps: int = 1200
     vae_batch: int = 16
     vae_crop: int = 32  # the VAE is fully convolutional: 32-px crops train it at a quarter of the cost
-    vae_lr: float = 2e-3
+    vae_lr: float = 1e-3
     unet_steps: int = 1500
     unet_batch: int = 16
     unet_lr: float = 1e-3
@@ -67,24 +69,65 @@ class Settings:
     save_every: int = 250
 
 
+def random_figures(seed: int, n: int, crop: int) -> np.ndarray:
+    """``crop``-px windows around anonymous figures whose hair, shirt, pants and details take random colours (VAE
+    data only: a random window of a whole image mostly misses the figure, and the figure is what must keep its colours).
+    """
+    import random
+
+    rng = random.Random(seed)
+    scenes = list(SCENES.values())
+
+    def colour() -> tuple[int, int, int]:
+        return (rng.randrange(256), rng.randrange(256), rng.randrange(256))
+
+    windows = []
+    for jitter in sample_jitters(seed, n):
+        figure = Character(
+            "someone",
+            "boy",
+            "any",
+            colour(),
+            "any",
+            colour(),
+            colour(),
+            head=rng.choice(("round", "square")),
+            stripe=colour() if rng.random() < 0.3 else None,
+            hat=colour() if rng.random() < 0.3 else None,
+        )
+        image = render(figure, rng.choice(scenes), jitter)[0]
+        top = min(max(jitter.feet - crop + rng.randint(-4, 4), 0), image.shape[0] - crop)
+        left = min(max(jitter.cx - crop // 2 + rng.randint(-6, 6), 0), image.shape[1] - crop)
+        windows.append(image[top : top + crop, left : left + crop])
+    return np.stack(windows)
+
+
 def _to_tensor(images: np.ndarray) -> Any:
     import torch
 
     return torch.from_numpy(images).permute(0, 3, 1, 2).float() / 127.5 - 1.0
 
 
-def train_vae(pixels: Any, s: Settings, log: Callable[[dict], None]) -> Any:
+def train_vae(pixels: Any, figures: Any, s: Settings, log: Callable[[dict], None]) -> Any:
+    """Each batch: half random windows of world images, half windows around random-colour figures."""
     import torch
     from diffusers import AutoencoderKL
 
     torch.manual_seed(s.seed)
     vae = AutoencoderKL(**VAE_CONFIG)
     opt = torch.optim.Adam(vae.parameters(), lr=s.vae_lr)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, s.vae_steps, eta_min=s.vae_lr / 10)
     gen = torch.Generator().manual_seed(s.seed)
+    half = s.vae_batch // 2
     for step in range(1, s.vae_steps + 1):
-        batch = pixels[torch.randint(0, len(pixels), (s.vae_batch,), generator=gen)]
+        batch = pixels[torch.randint(0, len(pixels), (half,), generator=gen)]
         y, x = torch.randint(0, pixels.shape[-1] - s.vae_crop + 1, (2,), generator=gen).tolist()
-        batch = batch[:, :, y : y + s.vae_crop, x : x + s.vae_crop]
+        batch = torch.cat(
+            [
+                batch[:, :, y : y + s.vae_crop, x : x + s.vae_crop],
+                figures[torch.randint(0, len(figures), (half,), generator=gen)],
+            ]
+        )
         posterior = vae.encode(batch).latent_dist
         recon = vae.decode(posterior.sample(gen)).sample
         mse = torch.nn.functional.mse_loss(recon, batch)
@@ -92,12 +135,9 @@ def train_vae(pixels: Any, s: Settings, log: Callable[[dict], None]) -> Any:
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
+        sched.step()
         if step % 50 == 0 or step == s.vae_steps:
             log({"stage": "vae", "step": step, "mse": round(mse.item(), 5)})
-    with torch.no_grad():
-        latents = torch.cat([vae.encode(pixels[i : i + 256]).latent_dist.mean for i in range(0, len(pixels), 256)])
-    # SD's convention: latents * scaling_factor have unit variance (SD1.5's own is 0.18215).
-    vae.register_to_config(scaling_factor=float(1.0 / latents.std()))
     vae.requires_grad_(False)
     return vae
 
@@ -112,7 +152,10 @@ def train_unet(
     unet.train()
     text_encoder.train()
     ids = tokenizer(
-        captions + [""], padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
+        captions + [""],
+        padding="max_length",
+        max_length=tokenizer.model_max_length,
+        truncation=True,
         return_tensors="pt",
     ).input_ids
     empty = ids[-1]
@@ -177,11 +220,13 @@ def pretrain(out_dir: str | Path, settings: Settings | None = None, log: Callabl
 
     images, captions = world_batch(BASE_CHARACTERS, s.seed, s.n_images)
     pixels = _to_tensor(images)
-    vae = train_vae(pixels, s, note)
+    vae = train_vae(pixels, _to_tensor(random_figures(s.seed + 7, s.n_images, s.vae_crop)), s, note)
     with torch.no_grad():
-        latents = torch.cat(
-            [vae.encode(pixels[i : i + 256]).latent_dist.mean for i in range(0, len(pixels), 256)]
-        ) * vae.config.scaling_factor
+        latents = torch.cat([vae.encode(pixels[i : i + 256]).latent_dist.mean for i in range(0, len(pixels), 256)])
+    # SD's convention: latents * scaling_factor have unit variance (SD1.5's own is 0.18215).
+    vae.register_to_config(scaling_factor=float(1.0 / latents.std()))
+    latents = latents * vae.config.scaling_factor
+    vae.save_pretrained(str(out / "vae"), safe_serialization=True)
     with tempfile.TemporaryDirectory() as tmp:
         build_sd15(Path(tmp), s.seed)
         base = StableDiffusionPipeline.from_pretrained(tmp)
@@ -198,3 +243,76 @@ def pretrain(out_dir: str | Path, settings: Settings | None = None, log: Callabl
         json.dumps({"settings": asdict(s), "seconds": round(time.perf_counter() - start, 1), "log": records}, indent=1)
     )
     return out
+
+
+def base_report(folder: str | Path, seeds: tuple[int, ...] = (0, 1)) -> dict[str, Any]:
+    """The oracle on the base model: every base character in every scene (and the targets), ``seeds`` each."""
+    import torch
+    from diffusers import DPMSolverMultistepScheduler, StableDiffusionPipeline
+
+    from loratune.world.oracle import has_character, judge
+    from loratune.world.scene import CHARACTERS, TARGETS, caption
+
+    pipe = StableDiffusionPipeline.from_pretrained(str(folder), safety_checker=None, requires_safety_checker=False)
+    pipe.scheduler = DPMSolverMultistepScheduler.from_config(pipe.scheduler.config)
+    pipe.set_progress_bar_config(disable=True)
+    report: dict[str, Any] = {"sampler": "dpm++ 20 steps, cfg 4.0, 64 px", "seeds": list(seeds)}
+    for group, tokens in (("base_characters", BASE_CHARACTERS), ("targets", TARGETS)):
+        prompts = [
+            caption(CHARACTERS[t], scene, "standing", describe=t in BASE_CHARACTERS)
+            for t in tokens
+            for scene in SCENES.values()
+        ]
+        owners = [t for t in tokens for _ in SCENES]
+        images = []
+        for seed in seeds:
+            out = pipe(
+                prompts,
+                num_inference_steps=20,
+                guidance_scale=4.0,
+                height=64,
+                width=64,
+                generator=torch.Generator().manual_seed(seed),
+                output_type="np",
+            ).images
+            images += list((out * 255).round().astype(np.uint8))
+        verdict = judge(images, prompts * len(seeds))
+        present = [has_character(i, t) for i, t in zip(images, owners * len(seeds))]
+        report[group] = {**verdict.as_dict(), "character_present": float(np.mean(present))}
+    return report
+
+
+def finalize(trained: str | Path, weights: str | Path) -> dict[str, Any]:
+    """Copy a trained pipeline into ``weights/base`` (UNet and VAE in fp16, which diffusers upcasts on load; the text
+    encoder stays fp32 because transformers 5 would load fp16 as fp16) and write ``weights/base.json`` with each
+    file's sha256, the training settings and seconds, and the oracle's report on the base model."""
+    import hashlib
+    import shutil
+
+    import torch
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+
+    trained, weights = Path(trained), Path(weights)
+    target = weights / "base"
+    if target.exists():
+        shutil.rmtree(target)
+    shutil.copytree(trained, target, ignore=shutil.ignore_patterns("training.json"))
+    for cls, part in ((UNet2DConditionModel, "unet"), (AutoencoderKL, "vae")):
+        model = cls.from_pretrained(str(trained), subfolder=part)
+        shutil.rmtree(target / part)
+        model.to(torch.float16).save_pretrained(str(target / part), safe_serialization=True)
+    training = json.loads((trained / "training.json").read_text())
+    (weights / "training-log.json").write_text(json.dumps(training, indent=1) + "\n")
+    files = {
+        str(p.relative_to(target)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(target.rglob("*"))
+        if p.is_file()
+    }
+    info = {
+        "settings": training["settings"],
+        "training_seconds": training["seconds"],
+        "oracle": base_report(target),
+        "sha256": files,
+    }
+    (weights / "base.json").write_text(json.dumps(info, indent=1) + "\n")
+    return info
