@@ -52,8 +52,11 @@ def main() -> None:
         verdict(0, render(pipe, config, Path(tmp) / "base-samples"), time.perf_counter() - start)
         del pipe
         start = time.perf_counter()
-        train(config, Path(tmp) / "run", on_checkpoint=lambda info: verdict(info.epoch, info.samples,
-                                                                          time.perf_counter() - start))
+        train(
+            config,
+            Path(tmp) / "run",
+            on_checkpoint=lambda info: verdict(info.epoch, info.samples, time.perf_counter() - start),
+        )
 
 
 def _row(r: dict) -> str:

@@ -69,7 +69,7 @@ def world_config(target: str) -> dict[str, Any]:
             "negative_prompt": "",
             "seeds": [0, 1],
             "steps": 20,
-            "cfg": 4.0,
+            "cfg": 7.0,
             "scheduler": "dpm++",
             "width": 64,
             "height": 64,

@@ -73,7 +73,7 @@ def scene_of(image: Any) -> str | None:
     return best if cover[best] >= MIN_SCENE_COVER else None
 
 
-_SCENE_WORDS = {name: re.compile(rf"\b({name}|{re.escape(s.phrase)})\b", re.I) for name, s in SCENES.items()}
+_SCENE_WORDS = {name: re.compile(rf"\b({name}|{re.escape(s.phrase)})\b", re.IGNORECASE) for name, s in SCENES.items()}
 
 
 def scene_in_prompt(prompt: str) -> str | None:
@@ -141,8 +141,10 @@ def noise_residual(image: Any) -> float:
     img = np.pad(as_array(image).astype(np.float32) / 255.0, ((1, 1), (1, 1), (0, 0)), mode="reflect")
     centre = img[1:-1, 1:-1]
     shifts = [(dy, dx) for dy in (-1, 0, 1) for dx in (-1, 0, 1) if (dy, dx) != (0, 0)]
-    diffs = [np.abs(centre - img[1 + dy : img.shape[0] - 1 + dy, 1 + dx : img.shape[1] - 1 + dx]).mean(-1)
-             for dy, dx in shifts]
+    diffs = [
+        np.abs(centre - img[1 + dy : img.shape[0] - 1 + dy, 1 + dx : img.shape[1] - 1 + dx]).mean(-1)
+        for dy, dx in shifts
+    ]
     return float(np.min(diffs, axis=0).mean())
 
 

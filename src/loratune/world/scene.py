@@ -79,8 +79,17 @@ CHARACTERS: dict[str, Character] = {
         # Targets: their shirt colours appear nowhere else in the world (tests check the distances). No stripe or hat:
         # the 16×16-latent VAE blurs a 3-px stripe into the shirt, and the shirt's colour with it.
         _C("lucaboy", "boy", "brown", (120, 60, 20), "teal", (0, 170, 170), (40, 60, 140), target=True),
-        _C("albertoboy", "boy", "golden", (220, 170, 40), "purple", (120, 40, 150), (90, 60, 40), head="square",
-           target=True),
+        _C(
+            "albertoboy",
+            "boy",
+            "golden",
+            (220, 170, 40),
+            "purple",
+            (120, 40, 150),
+            (90, 60, 40),
+            head="square",
+            target=True,
+        ),
         _C("benboy", "boy", "black", (20, 20, 20), "red", (200, 30, 30), (40, 40, 90)),
         _C("mayagirl", "girl", "blonde", (240, 220, 120), "blue", (30, 60, 210), (60, 60, 60)),
         _C("tomboy", "boy", "red", (190, 60, 20), "yellow", (240, 200, 0), (40, 60, 140), head="square"),
@@ -90,8 +99,17 @@ CHARACTERS: dict[str, Character] = {
         _C("maxboy", "boy", "white", (230, 230, 230), "green", (30, 140, 50), (90, 60, 40)),
         _C("ninagirl", "girl", "red", (190, 60, 20), "pink", (250, 140, 190), (60, 60, 60), hat=(240, 240, 240)),
         _C("joeboy", "boy", "brown", (120, 60, 20), "grey", (128, 128, 128), (25, 25, 25), stripe=(240, 200, 0)),
-        _C("ivygirl", "girl", "black", (20, 20, 20), "brown", (110, 70, 40), (30, 60, 210), head="square",
-           hat=(30, 140, 50)),
+        _C(
+            "ivygirl",
+            "girl",
+            "black",
+            (20, 20, 20),
+            "brown",
+            (110, 70, 40),
+            (30, 60, 210),
+            head="square",
+            hat=(30, 140, 50),
+        ),
     )
 }
 TARGETS = tuple(c.token for c in CHARACTERS.values() if c.target)
@@ -143,7 +161,7 @@ def render(character: Character | None, scene: Scene, jitter: Jitter, size: int 
 
 
 def _rect(img: np.ndarray, x0: float, y0: float, x1: float, y1: float, colour: RGB) -> None:
-    xa, ya, xb, yb = (int(round(v)) for v in (x0, y0, x1, y1))
+    xa, ya, xb, yb = (round(v) for v in (x0, y0, x1, y1))
     img[max(ya, 0) : max(yb, 0), max(xa, 0) : max(xb, 0)] = colour
 
 
