@@ -16,10 +16,10 @@ from loratune.world.folder import MARKER, N_REFERENCES, N_TRAIN, WEIGHTS, write_
 from loratune.world.scene import BASE_CHARACTERS, CHARACTERS, SCENES, caption
 
 # Measured on the committed weights (see weights/base.json and the report); floors leave a margin below them.
-SCENE_ACCURACY_FLOOR = 0.5
-LORA_EPOCHS = 3
+SCENE_ACCURACY_FLOOR = 0.75  # chance is 0.25; the base report measures 0.99 over 80 samples
+LORA_EPOCHS = 4  # 50 steps each: identity 0.00 -> 0.38 after 2 epochs, 0.56 after 4 (16 samples)
 BASE_IDENTITY_CEILING = 0.1
-LORA_IDENTITY_FLOOR = 0.3
+LORA_IDENTITY_FLOOR = 0.35
 
 
 @pytest.fixture(scope="module")

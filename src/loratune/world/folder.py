@@ -137,6 +137,7 @@ def write_world(out_dir: str | Path, target: str = "lucaboy") -> World:
     with atomic_dir(root) as tmp:
         tmp.chmod(0o755)
         shutil.copytree(WEIGHTS / "base", tmp / "base")
+        write_tokenizer(tmp / "base" / "tokenizer")
         _write_images(tmp, target)
         _write_scorers(tmp / "scorers")
         header = (
@@ -173,6 +174,14 @@ def _write_images(root: Path, target: str) -> None:
     for i, jitter in enumerate(sample_jitters(SEED + 1000, N_REFERENCES)):
         image, _ = render(character, scenes[i % len(scenes)], jitter)
         Image.fromarray(image).save(refs / f"ref-{i:02d}.png")
+
+
+def write_tokenizer(folder: Path) -> None:
+    """SD1.5's tokenizer (the real CLIP vocabulary, rebuilt offline), as ``build_sd15`` writes it."""
+    from loratune.tiny.clip_tokenizer import make_clip_tokenizer, write_slow_tokenizer_files
+
+    make_clip_tokenizer().save_pretrained(str(folder))
+    write_slow_tokenizer_files(folder)
 
 
 def _write_scorers(folder: Path) -> None:

@@ -319,9 +319,24 @@ def base_report(folder: str | Path, seeds: tuple[int, ...] = (0, 1)) -> dict[str
     return report
 
 
+def _report_installed(base: Path) -> dict[str, Any]:
+    """``base_report`` on the installed weights, completed with the tokenizer the way ``write_world`` does."""
+    import shutil
+    import tempfile
+
+    from loratune.world.folder import write_tokenizer
+
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp) / "base"
+        shutil.copytree(base, folder)
+        write_tokenizer(folder / "tokenizer")
+        return base_report(folder)
+
+
 def finalize(trained: str | Path, weights: str | Path) -> dict[str, Any]:
     """Copy a trained pipeline into ``weights/base`` (UNet and VAE in fp16, which diffusers upcasts on load; the text
-    encoder stays fp32 because transformers 5 would load fp16 as fp16) and write ``weights/base.json`` with each
+    encoder stays fp32 because transformers 5 would load fp16 as fp16; no tokenizer: ``write_world`` rebuilds the real
+    CLIP one offline instead of committing 5 MB of vocabulary) and write ``weights/base.json`` with each
     file's sha256, the training settings and seconds, and the oracle's report on the base model."""
     import hashlib
     import shutil
@@ -333,7 +348,11 @@ def finalize(trained: str | Path, weights: str | Path) -> dict[str, Any]:
     target = weights / "base"
     if target.exists():
         shutil.rmtree(target)
-    shutil.copytree(trained, target, ignore=shutil.ignore_patterns("training.json", VAE_STAGE, UNET_STAGE, "snapshot"))
+    shutil.copytree(
+        trained,
+        target,
+        ignore=shutil.ignore_patterns("training.json", VAE_STAGE, UNET_STAGE, "snapshot", "tokenizer"),
+    )
     for cls, part in ((UNet2DConditionModel, "unet"), (AutoencoderKL, "vae")):
         model = cls.from_pretrained(str(trained), subfolder=part)
         shutil.rmtree(target / part)
@@ -345,10 +364,16 @@ def finalize(trained: str | Path, weights: str | Path) -> dict[str, Any]:
         for p in sorted(target.rglob("*"))
         if p.is_file()
     }
+    # A run resumed from reused stages logs each process's own clock: add up the segments.
+    seconds, last = 0.0, 0.0
+    for entry in training["log"]:
+        if entry["seconds"] < last:
+            seconds += last
+        last = entry["seconds"]
     info = {
         "settings": training["settings"],
-        "training_seconds": training["seconds"],
-        "oracle": base_report(target),
+        "training_seconds": round(seconds + training["seconds"], 1),
+        "oracle": _report_installed(target),
         "sha256": files,
     }
     (weights / "base.json").write_text(json.dumps(info, indent=1) + "\n")
