@@ -22,6 +22,7 @@ COMMANDS = [
     ("dashboard", "dashboard", "Serve optuna-dashboard for a run (loopback only)."),
     ("demo", "demo", "Run the whole loop offline on tiny models."),
     ("tiny-models", "tiny_models", "Build the tiny stand-in models and dataset."),
+    ("world", "world", "Write the known-truth world: base model, dataset, config."),
 ]
 
 
