@@ -65,7 +65,7 @@ def test_a_batch_scores_each_image_as_alone(name: str) -> None:
     assert len(set(batched.per_image)) == len(images)
 
 
-def test_offline_pyiqa_never_starts_a_download(monkeypatch) -> None:
+def test_offline_pyiqa_never_starts_a_download(monkeypatch, capsys) -> None:
     import huggingface_hub.constants
     from torch.hub import get_dir
 
@@ -77,6 +77,7 @@ def test_offline_pyiqa_never_starts_a_download(monkeypatch) -> None:
     with pytest.raises(LoratuneError, match=expected):
         create_backend(BackendConfig(name="musiq", require_pretrained=True), RUNTIME, "quality").load()
     assert (set(cache.iterdir()) if cache.is_dir() else set()) == before  # no partial download left behind
+    assert "Downloading" not in capsys.readouterr().out  # pyiqa's own print stays off stdout unless -v
 
 
 def test_generic_pyiqa_takes_range_and_direction_from_pyiqa() -> None:

@@ -20,7 +20,10 @@ NTU S-Lab License 1.0 — both non-commercial use only; several metrics' weights
 
 from __future__ import annotations
 
+import contextlib
 import inspect
+import io
+import os
 import re
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -118,6 +121,17 @@ def _downloads_refused_when_offline() -> Iterator[None]:
         download_util.download_url_to_file = original
 
 
+@contextmanager
+def _pyiqa_prints_hidden() -> Iterator[None]:
+    """pyiqa announces downloads and weight loads with ``print`` (no logger to quiet): kept off stdout, where a
+    script reads loratune's JSON, unless the user asked for the libraries' output (``loratune -v``)."""
+    if os.environ.get("LORATUNE_VERBOSE") == "1":
+        yield
+        return
+    with contextlib.redirect_stdout(io.StringIO()):
+        yield
+
+
 def load_pyiqa_metric(
     metric: str, device: Any, weights: str | None, require_pretrained: bool, field: str
 ) -> tuple[Any, bool]:
@@ -127,20 +141,20 @@ def load_pyiqa_metric(
     if weights is not None:
         check_plain_checkpoint(weights, f"{field}.model")
         try:
-            with _downloads_refused_when_offline():
+            with _downloads_refused_when_offline(), _pyiqa_prints_hidden():
                 return pyiqa.create_metric(metric, device=device, pretrained_model_path=weights), False
         except Exception as err:  # noqa: BLE001  (wrong architecture or keys in the user's file)
             raise LoratuneError(
                 f"{field}.model: cannot load {weights} into pyiqa {metric!r}: {first_line(err)}"
             ) from None
     try:
-        with _downloads_refused_when_offline():
+        with _downloads_refused_when_offline(), _pyiqa_prints_hidden():
             return pyiqa.create_metric(metric, device=device), False
     except OSError as err:  # urllib's URLError (no network), a refused offline download and missing files
         if require_pretrained or not _takes_pretrained(metric):
             raise LoratuneError(f"{field}: cannot load pyiqa {metric!r} weights ({first_line(err)})") from None
     try:
-        with _downloads_refused_when_offline():
+        with _downloads_refused_when_offline(), _pyiqa_prints_hidden():
             return pyiqa.create_metric(metric, device=device, pretrained=False), True
     except OSError as err:
         raise LoratuneError(
