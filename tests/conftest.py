@@ -16,6 +16,14 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 REPO = Path(__file__).resolve().parents[1]
+
+
+def sigint_default() -> None:
+    """``preexec_fn`` for a child a test will Ctrl-C: a shell that starts the suite in the background ignores SIGINT,
+    children inherit that, and Python then installs no KeyboardInterrupt handler. Restore the terminal's default."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 TINY_CACHE = Path(os.environ.get("LORATUNE_TINY_CACHE", REPO / ".cache" / "tiny-models"))
 
 

@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import sigint_default
 
 from loratune.cli import main
 from loratune.config import dump_config, load_config
@@ -166,7 +167,7 @@ def test_ctrl_c_during_train_says_where_and_how_to_resume(tiny_models, data, tmp
         [sys.executable, "-c", "import sys; from loratune.cli import main; sys.exit(main())", "train",
          str(tiny_models.config), *sets(f"dataset.path={data}", "train.epochs=500", "train.sample_checkpoints=false"),
          "--out", str(out)],
-        stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
+        stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True, preexec_fn=sigint_default)
     assert proc.stderr is not None
     for line in proc.stderr:  # the first checkpoint: training is under way
         if line.startswith("epoch 1:"):

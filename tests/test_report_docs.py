@@ -52,5 +52,5 @@ def test_readme_names_every_command():
     from loratune.commands import COMMANDS
 
     text = README.read_text(encoding="utf-8")
-    for name, _ in COMMANDS:
+    for name, *_ in COMMANDS:
         assert f"`loratune {name}" in text, name

@@ -16,6 +16,7 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 from test_search_runner import BACKEND, TESTS, _run_script, interrupt_trial, study, tree_digest, write_config
+from conftest import sigint_default
 
 from loratune.config import load_config
 from loratune.errors import LoratuneError
@@ -134,7 +135,7 @@ def test_ctrl_c_in_the_cli_says_how_to_resume(tiny_models, tmp_path) -> None:
     run = tmp_path / "run"
     proc = subprocess.Popen([sys.executable, "-m", "loratune.cli", "optimize", str(tiny_models.config), "--run",
                              str(run), "--set", "search.n_trials=1", "--set", "train.epochs=50"],
-                            stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
+                            stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True, preexec_fn=sigint_default)
     deadline = time.monotonic() + 180
     while not (run / "trials").is_dir() or not any((run / "trials").glob(".0000.*/checkpoints")):
         assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read() if proc.stderr else ""
