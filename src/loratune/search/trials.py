@@ -27,6 +27,14 @@ class TrialBackend(Protocol):
     def score_lora(self, config: Config, lora: Path, out_dir: Path) -> EpochScore: ...
 
 
+def check_backend(backend: Any, config: Config) -> None:
+    """Run the backend's own pre-flight ``check(config)`` (models reachable, metric options valid), if it has one:
+    whatever would fail every trial is found before the first."""
+    check = getattr(backend, "check", None)
+    if check is not None:
+        check(config)
+
+
 class TrainAndScore:
     """The real trial: ``loratune.train.train`` with every checkpoint scored by one long-lived ``Evaluator``.
 
@@ -40,6 +48,12 @@ class TrainAndScore:
         self._evaluator: Any = None
         self._key: str | None = None
         self.cache = cache if cache is not None else BaseCache()
+
+    def check(self, config: Config) -> None:
+        """Every metric backend's name, options and model paths, without loading weights."""
+        from loratune.evaluation import check_evaluation
+
+        check_evaluation(config)
 
     def evaluator(self, config: Config) -> Any:
         from loratune.evaluation import Evaluator, load_references
