@@ -13,15 +13,21 @@ export OMP_WAIT_POLICY := PASSIVE
 
 .PHONY: demo test install clean browser
 
+# One line per step: pip runs quiet and the big step takes minutes, so say what is happening and how long it takes.
 $(STAMP): pyproject.toml
-	test -x $(BIN)/python || $(PY) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev]'
-	touch $(STAMP)
+	@echo "[1/3] creating $(VENV)"
+	@test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	@echo "[2/3] upgrading pip"
+	@$(BIN)/python -m pip install --quiet --upgrade pip
+	@echo "[3/3] installing torch, diffusers, transformers and the scorers into $(VENV) (~5-15 min, ~7.7 GB on disk)"
+	@$(BIN)/python -m pip install --quiet -e '.[dev]'
+	@touch $(STAMP)
+	@echo "installed: $(BIN)/loratune"
 
 install: $(STAMP)
 
 demo: $(STAMP)
+	@echo "running: loratune demo (tiny models, offline)"
 	$(BIN)/loratune demo
 
 test: $(STAMP) browser

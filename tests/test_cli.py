@@ -2,18 +2,44 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 
+import pytest
+
 from loratune.cli import main
+from loratune.commands import COMMANDS
+
+HEAVY = ("torch", "diffusers", "transformers", "numpy", "PIL", "optuna", "rich")
 
 
-def test_help_does_not_import_torch():
-    code = "import sys; from loratune.cli import main; main(['--help']); print('torch' in sys.modules)"
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+@pytest.mark.parametrize("argv", [["--help"], *([name, "-h"] for name, _, _ in COMMANDS)], ids=" ".join)
+def test_help_imports_nothing_heavy_and_shows_flags_plainly(argv):
+    code = (f"import sys; from loratune.cli import main; main({argv!r}); "
+            f"print([m for m in {HEAVY!r} if m in sys.modules])")
+    out = subprocess.run([sys.executable, "-c", code], check=False, capture_output=True, text=True, timeout=60,
+                         env={**os.environ, "COLUMNS": "80"})
     assert out.returncode == 0, out.stderr
-    assert out.stdout.strip().splitlines()[-1] == "False"
-    assert "evaluate" in out.stdout
+    *help_lines, imported = out.stdout.strip().splitlines()
+    assert imported == "[]"
+    assert "<bool>" not in out.stdout and "<list[str]>" not in out.stdout  # flags take no value
+    assert not any(line.rstrip().endswith("...") for line in help_lines if not line.startswith("Usage:"))  # no summary cut mid-sentence
+    assert max(len(line) for line in help_lines) <= 80
+
+
+@pytest.mark.parametrize(("outside", "inside"), [(None, "PASSIVE"), ("ACTIVE", "ACTIVE")])
+def test_cli_sets_the_runtime_environment_unless_the_user_did(outside, inside):
+    code = ("import os, sys; from loratune.cli import main; main(['--version']); "
+            "print(os.environ['OMP_WAIT_POLICY'], os.environ['TOKENIZERS_PARALLELISM'], "
+            "os.environ['RAY_USAGE_STATS_ENABLED'], 'torch' in sys.modules)")
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("OMP_WAIT_POLICY", "TOKENIZERS_PARALLELISM", "RAY_USAGE_STATS_ENABLED")}
+    if outside is not None:
+        env["OMP_WAIT_POLICY"] = outside
+    out = subprocess.run([sys.executable, "-c", code], check=False, capture_output=True, text=True, timeout=60, env=env)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split()[-4:] == [inside, "false", "0", "False"]  # set before torch could read it
 
 
 def test_user_error_is_one_line_exit_2(tmp_path, capsys):

@@ -14,12 +14,36 @@ import typer
 from loratune.commands import register_all
 from loratune.errors import LoratuneError
 
+# What the Makefile exports, set for runs outside it too; read when torch/tokenizers/Ray load, so set before any
+# command imports them. A value the user set wins.
+RUNTIME_ENV = {
+    # torch's OpenMP threads spin while waiting: on a busy CPU a tiny training run went from 174 s to over 10 min.
+    "OMP_WAIT_POLICY": "PASSIVE",
+    # A fork after a tokenizer ran warns loudly; Ray asks for usage stats: neither helps our users.
+    "TOKENIZERS_PARALLELISM": "false",
+    "RAY_USAGE_STATS_ENABLED": "0",
+}
+# The libraries' own switches for their progress bars and info lines; -v leaves them alone. Environment variables
+# (rather than calls) so search workers in other processes are quiet too. TQDM_DISABLE covers diffusers' "Loading
+# pipeline components" bar, which has no switch of its own but reads tqdm's.
+QUIET_ENV = {
+    "HF_HUB_DISABLE_PROGRESS_BARS": "1",
+    "TQDM_DISABLE": "1",
+    "TRANSFORMERS_VERBOSITY": "error",
+    "DIFFUSERS_VERBOSITY": "error",
+    "TRANSFORMERS_NO_ADVISORY_WARNINGS": "1",
+}
+VERBOSE_ENV = "LORATUNE_VERBOSE"
+_QUIET_LOGGERS = ("bitsandbytes", "timm", "open_clip", "pyiqa", "accelerate", "peft")
+
 app = typer.Typer(
     name="loratune",
     help="Train → sample → score → search character LoRAs for Stable Diffusion.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    # click's plain help: flags without type placeholders, paragraphs rewrapped to the terminal, no rich import.
+    rich_markup_mode=None,
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 register_all(app)
@@ -27,20 +51,39 @@ register_all(app)
 
 @app.callback(invoke_without_command=True)
 def _root(
-    version: bool = typer.Option(False, "--version", help="print the version and exit", is_eager=True),
+    version: bool = typer.Option(False, "--version", help="Print the version and exit.", is_eager=True),
+    verbose: bool = typer.Option(
+        False, "--verbose", "-v", help="Show the libraries' own progress bars, info lines and warnings."
+    ),
 ) -> None:
     if version:
         from loratune import __version__
 
         print(f"loratune {__version__}")
         raise typer.Exit()
+    if verbose:
+        os.environ[VERBOSE_ENV] = "1"
+    elif os.environ.get(VERBOSE_ENV) != "1":
+        quiet_libraries()
+
+
+def quiet_libraries() -> None:
+    """Silence library chatter (loading bars, "safe to ignore" notices, deprecation warnings) in this process."""
+    import logging
+    import warnings
+
+    for name, value in QUIET_ENV.items():
+        os.environ.setdefault(name, value)
+    for name in _QUIET_LOGGERS:
+        logging.getLogger(name).setLevel(logging.ERROR)
+    # The libraries' notices about their own future APIs; nothing a user of loratune can act on.
+    warnings.filterwarnings("ignore", category=FutureWarning)
 
 
 def main(argv: list[str] | None = None) -> int:
     """Console-script entry point; returns the exit code."""
-    # A ray/tokenizers fork after a tokenizer ran warns loudly; Ray asks for usage stats: neither helps our users.
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    for name, value in RUNTIME_ENV.items():
+        os.environ.setdefault(name, value)
     try:
         # Standalone mode: usage errors print click's message and exit 2, --help exits 0.
         app(args=argv, prog_name="loratune")

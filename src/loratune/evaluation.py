@@ -274,6 +274,18 @@ def check_evaluation(config: Config) -> None:
     build_backends(config, Runtime(batch_size=ev.batch_size, trust_remote_code=ev.trust_remote_code))
 
 
+def check_models(config: Config, base: bool = True) -> None:
+    """Raise one line naming the config key when a model the run needs is not on this machine (nor, online, on the
+    hub): ``model.base`` (unless ``base=False``) and each backend's hub ``model``. Loads nothing."""
+    from loratune.modelref import check_model_available, looks_like_hub_id
+
+    if base:
+        check_model_available(config.model.base, "model.base")
+    for axis, backend in config.evaluation.backends.items():
+        if backend is not None and backend.model and looks_like_hub_id(backend.model):
+            check_model_available(backend.model, f"evaluation.backends.{axis}.model")
+
+
 def collect_samples(images: str | Path, prompts: str | Path | None = None) -> list[Sample]:
     """Samples for every image in ``images`` (a folder or one file) with prompts from a manifest or sidecars."""
     paths = list_images(images, what="images folder")

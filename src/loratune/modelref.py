@@ -10,7 +10,7 @@ import json
 import re
 from pathlib import Path
 
-from loratune.errors import LoratuneError
+from loratune.errors import LoratuneError, first_line
 
 STAND_IN_MARKER = "loratune-stand-in.json"
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
@@ -28,6 +28,42 @@ def check_model_ref(ref: str, field: str) -> str:
     if looks_like_hub_id(ref):
         return ref
     raise LoratuneError(f"{field}: model path not found: {ref}")
+
+
+def check_model_available(ref: str, field: str) -> str:
+    """``check_model_ref``, and a hub id must be loadable here: in the local hub cache, or (online) on the hub.
+
+    Offline (``HF_HUB_OFFLINE=1``) a hub id that is not cached is an error at once, instead of minutes of retries
+    when the first trial loads it.
+    """
+    ref = check_model_ref(ref, field)
+    if not Path(ref).exists():
+        check_hub_model(ref, field)
+    return ref
+
+
+def check_hub_model(repo_id: str, field: str) -> None:
+    """Raise a one-line ``LoratuneError`` unless ``repo_id`` is in the hub cache or (online) on the hub."""
+    from huggingface_hub import constants, repo_exists, snapshot_download
+    from huggingface_hub.errors import HFValidationError, LocalEntryNotFoundError
+
+    fix = f"download it with `hf download {repo_id}` (or `huggingface-cli download {repo_id}`), or set {field} to a " \
+          "local folder"
+    try:
+        snapshot_download(repo_id, local_files_only=True)
+        return
+    except (LocalEntryNotFoundError, HFValidationError, OSError):
+        pass
+    if constants.HF_HUB_OFFLINE:
+        raise LoratuneError(f"{field}: model {repo_id} is not in the Hugging Face cache and HF_HUB_OFFLINE=1; {fix}")
+    try:
+        found = repo_exists(repo_id)
+    except Exception as err:  # noqa: BLE001 - any network failure means the same thing to the user
+        raise LoratuneError(f"{field}: cannot reach the Hugging Face hub for {repo_id} ({first_line(err)}); {fix}") \
+            from None
+    if not found:
+        raise LoratuneError(f"{field}: no model {repo_id} on the Hugging Face hub (private or gated models need "
+                            f"`hf auth login`); check the id, or set {field} to a local folder")
 
 
 def stand_in_info(ref: str | None) -> dict | None:

@@ -102,27 +102,35 @@ def _character_of(entry: DatasetEntry, config: Config) -> str | None:
     return None
 
 
-def _loaded(
-    config: BackendConfig | None,
-    runtime: Runtime,
-    axis: str,
-    purpose: str,
-    warnings: list[str],
-    needs: str | None = None,
+def _backend(
+    config: BackendConfig | None, runtime: Runtime, axis: str, purpose: str, flag: str, needs: str | None = None
 ) -> Backend | None:
-    """The configured backend of ``axis``, loaded; None (with a warning) when it cannot load, so the rest still runs."""
+    """The configured backend of ``axis``, built (model reference checked) but not loaded; None when the config
+    sets the axis to null. A check that cannot run is an error naming the flag that turns it off: an audit that
+    exits 0 must have done what it says."""
     from loratune.metrics.registry import create_backend
+
+    from loratune.modelref import check_model_available, looks_like_hub_id
 
     if config is None:
         return None
     try:
+        if config.model and looks_like_hub_id(config.model):
+            check_model_available(config.model, f"evaluation.backends.{axis}.model")
         backend = create_backend(config, runtime, axis)
-        if needs is not None and not hasattr(backend, needs):
-            return None
+    except LoratuneError as err:
+        raise LoratuneError(f"{purpose}: {err} (or pass {flag} to audit without it)") from None
+    if needs is not None and not hasattr(backend, needs):
+        raise LoratuneError(f"{purpose}: evaluation.backends.{axis} ({config.name}) cannot {needs} images; choose one "
+                            f"that can, or pass {flag} to audit without it")
+    return backend
+
+
+def _load(backend: Backend, purpose: str, flag: str) -> Backend:
+    try:
         backend.load()
     except LoratuneError as err:
-        warnings.append(f"{purpose} skipped: {err}")
-        return None
+        raise LoratuneError(f"{purpose}: {err} (or pass {flag} to audit without it)") from None
     return backend
 
 
@@ -191,6 +199,13 @@ def run_audit(
     layout, entries = scan_for_audit(dataset, config.dataset.caption_extension)
     root = Path(dataset)
     runtime = _runtime(config)
+    # Every model the audit needs, checked before any image is scored.
+    align_config = config.evaluation.backends.get("alignment")  # type: ignore[call-overload]
+    consistency_config = config.evaluation.backends.get("consistency")  # type: ignore[call-overload]
+    align_purpose, embed_purpose = "caption↔image alignment", "image embeddings (duplicates, diversity)"
+    aligner = _backend(align_config, runtime, "alignment", align_purpose, "--no-alignment") if opts.alignment else None
+    embedder = _backend(consistency_config, runtime, "consistency", embed_purpose, "--no-embeddings", "embed") \
+        if opts.embeddings else None
     backends: list[dict[str, Any]] = []
     warnings: list[str] = []
     stand_in: list[str] = []  # backends whose scores came from stand-in weights
@@ -211,6 +226,9 @@ def run_audit(
         rep.sharpness = checks.sharpness(np.asarray(img.convert("L")))
         rep.phash = str(imagehash.phash(img))
     ok = sorted(images)
+    if not ok:
+        first = next(p for r in reports for p in r.problems)
+        raise LoratuneError(f"{root}: none of its {len(entries)} images can be decoded (first: {first})")
 
     # --- captions -----------------------------------------------------------------------------------------------------
     for entry, rep in zip(entries, reports):
@@ -260,11 +278,8 @@ def run_audit(
 
     # --- caption ↔ image alignment (+ VLM trait checks) ---------------------------------------------------------------
     alignment_data: dict[str, Any] | None = None
-    align_config = config.evaluation.backends.get("alignment")  # type: ignore[call-overload]
-    aligner = (
-        _loaded(align_config, runtime, "alignment", "caption↔image alignment", warnings) if opts.alignment else None
-    )
     if aligner is not None:
+        _load(aligner, align_purpose, "--no-alignment")
         refs = References(traits={n: list(c.traits) for n, c in config.dataset.characters.items()})
         aligner.setup(refs)
         captioned = [i for i in ok if entries[i].caption]
@@ -308,16 +323,8 @@ def run_audit(
 
     # --- embeddings: near-duplicates and diversity --------------------------------------------------------------------
     diversity: dict[str, Any] = {"phash_mean_distance": checks.mean_pairwise_hash_distance(hashes)}
-    consistency_config = config.evaluation.backends.get("consistency")  # type: ignore[call-overload]
-    wanted = opts.embeddings and bool(ok)
-    embedder = (
-        _loaded(
-            consistency_config, runtime, "consistency", "image embeddings (duplicates, diversity)", warnings, "embed"
-        )
-        if wanted
-        else None
-    )
     if embedder is not None:
+        _load(embedder, embed_purpose, "--no-embeddings")
         emb = embedder.embed([images[i] for i in ok]).float().cpu().numpy()
         emb = emb / np.linalg.norm(emb, axis=1, keepdims=True)
         diversity["embedding"] = checks.embedding_diversity(emb)
@@ -341,7 +348,10 @@ def run_audit(
     if opts.faces and ok:
         from loratune.metrics.face_identity import load_dlib
 
-        detector = load_dlib()[0]
+        try:
+            detector = load_dlib()[0]
+        except LoratuneError as err:
+            raise LoratuneError(f"face detection: {err} (or pass --no-faces to audit without it)") from None
         for i in ok:
             reports[i].face = len(detector(np.ascontiguousarray(np.asarray(images[i])), 1)) > 0
         per_folder: dict[str, list[bool]] = defaultdict(list)

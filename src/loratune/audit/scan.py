@@ -43,6 +43,9 @@ def _read_caption(image: Path, extension: str, metadata: dict[str, str]) -> tupl
 def scan_for_audit(path: str | Path, caption_extension: str = ".txt") -> tuple[str, list[DatasetEntry]]:
     """(layout, entries) of a dataset folder; only a missing or image-less folder is an error."""
     root = Path(path)
+    if root.is_file():
+        raise LoratuneError(f"{root}: is a file; audit takes the dataset folder (kohya N_name/ sub-folders, or a "
+                            "folder of images with captions)")
     if not root.is_dir():
         raise LoratuneError(f"dataset folder not found: {root}")
     groups: list[tuple[Path, str, int, str | None]] = []

@@ -12,19 +12,19 @@ import typer
 def command(
     dataset: Annotated[
         Optional[Path],
-        typer.Argument(help="kohya-layout folder (N_name/ sub-folders) or plain folder; default: dataset.path"),
+        typer.Argument(metavar="DATASET", help="kohya-layout folder (N_name/ sub-folders) or plain folder; default: dataset.path"),
     ] = None,
     config: Annotated[
         Optional[Path], typer.Option("--config", "-c", help="loratune YAML config (backends, characters)")
     ] = None,
     out: Annotated[Optional[Path], typer.Option(help="folder for audit.json (default: the dataset folder)")] = None,
     set_: Annotated[
-        Optional[list[str]], typer.Option("--set", help="override a config key, e.g. evaluation.device=cpu")
+        Optional[list[str]], typer.Option("--set", metavar="KEY=VALUE", help="override a config key, e.g. evaluation.device=cpu")
     ] = None,
-    alignment: Annotated[bool, typer.Option(help="score captions against images with the alignment backend")] = True,
-    faces: Annotated[bool, typer.Option(help="detect faces (dlib)")] = True,
+    alignment: Annotated[bool, typer.Option(show_default=False, help="score captions against images with the alignment backend (on by default)")] = True,
+    faces: Annotated[bool, typer.Option(show_default=False, help="detect faces (on by default)")] = True,
     embeddings: Annotated[
-        bool, typer.Option(help="embed images with the consistency backend (duplicates, diversity)")
+        bool, typer.Option(show_default=False, help="embed images with the consistency backend for duplicates and diversity (on by default)")
     ] = True,
     as_json: Annotated[bool, typer.Option("--json", help="print audit.json to stdout instead of a table")] = False,
 ) -> None:

@@ -9,7 +9,7 @@ import typer
 
 
 def command(
-    run: Annotated[Path, typer.Argument(help="run directory written by loratune optimize")],
+    run: Annotated[Path, typer.Argument(metavar="RUN", help="run directory written by loratune optimize")],
     port: Annotated[int, typer.Option(min=1, max=65535, help="port on 127.0.0.1")] = 8080,
 ) -> None:
     """Serve optuna-dashboard for RUN's study on http://127.0.0.1:PORT (loopback only; use an SSH tunnel remotely)."""

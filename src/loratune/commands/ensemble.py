@@ -9,7 +9,7 @@ import typer
 
 
 def command(
-    loras: Annotated[list[Path], typer.Argument(help="kohya-format .safetensors LoRAs to merge")],
+    loras: Annotated[list[Path], typer.Argument(metavar="LORA", help="kohya-format .safetensors LoRAs to merge")],
     out: Annotated[Path, typer.Option("--out", "-o", help="merged .safetensors file (written atomically)")],
     method: Annotated[str, typer.Option(help="avg (same ranks, parameter average) | concat (exact) | svd (to --rank)")] = "concat",
     weights: Annotated[Optional[str], typer.Option(help="comma-separated weights, one per LoRA (default 1/n each)")] = None,

@@ -8,6 +8,9 @@ from typing import Annotated, Optional
 
 import typer
 
+# Where rankings went before they moved beside the input; its images are ours, not the user's.
+OLD_OUTPUT = "loratune-eval"
+
 
 def is_lora_input(path: Path) -> bool:
     """A ``.safetensors`` file, or a folder holding LoRA files and no images: rank LoRAs instead of scoring images."""
@@ -16,18 +19,23 @@ def is_lora_input(path: Path) -> bool:
     if path.is_file():
         return path.suffix == ".safetensors"
     if path.is_dir():
-        entries = list(path.rglob("*"))
+        entries = [p for p in path.rglob("*") if OLD_OUTPUT not in p.relative_to(path).parts]
         return any(p.suffix == ".safetensors" for p in entries) and not any(is_image_file(p) for p in entries)
     return False
 
 
+def ranking_folder(loras: Path) -> Path:
+    """The default output of ranking ``loras``: beside it, never inside, so a second run sees only LoRAs."""
+    return loras.parent / f"{loras.name if loras.is_dir() else loras.stem}-loratune-eval"
+
+
 def command(
-    images: Annotated[Path, typer.Argument(help="folder of generated images (or one image), or LoRA file(s) to rank")],
+    images: Annotated[Path, typer.Argument(metavar="IMAGES", help="folder of generated images (or one image), or LoRA file(s) to rank")],
     prompts: Annotated[Optional[Path], typer.Option(help="JSONL/CSV manifest: file, prompt[, seed, character]")] = None,
     references: Annotated[Optional[Path], typer.Option(help="reference images (one sub-folder per character, or flat)")] = None,
     config: Annotated[Optional[Path], typer.Option("--config", "-c", help="loratune YAML config")] = None,
-    out: Annotated[Optional[Path], typer.Option(help="where scores.json and per_image.csv go (default: IMAGES)")] = None,
-    set_: Annotated[Optional[list[str]], typer.Option("--set", help="override a config key, e.g. evaluation.batch_size=4")] = None,
+    out: Annotated[Optional[Path], typer.Option(help="where scores.json and per_image.csv go (default: IMAGES; for LoRAs, a folder beside them)")] = None,
+    set_: Annotated[Optional[list[str]], typer.Option("--set", metavar="KEY=VALUE", help="override a config key, e.g. evaluation.batch_size=4")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="print scores.json (or ranking.json) to stdout")] = False,
 ) -> None:
     """Score generated images: prompt alignment, character consistency, aesthetics, technical quality, diversity.
@@ -36,14 +44,23 @@ def command(
     configured base model with the config's prompts and seeds, scores each set and ranks the LoRAs by composite.
     """
     from loratune.config import load_config
+    from loratune.errors import LoratuneError
+    from loratune.evaluation import check_models
     from loratune.report.console import print_scores
 
     cfg = load_config(config, set_ or [])
-    if is_lora_input(images):
+    if not images.exists():
+        raise LoratuneError(f"images folder not found: {images}")
+    lora_input = is_lora_input(images)
+    check_models(cfg, base=lora_input)
+    if lora_input:
+        from loratune.lora.kohya import checkpoint_epoch
         from loratune.report.console import print_ranking
-        from loratune.sampling import rank_loras
+        from loratune.sampling import find_lora_files, rank_loras
 
-        target = out if out is not None else (images if images.is_dir() else images.parent) / "loratune-eval"
+        for lora in find_lora_files([images]):  # bad metadata is a user error before minutes of sampling
+            checkpoint_epoch(lora)
+        target = out if out is not None else ranking_folder(images)
         ranked = rank_loras(cfg, [images], target, references=references, show_progress=not as_json)
         if as_json:
             print((target / "ranking.json").read_text())

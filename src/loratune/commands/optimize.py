@@ -10,15 +10,15 @@ import typer
 
 
 def command(
-    config: Annotated[Optional[Path], typer.Argument(help="loratune YAML config (not needed with --resume)")] = None,
+    config: Annotated[Optional[Path], typer.Argument(metavar="CONFIG", help="loratune YAML config (not needed with --resume)")] = None,
     run: Annotated[Optional[Path], typer.Option("--run", "-r", help="run directory (default runs/<config name>)")] = None,
-    resume: Annotated[bool, typer.Option(help="continue the run in --run: finished trials stay, crashed ones retry")] = False,
+    resume: Annotated[bool, typer.Option("--resume", help="continue the run in --run: finished trials stay, crashed ones retry")] = False,
     workers: Annotated[Optional[int], typer.Option(min=1, help="worker processes on this machine (one per GPU)")] = None,
     backend: Annotated[Optional[str], typer.Option(
         help="local (Optuna workers) or ray (Ray Tune: OptunaSearch + ASHA); default: the config's search.backend")] = None,
     storage: Annotated[Optional[str], typer.Option(help="postgresql:// or mysql:// URL shared by many machines")] = None,
     set_: Annotated[Optional[list[str]], typer.Option(
-        "--set", help="override a config key, e.g. search.n_trials=30 (with --resume: search settings only)")] = None,
+        "--set", metavar="KEY=VALUE", help="override a config key, e.g. search.n_trials=30 (with --resume: search settings only)")] = None,
 ) -> None:
     """Search LoRA hyperparameters: every epoch is scored, weak trials are pruned, the best LoRA lands in RUN/best/."""
     from loratune.config import load_config
@@ -41,6 +41,13 @@ def command(
         overrides = []
         run = run or Path("runs") / config.stem
         chosen = backend or cfg.search.backend
+    from loratune.evaluation import check_models
+    from loratune.runfolder import RunFolder
+
+    stored = RunFolder(run).config
+    checked = cfg if cfg is not None else (load_config(stored) if stored.is_file() else None)
+    if checked is not None:  # every model on this machine before the first trial
+        check_models(checked)
     try:
         if chosen == "ray":
             from loratune.search.ray_backend import run_ray

@@ -9,7 +9,7 @@ import typer
 
 
 def command(
-    out_dir: Annotated[Path, typer.Argument(help="folder to write the models, dataset and loratune.yaml into")],
+    out_dir: Annotated[Path, typer.Argument(metavar="OUT_DIR", help="folder to write the models, dataset and loratune.yaml into")],
     force: Annotated[bool, typer.Option("--force", help="rebuild even when a complete build is there")] = False,
 ) -> None:
     """Build tiny random-weight models (SD1.5, SDXL, CLIP, aesthetic MLP, ArcFace, InternVL) and a dataset, offline."""

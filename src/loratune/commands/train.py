@@ -10,10 +10,10 @@ import typer
 
 
 def command(
-    config: Annotated[Path, typer.Argument(help="loratune YAML config")],
-    set_: Annotated[Optional[list[str]], typer.Option("--set", help="override a config key, e.g. train.rank=8")] = None,
+    config: Annotated[Path, typer.Argument(metavar="CONFIG", help="loratune YAML config")],
+    set_: Annotated[Optional[list[str]], typer.Option("--set", metavar="KEY=VALUE", help="override a config key, e.g. train.rank=8")] = None,
     out: Annotated[Optional[Path], typer.Option(help="run folder (default: runs/<train.output_name>)")] = None,
-    resume: Annotated[bool, typer.Option(help="continue from the newest checkpoint in the run folder")] = False,
+    resume: Annotated[bool, typer.Option("--resume", help="continue from the newest checkpoint in the run folder")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="print the result as JSON instead of a table")] = False,
 ) -> None:
     """Train a LoRA (built-in trainer, or train.external's command) and sample every checkpoint."""
@@ -22,6 +22,14 @@ def command(
 
     cfg = load_config(config, set_ or [])
     out_dir = out or Path("runs") / cfg.train.output_name
+    # Model and dataset first: a rejected run leaves no folder behind.
+    from loratune.modelref import check_model_available
+
+    check_model_available(cfg.model.base, "model.base")
+    if cfg.train.external is None:
+        from loratune.train.loop import prepare
+
+        prepare(cfg)
     out_dir.mkdir(parents=True, exist_ok=True)
     from loratune.atomic import atomic_write_text
 
@@ -36,6 +44,12 @@ def command(
             from loratune.errors import LoratuneError
 
             raise LoratuneError(f"{err} (marker: {err.marker})") from None
+        except KeyboardInterrupt:
+            import sys
+
+            print(f"loratune: interrupted — checkpoints so far are in {out_dir / 'checkpoints'}; go on with: "
+                  f"loratune train {config} --out {out_dir} --resume", file=sys.stderr)
+            raise typer.Exit(130) from None
     rows = [
         {
             "epoch": c.epoch,

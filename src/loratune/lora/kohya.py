@@ -148,7 +148,10 @@ def read_metadata(path: str | Path) -> dict[str, str]:
 def checkpoint_epoch(path: str | Path) -> int | None:
     """The epoch of a per-epoch checkpoint: ``ss_epoch`` metadata first, else kohya's ``NAME-000001`` file name."""
     meta = read_metadata(path)
-    if meta.get("ss_epoch", "").strip().isdigit():
-        return int(meta["ss_epoch"])
+    epoch = meta.get("ss_epoch", "").strip()
+    if epoch.isdigit():
+        if len(epoch) > 9:  # int() of thousands of digits raises; no run has a billion epochs
+            raise LoratuneError(f"{path}: metadata ss_epoch is not an epoch number ({len(epoch)} digits)")
+        return int(epoch)
     match = _EPOCH_NAME.search(Path(path).stem)
     return int(match.group(1)) if match else None

@@ -47,8 +47,12 @@ def _read_metadata(folder: Path) -> dict[str, str]:
     path = folder / "metadata.jsonl"
     if not path.is_file():
         return {}
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as err:
+        raise LoratuneError(f"{path}: not UTF-8 text (byte {err.start}); save it as UTF-8") from None
     captions: dict[str, str] = {}
-    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+    for n, line in enumerate(text.splitlines(), 1):
         if not line.strip():
             continue
         try:

@@ -279,9 +279,8 @@ def _train(
         generator.set_state(state["generator"])
         step, start_epoch = int(state["step"]), int(state["epoch"]) + 1
         if history.is_file():  # steps after the checkpoint are trained again: drop their old log lines
-            kept = [
-                line for line in history.read_text(encoding="utf-8").splitlines() if json.loads(line)["step"] <= step
-            ]
+            kept = [line for line in history.read_text(encoding="utf-8", errors="replace").splitlines()
+                    if _logged_step(line) <= step]
             atomic_write_text(history, "".join(line + "\n" for line in kept))
     (out_dir / FAILED_MARKER).unlink(missing_ok=True)
 
@@ -447,3 +446,11 @@ def _save(
     return CheckpointInfo(
         epoch, step, diffusers_path, kohya_path, samples, rank=run.rank, resolution=run.resolution, folder=folder
     )
+
+
+def _logged_step(line: str) -> float:
+    """A train_log.jsonl line's step; a line cut off by a kill (normal after Ctrl-C or OOM) counts as after any."""
+    try:
+        return float(json.loads(line)["step"])
+    except (ValueError, KeyError, TypeError):
+        return float("inf")
