@@ -50,9 +50,10 @@ class TrainAndScore:
         self.cache = cache if cache is not None else BaseCache()
 
     def check(self, config: Config) -> None:
-        """Every metric backend's name, options and model paths, without loading weights."""
-        from loratune.evaluation import check_evaluation
+        """Every model on this machine (or the hub, online) and every metric backend's options, loading nothing."""
+        from loratune.evaluation import check_evaluation, check_models
 
+        check_models(config)
         check_evaluation(config)
 
     def evaluator(self, config: Config) -> Any:
