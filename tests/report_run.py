@@ -47,7 +47,9 @@ def _axes(x: float) -> dict[str, float | None]:
 def make_run(run_dir: Path, epochs: int = 3, multi_objective: bool = False, stand_in: bool = True) -> Path:
     """Write a run with 6 trials: baseline, 3 search trials (one pruned, one failed), a refinement and an ensemble.
 
-    Single objective: trial 4 (refine) is best at epoch 2, then the ensemble (5), 1, 0, the pruned 2, the failed 3."""
+    Single objective: trial 4 (refine) is best at epoch 2, then the ensemble (5), 1, 0, the pruned 2, the failed 3.
+    Trials that trained have a ``train_log.jsonl`` (5 steps per epoch, its last line torn as after a kill); the run
+    has the base model's own samples in ``samples/base``."""
     run_dir.mkdir(parents=True, exist_ok=True)
     models = run_dir.parent / "models"
     (models / "sd15").mkdir(parents=True, exist_ok=True)
@@ -90,7 +92,10 @@ def make_run(run_dir: Path, epochs: int = 3, multi_objective: bool = False, stan
         rank = trial.suggest_categorical("rank", [8, 16, 32])
         trial_dir = run_dir / "trials" / f"{trial.number:04d}"
         trial_dir.mkdir(parents=True)
-        (trial_dir / "params.json").write_text(json.dumps({"learning_rate": lr, "rank": rank}))
+        train = {"optimizer": "adamw", "learning_rate": lr, "rank": rank, "alpha": None, "batch_size": 2, "epochs": epochs,
+                 "lr_scheduler": "constant", "prodigy": {"d_coef": 1.0}, "seed": 0}
+        (trial_dir / "params.json").write_text(json.dumps({  # as loratune.search.trial writes it
+            "number": trial.number, "phase": phase, "params": {"learning_rate": lr, "rank": rank}, "train": train}))
         trial.set_user_attr("phase", phase)
         trial.set_user_attr("trial_dir", f"trials/{trial.number:04d}")
         trial.set_user_attr("stand_in", stand_in)
@@ -111,6 +116,11 @@ def make_run(run_dir: Path, epochs: int = 3, multi_objective: bool = False, stan
         failed = i == 3
         pruned = i == 2 and not multi_objective
         last = 1 if pruned else epochs
+        steps_per_epoch = 5
+        (trial_dir / "train_log.jsonl").write_text("".join(  # the trainer's per-step log; a kill tears the last line
+            json.dumps({"epoch": 1 + (s - 1) // steps_per_epoch, "step": s, "total_steps": steps_per_epoch * epochs,
+                        "loss": 0.2 + 0.02 * i - 0.01 * s + 0.005 * (s % 3), "lr": lr}) + "\n"
+            for s in range(1, steps_per_epoch * last + 1)) + '{"epoch": 1, "st')
         for epoch in range(1, last + 1):
             _write_epoch(trial_dir, epoch, hue=i * 11)
             if not multi_objective:
@@ -144,6 +154,7 @@ def make_run(run_dir: Path, epochs: int = 3, multi_objective: bool = False, stan
                               "stand_in_weights": stand_in, "licence": "MIT"}],
             }))
         study.tell(trial, [axes["alignment"], axes["consistency"]] if multi_objective else curve[best_epoch - 1])
+    _write_folder(run_dir / "samples" / "base", hue=200)  # the base model without a LoRA, rendered once per run
     (run_dir / "best").mkdir()
     (run_dir / "best" / "lora.safetensors").write_bytes(b"")
     return run_dir

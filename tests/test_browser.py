@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import shutil
 from pathlib import Path
+from urllib.parse import unquote, urlparse
 
 import pytest
 from report_run import make_run
@@ -103,7 +104,49 @@ def test_report_renders_in_chromium(browser, tmp_path, multi_objective):
     rows = browser.execute_script("return document.querySelectorAll('#trial-table tbody tr').length")
     assert rows == 6
 
+    # Every thumbnail opens its full-size image: a link to the sample file itself, which exists.
+    links = browser.execute_script("""return [...document.querySelectorAll('img.sample')].map(
+        i => i.parentElement.tagName === 'A' ? i.parentElement.href : null)""")
+    assert all(link and Path(unquote(urlparse(link).path)).is_file() for link in links), links[:3]
+    if not multi_objective:
+        # The per-trial loss curves and the per-epoch plot name their trials in a legend; epochs are whole numbers.
+        loss = browser.execute_script("return document.getElementById('plot-loss').data.map(t => t.name)")
+        assert "trial #4 (refine)" in loss and "trial #0 (baseline)" in loss
+        ticks = browser.execute_script("""return [...document.querySelectorAll('#plot-intermediate .xtick text')]
+            .map(t => t.textContent)""")
+        assert ticks == ["1", "2", "3"]
+        assert browser.execute_script("return document.querySelectorAll('#plot-intermediate .legend .traces').length") == 5
+        assert browser.find_element("css selector", "#base-samples .label").text == "base model, no LoRA"
+        assert "tie" not in browser.find_element("id", "trial-table").text  # no two composites are equal here
+
     errors = [e for e in browser.get_log("browser") if e["level"] in ("SEVERE", "ERROR")]
     assert errors == []
     shot = _screenshot(browser, result.path)
+    assert shot.stat().st_size > 10_000
+
+
+def test_report_fits_an_800_pixel_window(browser, tmp_path):
+    """A narrow window: the page never scrolls sideways; the wide trials table scrolls inside its own box."""
+    result = build_report(make_run(tmp_path / "run"))
+    browser.set_window_size(800, 1000)
+    browser.get(result.path.resolve().as_uri())
+    _wait_for(browser, "return document.readyState === 'complete'")
+    _wait_for(browser, "return document.querySelectorAll('.js-plotly-plot .main-svg').length > 0")
+    assert browser.execute_script("return document.documentElement.scrollWidth <= window.innerWidth")
+    box = browser.execute_script("""const box = document.getElementById('trial-table').parentElement;
+        return [getComputedStyle(box).overflowX, box.scrollWidth, box.clientWidth,
+                box.getBoundingClientRect().right <= window.innerWidth]""")
+    assert box[0] == "auto" and box[1] > box[2] and box[3], box
+    # One line per trial: cells do not wrap into tall rows.
+    heights = browser.execute_script(
+        "return [...document.querySelectorAll('#trial-table tbody tr')].map(r => r.getBoundingClientRect().height)")
+    assert max(heights) < 2 * min(heights), heights
+    shot = result.path.with_name("report-800.png")
+    height = browser.execute_script("return document.documentElement.scrollHeight")
+    browser.set_window_size(800, min(height + 100, 8000))
+    browser.save_screenshot(str(shot))
+    extra = os.environ.get("LORATUNE_SCREENSHOT_DIR")
+    if extra:
+        Path(extra).mkdir(parents=True, exist_ok=True)
+        shutil.copy(shot, Path(extra) / "report-800.png")
     assert shot.stat().st_size > 10_000

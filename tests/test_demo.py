@@ -30,7 +30,8 @@ def test_watcher_counts_finished_trials_and_shows_the_running_epoch(tmp_path):
     StudyWatcher(run, progress, task, 7).update(study.get_trials(deepcopy=False))
     shown = progress.tasks[0]
     assert shown.completed == 6
-    assert shown.fields["status"] == "#6 refine: epoch 1 (0.420), step 12/40, 1 pruned"
+    # Epoch 1 is scored and its log is the newest line: epoch 2 is what trains now (its first step not yet logged).
+    assert shown.fields["status"] == "#6 refine: training epoch 2, last scored 0.420; 1 pruned"
 
 
 def test_demo_overrides_give_every_phase(tiny_models):

@@ -63,12 +63,16 @@ def test_sdxl_names_are_sgm_blocks_and_two_text_encoders() -> None:
 
 def test_metadata_and_epoch_discovery(tmp_path: Path) -> None:
     meta = kohya_metadata("sdxl", 8, 4.0, 3, 120, 1e-4, "prodigy", 7, 1024, {"loratune_curriculum": {"1": 512}})
-    assert meta["ss_network_dim"] == "8" and meta["ss_network_alpha"] == "4" and meta["ss_epoch"] == "3"
+    # Written as sd-scripts writes them: str() of its float alpha and learning rate, its (w, h) resolution.
+    assert meta["ss_network_dim"] == "8" and meta["ss_network_alpha"] == "4.0" and meta["ss_epoch"] == "3"
+    assert meta["ss_resolution"] == "(1024, 1024)" and meta["ss_unet_lr"] == "0.0001"
     assert meta["ss_base_model_version"] == "sdxl_base_v1-0" and meta["ss_network_module"] == "networks.lora"
     assert meta["ss_learning_rate"] == "0.0001" and meta["loratune_curriculum"] == '{"1": 512}'
     tensors = to_kohya("sdxl", _peft(["mid_block.attentions.0.proj_in"]), 4.0)
     path = save_kohya(tmp_path / "x.safetensors", tensors, meta)
-    assert read_metadata(path) == meta and checkpoint_epoch(path) == 3
+    written = read_metadata(path)
+    assert {k: v for k, v in written.items() if not k.startswith("sshs_")} == meta and checkpoint_epoch(path) == 3
+    assert len(written["sshs_model_hash"]) == 64 and len(written["sshs_legacy_hash"]) == 8
     named = save_kohya(tmp_path / "luca-000012.safetensors", tensors, {})
     assert checkpoint_epoch(named) == 12
     assert checkpoint_epoch(save_kohya(tmp_path / "final.safetensors", tensors, {})) is None

@@ -53,7 +53,7 @@ def test_report_content(run_dir):
     result = build_report(run_dir)
     html = result.path.read_text()
     assert result.trials == 6 and result.stand_in
-    for key in ("history", "intermediate", "best-axes", "importances", "parallel", "timeline"):
+    for key in ("history", "intermediate", "best-axes", "loss", "importances", "parallel", "timeline"):
         assert f'id="plot-{key}"' in html
     assert 'id="plot-pareto"' not in html
     assert 'id="stand-in-warning"' in html
@@ -63,27 +63,43 @@ def test_report_content(run_dir):
     assert re.findall(r'href="#trial-(\d+)"', table) == ["4", "5", "1", "0", "2", "3"]
     for word in ("baseline", "refine", "ensemble", "pruned", "fail", "merge of trials #4, #1", "pruned after epoch 1"):
         assert word in table
+    assert "<th>rank</th><th>trial</th>" in table
+    ensemble_row = table.split('href="#trial-5"')[1].split("</tr>")[0]
+    assert "<td class='num'>merge</td>" in ensemble_row and ">0<" not in ensemble_row  # no "best epoch 0"
     # The quality axis was never computed: each scored trial (0, 1, 4, 5) says "missing", none shows it as a number.
     assert table.count('<td class="num missing"') == 4
     # Samples: trial 4 (best) comes first and its best epoch (2) is outlined; the ensemble shows its merged LoRA.
     samples = html.split('id="samples"')[1]
     assert samples.index('id="trial-4"') < samples.index('id="trial-5"') < samples.index('id="trial-0"')
     trial4 = samples.split('id="trial-4"')[1].split("</details>")[0]
+    assert "rank 1 · trial #4 · refine · complete" in trial4  # numbered as in the table
     assert re.search(r'class="epoch best-epoch" data-epoch="2"', trial4)
-    assert trial4.count('data-epoch=') == 3
+    # The best trial's 3 epochs beside the base model without a LoRA (same prompts and seeds), which also opens
+    # the section on its own.
+    assert trial4.count('data-epoch=') == 4 and trial4.count('data-epoch="-1"') == 1
+    assert samples.split('id="trial-')[0].count("base model, no LoRA") == 1 and 'id="base-samples"' in samples
+    # Every thumbnail opens its full-size file, linked relative to the page.
+    assert '<a href="trials/0004/samples/epoch-0002/p00-s1.png" target="_blank"' in trial4
+    assert '<a href="samples/base/p01-s0.png" target="_blank"' in samples
     scores = trial4.split("class='epoch-scores'")[1].split("</table>")[0]
     assert scores.count("<tr") == 4 and scores.count('class="best-row"') == 1  # header + 3 epochs, epoch 2 best
     trial5 = samples.split('id="trial-5"')[1].split("</details>")[0]
     assert trial5.count('data-epoch=') == 1 and "merged LoRA" in trial5 and "best-epoch" not in trial5
     # 2 prompts x 2 seeds per grid. The 5 best-ranked trials show every epoch (4: 3, ensemble: 1, 1: 3, 0: 3,
-    # pruned 2: 1); the 6th (the failed trial) only its best epoch.
-    assert result.images == 4 * (3 + 1 + 3 + 3 + 1 + 1)
+    # pruned 2: 1); the 6th (the failed trial) only its best epoch; the base grid shows twice.
+    assert result.images == 4 * (3 + 1 + 3 + 3 + 1 + 1 + 2)
     assert "luca boy on a beach" in samples and "seed 1" in samples
     # Audit summary and the models.
     audit = html.split('id="audit"')[1].split("</section>")[0]
     assert "near-duplicate of 10_luca/002.png" in audit and "blurry: sharpness 4.0; missing caption" in audit
-    assert audit.count('class="audit-thumb"') == 2 and "reference_similarity" in audit
-    assert "10_luca/011.png" not in audit  # per_image stays in audit.json
+    assert audit.count('class="audit-thumb"') == 2
+    # A readable table with what each number means, not a dump of audit.json.
+    summary = audit.split("<h3>Summary</h3>")[1].split("</table>")[0]
+    assert "<td>near duplicate pairs</td><td class='num'>1</td><td class='muted'>pairs of images that look" in summary
+    assert "<th>what it means</th>" in summary
+    assert "<td>luca</td><td class='num'>6</td><td class='num'>1</td><td class='num'>0.97</td>" in audit
+    assert "reference similarity: mean identity similarity" in audit
+    assert "10_luca/011.png" not in audit and "per_image" not in audit  # per_image stays in audit.json
     assert "clipscore" in html and "lpips" in html and "BSD-2-Clause" in html
     assert "axes not computed: quality" in html and "alignment 0.353" in html
 
@@ -104,7 +120,7 @@ def test_limits_keep_the_file_small(run_dir):
     assert small.size_bytes < full.size_bytes
     assert "Image budget of 10 thumbnails reached" in small.path.read_text()
     only_best = build_report(run_dir, run_dir / "best.html", all_epochs_for=1)
-    assert only_best.images == 4 * (3 + 5)  # best trial: 3 epochs; the 5 others: their best epoch only
+    assert only_best.images == 4 * (3 + 5 + 2)  # best: 3 epochs; the 5 others: their best epoch; the base grid twice
 
 
 def test_multi_objective_has_a_pareto_front(tmp_path):
@@ -209,3 +225,56 @@ def test_a_study_still_being_written_is_read(run_dir):
     assert ">running<" in html
     running = html.split(f'id="trial-{live.number}"')[1].split("</details>")[0]
     assert running.count('class="sample"') == 4
+
+
+def test_best_trial_shows_its_whole_training_config(run_dir):
+    summary = build_report(run_dir).path.read_text().split('id="summary"')[1].split("</section>")[0]
+    assert "#4 <span class='state-COMPLETE'>(complete)</span>" in summary
+    config = summary.split("id='best-config'")[1].split("</table>")[0]
+    cells = re.findall(r"<tr><td>([^<]+)</td><td>(.*?)</td></tr>", config)
+    names = [name for name, _ in cells]
+    # The settings people look for first, in that order, then the rest; the searched ones marked.
+    assert names[:7] == ["optimizer", "learning_rate", "rank", "alpha", "batch_size", "epochs", "resolution"]
+    values = dict(cells)
+    assert values["optimizer"] == "adamw" and values["batch_size"] == "2" and values["resolution"] == "512"
+    assert values["alpha"].startswith(values["rank"].split("</b>")[0].removeprefix("<b>")) and "(= rank)" in values["alpha"]
+    assert "searched" in values["rank"] and "searched" in values["learning_rate"] and "searched" not in values["optimizer"]
+    assert values["prodigy.d_coef"] == "1"
+
+
+def test_close_composites_get_the_digits_to_tell_them_apart(tmp_path):
+    """Three trials that all read 0.4299 at 4 digits: 5 digits separate two of them, the exact tie says so."""
+    run = tmp_path / "run"
+    run.mkdir()
+    study = optuna.create_study(study_name="loratune", storage=f"sqlite:///{run / 'study.db'}", direction="maximize")
+    for value in (0.42991, 0.42994, 0.42994):
+        trial = study.ask()
+        trial.report(value, 1)
+        trial.set_user_attr("best_epoch", 1)
+        trial.set_user_attr("composite", value)
+        trial.set_user_attr("lora", "lora.safetensors")  # a candidate of the search's ranking
+        study.tell(trial, value)
+    table = build_report(run).path.read_text().split('id="trial-table"')[1].split("</table>")[0]
+    cells = re.findall(r'<tr(?: class="best-row")?><td class=.num.>\d</td><td>#\d</td><td>-</td><td class=.state-COMPLETE.>complete</td>'
+                       r'<td class="num">([\d.]+) ?(<span class="tie")?', table)
+    assert cells == [("0.42994", '<span class="tie"'), ("0.42994", '<span class="tie"'), ("0.42991", "")]
+
+
+def test_loss_per_trial_is_plotted_from_the_train_logs(run_dir):
+    """Each trained trial's train_log.jsonl (its torn last line skipped) becomes a loss curve in the report."""
+    run = load_run(run_dir)
+    losses = {t.number: t.losses for t in run.trials}
+    assert [s for s, _ in losses[4]] == list(range(1, 16)) and losses[2][-1][0] == 5  # pruned after epoch 1
+    assert losses[4][0] == (1, pytest.approx(0.275)) and losses[5] == []  # the ensemble trains nothing
+    html = build_report(run_dir).path.read_text()
+    plot = html.split('id="plot-loss"')[1].split("</script>")[0]
+    for number, phase in [(0, "baseline"), (1, "search"), (2, "search"), (3, "search"), (4, "refine")]:
+        assert f'"name":"trial #{number} ({phase})"' in plot
+    assert '"title":{"text":"optimizer step"}' in plot
+
+
+def test_per_epoch_plot_has_a_legend_and_whole_epochs(run_dir):
+    html = build_report(run_dir).path.read_text()
+    plot = html.split('id="plot-intermediate"')[1].split("</script>")[0]
+    assert '"showlegend":true' in plot and '"tickvals":[1,2,3]' in plot and '"title":{"text":"epoch"}' in plot
+    assert '"name":"trial #2 (search) pruned"' in plot and '"name":"trial #4 (refine)"' in plot

@@ -91,7 +91,7 @@ def test_prodigy_without_a_learning_rate_trains_at_1(tiny_models, small_dataset,
         moved[lr] = max(float(v.abs().max()) for v in ups)
     assert read_metadata(tmp_path / "null" / "checkpoints" / "epoch-0003" / "tiny-000003.safetensors")[
         "ss_learning_rate"
-    ] == "1"
+    ] == "1.0"
     assert moved["null"] > 1000 * moved["1e-4"] > 0
 
 
@@ -178,7 +178,7 @@ def test_curriculum_changes_the_resolution_the_unet_sees(tiny_models, small_data
     # the tiny VAE halves the size: 64 px -> 32 latent pixels
     assert seen == [(1, [32, 32]), (2, [48, 48]), (3, [64, 64])]
     meta = read_metadata(tmp_path / "checkpoints" / "epoch-0003" / "tiny-000003.safetensors")
-    assert meta["ss_resolution"] == "128" and json.loads(meta["loratune_curriculum"]) == {"2": 96, "3": 128}
+    assert meta["ss_resolution"] == "(128, 128)" and json.loads(meta["loratune_curriculum"]) == {"2": 96, "3": 128}
 
 
 def test_progressive_rank_growth_keeps_the_function_exactly(tiny_models) -> None:
@@ -210,7 +210,7 @@ def test_progressive_rank_in_training_rebuilds_the_optimizer(tiny_models, small_
     key = next(k for k in first if k.startswith("lora_unet") and k.endswith("lora_down.weight"))
     assert first[key].shape[0] == 4 and second[key].shape[0] == 8
     meta = read_metadata(result.checkpoints[1].kohya_path)
-    assert meta["ss_network_dim"] == "8" and meta["ss_network_alpha"] == "8"
+    assert meta["ss_network_dim"] == "8" and meta["ss_network_alpha"] == "8.0"
     assert json.loads(meta["loratune_rank_schedule"]) == {"1": 4, "2": 8}
     up = next(k for k in second if k.startswith("lora_te") and k.endswith("lora_up.weight"))
     assert second[up][:, 4:].abs().max() > 0  # the new columns trained after the growth

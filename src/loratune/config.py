@@ -83,7 +83,8 @@ class Character(Strict):
 
 
 class DatasetSection(Strict):
-    path: str | None = None
+    path: str | None = Field(None, description="a kohya-layout folder, a plain folder of captioned images, or a kohya "
+                                               "dataset config (.toml, regularisation subsets included)")
     caption_extension: str = ".txt"
     resolution: int = Field(512, ge=64, le=4096)
     buckets: bool = True
@@ -107,6 +108,57 @@ class DatasetSection(Strict):
 class Prompt(Strict):
     text: str = Field(..., min_length=1)
     character: str | None = None
+    # Per-prompt settings (a kohya --sample_prompts line's --n, --s, --l, --d, --w, --h); unset: sampling.*'s.
+    negative_prompt: str | None = None
+    steps: int | None = Field(None, ge=1, le=500)
+    cfg: float | None = Field(None, ge=0.0, le=50.0)
+    seed: int | None = Field(None, description="draw this prompt with this one seed instead of sampling.seeds")
+    width: int | None = Field(None, ge=32, le=4096, multiple_of=8)
+    height: int | None = Field(None, ge=32, le=4096, multiple_of=8)
+
+
+# kohya's sample-prompt options (sd-scripts ``library/train_util.py`` ``line_to_prompt_dict``): the option letter
+# and the Prompt field it sets.
+_KOHYA_PROMPT_OPTIONS = {"n": "negative_prompt", "s": "steps", "l": "cfg", "scale": "cfg", "d": "seed", "w": "width",
+                         "h": "height"}
+
+
+def parse_kohya_prompts(text: str, source: str) -> list[dict[str, Any]]:
+    """Prompts from a kohya ``--sample_prompts`` text file: one prompt a line, options after `` --``
+    (``--n`` negative prompt, ``--s`` steps, ``--l`` CFG scale, ``--d`` seed, ``--w``/``--h`` size); blank lines and
+    ``#`` comments skipped. ``--ss`` (kohya's sampler) is not per prompt here: ``sampling.scheduler`` applies.
+
+    >>> parse_kohya_prompts("luca boy, beach --n lowres --s 20 --l 6.5 --d 42 --w 512 --h 768", "p.txt")
+    [{'text': 'luca boy, beach', 'negative_prompt': 'lowres', 'steps': 20, 'cfg': 6.5, 'seed': 42, 'width': 512, \
+'height': 768}]
+    """
+    prompts: list[dict[str, Any]] = []
+    for n, line in enumerate(text.splitlines(), 1):
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        text_part, *options = line.split(" --")
+        prompt: dict[str, Any] = {"text": text_part.strip()}
+        for option in options:
+            key, _, value = option.strip().partition(" ")
+            if key == "ss":
+                continue
+            field = _KOHYA_PROMPT_OPTIONS.get(key)
+            if field is None:
+                known = ", ".join(f"--{k}" for k in _KOHYA_PROMPT_OPTIONS)
+                raise LoratuneError(f"{source}:{n}: unknown option --{key} (loratune reads {known} and ignores --ss)")
+            value = value.strip()
+            try:
+                prompt[field] = (value if field == "negative_prompt" else float(value) if field == "cfg"
+                                 else int(value))
+            except ValueError:
+                raise LoratuneError(f"{source}:{n}: --{key} needs a number (got {value!r})") from None
+        if not prompt["text"]:
+            raise LoratuneError(f"{source}:{n}: a line with options but no prompt")
+        prompts.append(prompt)
+    if not prompts:
+        raise LoratuneError(f"{source}: no prompts in this file")
+    return prompts
 
 
 class SamplingSection(Strict):
@@ -119,6 +171,25 @@ class SamplingSection(Strict):
     width: int = Field(512, ge=32, le=4096)
     height: int = Field(512, ge=32, le=4096)
     lora_scale: float = Field(1.0, ge=0.0, le=4.0)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _prompts_file(cls, data: Any, info: ValidationInfo) -> Any:
+        """``prompts_file``: a kohya ``--sample_prompts`` file, read into ``prompts`` here (replacing any listed, so
+        ``--set sampling.prompts_file=…`` works on a config that has prompts). Only the prompts are kept: a run's
+        stored config then holds exactly what it drew, even if the file changes later."""
+        if not isinstance(data, dict) or "prompts_file" not in data:
+            return data
+        data = dict(data)
+        source = data.pop("prompts_file")
+        if not source:
+            return data
+        path = Path(resolve_path(str(source), info) or "")
+        try:
+            text = path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as err:
+            raise LoratuneError(f"sampling.prompts_file: cannot read {path} ({first_line(err)})") from None
+        return {**data, "prompts": parse_kohya_prompts(text, str(path))}
 
     @field_validator("prompts", mode="before")
     @classmethod

@@ -18,7 +18,7 @@ from typing import Any
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
-from rich.table import Table
+from rich.table import Column, Table
 
 from loratune.errors import LoratuneError
 from loratune.runfolder import STUDY_NAME, RunFolder
@@ -75,8 +75,12 @@ def _claim_run_dir(parent: Path, stamp: str) -> Path:
 
 
 def _progress(console: Console) -> Progress:
-    return Progress(SpinnerColumn(), TextColumn("[bold]{task.description}"), BarColumn(bar_width=20), MofNCompleteColumn(),
-                    TimeElapsedColumn(), TextColumn("{task.fields[status]}"), console=console)
+    # At 80 columns the fixed columns keep their width and the status wraps inside its own cell (at word breaks)
+    # instead of rich squeezing every column until the bar and counts vanish.
+    return Progress(SpinnerColumn(), TextColumn("[bold]{task.description}", table_column=Column(no_wrap=True)),
+                    BarColumn(bar_width=12), MofNCompleteColumn(), TimeElapsedColumn(),
+                    TextColumn("{task.fields[status]}", table_column=Column(ratio=1, overflow="fold")),
+                    console=console)
 
 
 @contextmanager
@@ -123,9 +127,9 @@ class StudyWatcher(threading.Thread):
             except Exception:  # noqa: BLE001, S112 - a locked database for a moment: try on the next tick
                 continue
 
-    def training_step(self, number: int) -> str:
-        """`` step 12/40`` from the last line of the running trial's train_log.jsonl (its folder has a temporary
-        name until the trial ends)."""
+    def training_step(self, number: int) -> dict[str, Any] | None:
+        """The last line of the running trial's train_log.jsonl (its folder has a temporary name until the trial
+        ends): the epoch being trained and its step."""
         import json
 
         for log in (folder / "train_log.jsonl" for folder in RunFolder(self.run_dir).building_dirs(number)):
@@ -135,24 +139,31 @@ class StudyWatcher(threading.Thread):
                 with open(log, "rb") as fh:
                     fh.seek(max(0, log.stat().st_size - 400))
                     record = json.loads(fh.read().decode("utf-8", "replace").strip().splitlines()[-1])
-                return f", step {record['step']}/{record['total_steps']}"
-            except (OSError, ValueError, KeyError, IndexError):
-                return ""
-        return ""
+                return record if isinstance(record, dict) and "step" in record else None
+            except (OSError, ValueError, IndexError):
+                return None
+        return None
 
     def update(self, trials: list[Any]) -> None:
         finished = [t for t in trials if t.state.is_finished()]
         running = [t for t in trials if t.state.name == "RUNNING"]
         pruned = sum(t.state.name == "PRUNED" for t in trials)
-        status = f"{pruned} pruned" if pruned else ""
+        parts = []
         if running:
             t = running[-1]
-            epoch = max(t.intermediate_values) if t.intermediate_values else 0
-            last = f" ({t.intermediate_values[epoch]:.3f})" if epoch else ""
-            steps = self.training_step(t.number)
-            status = f"#{t.number} {t.user_attrs.get('phase', '…')}: epoch {epoch}{last}{steps}" + (
-                f", {status}" if status else "")
-        self.progress.update(self.task, completed=min(len(finished), self.total), status=status)
+            scored = max(t.intermediate_values) if t.intermediate_values else None
+            record = self.training_step(t.number) or {}
+            # Intermediate values name the epochs already scored; the one being trained is the next (or the train
+            # log's own, which is ahead of the scores while the last epoch is sampled and scored).
+            epoch = max(int(record.get("epoch") or 0), (scored or 0) + 1)
+            steps = (f" (step {record['step']}/{record['total_steps']})"
+                     if record.get("epoch") == epoch and "total_steps" in record else "")
+            last = f"{t.intermediate_values[scored]:.3f}" if scored is not None else "—"
+            parts.append(f"#{t.number} {t.user_attrs.get('phase', '…')}: training epoch {epoch}{steps}, "
+                         f"last scored {last}")
+        if pruned:
+            parts.append(f"{pruned} pruned")
+        self.progress.update(self.task, completed=min(len(finished), self.total), status="; ".join(parts))
 
 
 def _audit(dataset: Path, config: Any, run_dir: Path) -> tuple[Path, int]:

@@ -25,6 +25,9 @@ if TYPE_CHECKING:
     from loratune.train.cache import BaseCache
     from loratune.train.model import Models, Precision
 
+# Where a run keeps the base model's own samples (no LoRA; same prompts and seeds): the report's comparison row.
+BASE_SAMPLES = Path("samples") / "base"
+
 _SCHEDULERS = {
     "euler": "EulerDiscreteScheduler",
     "euler_a": "EulerAncestralDiscreteScheduler",
@@ -106,6 +109,23 @@ def render_samples(
             module.train(training)
 
 
+def render_base_samples(config: Config, models: Models, precision: Precision, out_dir: str | Path) -> list[Sample]:
+    """The base model's own samples (no LoRA; same prompts and seeds) for the report's comparison row, rendered
+    through ``render_samples`` like every other set. ``models`` must hold no adapter. A folder that already holds a
+    complete set is kept: the row is drawn once per run, however many trainings share the folder."""
+    from loratune.manifest import read_manifest
+
+    manifest = Path(out_dir) / SAMPLES_MANIFEST
+    if manifest.is_file():
+        try:
+            rows = read_manifest(manifest)
+        except LoratuneError:
+            rows = {}
+        if rows and all((Path(out_dir) / Path(name).name).is_file() for name in rows):
+            return []
+    return render_samples(config, models, precision, out_dir, lora=None)
+
+
 def render(pipe: Any, config: Config, out_dir: str | Path, lora_scale: float | None = None) -> list[Sample]:
     """Render every prompt × seed into ``out_dir`` (PNG files + ``samples.jsonl``), returning the records."""
     import torch
@@ -116,25 +136,29 @@ def render(pipe: Any, config: Config, out_dir: str | Path, lora_scale: float | N
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     scale = sampling.lora_scale if lora_scale is None else lora_scale
-    extra: dict[str, Any] = {"cross_attention_kwargs": {"scale": scale}}
-    if config.model.family == "sdxl":
-        extra["original_size"] = extra["target_size"] = (sampling.height, sampling.width)
     samples: list[Sample] = []
     for index, prompt in enumerate(sample_prompts(config)):
-        generators = [torch.Generator("cpu").manual_seed(seed) for seed in sampling.seeds]
+        # A prompt's own settings (imported from a kohya prompt file) override the section's.
+        seeds = [prompt.seed] if prompt.seed is not None else sampling.seeds
+        width, height = prompt.width or sampling.width, prompt.height or sampling.height
+        negative = sampling.negative_prompt if prompt.negative_prompt is None else prompt.negative_prompt
+        extra: dict[str, Any] = {"cross_attention_kwargs": {"scale": scale}}
+        if config.model.family == "sdxl":
+            extra["original_size"] = extra["target_size"] = (height, width)
+        generators = [torch.Generator("cpu").manual_seed(seed) for seed in seeds]
         with torch.no_grad():
             images = pipe(
                 prompt=prompt.text,
-                negative_prompt=sampling.negative_prompt or None,
-                num_images_per_prompt=len(sampling.seeds),
+                negative_prompt=negative or None,
+                num_images_per_prompt=len(seeds),
                 generator=generators,
-                num_inference_steps=sampling.steps,
-                guidance_scale=sampling.cfg,
-                width=sampling.width,
-                height=sampling.height,
+                num_inference_steps=prompt.steps or sampling.steps,
+                guidance_scale=sampling.cfg if prompt.cfg is None else prompt.cfg,
+                width=width,
+                height=height,
                 **extra,
             ).images
-        for seed, image in zip(sampling.seeds, images):
+        for seed, image in zip(seeds, images):
             target = out_dir / f"p{index:02d}-s{seed}.png"
             with atomic_path(target) as tmp:
                 image.save(tmp, format="PNG")

@@ -76,16 +76,9 @@ def command(
             )
         )
         return
-    from rich.table import Table
+    from loratune.report.console import print_train_summary
 
-    table = Table(
-        title=f"{out_dir}: {result.steps} steps, {result.epochs} epochs, final loss {result.final_loss or float('nan'):.4f}"
-    )
-    for column in ("epoch", "step", "rank", "resolution", "kohya", "samples"):
-        table.add_column(column)
-    for row in rows:
-        table.add_row(*(str(row[c]) for c in ("epoch", "step", "rank", "resolution", "kohya", "samples")))
-    stderr_console.print(table)
+    print_train_summary(out_dir, result, stderr_console)
 
 
 class _progress:

@@ -98,20 +98,27 @@ def kohya_metadata(
     resolution: int | str,
     extra: Mapping[str, Any] | None = None,
 ) -> dict[str, str]:
-    """The ``ss_*`` keys kohya's tools and the web UIs read (all values strings, as safetensors requires)."""
+    """The ``ss_*`` keys kohya's tools and the web UIs read (all values strings, as safetensors requires).
+
+    Numbers are written as sd-scripts writes them (``train_network.py`` stores ``str(args.x)``): alpha and learning
+    rates are floats (``2.0``, ``0.0001``), the dim an int, the resolution a tuple ``(512, 512)``.
+    """
     import json
 
+    size = (resolution, resolution) if isinstance(resolution, int) else resolution
     meta = {
         "ss_network_module": "networks.lora",
         "ss_network_dim": str(rank),
-        "ss_network_alpha": _number(alpha),
+        "ss_network_alpha": str(float(alpha)),
         "ss_epoch": str(epoch),
         "ss_steps": str(steps),
-        "ss_learning_rate": _number(learning_rate),
+        "ss_learning_rate": str(float(learning_rate)),
+        "ss_unet_lr": str(float(learning_rate)),
         "ss_optimizer": optimizer,
         "ss_seed": str(seed),
-        "ss_resolution": str(resolution),
+        "ss_resolution": str(tuple(size)) if isinstance(size, tuple) else str(size),
         "ss_base_model_version": BASE_MODEL_VERSION[family],
+        "ss_v2": "False",
         "ss_sd_model_name": "",
     }
     for key, value in (extra or {}).items():
@@ -119,18 +126,111 @@ def kohya_metadata(
     return meta
 
 
-def _number(value: float) -> str:
-    return str(int(value)) if float(value).is_integer() else repr(float(value))
+def tag_frequency(captions: Mapping[str, list[str]]) -> dict[str, dict[str, int]]:
+    """{folder: {tag: count}}: what A1111 shows as a LoRA's training tags (``ss_tag_frequency``).
+
+    sd-scripts' rule (``BaseDataset.set_tag_frequency``): split each caption on commas, strip, lower-case, count
+    once per image (repeats not counted).
+
+    >>> tag_frequency({"10_luca": ["luca boy, Beach", "luca boy, red shirt"]})
+    {'10_luca': {'luca boy': 2, 'beach': 1, 'red shirt': 1}}
+    """
+    out: dict[str, dict[str, int]] = {}
+    for folder, texts in captions.items():
+        counts = out.setdefault(folder, {})
+        for caption in texts:
+            for tag in caption.split(","):
+                tag = tag.strip().lower()
+                if tag:
+                    counts[tag] = counts.get(tag, 0) + 1
+    return out
+
+
+def dataset_metadata(items: list[Any], base_model: str) -> dict[str, str]:
+    """The dataset keys of a kohya file from the training items (``loratune.train.data.Item``): folders with repeats
+    and image counts, tag frequencies, image totals (repeats counted, as kohya counts them) and the base model name."""
+    import json
+
+    dirs: dict[str, dict[str, int]] = {}
+    reg_dirs: dict[str, dict[str, int]] = {}
+    captions: dict[str, list[str]] = {}
+    for item in items:
+        folder = Path(item.image).parent.name
+        entry = (reg_dirs if item.is_reg else dirs).setdefault(folder, {"n_repeats": item.repeats, "img_count": 0})
+        entry["img_count"] += 1
+        if not item.is_reg:
+            captions.setdefault(folder, []).append(item.caption)
+    return {
+        "ss_num_train_images": str(sum(it.repeats for it in items if not it.is_reg)),
+        "ss_num_reg_images": str(sum(it.repeats for it in items if it.is_reg)),
+        "ss_dataset_dirs": json.dumps(dirs),
+        "ss_reg_dataset_dirs": json.dumps(reg_dirs),
+        "ss_tag_frequency": json.dumps(tag_frequency(captions)),
+        # sd-scripts: os.path.basename of --pretrained_model_name_or_path (a hub id keeps its last part).
+        "ss_sd_model_name": Path(base_model.rstrip("/")).name,
+    }
+
+
+# sd-scripts' ModelSpec values (``library/sai_model_spec.py``) for the two families loratune trains.
+_MODELSPEC_ARCH = {"sd15": "stable-diffusion-v1/lora", "sdxl": "stable-diffusion-xl-v1-base/lora"}
+_MODELSPEC_IMPL = {"sd15": "diffusers", "sdxl": "https://github.com/Stability-AI/generative-models"}
+
+
+def modelspec_metadata(family: str, title: str, resolution: int, prediction_type: str, timestamp: float,
+                       description: str | None = None) -> dict[str, str]:
+    """The ``modelspec.*`` keys (Stability AI's model spec 1.0.0) that model sites and ComfyUI read, as
+    sd-scripts' ``build_metadata`` fills them for a LoRA."""
+    import datetime
+
+    meta = {
+        "modelspec.sai_model_spec": "1.0.0",
+        "modelspec.architecture": _MODELSPEC_ARCH[family],
+        "modelspec.implementation": _MODELSPEC_IMPL[family],
+        "modelspec.title": title,
+        "modelspec.resolution": f"{resolution}x{resolution}",
+        "modelspec.date": datetime.datetime.fromtimestamp(int(timestamp)).isoformat(),
+        "modelspec.prediction_type": "v" if prediction_type == "v_prediction" else "epsilon",
+    }
+    if description:
+        meta["modelspec.description"] = description
+    return meta
+
+
+def safetensors_hashes(tensors: Mapping[str, Any], metadata: Mapping[str, str]) -> tuple[str, str]:
+    """(``sshs_model_hash``, ``sshs_legacy_hash``): the hashes sd-webui-additional-networks and A1111 index LoRAs by.
+
+    sd-scripts' ``precalculate_safetensors_hashes`` (``library/train_util.py``): serialise the tensors with only the
+    ``ss_*`` metadata (so later user metadata does not change the hash); the model hash is the sha256 of everything
+    after the header, i.e. the tensor data (``addnet_hash_safetensors``); the legacy hash is the first 8 hex digits
+    of the sha256 of the 64 KiB at offset 1 MiB of that serialisation (``addnet_hash_legacy``).
+    """
+    import hashlib
+
+    from safetensors.torch import save
+
+    blob = save(dict(tensors), {k: v for k, v in metadata.items() if k.startswith("ss_")})
+    header = int.from_bytes(blob[:8], "little")
+    model_hash = hashlib.sha256(blob[8 + header:]).hexdigest()
+    legacy_hash = hashlib.sha256(blob[0x100000:0x100000 + 0x10000]).hexdigest()[:8]
+    return model_hash, legacy_hash
+
+
+def with_hashes(tensors: Mapping[str, Any], metadata: Mapping[str, str]) -> dict[str, str]:
+    """``metadata`` plus the ``sshs_*`` hashes of ``tensors``, as sd-scripts adds them to any file with metadata."""
+    metadata = dict(metadata)
+    if metadata:
+        metadata["sshs_model_hash"], metadata["sshs_legacy_hash"] = safetensors_hashes(tensors, metadata)
+    return metadata
 
 
 def save_kohya(path: str | Path, tensors: Mapping[str, Any], metadata: Mapping[str, str]) -> Path:
-    """Write a kohya file atomically."""
+    """Write a kohya file atomically (with the ``sshs_*`` hashes when it has metadata)."""
     from safetensors.torch import save_file
 
     from loratune.atomic import atomic_path
 
     with atomic_path(path) as tmp:
-        save_file(dict(tensors), str(tmp), metadata=dict(metadata))
+        save_file(dict(tensors), str(tmp), metadata=with_hashes(tensors, metadata))
     return Path(path)
 
 

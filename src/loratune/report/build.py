@@ -43,9 +43,9 @@ def build_report(run_dir: str | Path, out: str | Path | None = None, thumb_size:
     start = time.perf_counter()
     run = load_run(run_dir)
     figures = build_figures(run)
-    html = render_page(run, figures, get_plotlyjs(), thumb=thumb_size, all_epochs_for=all_epochs_for,
-                       max_images=max_images)
     target = Path(out) if out is not None else run.run_dir / "report.html"
+    html = render_page(run, figures, get_plotlyjs(), thumb=thumb_size, all_epochs_for=all_epochs_for,
+                       max_images=max_images, page_dir=target.parent)
     atomic_write_text(target, html)
     return ReportResult(
         path=target, trials=len(run.trials), figures=sum(f.html is not None for f in figures),

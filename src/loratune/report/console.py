@@ -5,11 +5,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from rich import box
 from rich.console import Console
 from rich.table import Table
 
 if TYPE_CHECKING:
     from loratune.evaluation import EvaluationResult
+    from loratune.train.records import TrainResult
 
 
 def _fmt(value: float | None, digits: int = 3) -> str:
@@ -38,18 +40,61 @@ def print_scores(result: EvaluationResult, json_path: Path | None = None, consol
         console.print(f"wrote {json_path} and {json_path.with_name('per_image.csv')}")
 
 
+def _ranking_table(ranked: list, axes: list[str], names: bool) -> Table:
+    table = Table(title=f"loratune evaluate — {len(ranked)} LoRA files ranked by composite", title_justify="left",
+                  box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False, padding=(0, 1), collapse_padding=True)
+    table.add_column("rank", justify="right")
+    if names:
+        table.add_column("LoRA", no_wrap=True)
+    table.add_column("epoch", justify="right")
+    for col in ("composite", *axes):
+        table.add_column(col, justify="right", no_wrap=True)
+    for i, r in enumerate(ranked, 1):
+        cells = [str(i), *([r.path.name] if names else []), "" if r.epoch is None else str(r.epoch)]
+        table.add_row(*cells, _fmt(r.result.composite), *(_fmt(r.result.normalised.get(a)) for a in axes))
+    return table
+
+
 def print_ranking(ranked: list, ranking_path: Path | None = None, console: Console | None = None) -> None:
-    """The LoRA ranking of ``loratune evaluate LORAS``: composite and normalised axes, best first."""
+    """The LoRA ranking of ``loratune evaluate LORAS``: composite and normalised axes, best first.
+
+    A file name is never broken across lines: when the names do not fit beside the scores (an 80-column terminal,
+    kohya's long per-epoch names), they are listed by rank under the table instead.
+    """
+    from rich.measure import Measurement
+
     console = console or Console()
     axes = list(ranked[0].result.normalised) if ranked else []
-    table = Table(title=f"loratune evaluate — {len(ranked)} LoRA files ranked by composite", title_justify="left")
-    for col in ("rank", "LoRA", "epoch", "composite", *axes):
-        table.add_column(col, overflow="fold")
-    for i, r in enumerate(ranked, 1):
-        table.add_row(str(i), r.path.name, "" if r.epoch is None else str(r.epoch), _fmt(r.result.composite),
-                      *(_fmt(r.result.normalised.get(a)) for a in axes))
-    console.print(table)
+    table = _ranking_table(ranked, axes, names=True)
+    if Measurement.get(console, console.options.update_width(10_000), table).maximum <= console.width:
+        console.print(table)
+    else:
+        console.print(_ranking_table(ranked, axes, names=False))
+        console.print("[bold]rank  LoRA file")
+        for i, r in enumerate(ranked, 1):
+            console.print(f"{i:>4}  {r.path.name}", soft_wrap=True)
     if any(r.result.stand_in for r in ranked):
         console.print("[bold yellow]warning:[/] some backends ran on stand-in (random) weights; their scores mean nothing.")
     if ranking_path is not None:
-        console.print(f"wrote {ranking_path} (samples and scores.json per LoRA beside it)")
+        console.print(f"wrote {ranking_path} (samples and scores.json per LoRA beside it)", soft_wrap=True)
+
+
+def print_train_summary(out_dir: Path, result: TrainResult, console: Console | None = None) -> None:
+    """``loratune train``'s closing table: one row per checkpoint, with paths that are never cut.
+
+    Paths are shown relative to the run folder (named once above the table, wrapping whole when long), so the table
+    fits 80 columns; a path that still does not fit wraps onto the next line rather than losing its end.
+    """
+    console = console or Console()
+    loss = "–" if result.final_loss is None else f"{result.final_loss:.4f}"
+    console.print(f"[bold]trained[/] {result.steps} steps, {result.epochs} epochs, final loss {loss}")
+    console.print(f"run folder: {out_dir}", soft_wrap=True)
+    table = Table(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False, padding=(0, 1), collapse_padding=True)
+    for column in ("epoch", "step", "rank", "res", "samples"):
+        table.add_column(column, justify="right", no_wrap=True)
+    table.add_column("kohya file", overflow="fold")
+    for c in result.checkpoints:
+        path = Path(c.kohya_path)
+        shown = path.relative_to(out_dir) if path.is_relative_to(out_dir) else path
+        table.add_row(str(c.epoch), str(c.step), str(c.rank), str(c.resolution), str(len(c.samples)), str(shown))
+    console.print(table)

@@ -17,7 +17,7 @@ if TYPE_CHECKING:
     import optuna
     import plotly.graph_objects as go
 
-    from loratune.report.rundir import RunData
+    from loratune.report.rundir import RunData, TrialInfo
 
 
 @dataclass
@@ -79,9 +79,9 @@ def build_figures(run: RunData) -> list[Figure]:
         figures.append(_figure("history", "Optimization history", lambda: vis.plot_optimization_history(
             study, target_name=names[0])))
         figures.append(_figure(
-            "intermediate", "Composite per epoch (intermediate values)",
-            lambda: vis.plot_intermediate_values(study) if any(t.intermediate_values for t in study.trials) else None,
-            note="each line is a trial; every epoch's checkpoint is scored, pruned trials stop early",
+            "intermediate", "Composite per epoch",
+            lambda: _per_epoch(run),
+            note="each line is a trial; every epoch's checkpoint is scored, pruned trials stop early (dashed)",
         ))
         figures.append(_figure("best-axes", "Best trial: every axis per epoch", lambda: _best_axes(run),
                                note="normalised 0–1; the composite is their weighted mean"))
@@ -99,17 +99,74 @@ def build_figures(run: RunData) -> list[Figure]:
     else:
         figures.append(_figure("parallel", "Parallel coordinates",
                                lambda: vis.plot_parallel_coordinate(study, target_name=names[0]) if completed else None))
+    figures.append(_figure("loss", "Training loss per step", lambda: _losses(run),
+                           note="each trial's loss per optimizer step (train_log.jsonl), with a moving mean; the "
+                                "full curves, lr and Prodigy's d are in each trial's logs/ folder for TensorBoard"))
     figures.append(_figure("timeline", "Timeline", lambda: vis.plot_timeline(study) if study.trials else None,
                            note="when each trial ran and how it ended (complete, pruned, failed)"))
     return figures
+
+
+def trial_label(info: TrialInfo) -> str:
+    """How the report names a trial everywhere (table, samples, plot legends): ``trial #4 (refine)``."""
+    return f"trial #{info.number} ({info.phase})"
+
+
+def _per_epoch(run: RunData) -> go.Figure | None:
+    """Every trial's composite per scored epoch: integer epochs on x, one named line per trial in the legend."""
+    import plotly.graph_objects as go
+
+    rows = [info for info in run.trials if info.trial.intermediate_values]
+    if not rows:
+        return None
+    fig = go.Figure()
+    for info in rows:
+        values = sorted(info.trial.intermediate_values.items())
+        pruned = info.trial.state.name == "PRUNED"
+        fig.add_trace(go.Scatter(x=[e for e, _ in values], y=[v for _, v in values], mode="lines+markers",
+                                 name=trial_label(info) + (" pruned" if pruned else ""),
+                                 line={"dash": "dash" if pruned else "solid"}))
+    epochs = sorted({e for info in rows for e in info.trial.intermediate_values})
+    fig.update_layout(xaxis={"title": "epoch", "tickmode": "array", "tickvals": epochs},
+                      yaxis_title="composite", showlegend=True, legend_title_text="trial")
+    return fig
+
+
+def _losses(run: RunData) -> go.Figure | None:
+    """Training loss per optimizer step for every trial that logged one; faint raw points, a bold moving mean."""
+    import plotly.graph_objects as go
+
+    rows = [info for info in run.trials if info.losses]
+    if not rows:
+        return None
+    fig = go.Figure()
+    palette = ["#3b5bdb", "#e8590c", "#2b8a3e", "#ae3ec9", "#c92a2a", "#1098ad", "#f08c00", "#5c940d", "#862e9c"]
+    for i, info in enumerate(rows):
+        steps = [s for s, _ in info.losses]
+        losses = [v for _, v in info.losses]
+        color = palette[i % len(palette)]
+        window = max(1, len(losses) // 20)  # the diffusion loss is noisy step to step: ~20 points of smoothing
+        mean = [sum(losses[max(0, j - window + 1):j + 1]) / len(losses[max(0, j - window + 1):j + 1])
+                for j in range(len(losses))]
+        fig.add_trace(go.Scatter(x=steps, y=losses, mode="markers", marker={"size": 3, "color": color, "opacity": 0.35},
+                                 name=trial_label(info), legendgroup=str(info.number), showlegend=False,
+                                 hovertemplate="step %{x}: loss %{y:.4f}<extra>" + trial_label(info) + "</extra>"))
+        fig.add_trace(go.Scatter(x=steps, y=mean, mode="lines", line={"color": color, "width": 2},
+                                 name=trial_label(info), legendgroup=str(info.number)))
+    fig.update_layout(xaxis={"title": "optimizer step", "tickformat": "d"}, yaxis_title="loss", showlegend=True,
+                      legend_title_text="trial")
+    return fig
 
 
 def _best_axes(run: RunData) -> go.Figure | None:
     """The best trial's per-epoch scores (the runner's scores.json ``epochs``): where each axis peaked."""
     import plotly.graph_objects as go
 
-    best_number = run.study.best_trial.number
-    info = next((t for t in run.trials if t.number == best_number), None)
+    from loratune.report.page import rank_trials
+
+    ranked = rank_trials(run)  # the search's own pick, which may be a pruned trial with a better best epoch
+    info = ranked[0] if ranked else None
+    best_number = info.number if info is not None else None
     epochs = (info.scores or {}).get("epochs") if info is not None else None
     if not isinstance(epochs, list) or not epochs:
         return None
@@ -123,7 +180,8 @@ def _best_axes(run: RunData) -> go.Figure | None:
                                  mode="lines+markers", name=axis))
     fig.add_trace(go.Scatter(x=[r["epoch"] for r in rows], y=[r.get("composite") for r in rows],
                              mode="lines+markers", name="composite", line={"width": 4, "color": "#1d2330"}))
-    fig.update_layout(title=f"Trial {best_number}", xaxis_title="epoch", yaxis_title="normalised score")
+    fig.update_layout(title=f"Trial #{best_number}", yaxis_title="normalised score",
+                      xaxis={"title": "epoch", "tickmode": "array", "tickvals": [r["epoch"] for r in rows]})
     return fig
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import math
+import os
 from collections import Counter
 from html import escape
 from pathlib import Path
@@ -62,7 +63,17 @@ table.grid td, table.grid th { border: none; padding: 2px; position: static; bac
 table.grid th.prompt { max-width: 130px; font-weight: normal; font-size: 11px; color: var(--muted); text-align: right; }
 img.audit-thumb { width: 64px; height: auto; display: block; border-radius: 3px; }
 table.grid img { display: block; width: var(--thumb); height: auto; image-rendering: auto; border-radius: 3px; }
-code { background: #f1f3f8; padding: 1px 4px; border-radius: 3px; }
+code { background: #f1f3f8; padding: 1px 4px; border-radius: 3px; overflow-wrap: anywhere; }
+.scroll { overflow-x: auto; max-width: 100%; }
+#trial-table td { white-space: nowrap; }
+#trial-table td.muted { white-space: normal; min-width: 140px; }
+.tie { font-size: 11px; color: var(--warn); border: 1px solid var(--warn); border-radius: 3px; padding: 0 3px; }
+table.explained td:last-child { max-width: 520px; }
+.epoch.base { border-style: dashed; border-color: #868e96; }
+.epoch.base .label { color: #495057; font-weight: 600; }
+table.grid a { display: block; }
+@media (max-width: 900px) { main { padding: 8px 10px 32px; } nav { padding: 8px 10px; } header { padding: 14px 10px; }
+  section.card { padding: 12px 10px; } .figs { grid-template-columns: 1fr; } }
 """
 
 
@@ -78,6 +89,25 @@ def _fmt(value: Any, digits: int = 4) -> str:
             return f"{value:.3g}"
         return f"{value:.{digits}g}"
     return escape(str(value))
+
+
+def distinct_digits(values: list[float], least: int = 4, most: int = 8) -> int:
+    """The fewest significant digits (``least`` to ``most``) at which different values also read differently.
+
+    >>> distinct_digits([0.42991, 0.42994, 0.5])
+    5
+    """
+    for digits in range(least, most + 1):
+        shown: dict[str, float] = {}
+        if all(shown.setdefault(f"{v:.{digits}g}", v) == v for v in values):
+            return digits
+    return most
+
+
+def ties(values: list[float | None], digits: int) -> set[float]:
+    """The values that two or more trials share (equal when shown at ``digits``): the table marks them "tie"."""
+    counts = Counter(f"{v:.{digits}g}" for v in values if v is not None)
+    return {v for v in values if v is not None and counts[f"{v:.{digits}g}"] > 1}
 
 
 def rank_trials(run: RunData) -> list[TrialInfo]:
@@ -135,10 +165,11 @@ def _summary(run: RunData, ranked: list[TrialInfo]) -> str:
         if run.multi_objective:
             kpis.append(("Pareto-optimal trials", len(run.study.best_trials)))
         else:
-            kpis.append((f"best {names[0]}", _fmt(_composite(best))))
-            state = best.trial.state.name.lower()
-            kpis.append(("best trial", f"#{best.number}" + ("" if state == "complete" else f" ({state})")))
-            kpis.append(("its best epoch", _fmt(best.best_epoch)))
+            digits = distinct_digits([c for c in map(_composite, ranked) if c is not None])
+            kpis.append((f"best {names[0]}", _fmt(_composite(best), digits)))
+            kpis.append(("best trial", (f"#{best.number} <span class='state-{best.trial.state.name}'>"
+                                       f"({best.trial.state.name.lower()})</span>")))
+            kpis.append(("its best epoch", _best_epoch(best)))
     kpi_html = "".join(f'<div class="kpi"><div class="v">{v}</div><div class="k">{escape(k)}</div></div>' for k, v in kpis)
     directions = ", ".join(f"{n}: {d.name.lower()}" for n, d in zip(names, run.study.directions))
     phase_line = ", ".join(f"{escape(p)} {n}" for p, n in phases.items())
@@ -146,14 +177,58 @@ def _summary(run: RunData, ranked: list[TrialInfo]) -> str:
     best_files = sorted(p.name for p in best_dir.iterdir()) if best_dir.is_dir() else []
     best_line = (f"<p>Best LoRA and its evidence: <code>{escape(str(best_dir))}</code> "
                  f"({escape(', '.join(best_files[:8]))}{' …' if len(best_files) > 8 else ''})</p>" if best_files else "")
-    params = ""
-    if best is not None:
-        rows = "".join(f"<tr><td>{escape(k)}</td><td>{_fmt(v)}</td></tr>" for k, v in best.trial.params.items())
-        params = f"<h3>Best trial's parameters</h3><table style='width:auto'>{rows}</table>" if rows else ""
+    params = _effective_config(run, best) if best is not None else ""
     return (
         f'<section class="card" id="summary"><h2>Summary</h2><div class="kpis">{kpi_html}</div>'
         f"<p class='muted'>Objectives: {escape(directions)}. Phases: {phase_line or '–'}.</p>{best_line}{params}</section>"
     )
+
+
+def _best_epoch(info: TrialInfo) -> str:
+    """The trial's best epoch; the ensemble has none (it is one merge of other trials' best epochs)."""
+    return "merge" if info.phase == "ensemble" else _fmt(info.best_epoch)
+
+
+def _flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for key, value in data.items():
+        if isinstance(value, dict) and value:
+            flat |= _flatten(value, f"{prefix}{key}.")
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+# The settings a reader looks for first, in this order; the rest of the train section follows alphabetically.
+_CONFIG_FIRST = ("optimizer", "learning_rate", "text_encoder_lr", "rank", "alpha", "batch_size",
+                 "gradient_accumulation", "epochs", "resolution", "lr_scheduler", "train_text_encoder",
+                 "min_snr_gamma", "noise_offset", "mixed_precision", "seed")
+
+
+def _effective_config(run: RunData, best: TrialInfo) -> str:
+    """The best trial's whole training setup (its params.json ``train`` section, the run's dataset resolution), with
+    the values the search chose marked; a trial without that record shows its searched values only."""
+    searched = {k.removeprefix("train.").removeprefix("dataset."): v for k, v in best.trial.params.items()}
+    train = best.params.get("train") if isinstance(best.params.get("train"), dict) else None
+    if train is None:
+        settings = dict(searched)
+        title, note = "Best trial's searched parameters", "this trial's folder records no full training config"
+    else:
+        settings = _flatten(train)
+        if train.get("alpha") is None and "rank" in train:
+            settings["alpha"] = f"{_fmt(train['rank'])} (= rank)"  # the trainer's default: scale alpha / rank = 1
+        dataset = run.config.get("dataset") if isinstance(run.config.get("dataset"), dict) else {}
+        settings["resolution"] = searched.get("resolution", dataset.get("resolution", 512))
+        title, note = "Best trial's training config", "bold: chosen by the search; the rest is the run's config"
+    order = [k for k in _CONFIG_FIRST if k in settings] + sorted(k for k in settings if k not in _CONFIG_FIRST)
+    chosen = "<b>{}</b> <span class='muted'>searched</span>"
+    rows = "".join(f"<tr><td>{escape(k)}</td><td>{chosen.format(_fmt(settings[k])) if k in searched else _fmt(settings[k])}"
+                   "</td></tr>" for k in order)
+    if not rows:
+        return ""
+    return (f"<details id='best-config' open><summary><b>{escape(title)}</b> "
+            f"<span class='muted'>({escape(note)})</span></summary>"
+            f"<table class='config' style='width:auto'>{rows}</table></details>")
 
 
 def _figures(figures: list[Figure]) -> str:
@@ -178,8 +253,11 @@ def _table(run: RunData, ranked: list[TrialInfo]) -> str:
                 params.append(name)
     names = objective_names(run)
     value_cols = names if run.multi_objective else ["composite"]
-    head = (["#", "trial", "phase", "state", *value_cols, "best epoch"] + [f"{a} (0–1)" for a in axes] + params
+    head = (["rank", "trial", "phase", "state", *value_cols, "best epoch"] + [f"{a} (0–1)" for a in axes] + params
             + ["note"])
+    composites = [_composite(info) for info in ranked]
+    digits = distinct_digits([c for c in composites if c is not None])
+    tied = ties(composites, digits)
     rows = []
     for rank, info in enumerate(ranked, 1):
         trial = info.trial
@@ -187,7 +265,12 @@ def _table(run: RunData, ranked: list[TrialInfo]) -> str:
             values = [f'<td class="num">{_fmt(v)}</td>' for v in (trial.values or [None] * len(names))]
         else:
             composite = _composite(info)
-            shown = _fmt(composite) if trial.state.name == "COMPLETE" or composite is None else f"<i>{_fmt(composite)}</i>"
+            shown = _fmt(composite, digits)
+            if trial.state.name != "COMPLETE" and composite is not None:
+                shown = f"<i>{shown}</i>"
+            if composite in tied:
+                shown += (' <span class="tie" title="the same composite as another trial, to every digit shown">'
+                          "tie</span>")
             values = [f'<td class="num">{shown}</td>']
         axis_cells = []
         for axis in axes:
@@ -195,7 +278,7 @@ def _table(run: RunData, ranked: list[TrialInfo]) -> str:
             if v is None and axis in info.axes:  # scored but not computable: say so, never show it as a number
                 axis_cells.append('<td class="num missing" title="this axis could not be computed">missing</td>')
                 continue
-            bar = f'<span class="bar" style="width:{max(0.0, min(1.0, v)) * 50:.0f}px"></span>' if v is not None else ""
+            bar = f'<span class="bar" style="width:{max(0.0, min(1.0, v)) * 36:.0f}px"></span>' if v is not None else ""
             axis_cells.append(f'<td class="num">{bar}{_fmt(v, 3)}</td>')
         param_cells = [f"<td>{_fmt(trial.params.get(p), 3)}</td>" for p in params]
         link = f'<a href="#trial-{trial.number}">#{trial.number}</a>' if info.epochs else f"#{trial.number}"
@@ -203,18 +286,30 @@ def _table(run: RunData, ranked: list[TrialInfo]) -> str:
         rows.append(
             f"<tr{cls}><td class='num'>{rank}</td><td>{link}</td><td>{escape(info.phase)}</td>"
             f"<td class='state-{trial.state.name}'>{trial.state.name.lower()}</td>{''.join(values)}"
-            f"<td class='num'>{_fmt(info.best_epoch)}</td>{''.join(axis_cells)}{''.join(param_cells)}"
+            f"<td class='num'>{_best_epoch(info)}</td>{''.join(axis_cells)}{''.join(param_cells)}"
             f"<td class='muted'>{escape(info.note)}</td></tr>"
         )
     header = "".join(f"<th>{escape(h)}</th>" for h in head)
     note = ("Axes are normalised to 0–1 at the trial's best epoch; the composite is their weighted mean (a missing axis "
-            "is left out and the weights renormalised). Pruned trials show their best reported composite in italics.")
+            "is left out and the weights renormalised). Pruned trials show their best reported composite in italics; "
+            "composites get as many digits as it takes to tell them apart, and equal ones say <i>tie</i>.")
     return (f'<section class="card" id="trials"><h2>Trials</h2><p class="muted">{note}</p>'
-            f'<div style="overflow-x:auto"><table id="trial-table"><thead><tr>{header}</tr></thead>'
+            f'<div class="scroll"><table id="trial-table"><thead><tr>{header}</tr></thead>'
             f'<tbody>{"".join(rows)}</tbody></table></div></section>')
 
 
-def _grid(epoch: EpochSamples, thumb: int, is_best: bool, budget: list[int], merged: bool = False) -> str:
+def _href(path: Path, page_dir: Path) -> str:
+    """A link from the page to an image file: relative, so a copied run folder keeps working."""
+    from urllib.parse import quote
+
+    try:
+        return quote(Path(os.path.relpath(path.resolve(), page_dir.resolve())).as_posix())
+    except ValueError:  # another drive on Windows
+        return path.resolve().as_uri()
+
+
+def _grid(epoch: EpochSamples, thumb: int, is_best: bool, budget: list[int], page_dir: Path, merged: bool = False,
+          label: str | None = None) -> str:
     prompts: list[str] = []
     seeds: list[int | None] = []
     for img in epoch.images:
@@ -240,10 +335,12 @@ def _grid(epoch: EpochSamples, thumb: int, is_best: bool, budget: list[int], mer
                 continue
             budget[0] -= 1
             alt = escape(f"{prompt} (seed {seed})")
-            tds.append(f'<td><img class="sample" src="{uri}" alt="{alt}" title="{alt}" loading="eager"></td>')
+            tds.append(f'<td><a href="{_href(img.path, page_dir)}" target="_blank" title="open full size">'
+                       f'<img class="sample" src="{uri}" alt="{alt}" title="{alt}" loading="eager"></a></td>')
         rows.append(f"<tr><th class='prompt'>{escape(prompt)}</th>{''.join(tds)}</tr>")
-    label = "merged LoRA" if merged else f"epoch {epoch.epoch}" + (" ★ best epoch" if is_best else "")
-    cls = "epoch best-epoch" if is_best else "epoch"
+    if label is None:
+        label = "merged LoRA" if merged else f"epoch {epoch.epoch}" + (" ★ best epoch" if is_best else "")
+    cls = "epoch best-epoch" if is_best else "epoch base" if epoch.epoch < 0 else "epoch"
     return (f'<div class="{cls}" data-epoch="{epoch.epoch}"><div class="label">{escape(label)}</div>'
             f'<table class="grid">{head}{"".join(rows)}</table></div>')
 
@@ -267,10 +364,16 @@ def _epoch_table(info: TrialInfo) -> str:
     return f"<table class='epoch-scores' style='width:auto;margin-top:8px'><thead><tr>{head}</tr></thead>{body}</table>"
 
 
-def _samples(ranked: list[TrialInfo], thumb: int, all_epochs_for: int, max_images: int) -> str:
+def _samples(ranked: list[TrialInfo], thumb: int, all_epochs_for: int, max_images: int, page_dir: Path,
+             base: EpochSamples | None = None) -> str:
     budget = [max_images]
     blocks = []
     shown_full = 0
+    base_label = "base model, no LoRA"
+    intro = ""
+    if base is not None:
+        intro = (f'<div class="epochs" id="base-samples">{_grid(base, thumb, False, budget, page_dir, label=base_label)}'
+                 "</div>")
     for rank, info in enumerate(ranked, 1):
         if not info.epochs:
             continue
@@ -284,10 +387,13 @@ def _samples(ranked: list[TrialInfo], thumb: int, all_epochs_for: int, max_image
             epochs = picked
         shown_full += 1
         merged = info.phase == "ensemble"
-        grids = "".join(_grid(e, thumb, e.epoch == best and not merged, budget, merged) for e in epochs)
+        grids = "".join(_grid(e, thumb, e.epoch == best and not merged, budget, page_dir, merged) for e in epochs)
+        if base is not None and rank == 1:  # the best trial beside the base: what the LoRA changed
+            grids = _grid(base, thumb, False, budget, page_dir, label=base_label) + grids
         more = f'<p class="muted">{skipped} other epoch(s) not shown.</p>' if skipped else ""
         composite = _composite(info)
-        title = (f"#{rank} · trial {info.number} · {info.phase} · {info.trial.state.name.lower()} · composite "
+        # Named as in the trials table: its rank, then the trial's own number.
+        title = (f"rank {rank} · trial #{info.number} · {info.phase} · {info.trial.state.name.lower()} · composite "
                  f"{_fmt(composite)} · " + ("merged LoRA" if merged else f"best epoch {_fmt(best)}"))
         opened = " open" if rank <= 3 else ""
         blocks.append(f'<details class="trial" id="trial-{info.number}"{opened}><summary>{escape(title)}</summary>'
@@ -298,8 +404,11 @@ def _samples(ranked: list[TrialInfo], thumb: int, all_epochs_for: int, max_image
         body = "".join(blocks)
     if budget[0] <= 0:
         body += f'<p class="muted">Image budget of {max_images} thumbnails reached; later images are left out.</p>'
+    base_note = (" The base model without any LoRA, same prompts and seeds, comes first for comparison."
+                 if base is not None else "")
     return (f'<section class="card" id="samples"><h2>Samples</h2><p class="muted">Prompts × seeds per checkpoint, '
-            f"best trial first; the best epoch is outlined.</p>{body}</section>")
+            f"best trial first; the best epoch is outlined. Click a thumbnail for the full-size image.{base_note}</p>"
+            f"{intro}{body}</section>")
 
 
 def _plain(value: Any) -> bool:
@@ -343,9 +452,31 @@ def _cell(value: Any) -> str:
     return _fmt(value)
 
 
-# audit.json parts shown first, and the bulky ones left to the file itself.
-_AUDIT_FIRST = ("summary", "warnings", "flagged", "near_duplicates", "characters")
-_AUDIT_SKIP = {"per_image", "options", "backends", "stand_in_backends"}
+# What each audit.json summary number means, for the reader who has not read the audit's code.
+_AUDIT_SUMMARY = {
+    "flagged_images": "images with at least one problem (listed below with the problems)",
+    "caption_problems": "images whose caption is missing, empty or unreadable",
+    "long_captions": "captions longer than the text encoder reads (77 tokens); the end is cut off in training",
+    "near_duplicate_pairs": "pairs of images that look almost the same; duplicates over-weight one pose or shot",
+    "unreadable_images": "files that could not be decoded as images; training would fail on them",
+    "face_rate": "share of images where a frontal face was found (dlib)",
+    "alignment_mean": "mean CLIP agreement between each image and its caption (higher: captions describe the image)",
+    "quality_median": "median technical quality score of the images (blur, noise, compression)",
+}
+_AUDIT_CHARACTER = {
+    "images": "training images of this character",
+    "flagged": "of which flagged",
+    "reference_similarity": "mean identity similarity to the character's reference images (higher: on model)",
+}
+# Shown in their own tables above; the bulky per-image list and the run options stay in audit.json.
+_AUDIT_SHOWN = {"dataset", "layout", "images", "stand_in", "stand_in_backends", "warnings", "summary", "flagged",
+                "characters", "per_image", "options", "backends"}
+
+
+def _explained(rows: dict[str, Any], explanations: dict[str, str]) -> str:
+    body = "".join(f"<tr><td>{escape(str(k).replace('_', ' '))}</td><td class='num'>{_fmt(v, 3)}</td>"
+                   f"<td class='muted'>{escape(explanations.get(k, ''))}</td></tr>" for k, v in rows.items())
+    return f"<table class='explained'><thead><tr><th>check</th><th>value</th><th>what it means</th></tr></thead>{body}</table>"
 
 
 def _flagged_with_thumbnails(audit: dict[str, Any]) -> str:
@@ -370,16 +501,32 @@ def _audit(run: RunData) -> str:
     if run.audit is None:
         body = ('<p class="muted">No <code>audit.json</code> in this run. Run <code>loratune audit DATASET</code> '
                 "to check captions, near-duplicates and image quality before training.</p>")
-    else:
-        audit = {k: run.audit[k] for k in _AUDIT_FIRST if k in run.audit}
-        audit.update({k: v for k, v in run.audit.items() if k not in audit and k not in _AUDIT_SKIP})
-        scalars = {k: v for k, v in audit.items() if not isinstance(v, (dict, list))}
-        nested = {k: v for k, v in audit.items() if isinstance(v, (dict, list))}
-        body = (_render_value(scalars) if scalars else "") + "".join(
-            f"<h3>{escape(str(k))}</h3>"
-            + (_flagged_with_thumbnails(run.audit) if k == "flagged" else _render_value(v, 1))
-            for k, v in nested.items())
-    return f'<section class="card" id="audit"><h2>Dataset audit</h2>{body}</section>'
+        return f'<section class="card" id="audit"><h2>Dataset audit</h2>{body}</section>'
+    audit = run.audit
+    parts = [(f"<p>Dataset <code>{escape(str(audit.get('dataset', '?')))}</code> · {escape(str(audit.get('layout', '?')))}"
+             f" layout · {_fmt(audit.get('images'))} images. The full record, per image, is <code>audit.json</code>.</p>")]
+    warnings = audit.get("warnings")
+    if isinstance(warnings, list) and warnings:
+        parts.append("<h3>Warnings</h3><ul>" + "".join(f"<li>{escape(str(w))}</li>" for w in warnings) + "</ul>")
+    summary = audit.get("summary")
+    if isinstance(summary, dict):
+        shown = {k: v for k, v in summary.items() if v is not None}
+        parts.append("<h3>Summary</h3>" + _explained(shown, _AUDIT_SUMMARY))
+    parts.append("<h3>Flagged images</h3>" + _flagged_with_thumbnails(audit))
+    characters = audit.get("characters")
+    if isinstance(characters, dict) and characters:
+        head = "".join(f"<th title='{escape(_AUDIT_CHARACTER.get(c, ''))}'>{escape(c.replace('_', ' '))}</th>"
+                       for c in _AUDIT_CHARACTER)
+        rows = "".join(f"<tr><td>{escape(name or '(no character)')}</td>"
+                       + "".join(f"<td class='num'>{_fmt(info.get(c), 3)}</td>" for c in _AUDIT_CHARACTER) + "</tr>"
+                       for name, info in characters.items() if isinstance(info, dict))
+        legend = "; ".join(f"{c.replace('_', ' ')}: {t}" for c, t in _AUDIT_CHARACTER.items())
+        parts.append(f"<h3>Per character</h3><table style='width:auto'><thead><tr><th>character</th>{head}</tr></thead>"
+                     f"{rows}</table><p class='muted'>{escape(legend)}.</p>")
+    other = {k: v for k, v in audit.items() if k not in _AUDIT_SHOWN and v not in (None, [], {})}
+    if other:
+        parts.append("<details><summary>Other audit details</summary>" + _render_value(other, 1) + "</details>")
+    return f'<section class="card" id="audit"><h2>Dataset audit</h2>{"".join(parts)}</section>'
 
 
 def _models(run: RunData) -> str:
@@ -414,7 +561,8 @@ def _models(run: RunData) -> str:
 
 
 def render_page(run: RunData, figures: list[Figure], plotly_js: str, thumb: int = 128, all_epochs_for: int = 5,
-                max_images: int = 1500) -> str:
+                max_images: int = 1500, page_dir: Path | None = None) -> str:
+    """The page; ``page_dir`` is where it will be written (image links are relative to it; default: the run)."""
     ranked = rank_trials(run)
     when = _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     title = f"loratune report — {Path(run.run_dir).resolve().name}"
@@ -422,7 +570,8 @@ def render_page(run: RunData, figures: list[Figure], plotly_js: str, thumb: int 
                                                          ("trials", "Trials"), ("samples", "Samples"),
                                                          ("audit", "Dataset audit"), ("models", "Models")])
     body = "".join([_banner(run), _summary(run, ranked), _figures(figures), _table(run, ranked),
-                    _samples(ranked, thumb, all_epochs_for, max_images), _audit(run), _models(run)])
+                    _samples(ranked, thumb, all_epochs_for, max_images, page_dir or run.run_dir, run.base_samples),
+                    _audit(run), _models(run)])
     # plotly.js goes in the head as a plain inline script: no CDN, no network, defined before any figure's script.
     return (
         "<!DOCTYPE html>\n<html lang='en'><head><meta charset='utf-8'>"

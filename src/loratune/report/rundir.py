@@ -48,6 +48,7 @@ class TrialInfo:
     params: dict[str, Any]
     scores: dict[str, Any] | None
     epochs: list[EpochSamples]
+    losses: list[tuple[int, float]] = field(default_factory=list)  # (optimizer step, loss) from train_log.jsonl
 
     @property
     def number(self) -> int:
@@ -118,6 +119,7 @@ class RunData:
     base_model_stand_in: bool
     stand_in_notes: list[str] = field(default_factory=list)
     evaluation: dict[str, Any] | None = None  # one checkpoint's full scores.json: weights used, missing axes, versions
+    base_samples: EpochSamples | None = None  # the base model without a LoRA, same prompts and seeds (epoch -1)
 
     @property
     def multi_objective(self) -> bool:
@@ -233,6 +235,38 @@ def read_epochs(folder: Path | None, attrs: dict[str, Any]) -> list[EpochSamples
     return sorted(epochs, key=lambda e: e.epoch)
 
 
+def read_losses(folder: Path | None) -> list[tuple[int, float]]:
+    """(step, loss) per optimizer step from the trainer's ``train_log.jsonl``; a torn or foreign line is skipped
+    (the last line of a killed run is often cut off)."""
+    path = folder / "train_log.jsonl" if folder is not None else None
+    if path is None or not path.is_file():
+        return []
+    losses = []
+    try:
+        lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
+    except OSError:
+        return []
+    for line in lines:
+        try:
+            record = json.loads(line)
+            losses.append((int(record["step"]), float(record["loss"])))
+        except (ValueError, KeyError, TypeError):
+            continue
+    return losses
+
+
+def read_base_samples(run_dir: Path, trials: list[TrialInfo]) -> EpochSamples | None:
+    """The base model's samples without a LoRA: the run's own (rendered once per run), else the first trial's."""
+    from loratune.sampling import BASE_SAMPLES
+
+    for folder in [run_dir] + [info.folder for info in trials if info.folder is not None]:
+        if (folder / BASE_SAMPLES).is_dir():
+            images = read_samples(folder / BASE_SAMPLES)
+            if images:
+                return EpochSamples(-1, images)
+    return None
+
+
 def _epoch_scores(trials: list[TrialInfo]) -> dict[str, Any] | None:
     """One evaluation's full scores.json (``trials/NNNN/scores/epoch-XXXX/``): it names the backends that ran."""
     for info in trials:
@@ -302,7 +336,8 @@ def load_run(run_dir: str | Path) -> RunData:
         params = _read_json(folder / "params.json") if folder else None
         scores = _read_json(folder / "scores.json") if folder else None
         trials.append(TrialInfo(trial, folder, params if isinstance(params, dict) else dict(trial.params),
-                                scores if isinstance(scores, dict) else None, read_epochs(folder, trial.user_attrs)))
+                                scores if isinstance(scores, dict) else None, read_epochs(folder, trial.user_attrs),
+                                read_losses(folder)))
     audit = _read_json(RunFolder(run_dir).audit)
     dataset = config.get("dataset") if isinstance(config.get("dataset"), dict) else {}
     if audit is None and isinstance(dataset, dict) and dataset.get("path"):
@@ -320,4 +355,4 @@ def load_run(run_dir: str | Path) -> RunData:
     if not notes and any(t.attrs.get("stand_in") for t in trials):
         notes.append("the search recorded stand-in weights for some trials")
     return RunData(run_dir, study, trials, config, audit if isinstance(audit, dict) else None, backends, base,
-                   base_stand_in, notes, evaluation)
+                   base_stand_in, notes, evaluation, read_base_samples(run_dir, trials))

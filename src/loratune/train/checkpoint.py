@@ -57,7 +57,9 @@ def save_checkpoint(
         tensors = to_kohya(models.family, unet_sd, alpha, encoders, layers_per_block=_layers_per_block(models.unet))
         from safetensors.torch import save_file
 
-        save_file(tensors, str(tmp / kohya_name(output_name, epoch)), metadata=metadata)
+        from loratune.lora.kohya import with_hashes
+
+        save_file(tensors, str(tmp / kohya_name(output_name, epoch)), metadata=with_hashes(tensors, metadata))
         torch.save(
             training_state | {"lora": {"unet": unet_sd, **{f"te{i}": sd for i, sd in te_sds.items()}}}, tmp / STATE_FILE
         )

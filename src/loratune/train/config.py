@@ -90,6 +90,10 @@ class TrainSection(BaseModel):
     )
     rank_schedule: dict[int, int] = Field(default_factory=dict, description="epoch -> LoRA rank from that epoch on")
     external: ExternalTrainer | None = Field(None, description="train with an outside command instead")
+    log_with: list[Literal["tensorboard", "wandb"]] = Field(
+        default_factory=lambda: ["tensorboard"],
+        description="per-step loss, lr (and Prodigy's d): TensorBoard events in OUT/logs; wandb when installed",
+    )
 
     @field_validator("mixed_precision", mode="before")
     @classmethod

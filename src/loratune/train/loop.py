@@ -12,6 +12,7 @@ import math
 import random
 import time
 from collections.abc import Callable
+from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -19,12 +20,14 @@ from typing import TYPE_CHECKING, Any
 from loratune.atomic import atomic_write_json, atomic_write_text
 from loratune.config import Config
 from loratune.errors import LoratuneError
+from loratune.sampling import BASE_SAMPLES
 from loratune.train.data import Item, assign_bucket, bucket_sizes, plan_epoch, process_caption, scan_dataset
 from loratune.train.records import FAILED_MARKER, CheckpointInfo, StopTraining, TrainingDiverged, TrainResult
 from loratune.train.strategies import CurriculumResolution, ProgressiveRank
 
 if TYPE_CHECKING:
     from loratune.train.cache import Base, BaseCache
+    from loratune.train.logging import StepLogger
     from loratune.train.model import Precision
 
 
@@ -32,6 +35,7 @@ def prepare(config: Config) -> list[Item]:
     """Validate everything that does not need a model: base reference, dataset, optimizer, sample prompts."""
     from loratune.modelref import check_model_ref
     from loratune.sampling import sample_prompts
+    from loratune.train.logging import check_loggers
     from loratune.train.optim import check_optimizer
 
     check_model_ref(config.model.base, "model.base")
@@ -43,6 +47,7 @@ def prepare(config: Config) -> list[Item]:
         class_token=characters[0].token if len(characters) == 1 else None,
     )
     check_optimizer(config.train)
+    check_loggers(config)
     if config.train.sample_checkpoints:
         sample_prompts(config)
     return items
@@ -162,6 +167,7 @@ def train(
     resume: bool = False,
     progress: Callable[[dict[str, Any]], None] | None = None,
     cache: BaseCache | None = None,
+    base_samples: str | Path | None = None,
 ) -> TrainResult:
     """Train a LoRA on ``config.dataset`` into ``out_dir``; see the module docstring.
 
@@ -169,6 +175,8 @@ def train(
     ``progress`` is called after each optimizer step with {epoch, step, total_steps, loss, lr}.
     ``cache`` lends the base model (and latents, text embeddings) kept from earlier runs in this process; without one
     the base is loaded for this run only.
+    ``base_samples``: where the base model's own samples (no LoRA) go, drawn once before training when checkpoints
+    are sampled and kept if already there (default ``out_dir/samples/base``; a search passes one folder per run).
     """
     items = prepare(config)
     out_dir = Path(out_dir)
@@ -176,13 +184,15 @@ def train(
         raise LoratuneError(f"{out_dir}: already holds checkpoints; resume it (--resume) or choose another --out")
 
     from loratune.train.cache import BaseCache
+    from loratune.train.logging import StepLogger
     from loratune.train.model import training_precision
 
     out_dir.mkdir(parents=True, exist_ok=True)
     precision = training_precision(config.train)
     accelerator = _accelerator(precision.mixed, cpu=precision.device.type == "cpu")
-    with (cache or BaseCache()).borrow(config, precision) as base:
-        return _train(config, items, out_dir, base, precision, accelerator, on_checkpoint, resume, progress)
+    with (cache or BaseCache()).borrow(config, precision) as base, closing(StepLogger(config, out_dir)) as step_log:
+        return _train(config, items, out_dir, base, precision, accelerator, on_checkpoint, resume, progress, step_log,
+                      Path(base_samples) if base_samples is not None else None)
 
 
 def _train(
@@ -195,12 +205,15 @@ def _train(
     on_checkpoint: Callable[[CheckpointInfo], None] | None,
     resume: bool,
     progress: Callable[[dict[str, Any]], None] | None,
+    step_log: StepLogger,
+    base_samples: Path | None,
 ) -> TrainResult:
     import torch
     from accelerate.utils import set_seed
 
     from loratune.train import checkpoint as ckpt
     from loratune.train.encode import LatentCache, TextCache, encode_images, encode_text, load_pixels
+    from loratune.train.logging import optimizer_d
     from loratune.train.model import (
         add_lora,
         enable_checkpointing,
@@ -218,6 +231,11 @@ def _train(
     models = base.models
     if t.prediction_type:
         models.noise_scheduler.register_to_config(prediction_type=t.prediction_type)
+    if t.sample_checkpoints:
+        from loratune.sampling import render_base_samples
+
+        # Before the adapter exists: the base model's own images, the report's "no LoRA" comparison row.
+        render_base_samples(config, models, precision, base_samples or out_dir / BASE_SAMPLES)
     add_lora(
         models, t.rank, t.lora_alpha, t.target_modules, t.text_encoder_target_modules if t.train_text_encoder else None
     )
@@ -283,8 +301,10 @@ def _train(
                     if _logged_step(line) <= step]
             atomic_write_text(history, "".join(line + "\n" for line in kept))
     (out_dir / FAILED_MARKER).unlink(missing_ok=True)
+    step_log.start(step)
 
     checkpoints: list[CheckpointInfo] = []
+    started = time.time()
     loss_value: float | None = None
     stopped = False
     epochs_done = start_epoch - 1
@@ -347,8 +367,14 @@ def _train(
                 "rank": run.rank,
                 "latent_size": list(latents.shape[-2:]),
             }
+            if models.trained_text_encoders:
+                record["text_encoder_lr"] = lr_scheduler.get_last_lr()[1]
+            d = optimizer_d(optimizer)
+            if d is not None:
+                record["d"] = d
             with history.open("a", encoding="utf-8") as fh:
                 fh.write(json.dumps(record) + "\n")
+            step_log.step(record)
             if progress is not None:
                 progress(record)
             if t.max_steps and step >= t.max_steps:
@@ -359,9 +385,11 @@ def _train(
         if epoch % t.save_every_epochs and not last:
             continue
         info = _save(
-            config, out_dir, models, run, strategies, epoch, step, optimizer, lr_scheduler, generator, precision
+            config, out_dir, models, run, strategies, epoch, step, optimizer, lr_scheduler, generator, precision,
+            items, len(batches), started,
         )
         checkpoints.append(info)
+        step_log.flush()  # a search may stop the trial at this checkpoint: its curve is complete on disk by then
         if on_checkpoint is not None:
             try:
                 on_checkpoint(info)
@@ -383,15 +411,47 @@ def _save(
     lr_scheduler: Any,
     generator: Any,
     precision: Precision,
+    items: list[Item],
+    batches_per_epoch: int,
+    started: float,
 ) -> CheckpointInfo:
     """Write the epoch's checkpoint, then sample it with the run's fixed prompts and seeds."""
-    from loratune.lora.kohya import kohya_metadata
+    from loratune.lora.kohya import dataset_metadata, kohya_metadata, modelspec_metadata
     from loratune.train import checkpoint as ckpt
 
-    t = config.train
+    t, ds = config.train, config.dataset
     alpha = float(models.unet.peft_config["default"].lora_alpha)
+    now = time.time()
+    # The keys sd-scripts' train_network.py writes that A1111, Forge, ComfyUI and model sites show; values as it
+    # writes them (str() of the Python value).
     extra: dict[str, Any] = {
-        "ss_text_encoder_lr": str(t.effective_text_encoder_lr) if models.trained_text_encoders else "0",
+        "ss_session_id": str(random.Random(f"{out_dir.resolve()}:{started}").randrange(2**31)),
+        "ss_training_started_at": str(started),
+        "ss_training_finished_at": str(now),
+        "ss_text_encoder_lr": str(float(t.effective_text_encoder_lr)) if models.trained_text_encoders else "0.0",
+        "ss_max_train_steps": str(t.max_steps or count_steps(config, items, CurriculumResolution(t.curriculum,
+                                                                                                 ds.resolution))),
+        "ss_lr_warmup_steps": str(t.lr_warmup_steps),
+        "ss_num_batches_per_epoch": str(batches_per_epoch),
+        "ss_total_batch_size": str(t.batch_size * t.gradient_accumulation),
+        "ss_mixed_precision": precision.mixed,
+        "ss_full_fp16": "False",
+        "ss_gradient_checkpointing": str(t.gradient_checkpointing),
+        "ss_cache_latents": str(t.cache_latents),
+        "ss_max_grad_norm": str(t.max_grad_norm or 0.0),
+        "ss_enable_bucket": str(ds.buckets),
+        "ss_min_bucket_reso": str(ds.min_bucket),
+        "ss_max_bucket_reso": str(ds.max_bucket),
+        "ss_bucket_no_upscale": "False",
+        "ss_shuffle_caption": str(t.shuffle_captions),
+        "ss_keep_tokens": str(t.keep_tokens),
+        "ss_flip_aug": str(t.flip),
+        "ss_color_aug": "False",
+        "ss_random_crop": "False",
+        "ss_caption_dropout_rate": "0.0",
+        "ss_prior_loss_weight": "1.0",
+        "ss_clip_skip": "None",
+        "ss_max_token_length": "None",
         "ss_training_comment": "trained with loratune",
         "ss_lr_scheduler": t.lr_scheduler,
         "ss_num_epochs": str(t.epochs),
@@ -401,8 +461,12 @@ def _save(
         "ss_min_snr_gamma": str(t.min_snr_gamma or ""),
         "ss_output_name": t.output_name,
     }
+    extra |= dataset_metadata(items, config.model.base)
     for strategy in strategies:
         extra |= strategy.metadata()
+    prediction = t.prediction_type or models.noise_scheduler.config.prediction_type
+    extra |= modelspec_metadata(config.model.family, t.output_name, run.resolution, prediction, now,
+                                description="trained with loratune")
     metadata = kohya_metadata(
         config.model.family,
         run.rank,
