@@ -75,6 +75,8 @@ class TrainAndScore:
                           dict(result.backends_used))
 
     def train(self, config: Config, out_dir: Path, on_epoch: Callable[[EpochScore], None]) -> None:
+        from loratune.runfolder import RunFolder
+        from loratune.sampling import BASE_SAMPLES
         from loratune.train import CheckpointInfo, train
 
         self.evaluator(config)  # load scorers before the first epoch, not in the middle of training
@@ -85,7 +87,9 @@ class TrainAndScore:
             samples_dir = Path(info.samples[0].path).parent
             on_epoch(self._score(config, info.samples, info.epoch, info.kohya_path, samples_dir, out_dir))
 
-        train(config, out_dir, on_checkpoint=on_checkpoint, cache=self.cache)
+        # The base model's own samples (the report's "no LoRA" row) are drawn once per run, beside the trials.
+        base_samples = RunFolder.of_trial(out_dir).root / BASE_SAMPLES
+        train(config, out_dir, on_checkpoint=on_checkpoint, cache=self.cache, base_samples=base_samples)
 
     def score_lora(self, config: Config, lora: Path, out_dir: Path) -> EpochScore:
         from loratune.sampling import sample_loras
