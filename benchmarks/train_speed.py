@@ -149,15 +149,16 @@ def child(args: argparse.Namespace) -> None:
     import tempfile
 
     tiny = Path(args.tiny_dir)
-    dataset = one_repeat_dataset(tiny / "dataset" / "train", Path(tempfile.mkdtemp(prefix="loratune-bench-")))
     cache = args.variant.endswith("+cache")
-    if args.variant.startswith("reference"):
-        times = run_reference(tiny / "sd15", dataset, args.steps, args.batch_size, cache)
-    else:
-        import tempfile
-
-        with tempfile.TemporaryDirectory() as out:
-            times = run_loratune(tiny / "loratune.yaml", dataset, args.steps, args.batch_size, cache, Path(out))
+    # The dataset copy and the run's outputs live in one temporary folder, removed however the child ends.
+    with tempfile.TemporaryDirectory(prefix="loratune-bench-") as tmp:
+        dataset = one_repeat_dataset(tiny / "dataset" / "train", Path(tmp) / "dataset")
+        if args.variant.startswith("reference"):
+            times = run_reference(tiny / "sd15", dataset, args.steps, args.batch_size, cache)
+        else:
+            times = run_loratune(
+                tiny / "loratune.yaml", dataset, args.steps, args.batch_size, cache, Path(tmp) / "out"
+            )
     measured = times[warmup_steps(tiny, args.batch_size) :]
     rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(json.dumps({"variant": args.variant, "steps_per_s": len(measured) / sum(measured), "peak_rss_mb": rss_mb}))
@@ -168,7 +169,11 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--batch-size", type=int, default=4)
-    parser.add_argument("--tiny-dir", default=str(Path(__file__).resolve().parents[1] / ".cache" / "tiny-models"))
+    parser.add_argument(
+        "--tiny-dir",
+        default=os.environ.get("LORATUNE_TINY_CACHE"),
+        help="the tiny models' folder (default: $LORATUNE_TINY_CACHE, else built in a temporary folder)",
+    )
     parser.add_argument("--variant", choices=VARIANTS, help=argparse.SUPPRESS)
     args = parser.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -177,21 +182,24 @@ def main() -> None:
         return
 
     import statistics
+    import tempfile
 
     from rich.console import Console
     from rich.table import Table
 
     from loratune.tiny import build_tiny_models
 
-    build_tiny_models(args.tiny_dir)
-    total = args.steps + warmup_steps(Path(args.tiny_dir), args.batch_size) + 1
-    runs: dict[str, list[dict]] = {v: [] for v in VARIANTS}
-    for _ in range(args.rounds):  # interleaved, so a burst of load elsewhere hits every variant alike
-        for variant in VARIANTS:
-            cmd = [sys.executable, __file__, "--variant", variant, "--steps", str(total)]
-            cmd += ["--batch-size", str(args.batch_size), "--tiny-dir", args.tiny_dir]
-            out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
-            runs[variant].append(json.loads(out.strip().splitlines()[-1]))
+    with tempfile.TemporaryDirectory(prefix="loratune-tiny-") as scratch:  # never the repository's .cache
+        tiny_dir = args.tiny_dir or str(Path(scratch) / "tiny-models")
+        build_tiny_models(tiny_dir)
+        total = args.steps + warmup_steps(Path(tiny_dir), args.batch_size) + 1
+        runs: dict[str, list[dict]] = {v: [] for v in VARIANTS}
+        for _ in range(args.rounds):  # interleaved, so a burst of load elsewhere hits every variant alike
+            for variant in VARIANTS:
+                cmd = [sys.executable, __file__, "--variant", variant, "--steps", str(total)]
+                cmd += ["--batch-size", str(args.batch_size), "--tiny-dir", tiny_dir]
+                out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+                runs[variant].append(json.loads(out.strip().splitlines()[-1]))
     speed = {v: sorted(r["steps_per_s"] for r in rs) for v, rs in runs.items()}
     table = Table(
         title=f"LoRA training on the tiny SD1.5, 64 px, batch {args.batch_size}, rank 4: best and median of {args.rounds} "

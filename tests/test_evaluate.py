@@ -249,3 +249,21 @@ def test_check_evaluation_names_the_bad_field(tiny_models, tmp_path, consistency
         check_evaluation(config)
     msg = str(err.value)
     assert msg.startswith(f"evaluation.backends.{field}: ") and words in msg and "\n" not in msg, msg
+
+
+def test_evaluation_dtype_auto_is_float32_on_cpu_and_bfloat16_on_a_bf16_gpu(tiny_models):
+    import torch
+
+    from loratune.config import Config, load_config
+    from loratune.device import torch_dtype
+    from loratune.evaluation import Evaluator
+
+    assert Config().evaluation.dtype == "auto"
+    assert torch_dtype("auto", torch.device("cpu")) is torch.float32
+    assert torch_dtype("auto", torch.device("mps")) is torch.float32
+    assert torch_dtype("float16", torch.device("cpu")) is torch.float32  # CPU kernels are float32
+    config = load_config(tiny_models.config, ["evaluation.dtype=auto", "evaluation.device=cpu"])
+    assert Evaluator(config, show_progress=False).runtime.dtype is torch.float32
+    if torch.cuda.is_available():
+        bf16 = torch.cuda.is_bf16_supported(including_emulation=False)
+        assert torch_dtype("auto", torch.device("cuda")) is (torch.bfloat16 if bf16 else torch.float32)

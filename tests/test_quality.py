@@ -49,6 +49,36 @@ def test_musiq_runs_through_pyiqa_on_stand_in_weights() -> None:
         create_backend(BackendConfig(name="musiq", require_pretrained=True), RUNTIME, "quality").load()
 
 
+@pytest.mark.parametrize("name", ["piqe", "musiq"])
+def test_a_batch_scores_each_image_as_alone(name: str) -> None:
+    astronaut = Image.fromarray(data.astronaut())
+    # Two sizes in one batch: the images of each size go through the metric together.
+    images = [astronaut.resize((96, 96)), astronaut.resize((64, 80)), astronaut.rotate(90).resize((96, 96)),
+              astronaut.resize((96, 96)).filter(ImageFilter.GaussianBlur(2))]  # fmt: skip
+    backend, batched = _score(name, images)
+    alone = []
+    for i, img in enumerate(images):
+        backend.reset()
+        backend.update([EvalImage(Path(f"{i}.png"), img)])
+        alone += backend.compute().per_image
+    assert batched.per_image == pytest.approx(alone, abs=1e-5)
+    assert len(set(batched.per_image)) == len(images)
+
+
+def test_offline_pyiqa_never_starts_a_download(monkeypatch) -> None:
+    import huggingface_hub.constants
+    from torch.hub import get_dir
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    cache = Path(get_dir()) / "pyiqa"
+    before = set(cache.iterdir()) if cache.is_dir() else set()
+    expected = (r"^evaluation\.backends\.quality: cannot load pyiqa 'musiq' weights \(OfflineDownloadRefused: "
+                r"HF_HUB_OFFLINE=1 and musiq_koniq_ckpt-\w+\.pth is not in pyiqa's cache .*nothing was downloaded")
+    with pytest.raises(LoratuneError, match=expected):
+        create_backend(BackendConfig(name="musiq", require_pretrained=True), RUNTIME, "quality").load()
+    assert (set(cache.iterdir()) if cache.is_dir() else set()) == before  # no partial download left behind
+
+
 def test_generic_pyiqa_takes_range_and_direction_from_pyiqa() -> None:
     backend = create_backend(BackendConfig(name="pyiqa", metric="piqe"), RUNTIME, "quality")
     assert backend.spec.higher_is_better is False and backend.spec.score_range == (0.0, 100.0)

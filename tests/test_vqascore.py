@@ -114,6 +114,59 @@ def test_trait_checks_in_details_and_as_consistency_backend(tiny_models) -> None
     assert empty.compute().value is None
 
 
+def _vision_rows(backend, items: list[EvalImage]):
+    """The backend's result on ``items`` and how many image tiles went through the vision tower (forward hook)."""
+    rows: list[int] = []
+    tower = backend.vlm.model.model.vision_tower
+    hook = tower.register_forward_hook(
+        lambda _m, _a, kwargs, _o: rows.append(len(kwargs["pixel_values"])), with_kwargs=True
+    )
+    try:
+        backend.reset()
+        backend.update(items)
+        return backend.compute(), sum(rows)
+    finally:
+        hook.remove()
+
+
+def test_questions_about_one_image_share_its_vision_pass(tiny_models) -> None:
+    # Image 0 is tiled (13 tiles), image 1 has no prompt, image 2's character has one trait: uneven question counts.
+    images = [*_images(2), _images(1)[0].resize((64, 64))]
+    traits = {"luca": ["curly brown hair", "a teal shirt"], "alberto": ["spiky black hair"]}
+    items = [
+        EvalImage(Path("0.png"), images[0], prompt="luca on a beach", character="luca"),
+        EvalImage(Path("1.png"), images[1], prompt=None, character="luca"),
+        EvalImage(Path("2.png"), images[2], prompt="alberto in a town", character="alberto"),
+    ]
+    runs = {}
+    for reuse in (False, True):
+        backend = _backend("vqascore", tiny_models.vlm, "alignment", reuse_vision=reuse)
+        backend.setup(References(traits=traits))
+        runs[reuse] = _vision_rows(backend, items)
+    processor, _ = _reference_model(tiny_models.vlm)
+    tiles = [len(processor(images=[img], text=["<IMG_CONTEXT>"])["pixel_values"]) for img in images]
+    questions = [1 + 2, 0 + 2, 1 + 1]
+    (before, before_rows), (after, after_rows) = runs[False], runs[True]
+    assert before_rows == sum(t * q for t, q in zip(tiles, questions))  # one vision pass per question
+    assert after_rows == sum(tiles)  # one per image
+    assert after.per_image[1] is None
+    assert after.per_image == pytest.approx(before.per_image, abs=1e-5)
+    for character, rows in before.details["traits"].items():
+        for trait, row in rows.items():
+            assert after.details["traits"][character][trait]["mean_probability"] == pytest.approx(
+                row["mean_probability"], abs=1e-5
+            )
+
+    consistency = _backend("traits", tiny_models.vlm, "consistency")
+    consistency.setup(References(traits=traits))
+    result, rows = _vision_rows(consistency, items)
+    assert rows == sum(tiles)
+    luca = after.details["traits"]["luca"]
+    assert result.per_image[1] == pytest.approx(
+        sum(_reference_p_yes(tiny_models.vlm, images[1], f"Does this figure show {t}? Please answer yes or no.")[0]
+            for t in luca) / 2, abs=1e-5)  # fmt: skip
+
+
 def test_remote_code_needs_permission(tmp_path: Path) -> None:
     folder = tmp_path / "InternVL2-1B"
     folder.mkdir()
@@ -341,6 +394,21 @@ def test_native_loader_batches_other_vlm_families(build, tiny_models, tmp_path: 
     result = backend.compute()  # one left-padded batch of two prompts of different lengths
     expected = [_reference_p_yes(folder, img, QUESTION.format(p))[0] for img, p in zip(images, prompts)]
     assert result.per_image == pytest.approx(expected, abs=1e-5)
+
+    # Several questions per image: LLaVA reuses the vision features, Qwen2-VL (grid sizes in the text pass) may not;
+    # both give the per-question answers.
+    traits = References(traits={"luca": ["a cat", "curly brown hair", "a teal shirt"]})
+    items = [EvalImage(Path(f"{i}.png"), img, character="luca") for i, img in enumerate(images)]
+    scores = []
+    for reuse in (False, True):
+        checks = _backend("traits", folder, "consistency", reuse_vision=reuse)
+        checks.setup(traits)
+        checks.update(items)
+        scores.append(checks.compute().per_image)
+    assert scores[1] == pytest.approx(scores[0], abs=1e-5)
+    question = "Does this figure show a cat? Please answer yes or no."
+    expected_cat = _reference_p_yes(folder, images[1], question)[0]
+    assert checks.tally.probs["luca"]["a cat"][1] == pytest.approx(expected_cat, abs=1e-5)
 
 
 def test_missing_or_unloadable_model_is_a_one_line_error(tmp_path: Path) -> None:

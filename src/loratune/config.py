@@ -268,7 +268,11 @@ class EvaluationSection(Strict):
     backends: dict[AxisName, BackendConfig | None] = Field(default_factory=_default_backends)
     weights: dict[AxisName, float] = Field(default_factory=lambda: dict(SEED_WEIGHTS))
     device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
-    dtype: Literal["float32", "float16", "bfloat16"] = "float32"
+    dtype: Literal["auto", "float32", "float16", "bfloat16"] = Field(
+        "auto",
+        description="scorer precision. auto: bfloat16 on a CUDA GPU that supports it, else float32 (always float32 "
+        "on CPU and MPS); float16 is opt-in. Scores keep float32 math where it matters (P(yes), the aesthetic MLP)",
+    )
     batch_size: int = Field(8, ge=1, le=1024)
     trust_remote_code: bool = Field(False, description="allow models whose code ships with the checkpoint")
 

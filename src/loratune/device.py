@@ -22,12 +22,19 @@ def pick_device(preference: str = "auto") -> Any:
 
 
 def torch_dtype(name: str, device: Any | None = None) -> Any:
-    """Map a config dtype name to torch; half precision on CPU falls back to float32 (CPU kernels are fp32)."""
+    """Map a config dtype name to torch; half precision on CPU falls back to float32 (CPU kernels are fp32).
+
+    ``auto``: bfloat16 on a CUDA device that supports it (half the memory and time of float32, float32's range so
+    nothing overflows), else float32.
+    """
     import torch
 
     dtypes = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+    if name == "auto":
+        cuda = device is not None and getattr(device, "type", str(device)) == "cuda"
+        return torch.bfloat16 if cuda and torch.cuda.is_bf16_supported(including_emulation=False) else torch.float32
     if name not in dtypes:
-        raise LoratuneError(f"unknown dtype {name!r} (choose float32, float16 or bfloat16)")
+        raise LoratuneError(f"unknown dtype {name!r} (choose auto, float32, float16 or bfloat16)")
     if device is not None and getattr(device, "type", str(device)) == "cpu" and name == "float16":
         return torch.float32
     return dtypes[name]

@@ -29,6 +29,7 @@ from loratune.images import is_image_file, list_images, load_image
 from loratune.manifest import match_prompts
 from loratune.metrics.base import AxisResult, Backend, EvalImage, Normalisation, References, Runtime
 from loratune.metrics.composite import composite
+from loratune.metrics.embedding_cache import EmbeddingCache
 from loratune.metrics.registry import AXES, create_backend
 from loratune.progress import progress_bar
 from loratune.records import Sample
@@ -168,7 +169,15 @@ def load_references(config: Config, references_dir: str | Path | None = None) ->
 class Evaluator:
     """Builds the configured backends once; scores any number of sample sets with them."""
 
-    def __init__(self, config: Config, references: References | None = None, show_progress: bool = True) -> None:
+    def __init__(
+        self,
+        config: Config,
+        references: References | None = None,
+        show_progress: bool = True,
+        share_embeddings: bool = True,
+    ) -> None:
+        """``share_embeddings``: backends on the same loaded image encoder (CLIP-I and the LAION aesthetic MLP on one
+        CLIP, say) embed each image once per ``score`` call (``metrics.embedding_cache``); False embeds per backend."""
         from loratune.device import pick_device, torch_dtype
 
         self.config = config
@@ -177,6 +186,7 @@ class Evaluator:
         self.runtime = Runtime(device=device, dtype=torch_dtype(ev.dtype, device), batch_size=ev.batch_size,
                                trust_remote_code=ev.trust_remote_code)
         self.show_progress = show_progress
+        self.share_embeddings = share_embeddings
         # Build every backend first: option and name errors surface before any model loads.
         self.backends = build_backends(config, self.runtime)
         self.references = references if references is not None else References()
@@ -221,14 +231,18 @@ class Evaluator:
         batch_size = self.runtime.batch_size
         results: dict[str, AxisResult] = {}
         total = len(self.backends) * len(images)
-        with progress_bar("scoring", total=total, enabled=self.show_progress) as advance:
-            for axis, backend in self.backends.items():
-                backend.reset()
-                for start in range(0, len(images), batch_size):
-                    batch = images[start : start + batch_size]
-                    backend.update(batch)
-                    advance(len(batch))
-                results[axis] = backend.compute()
+        self.runtime.embeddings = EmbeddingCache() if self.share_embeddings else None
+        try:
+            with progress_bar("scoring", total=total, enabled=self.show_progress) as advance:
+                for axis, backend in self.backends.items():
+                    backend.reset()
+                    for start in range(0, len(images), batch_size):
+                        batch = images[start : start + batch_size]
+                        backend.update(batch)
+                        advance(len(batch))
+                    results[axis] = backend.compute()
+        finally:
+            self.runtime.embeddings = None  # the images (and their embeddings) belong to this call only
         # Chosen in setup (a face backend's fallback, say) and fixed from then on: every set is on the same scale.
         norms = {axis: backend.producer().normalisation() for axis, backend in self.backends.items()}
         normalised = {axis: norms[axis].apply(r.value) for axis, r in results.items()}

@@ -17,6 +17,7 @@ from torch import nn
 from loratune.errors import LoratuneError
 from loratune.metrics.base import AxisResult, Backend, EvalImage
 from loratune.metrics.cache import cached_model
+from loratune.metrics.embedding_cache import embed_images
 from loratune.metrics.openclip_models import first_line, load_open_clip, resolve_open_clip
 from loratune.modelref import is_stand_in
 
@@ -148,7 +149,7 @@ class LaionAesthetic(Backend):
             return self.mlp(embeddings.to(self.runtime.device, torch.float32)).squeeze(-1).float().cpu()
 
     def update(self, batch: list[EvalImage]) -> None:
-        embeddings = self.encoder.embed_images([img.image for img in batch], self.runtime.batch_size)
+        embeddings = embed_images(self.runtime, self.encoder, [img.image for img in batch])
         self._scores.extend(self.predict(embeddings).tolist())
 
     def compute(self) -> AxisResult:

@@ -20,6 +20,7 @@ if TYPE_CHECKING:
     from PIL import Image
 
     from loratune.config import BackendConfig
+    from loratune.metrics.embedding_cache import EmbeddingCache
     from loratune.metrics.registry import BackendSpec
 
 
@@ -68,6 +69,7 @@ class Runtime:
     dtype: Any = None  # torch.dtype
     batch_size: int = 8
     trust_remote_code: bool = False
+    embeddings: EmbeddingCache | None = None  # shared image embeddings while an Evaluator.score runs
 
 
 @dataclass

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 from pydantic import Field
 
 from loratune.metrics.base import AxisResult, Backend, EvalImage
+from loratune.metrics.embedding_cache import embed_images
 from loratune.metrics.openclip_models import HFClipModel, OpenClipModel, load_hf_clip, load_open_clip, resolve_open_clip
 from loratune.modelref import check_model_ref, is_stand_in
 
@@ -52,7 +53,7 @@ class _ClipScore(Backend):
         scored = [img for img in batch if img.prompt]
         values: dict[int, float] = {}
         if scored:
-            images = self.encoder.embed_images([img.image for img in scored], self.runtime.batch_size)
+            images = embed_images(self.runtime, self.encoder, [img.image for img in scored])
             texts = self._text_embeddings([img.prompt for img in scored])  # type: ignore[misc]
             values = {id(img): s for img, s in zip(scored, clip_scores(images, texts))}
         self._scores.extend(values.get(id(img)) for img in batch)

@@ -22,6 +22,7 @@ from pydantic import Field
 from loratune.errors import LoratuneError
 from loratune.metrics.base import AxisResult, Backend, EvalImage
 from loratune.metrics.cache import cached_model
+from loratune.metrics.embedding_cache import embed_images
 from loratune.metrics.openclip_models import first_line, load_clip_image, resolve_clip_image
 
 if TYPE_CHECKING:
@@ -243,7 +244,7 @@ class VendiDiversity(Backend):
         self._embeddings: list[torch.Tensor] = []
 
     def update(self, batch: list[EvalImage]) -> None:
-        embeddings = self.encoder.embed_images([img.image for img in batch], self.runtime.batch_size)
+        embeddings = embed_images(self.runtime, self.encoder, [img.image for img in batch])
         for img, emb in zip(batch, embeddings):
             self._groups.setdefault(img.group, []).append(len(self._embeddings))
             self._labels[img.group] = (img.character, img.prompt)

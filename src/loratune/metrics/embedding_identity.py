@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from pydantic import Field
 
 from loratune.metrics.base import AxisResult, Backend, EvalImage, References
+from loratune.metrics.embedding_cache import embed_images
 from loratune.metrics.openclip_models import (
     ImageEmbedder,
     is_timm_folder,
@@ -65,7 +66,7 @@ class _EmbeddingIdentity(Backend):
         return f"{self.field_path}.model"
 
     def embed(self, images: list[Any]) -> torch.Tensor:
-        return self.encoder.embed_images(images, self.runtime.batch_size)
+        return embed_images(self.runtime, self.encoder, images)
 
     def setup(self, references: References) -> None:
         self.references = references or References()

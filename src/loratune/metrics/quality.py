@@ -5,9 +5,14 @@ and score range; the ``pyiqa`` backend takes both from there for whatever ``metr
 normalisation and direction stay right for any of pyiqa's ~70 no-reference metrics.
 
 Weights: pyiqa downloads its checkpoints on first use (into torch hub's cache, where a pre-fetched file is found
-offline). A local checkpoint file can be given as ``model``. When the download fails (offline) the metric is built with
-``pretrained=False`` — random weights — and every result says "stand-in weights"; ``require_pretrained: true`` turns
-that into an error instead. PIQE needs no weights at all and is the real offline default.
+offline). A local checkpoint file can be given as ``model``. Told offline (``HF_HUB_OFFLINE=1``), loratune lets pyiqa
+read its cache but never start a download: a checkpoint that is not there counts as a failed download. When the
+download fails (offline) the metric is built with ``pretrained=False`` — random weights — and every result says
+"stand-in weights"; ``require_pretrained: true`` turns that into an error instead. PIQE needs no weights at all and is
+the real offline default.
+
+Images are scored in batches: the images of one ``update`` that share a size go through the metric as one tensor
+(MUSIQ and PIQE score each row on its own, so a batch gives each image's own score).
 
 Licence: pyiqa is released under the PolyForm Noncommercial License 1.0.0 (its LICENSE file), some components under the
 NTU S-Lab License 1.0 — both non-commercial use only; several metrics' weights carry their own terms.
@@ -17,8 +22,10 @@ from __future__ import annotations
 
 import inspect
 import re
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import Field
 
@@ -27,6 +34,9 @@ from loratune.metrics.base import AxisResult, Backend, EvalImage
 from loratune.metrics.cache import cached_model
 from loratune.metrics.openclip_models import first_line
 from loratune.modelref import is_stand_in
+
+if TYPE_CHECKING:
+    import torch
 
 PYIQA_LICENCE = "PolyForm Noncommercial 1.0.0 + NTU S-Lab License 1.0 (non-commercial use only; pyiqa) + each metric's weights' own terms"
 
@@ -75,6 +85,39 @@ def check_plain_checkpoint(path: str, field: str) -> None:
         raise LoratuneError(f"{field}: not a plain weights checkpoint {path} ({first_line(err)})") from None
 
 
+class OfflineDownloadRefused(OSError):
+    """pyiqa wanted to download a file while ``HF_HUB_OFFLINE=1``; an OSError like the failed download it replaces."""
+
+
+@contextmanager
+def _downloads_refused_when_offline() -> Iterator[None]:
+    """While pyiqa builds a metric offline, its downloader raises instead of opening a connection.
+
+    Every pyiqa download goes through ``pyiqa.utils.download_util.load_file_from_url``, which returns a cached file
+    and calls that module's ``download_url_to_file`` only for a missing one: swapping that name is the one place
+    that covers every architecture (pyiqa itself has no offline switch; its hub downloads honour HF_HUB_OFFLINE).
+    """
+    from huggingface_hub import constants
+    from pyiqa.utils import download_util
+
+    if not constants.HF_HUB_OFFLINE:
+        yield
+        return
+
+    def refuse(url: str, dst: str, *_args: Any, **_kwargs: Any) -> None:
+        raise OfflineDownloadRefused(
+            f"HF_HUB_OFFLINE=1 and {Path(dst).name} is not in pyiqa's cache {Path(dst).parent} (nothing was "
+            f"downloaded; fetch {url} there, or give the file as model)"
+        )
+
+    original = download_util.download_url_to_file
+    download_util.download_url_to_file = refuse
+    try:
+        yield
+    finally:
+        download_util.download_url_to_file = original
+
+
 def load_pyiqa_metric(
     metric: str, device: Any, weights: str | None, require_pretrained: bool, field: str
 ) -> tuple[Any, bool]:
@@ -84,18 +127,21 @@ def load_pyiqa_metric(
     if weights is not None:
         check_plain_checkpoint(weights, f"{field}.model")
         try:
-            return pyiqa.create_metric(metric, device=device, pretrained_model_path=weights), False
+            with _downloads_refused_when_offline():
+                return pyiqa.create_metric(metric, device=device, pretrained_model_path=weights), False
         except Exception as err:  # noqa: BLE001  (wrong architecture or keys in the user's file)
             raise LoratuneError(
                 f"{field}.model: cannot load {weights} into pyiqa {metric!r}: {first_line(err)}"
             ) from None
     try:
-        return pyiqa.create_metric(metric, device=device), False
-    except OSError as err:  # urllib's URLError (no network) and missing files are OSErrors
+        with _downloads_refused_when_offline():
+            return pyiqa.create_metric(metric, device=device), False
+    except OSError as err:  # urllib's URLError (no network), a refused offline download and missing files
         if require_pretrained or not _takes_pretrained(metric):
             raise LoratuneError(f"{field}: cannot load pyiqa {metric!r} weights ({first_line(err)})") from None
     try:
-        return pyiqa.create_metric(metric, device=device, pretrained=False), True
+        with _downloads_refused_when_offline():
+            return pyiqa.create_metric(metric, device=device, pretrained=False), True
     except OSError as err:
         raise LoratuneError(
             f"{field}: pyiqa {metric!r} needs files that cannot be fetched ({first_line(err)})"
@@ -146,19 +192,33 @@ class PyiqaQuality(Backend):
     def reset(self) -> None:
         self.per_image: list[float | None] = []
 
-    def score_image(self, image: Any) -> float:
+    def pixels(self, image: Any) -> torch.Tensor:
+        """3 x H x W in [0, 1], downscaled to ``max_side`` first when set."""
         import numpy as np
         import torch
 
         if self.options.max_side and max(image.size) > self.options.max_side:
             image = image.copy()
             image.thumbnail((self.options.max_side, self.options.max_side))
-        x = torch.from_numpy(np.asarray(image, dtype=np.float32) / 255.0).permute(2, 0, 1)[None]
-        with torch.inference_mode():
-            return float(self.metric(x.to(self.runtime.device)).reshape(-1)[0])
+        return torch.from_numpy(np.asarray(image, dtype=np.float32) / 255.0).permute(2, 0, 1)
 
     def update(self, batch: list[EvalImage]) -> None:
-        self.per_image += [self.score_image(item.image) for item in batch]
+        import torch
+
+        pixels = [self.pixels(item.image) for item in batch]
+        by_size: dict[tuple[int, ...], list[int]] = {}
+        for index, x in enumerate(pixels):
+            by_size.setdefault(tuple(x.shape), []).append(index)
+        scores: list[float | None] = [None] * len(batch)
+        with torch.inference_mode():
+            for rows in by_size.values():
+                values = self.metric(torch.stack([pixels[i] for i in rows]).to(self.runtime.device)).reshape(-1)
+                if len(values) != len(rows):  # a metric that pools its batch: one image per call instead
+                    alone = [self.metric(pixels[i][None].to(self.runtime.device)).reshape(-1) for i in rows]
+                    values = torch.cat(alone)
+                for index, score in zip(rows, values.tolist()):
+                    scores[index] = float(score)
+        self.per_image += scores
 
     def compute(self) -> AxisResult:
         scores = [s for s in self.per_image if s is not None]

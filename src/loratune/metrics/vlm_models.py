@@ -4,12 +4,17 @@ Two loaders share one interface (``YesNoVlm.yes_probabilities``):
 
 * ``NativeVlm`` — transformers-native image-text-to-text models (InternVL ``-hf`` checkpoints, Qwen2/2.5-VL, LLaVA):
   ``AutoProcessor`` + the model's chat template + ``AutoModelForImageTextToText``, one batched forward with
-  ``logits_to_keep=1``.
+  ``logits_to_keep=1``. Several questions about one image (a prompt and each character trait) share one vision pass:
+  ``model.get_image_features`` runs once per image and the language model receives the features through the
+  forward's ``mm_encoder_outputs`` (transformers' own path for precomputed features). Models whose processor adds
+  per-image inputs besides ``pixel_values`` (Qwen2-VL's ``image_grid_thw``, LLaVA-NeXT's ``image_sizes``) or whose
+  features are not one tensor of tiles keep one vision pass per question.
 * ``InternVL2RemoteVlm`` — the original InternVL2 checkpoints (OpenGVLab/InternVL2-1B/2B/8B) whose code ships with
   the checkpoint. Only loaded when the config sets ``evaluation.trust_remote_code``. Images go through upstream's
   448-px dynamic tiling (``build_transform`` + ``dynamic_preprocess``, as in the model card) and the logits are read
   from ``forward()`` — upstream's ``chat()`` calls ``.cuda()`` and its language models lose ``generate`` on
-  transformers >= 4.50, so neither would run on a CPU or on transformers 5.
+  transformers >= 4.50, so neither would run on a CPU or on transformers 5. Each question runs its own vision pass:
+  the checkpoint's code has no supported entry point for precomputed features.
 
 Scoring (VQAScore, Lin et al. 2024): the model is prompted to answer, and the logits of the first answer token are
 read. ``normalise="pair"`` (the default) is softmax over the Yes/No pair only, P(yes) / (P(yes) + P(no)), so the score
@@ -26,6 +31,7 @@ import json
 import re
 import sys
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -166,12 +172,21 @@ class YesNoVlm:
             logits = self.next_token_logits(images, questions)
         return [float(p) for p in yes_probability(logits, self.yes_ids, self.no_ids, normalise)]
 
-
-def _keeps_last_logits(model: Any) -> bool:
-    try:
-        return "logits_to_keep" in inspect.signature(model.forward).parameters
-    except (TypeError, ValueError):
-        return False
+    def ask(
+        self,
+        images: Sequence[Image.Image],
+        questions: Sequence[str],
+        normalise: Normalise = "pair",
+        batch_size: int = 8,
+        reuse_vision: bool = True,
+    ) -> list[float]:
+        """P(yes) for each pair ``(images[i], questions[i])``, ``batch_size`` pairs per forward. An image object that
+        appears in several pairs is one image asked several questions (a loader that can reuses its vision pass)."""
+        step = max(1, batch_size)
+        probs: list[float] = []
+        for start in range(0, len(images), step):
+            probs += self.yes_probabilities(images[start : start + step], questions[start : start + step], normalise)
+        return probs
 
 
 class NativeVlm(YesNoVlm):
@@ -193,7 +208,8 @@ class NativeVlm(YesNoVlm):
         if self.tokenizer.pad_token is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
         self.yes_ids, self.no_ids = yes_no_ids(self.tokenizer, field)
-        self.keep_last = _keeps_last_logits(self.model)
+        self.keep_last = _accepts(self.model, "logits_to_keep")
+        self._prompt_cache: dict[str, list[int]] = {}
 
     def prompt(self, question: str) -> str:
         messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": question}]}]
@@ -209,6 +225,119 @@ class NativeVlm(YesNoVlm):
             inputs["pixel_values"] = inputs["pixel_values"].to(self.model.dtype)
         kwargs = {"logits_to_keep": 1} if self.keep_last else {}
         return self.model(**inputs, **kwargs).logits[:, -1, :]
+
+    def ask(
+        self,
+        images: Sequence[Image.Image],
+        questions: Sequence[str],
+        normalise: Normalise = "pair",
+        batch_size: int = 8,
+        reuse_vision: bool = True,
+    ) -> list[float]:
+        import torch
+
+        unique = list({id(image): image for image in images}.values())
+        if not reuse_vision or len(unique) == len(images):
+            return super().ask(images, questions, normalise, batch_size)
+        step = max(1, batch_size)
+        encoded: dict[int, EncodedImage] = {}
+        with torch.inference_mode():
+            for start in range(0, len(unique), step):
+                chunk = unique[start : start + step]
+                found = self.encode(chunk)
+                if found is None:  # this model cannot take precomputed features: one vision pass per question
+                    return super().ask(images, questions, normalise, batch_size)
+                encoded.update(zip((id(image) for image in chunk), found))
+            probs: list[float] = []
+            for start in range(0, len(images), step):
+                chunk_pairs = zip(images[start : start + step], questions[start : start + step])
+                logits = self.logits_from_features([(encoded[id(image)], q) for image, q in chunk_pairs])
+                probs += [float(p) for p in yes_probability(logits, self.yes_ids, self.no_ids, normalise)]
+        return probs
+
+    def _prompt_ids(self, question: str) -> list[int]:
+        """The chat-templated prompt's token ids, the image as its one placeholder (kept: the trait questions repeat
+        for every image of a character)."""
+        if question not in self._prompt_cache:
+            self._prompt_cache[question] = list(self.tokenizer(self.prompt(question))["input_ids"])
+        return self._prompt_cache[question]
+
+    def encode(self, images: Sequence[Image.Image]) -> list[EncodedImage] | None:
+        """Each image's vision features and the token span standing for it in a prompt, or None where this model
+        cannot be given precomputed features safely (then nothing is reused)."""
+        import torch
+
+        if not hasattr(self.model, "get_image_features") or not _accepts(self.model, "mm_encoder_outputs"):
+            return None
+        image_token = getattr(self.model.config, "image_token_id", None)
+        plain = self._prompt_ids("")
+        if image_token is None or plain.count(image_token) != 1:
+            return None
+        inputs = self.inputs(images, [""] * len(images))
+        if set(inputs) - {"input_ids", "attention_mask", "pixel_values"}:
+            return None  # per-image inputs (grid sizes, image sizes) the text pass would need as well
+        pixels = inputs["pixel_values"].to(self.device, self.model.dtype)
+        features = self.model.get_image_features(pixel_values=pixels, return_dict=True)
+        pooled = getattr(features, "pooler_output", None)
+        # InternVL: one tensor of tiles x tokens x width for the whole batch; LLaVA: a list, tokens x width per image.
+        stacked = isinstance(pooled, torch.Tensor) and pooled.ndim == 3
+        if not stacked and not (isinstance(pooled, (list, tuple)) and len(pooled) == len(images)):
+            return None
+        at = plain.index(image_token)
+        after = len(plain) - at - 1
+        out, row_start = [], 0
+        for index, (ids, mask) in enumerate(zip(inputs["input_ids"].tolist(), inputs["attention_mask"].tolist())):
+            ids = [i for i, keep in zip(ids, mask) if keep]
+            span = ids[at : len(ids) - after]
+            if ids[:at] != plain[:at] or ids[len(ids) - after :] != plain[at + 1 :]:
+                return None  # the processor's text is not the plain prompt with the image expanded in place
+            tokens = span.count(image_token)
+            rows = tokens // pooled.shape[1] if stacked else 1
+            image_features = pooled[row_start : row_start + rows] if stacked else pooled[index]
+            row_start += rows
+            if image_features.shape[:-1].numel() != tokens:
+                return None
+            out.append(EncodedImage(image_features, span))
+        return out if row_start == len(pooled) else None
+
+    def logits_from_features(self, pairs: Sequence[tuple[EncodedImage, str]]) -> torch.Tensor:
+        """Next-token logits for (encoded image, question) pairs: the prompt tokens with the image's span in place of
+        its placeholder, left-padded as the processor pads, and the image's features handed to the forward."""
+        import torch
+        from transformers.modeling_outputs import BaseModelOutputWithPooling
+
+        image_token = self.model.config.image_token_id
+        rows = []
+        for image, question in pairs:
+            ids = self._prompt_ids(question)
+            at = ids.index(image_token)
+            rows.append(ids[:at] + image.span + ids[at + 1 :])
+        width = max(len(r) for r in rows)
+        pad = self.tokenizer.pad_token_id
+        input_ids = torch.tensor([[pad] * (width - len(r)) + r for r in rows], device=self.device)
+        mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows], device=self.device)
+        parts = [image.features for image, _ in pairs]
+        # Handed over in the layout get_image_features gave: stacked tiles (3-d), or one tensor per image (2-d).
+        features = BaseModelOutputWithPooling(pooler_output=torch.cat(parts) if parts[0].ndim == 3 else parts)
+        kwargs = {"logits_to_keep": 1} if self.keep_last else {}
+        out = self.model(input_ids=input_ids, attention_mask=mask, mm_encoder_outputs={"image": features}, **kwargs)
+        return out.logits[:, -1, :]
+
+
+@dataclass
+class EncodedImage:
+    """One image after the vision tower and projector: its feature rows (tiles x tokens x width) and the prompt token
+    span that stands for it."""
+
+    features: torch.Tensor
+    span: list[int]
+
+
+def _accepts(model: Any, name: str) -> bool:
+    try:
+        return name in inspect.signature(model.forward).parameters
+    except (TypeError, ValueError):
+        return False
 
 
 IMG_START, IMG_END, IMG_CONTEXT = "<img>", "</img>", "<IMG_CONTEXT>"

@@ -37,6 +37,11 @@ class VlmOptions(Backend.Options):
         None, ge=1, le=40, description="InternVL2 dynamic tiling: most 448-px tiles per image"
     )
     trait_question: str = "Does this figure show {trait}? Please answer yes or no."
+    reuse_vision: bool = Field(
+        True,
+        description="encode each image once for all its questions (native models that take precomputed features); "
+        "false: one vision pass per question, the reference path",
+    )
 
 
 class TraitTally:
@@ -101,25 +106,31 @@ class _VlmBackend(Backend):
         self.tally = TraitTally()
 
     def ask(self, pairs: list[tuple[EvalImage, str]]) -> list[float]:
-        """P(yes) for each (image, question), in batches of the runtime's batch size."""
-        probs: list[float] = []
-        step = max(1, self.runtime.batch_size)
-        for start in range(0, len(pairs), step):
-            chunk = pairs[start : start + step]
-            probs += self.vlm.yes_probabilities(
-                [e.image for e, _ in chunk], [q for _, q in chunk], self.options.normalise
-            )
-        return probs
+        """P(yes) for each (image, question), in batches of the runtime's batch size; the questions about one image
+        share its vision pass where the model allows."""
+        return self.vlm.ask(
+            [e.image for e, _ in pairs],
+            [q for _, q in pairs],
+            self.options.normalise,
+            self.runtime.batch_size,
+            self.options.reuse_vision,
+        )
 
-    def check_traits(self, batch: list[EvalImage]) -> list[list[float]]:
-        """Ask every trait of each image's character (one batched pass); returns the P(yes) list per image."""
+    def trait_pairs(self, batch: list[EvalImage]) -> tuple[list[tuple[EvalImage, str]], list[tuple[int, str, str]]]:
+        """Every (image, trait question) of the batch and its (index in batch, character, trait)."""
         pairs, keys = [], []
         for index, item in enumerate(batch):
             for trait in self.traits.get(item.character or "", []):
                 pairs.append((item, self.options.trait_question.format(trait=trait)))
                 keys.append((index, item.character or "", trait))
+        return pairs, keys
+
+    def tally_traits(
+        self, batch: list[EvalImage], keys: list[tuple[int, str, str]], probs: list[float]
+    ) -> list[list[float]]:
+        """Record the trait answers; returns the P(yes) list per image."""
         per_item: list[list[float]] = [[] for _ in batch]
-        for (index, character, trait), prob in zip(keys, self.ask(pairs)):
+        for (index, character, trait), prob in zip(keys, probs):
             self.tally.add(character, trait, prob)
             per_item[index].append(prob)
         return per_item
@@ -144,11 +155,13 @@ class VqaScore(_VlmBackend):
         self.per_image: list[float | None] = []
 
     def update(self, batch: list[EvalImage]) -> None:
-        with_prompt = [item for item in batch if item.prompt]
-        probs = iter(self.ask([(item, self.options.question.format(prompt=item.prompt)) for item in with_prompt]))
-        self.per_image += [next(probs) if item.prompt else None for item in batch]
-        if self.options.traits:
-            self.check_traits(batch)
+        asked = [(item, self.options.question.format(prompt=item.prompt)) for item in batch if item.prompt]
+        traits, keys = self.trait_pairs(batch) if self.options.traits else ([], [])
+        # One call for the prompt and the trait questions: each image's vision pass serves all of them.
+        probs = self.ask(asked + traits)
+        prompt_probs = iter(probs[: len(asked)])
+        self.per_image += [next(prompt_probs) if item.prompt else None for item in batch]
+        self.tally_traits(batch, keys, probs[len(asked) :])
 
     def compute(self) -> AxisResult:
         scored = [p for p in self.per_image if p is not None]
@@ -173,7 +186,9 @@ class VlmTraits(_VlmBackend):
         self.per_image: list[float | None] = []
 
     def update(self, batch: list[EvalImage]) -> None:
-        self.per_image += [sum(ps) / len(ps) if ps else None for ps in self.check_traits(batch)]
+        pairs, keys = self.trait_pairs(batch)
+        per_item = self.tally_traits(batch, keys, self.ask(pairs))
+        self.per_image += [sum(ps) / len(ps) if ps else None for ps in per_item]
 
     def compute(self) -> AxisResult:
         probs = self.tally.all_probs()
