@@ -42,18 +42,24 @@ class Outcome:
     pruned: int
 
 
-def one_study(root: Path, sampler: str, pruner: str, seed: int, trials: int) -> Outcome:
+def one_study(root: Path, sampler: str, pruner: str, seed: int, trials: int, search_epochs: bool = False) -> Outcome:
+    """One ``loratune optimize`` run over the default space, trials up to 20 epochs (the seed space's longest);
+    ``search_epochs`` adds the seed's ``epochs: 6..20`` dimension (what the product searched before)."""
     import optuna
 
     from loratune.config import load_config
     from loratune.runfolder import STUDY_NAME, RunFolder
+    from loratune.search.config import ParamSpec
     from loratune.search.runner import run_optimize
-    from loratune.search.synthetic import LoraSurface, Point
+    from loratune.search.synthetic import EPOCH_RANGE, LoraSurface, Point
 
-    run = RunFolder(root / f"{sampler}-{pruner}-{seed}")
+    run = RunFolder(root / f"{sampler}-{pruner}-{seed}-{search_epochs}")
     config = load_config(None, [f"search.sampler={sampler}", f"search.pruner={pruner}", f"search.seed={seed}",
                                 f"search.n_trials={trials}", "search.phases.ensemble_top_k=0",
-                                "search.heartbeat_interval=60"])
+                                "search.heartbeat_interval=60", f"train.epochs={EPOCH_RANGE[1]}"])
+    if search_epochs:
+        space = config.search.space | {"epochs": ParamSpec(type="int", low=EPOCH_RANGE[0], high=EPOCH_RANGE[1])}
+        config = config.model_copy(update={"search": config.search.model_copy(update={"space": space})})
     run_optimize(config, run.root, backend=BACKEND, say=lambda m: None)
     best = json.loads((run.best / "best.json").read_text())
     params = json.loads((run.trial(best["trial"]) / "params.json").read_text())
@@ -72,7 +78,9 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=10)
     parser.add_argument("--trials", type=int, default=20)
     parser.add_argument("--samplers", default="tpe,gp,random")
-    parser.add_argument("--pruners", default="hyperband,median,patient,none")
+    parser.add_argument("--pruners", default="patient,median,hyperband,none")
+    parser.add_argument("--references", default="random+none,tpe+hyperband",
+                        help="sampler+pruner rows run with epochs searched too (the product's space before)")
     args = parser.parse_args()
     warnings.filterwarnings("ignore")
     import torch
@@ -82,41 +90,45 @@ def main() -> None:
 
     optimum, where, epoch = LoraSurface().optimum()
     samplers, pruners = args.samplers.split(","), args.pruners.split(",")
-    results: dict[tuple[str, str], list[Outcome]] = {}
-    seconds: dict[tuple[str, str], float] = {}
+    results: dict[tuple[str, str, bool], list[Outcome]] = {}
+    seconds: dict[tuple[str, str, bool], float] = {}
+    combos = [(s, p, False) for s in samplers for p in pruners]
+    combos += [(*ref.split("+"), True) for ref in args.references.split(",") if ref]
     console = Console(width=max(Console().width, 100))
     # The studies' SQLite files commit on every report: on tmpfs where there is one, so disk syncs do not dominate.
     shm = Path("/dev/shm")
     root = Path(tempfile.mkdtemp(prefix="loratune-search-bench-", dir=shm if shm.is_dir() else None))
     try:
         with console.status("") as status:
-            for sampler in samplers:
-                for pruner in pruners:
-                    start = time.perf_counter()
-                    results[sampler, pruner] = []
-                    for seed in range(args.seeds):
-                        status.update(f"{sampler} + {pruner}: seed {seed + 1}/{args.seeds}")
-                        results[sampler, pruner].append(one_study(root, sampler, pruner, seed, args.trials))
-                    seconds[sampler, pruner] = time.perf_counter() - start
+            for combo in combos:
+                sampler, pruner, search_epochs = combo
+                start = time.perf_counter()
+                results[combo] = []
+                for seed in range(args.seeds):
+                    status.update(f"{sampler} + {pruner}{' + epochs' * search_epochs}: seed {seed + 1}/{args.seeds}")
+                    results[combo].append(one_study(root, sampler, pruner, seed, args.trials, search_epochs))
+                seconds[combo] = time.perf_counter() - start
     finally:
         shutil.rmtree(root, ignore_errors=True)  # nothing left behind, even after Ctrl-C
 
-    reference = float(np.median([o.regret for o in results.get(("random", "none"), [])] or [np.nan]))
+    reference = float(np.median([o.regret for o in results.get(("random", "none", True), [])] or [np.nan]))
     table = Table(title=f"Product runner, {args.trials} trials, {args.seeds} seeds: optimum {optimum:.3f} "
                         f"({where.optimizer}, lr {where.learning_rate:.1e}, rank {where.rank}, epoch {epoch})")
-    for col in ("sampler", "pruner", "median regret", "vs random", "IQR", "epochs trained", "epochs scored",
-                "pruned", "s/study"):
-        table.add_column(col, justify="left" if col in ("sampler", "pruner") else "right")
-    for (sampler, pruner), outs in results.items():
+    for col in ("sampler", "pruner", "epochs", "median regret", "vs random", "IQR", "epochs trained",
+                "epochs scored", "pruned", "s/study"):
+        table.add_column(col, justify="left" if col in ("sampler", "pruner", "epochs") else "right")
+    for (sampler, pruner, search_epochs), outs in results.items():
         regrets = np.array([o.regret for o in outs])
         q1, q3 = np.percentile(regrets, [25, 75])
-        table.add_row(sampler, pruner, f"{np.median(regrets):.4f}", f"{np.median(regrets) / reference:.2f}x",
+        table.add_row(sampler, pruner, "searched" if search_epochs else "to 20", f"{np.median(regrets):.4f}",
+                      f"{np.median(regrets) / reference:.2f}x",
                       f"{q1:.3f}-{q3:.3f}", f"{np.median([o.trained for o in outs]):.0f}",
                       f"{np.median([o.scored for o in outs]):.0f}", f"{np.mean([o.pruned for o in outs]):.1f}",
-                      f"{seconds[sampler, pruner] / len(outs):.1f}")
+                      f"{seconds[sampler, pruner, search_epochs] / len(outs):.1f}")
     console.print(table)
-    console.print("[dim]vs random: median regret / random search's without pruning. Cost: every trained epoch is "
-                  "also sampled and scored.[/dim]")
+    console.print("[dim]vs random: median regret / random search's with epochs searched and no pruning (what a "
+                  "search without per-epoch selection does). epochs 'to 20': not searched, each trial trains up to 20 "
+                  "and its best epoch counts. Cost: every trained epoch is also sampled and scored.[/dim]")
 
 
 if __name__ == "__main__":
