@@ -1,174 +1,134 @@
-"""Search efficiency on a synthetic LoRA-quality surface (loratune.search.synthetic): which sampler, and what
-per-epoch scoring + pruning saves.
+"""Search efficiency of the product's own runner (``run_optimize``) on a synthetic LoRA surface: which sampler and
+pruner hand back the best LoRA for the training and scoring they spend.
 
-1. Median regret after 20 trials for TPE, GP, random and grid over >= 10 seeds; each trial is one training run at
-   its own ``epochs`` value scored once at the end (what a search without per-epoch scoring does).
-2. Training compute: (a) one run per epochs value (6..20) for each config, (b) one 20-epoch run per config with every
-   epoch scored (the trial's value is its best epoch), (c) (b) plus Hyperband pruning. Compute is counted in epochs.
+Every study is a real ``loratune optimize`` run (SQLite study, phases, pruning, trial folders, RUN/best) whose trial
+backend is ``loratune.search.synthetic:make``: scores come from ``LoraSurface`` (lr x rank interaction, optimizer and
+min-SNR dimensions, identity and alignment pulling apart with over-training, noise correlated across epochs) over the
+product's default search space. Regret = true optimum - true value of the (trial, epoch) the run copied to RUN/best,
+so noisy scores can mislead a strategy just as real ones do. Cost counts training epochs and scored epochs (sampling +
+scoring a checkpoint costs about a training epoch on SD1.5). The ensemble trial is off (a merge has no place on the
+surface).
 
-Regret = true optimum - true value of what the search would hand back: the first candidate of the product's own
-ranking rule (``loratune.search.selection.ranked``: every scored epoch competes, a pruned trial's too) on the *observed*
-scores, so noise can mislead a strategy just as it does on real scores. Pruners are the product's (``make_pruner``). Run: ``python benchmarks/search_efficiency.py [--seeds 10]``
-(~35 s on an idle 2-core machine, ~26 s of CPU; GP's model fits are most of it).
+Run: ``python benchmarks/search_efficiency.py [--seeds 10] [--trials 20] [--samplers tpe,gp,random]
+[--pruners hyperband,median,patient,none]``.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
+import shutil
+import tempfile
 import time
 import warnings
+from dataclasses import dataclass
+from pathlib import Path
 
-import numpy as np
-import optuna
-import torch
-from rich.console import Console
-from rich.table import Table
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-from loratune.search.config import SearchSection
-from loratune.search.samplers import make_pruner
-from loratune.search.selection import ranked
-from loratune.search.synthetic import ALPHA_RATIOS, EPOCH_RANGE, LR_RANGE, RANKS, Surface
+import numpy as np  # noqa: E402
+from rich.console import Console  # noqa: E402
+from rich.table import Table  # noqa: E402
 
-N_TRIALS = 20
-MAX_EPOCHS = EPOCH_RANGE[1]
+BACKEND = "loratune.search.synthetic:make"
 
 
-def _config(trial: optuna.Trial) -> tuple[float, int, float]:
-    lr = trial.suggest_float("learning_rate", *LR_RANGE, log=True)
-    rank = trial.suggest_categorical("rank", list(RANKS))
-    ratio = trial.suggest_categorical("alpha_ratio", list(ALPHA_RATIOS))
-    return lr, rank, ratio
+@dataclass
+class Outcome:
+    regret: float
+    trained: int
+    scored: int
+    pruned: int
 
 
-def _sampler(name: str, seed: int) -> optuna.samplers.BaseSampler:
-    if name == "tpe":
-        return optuna.samplers.TPESampler(seed=seed, multivariate=True)
-    if name == "gp":
-        return optuna.samplers.GPSampler(seed=seed)
-    if name == "random":
-        return optuna.samplers.RandomSampler(seed=seed)
-    # 20 points: 5 log-spaced learning rates x 2 ranks x 2 epochs values (alpha_ratio fixed at 1).
-    grid = {"learning_rate": [float(x) for x in np.geomspace(*LR_RANGE, 5)], "rank": [16, 64], "alpha_ratio": [1.0],
-            "epochs": [10, 16]}
-    return optuna.samplers.GridSampler(grid, seed=seed)
+def one_study(root: Path, sampler: str, pruner: str, seed: int, trials: int, search_epochs: bool = False) -> Outcome:
+    """One ``loratune optimize`` run over the default space, trials up to 20 epochs (the seed space's longest);
+    ``search_epochs`` adds the seed's ``epochs: 6..20`` dimension (what the product searched before)."""
+    import optuna
 
+    from loratune.config import load_config
+    from loratune.runfolder import STUDY_NAME, RunFolder
+    from loratune.search.config import ParamSpec
+    from loratune.search.runner import run_optimize
+    from loratune.search.synthetic import EPOCH_RANGE, LoraSurface, Point
 
-def _candidate(trial: optuna.Trial, observed: float, epoch: int) -> None:
-    """Record a scored epoch the way the runner does (best-epoch user attrs), so the product's ranking can read it."""
-    if observed > trial.user_attrs.get("composite", -np.inf):
-        trial.set_user_attr("composite", observed)
-        trial.set_user_attr("best_epoch", epoch)
-        trial.set_user_attr("lora", f"checkpoints/epoch-{epoch:04d}")
-
-
-def _handed_back(study: optuna.Study, truth: dict[tuple[int, int], float]) -> float:
-    """The true value of what loratune would copy to RUN/best: ``selection.ranked``'s first candidate."""
-    best = ranked(study.get_trials(deepcopy=False), SearchSection())[0]
-    return truth[(best.number, best.user_attrs["best_epoch"])]
-
-
-def run_per_value(surface: Surface, sampler: str, seed: int) -> tuple[float, int]:
-    """One run per trial at its own epochs value, scored once: returns (true value handed back, epochs spent)."""
-    rng = np.random.default_rng(seed + 1000)
-    study = optuna.create_study(direction="maximize", sampler=_sampler(sampler, seed))
-    truth: dict[tuple[int, int], float] = {}
-    spent = 0
-
-    def objective(trial: optuna.Trial) -> float:
-        nonlocal spent
-        lr, rank, ratio = _config(trial)
-        epochs = trial.suggest_int("epochs", *EPOCH_RANGE)
-        spent += epochs
-        truth[(trial.number, epochs)] = surface.true(lr, rank, ratio, epochs)
-        observed = surface.observe(rng, lr, rank, ratio, epochs)
-        _candidate(trial, observed, epochs)
-        return observed
-
-    study.optimize(objective, n_trials=N_TRIALS)
-    return _handed_back(study, truth), spent
-
-
-def run_per_epoch(surface: Surface, seed: int, pruner: str = "none") -> tuple[float, int]:
-    """One 20-epoch run per config, every epoch scored and reported, with the product's pruner (``make_pruner``) and
-    its rule that the last epoch is never pruned. What is handed back is what the product's ranking picks: a pruned
-    trial's best epoch competes like any other."""
-    rng = np.random.default_rng(seed + 2000)
-    # A fixed study name: Hyperband assigns brackets by hashing it.
-    study = optuna.create_study(direction="maximize", sampler=optuna.samplers.TPESampler(seed=seed, multivariate=True),
-                                pruner=make_pruner(SearchSection(pruner=pruner), MAX_EPOCHS),
-                                study_name=f"per-epoch-{seed}")
-    truth: dict[tuple[int, int], float] = {}
-    spent = 0
-
-    def objective(trial: optuna.Trial) -> float:
-        nonlocal spent
-        lr, rank, ratio = _config(trial)
-        for epoch in range(1, MAX_EPOCHS + 1):
-            spent += 1
-            observed = surface.observe(rng, lr, rank, ratio, epoch)
-            truth[(trial.number, epoch)] = surface.true(lr, rank, ratio, epoch)
-            _candidate(trial, observed, epoch)
-            trial.report(observed, epoch)  # the raw per-epoch score, as the runner reports it
-            if epoch < MAX_EPOCHS and trial.should_prune():
-                raise optuna.TrialPruned()
-        return float(trial.user_attrs["composite"])
-
-    study.optimize(objective, n_trials=N_TRIALS)
-    return _handed_back(study, truth), spent
+    run = RunFolder(root / f"{sampler}-{pruner}-{seed}-{search_epochs}")
+    config = load_config(None, [f"search.sampler={sampler}", f"search.pruner={pruner}", f"search.seed={seed}",
+                                f"search.n_trials={trials}", "search.phases.ensemble_top_k=0",
+                                "search.heartbeat_interval=60", f"train.epochs={EPOCH_RANGE[1]}"])
+    if search_epochs:
+        space = config.search.space | {"epochs": ParamSpec(type="int", low=EPOCH_RANGE[0], high=EPOCH_RANGE[1])}
+        config = config.model_copy(update={"search": config.search.model_copy(update={"space": space})})
+    run_optimize(config, run.root, backend=BACKEND, say=lambda m: None)
+    best = json.loads((run.best / "best.json").read_text())
+    params = json.loads((run.trial(best["trial"]) / "params.json").read_text())
+    surface = LoraSurface()
+    value = surface.true(Point.of(params["train"]), best["best_epoch"])
+    study = optuna.load_study(study_name=STUDY_NAME, storage=run.storage_url(None))
+    done = study.get_trials(deepcopy=False)
+    epochs = sum(len(t.intermediate_values) for t in done)
+    shutil.rmtree(run.root)
+    return Outcome(surface.optimum()[0] - value, epochs, epochs,
+                   sum(t.state == optuna.trial.TrialState.PRUNED for t in done))
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, default=10)
+    parser.add_argument("--trials", type=int, default=20)
+    parser.add_argument("--samplers", default="tpe,gp,random")
+    parser.add_argument("--pruners", default="patient,median,hyperband,none")
+    parser.add_argument("--references", default="random+none,tpe+hyperband",
+                        help="sampler+pruner rows run with epochs searched too (the product's space before)")
     args = parser.parse_args()
-    optuna.logging.set_verbosity(optuna.logging.ERROR)
     warnings.filterwarnings("ignore")
-    # GPSampler fits its model with torch; one thread is faster than contending for shared cores.
-    torch.set_num_threads(1)
-    surface = Surface()
-    optimum, where = surface.optimum()
-    console = Console(width=max(Console().width, 120))
-    start = time.perf_counter()
+    import torch
 
-    table = Table(title=f"Median regret after {N_TRIALS} trials, {args.seeds} seeds (optimum {optimum:.3f} at "
-                        f"lr {where['learning_rate']:.2e}, rank {where['rank']}, alpha/rank {where['alpha_ratio']}, "
-                        f"epoch {where['epochs']})")
-    for col in ("sampler", "median regret", "IQR", "mean epochs / trial", "seconds"):
-        table.add_column(col, justify="right" if col != "sampler" else "left")
-    for name in ("tpe", "gp", "random", "grid"):
-        t0 = time.perf_counter()
-        results = [run_per_value(surface, name, seed) for seed in range(args.seeds)]
-        regrets = np.array([optimum - v for v, _ in results])
+    torch.set_num_threads(1)  # GP fits: one thread beats contending for shared cores
+    from loratune.search.synthetic import LoraSurface
+
+    optimum, where, epoch = LoraSurface().optimum()
+    samplers, pruners = args.samplers.split(","), args.pruners.split(",")
+    results: dict[tuple[str, str, bool], list[Outcome]] = {}
+    seconds: dict[tuple[str, str, bool], float] = {}
+    combos = [(s, p, False) for s in samplers for p in pruners]
+    combos += [(*ref.split("+"), True) for ref in args.references.split(",") if ref]
+    console = Console(width=max(Console().width, 100))
+    # The studies' SQLite files commit on every report: on tmpfs where there is one, so disk syncs do not dominate.
+    shm = Path("/dev/shm")
+    root = Path(tempfile.mkdtemp(prefix="loratune-search-bench-", dir=shm if shm.is_dir() else None))
+    try:
+        with console.status("") as status:
+            for combo in combos:
+                sampler, pruner, search_epochs = combo
+                start = time.perf_counter()
+                results[combo] = []
+                for seed in range(args.seeds):
+                    status.update(f"{sampler} + {pruner}{' + epochs' * search_epochs}: seed {seed + 1}/{args.seeds}")
+                    results[combo].append(one_study(root, sampler, pruner, seed, args.trials, search_epochs))
+                seconds[combo] = time.perf_counter() - start
+    finally:
+        shutil.rmtree(root, ignore_errors=True)  # nothing left behind, even after Ctrl-C
+
+    reference = float(np.median([o.regret for o in results.get(("random", "none", True), [])] or [np.nan]))
+    table = Table(title=f"Product runner, {args.trials} trials, {args.seeds} seeds: optimum {optimum:.3f} "
+                        f"({where.optimizer}, lr {where.learning_rate:.1e}, rank {where.rank}, epoch {epoch})")
+    for col in ("sampler", "pruner", "epochs", "median regret", "vs random", "IQR", "epochs trained",
+                "epochs scored", "pruned", "s/study"):
+        table.add_column(col, justify="left" if col in ("sampler", "pruner", "epochs") else "right")
+    for (sampler, pruner, search_epochs), outs in results.items():
+        regrets = np.array([o.regret for o in outs])
         q1, q3 = np.percentile(regrets, [25, 75])
-        table.add_row(name.upper() if name in ("tpe", "gp") else name, f"{np.median(regrets):.4f}",
-                      f"{q1:.4f}–{q3:.4f}", f"{np.mean([s for _, s in results]) / N_TRIALS:.1f}",
-                      f"{time.perf_counter() - t0:.1f}")
+        table.add_row(sampler, pruner, "searched" if search_epochs else "to 20", f"{np.median(regrets):.4f}",
+                      f"{np.median(regrets) / reference:.2f}x",
+                      f"{q1:.3f}-{q3:.3f}", f"{np.median([o.trained for o in outs]):.0f}",
+                      f"{np.median([o.scored for o in outs]):.0f}", f"{np.mean([o.pruned for o in outs]):.1f}",
+                      f"{seconds[sampler, pruner, search_epochs] / len(outs):.1f}")
     console.print(table)
-
-    per_value_cost = N_TRIALS * sum(range(EPOCH_RANGE[0], EPOCH_RANGE[1] + 1))
-    tpe_value = [run_per_value(surface, "tpe", s) for s in range(args.seeds)]
-    per_epoch = [run_per_epoch(surface, s) for s in range(args.seeds)]
-    pruners = {
-        "+ Hyperband pruning (loratune default)": "hyperband",
-        "+ median pruning (loratune's: 2 start-up trials, 1 warm-up epoch)": "median",
-        "+ patient pruning (loratune's: stop 2 epochs after the peak)": "patient",
-    }
-    pruned = {label: [run_per_epoch(surface, s, name) for s in range(args.seeds)] for label, name in pruners.items()}
-    table = Table(title=f"Training compute for {N_TRIALS} configs (TPE; epochs counted; median over {args.seeds} seeds)")
-    for col in ("strategy", "epochs trained", "saved vs one run per epochs value", "median regret"):
-        table.add_column(col, justify="right" if col != "strategy" else "left")
-    table.add_row(f"one run per epochs value ({EPOCH_RANGE[0]}..{EPOCH_RANGE[1]}) per config", f"{per_value_cost}",
-                  "0%", "same checkpoints as the next-but-one row")
-    table.add_row("TPE with epochs as a parameter (1 run, scored once)",
-                  f"{np.median([s for _, s in tpe_value]):.0f}",
-                  f"{1 - np.median([s for _, s in tpe_value]) / per_value_cost:.0%}",
-                  f"{np.median([optimum - v for v, _ in tpe_value]):.4f}")
-    for label, res in (("per-epoch scoring (1 run of 20 epochs, best epoch)", per_epoch), *pruned.items()):
-        spent = float(np.median([s for _, s in res]))
-        table.add_row(label, f"{spent:.0f}", f"{1 - spent / per_value_cost:.0%}",
-                      f"{np.median([optimum - v for v, _ in res]):.4f}")
-    console.print(table)
-    console.print(f"[dim]total {time.perf_counter() - start:.1f} s[/dim]")
+    console.print("[dim]vs random: median regret / random search's with epochs searched and no pruning (what a "
+                  "search without per-epoch selection does). epochs 'to 20': not searched, each trial trains up to 20 "
+                  "and its best epoch counts. Cost: every trained epoch is also sampled and scored.[/dim]")
 
 
 if __name__ == "__main__":

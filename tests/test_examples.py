@@ -60,6 +60,8 @@ def test_draws_reach_every_choice_both_ends_and_conditionals() -> None:
     space = load_config(EXAMPLES[0].parent / "sd15.yaml").search.space
     sets = draws(space)
     assert {s["optimizer"] for s in sets} == {"adamw", "prodigy", "lion"}
-    assert {s["epochs"] for s in sets} == {6, 20}
+    assert {s["rank"] for s in sets} == {8, 16, 32, 64}
+    lr = [s["learning_rate"] for s in sets if "learning_rate" in s]
+    assert min(lr) == 5e-5 and max(lr) == 5e-4
     assert {s["d_coef"] for s in sets if "d_coef" in s} == {0.5, 2.0}
     assert all(("d_coef" in s) == (s["optimizer"] == "prodigy") for s in sets)

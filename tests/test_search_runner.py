@@ -32,7 +32,7 @@ def write_config(path: Path, **search) -> Path:
     data = {
         "train": {"epochs": 3},
         "search": {
-            "n_trials": 6, "seed": 3, "heartbeat_interval": 1, "grace_period": 2,
+            "n_trials": 6, "seed": 3, "heartbeat_interval": 1, "grace_period": 2, "pruner": "hyperband",
             "space": {"learning_rate": {"type": "float", "low": 5e-5, "high": 5e-4, "log": True},
                       "rank": {"type": "categorical", "choices": [4, 8, 16]},
                       "alpha_ratio": {"type": "categorical", "choices": [0.5, 1.0]},

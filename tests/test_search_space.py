@@ -41,7 +41,7 @@ def test_conditional_params_are_suggested_only_when_active() -> None:
         assert ("learning_rate" in params) == (params["optimizer"] != "prodigy")
         if "learning_rate" in params:
             assert 5e-5 <= params["learning_rate"] <= 5e-4
-        assert isinstance(params["epochs"], int) and 6 <= params["epochs"] <= 20
+        assert "epochs" not in params  # every epoch is scored: trials train to train.epochs, pruning stops them
         study.tell(trial, 0.0)
     assert seen == {"adamw", "prodigy", "lion"}
     assert ordered(space).index("optimizer") < ordered(space).index("d_coef")
@@ -58,7 +58,8 @@ def test_config_values_scale_lion_prodigy_lr_and_alpha_ratio() -> None:
 
 def test_apply_params_writes_train_fields_and_validates() -> None:
     config = load_config()
-    space = {k: default_space()[k] for k in ("learning_rate", "rank", "alpha_ratio", "optimizer", "epochs")}
+    space = {k: default_space()[k] for k in ("learning_rate", "rank", "alpha_ratio", "optimizer")}
+    space["epochs"] = ParamSpec(type="int", low=6, high=20)  # the seed's space searches epochs too
     out = apply_params(config, {"learning_rate": 2e-4, "rank": 16, "alpha_ratio": 0.5, "optimizer": "adamw",
                                 "epochs": 7}, space)
     assert (out.train.learning_rate, out.train.rank, out.train.alpha, out.train.epochs) == (2e-4, 16, 8.0, 7)
@@ -80,7 +81,7 @@ def test_target_key_writes_any_config_field() -> None:
 
 
 def test_narrow_shrinks_numeric_ranges_and_fixes_categoricals() -> None:
-    space = default_space()
+    space = default_space() | {"epochs": ParamSpec(type="int", low=6, high=20)}
     best = {"learning_rate": 1e-4, "rank": 32, "alpha_ratio": 1.0, "optimizer": "adamw", "epochs": 18,
             "min_snr_gamma": 5.0}
     narrowed, fixed = narrow(space, best, 0.25)

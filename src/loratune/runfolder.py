@@ -70,6 +70,11 @@ class RunFolder:
     def trial(self, number: int) -> Path:
         return self.trials / trial_name(number)
 
+    @classmethod
+    def of_trial(cls, trial_dir: Path) -> RunFolder:
+        """The run a trial folder (final or being built) belongs to."""
+        return cls(Path(trial_dir).resolve().parent.parent)
+
     def building(self, number: int, tag: str) -> Path:
         """Where trial ``number`` is built (``tag`` tells builders apart: a pid, ``ray``)."""
         return self.trials / f".{trial_name(number)}.{tag}"

@@ -41,13 +41,6 @@ def command(
         overrides = []
         run = run or Path("runs") / config.stem
         chosen = backend or cfg.search.backend
-    from loratune.evaluation import check_models
-    from loratune.runfolder import RunFolder
-
-    stored = RunFolder(run).config
-    checked = cfg if cfg is not None else (load_config(stored) if stored.is_file() else None)
-    if checked is not None:  # every model on this machine before the first trial
-        check_models(checked)
     try:
         if chosen == "ray":
             from loratune.search.ray_backend import run_ray

@@ -193,9 +193,13 @@ class Worker:
         building, final = self._claim_folder(trial)
         trial.set_user_attr("epochs_planned", config.train.epochs)
 
+        recorded: dict[str, Any] = {}
+
         def on_epoch(score: EpochScore, attrs: dict[str, Any], last: bool) -> bool:
             for key, value in attrs.items():
-                trial.set_user_attr(key, value)
+                if key not in recorded or recorded[key] != value:  # each write is a database commit
+                    trial.set_user_attr(key, value)
+                    recorded[key] = value
             if self.search.directions or score.composite is None:
                 return False
             trial.report(score.composite, score.epoch)

@@ -209,7 +209,8 @@ def run_ray(config: Config | None, run_dir: str | Path, resume: bool = False, ba
     run_dir = Path(run_dir).resolve()
     say = say or (lambda msg: print(msg, file=sys.stderr, flush=True))
     quiet_optuna()
-    config = prepare_run(run_dir, config, resume, overrides)
+    trial_backend = load_backend(backend)
+    config = prepare_run(run_dir, config, resume, overrides, trial_backend)
     if config.search.directions:
         raise LoratuneError("search.directions: multi-objective runs use --backend local (ASHA needs one metric)")
     ray_cfg = config.search.ray
@@ -238,7 +239,7 @@ def run_ray(config: Config | None, run_dir: str | Path, resume: bool = False, ba
         if started:
             ray.shutdown()
     # Phase 3's ensemble (and any budget Ray left open) runs in this process, then RUN/best.
-    Worker(run_dir, config, load_backend(backend), say=say).run()
+    Worker(run_dir, config, trial_backend, say=say).run()
     return finish_run(run_dir, config, say)
 
 

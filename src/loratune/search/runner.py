@@ -32,7 +32,7 @@ from loratune.search.recovery import lost_trials, recover, set_aside_partial_dir
 from loratune.search.selection import ranked
 from loratune.search.space import check_space
 from loratune.search.storage import directions, open_storage, study_exists
-from loratune.search.trials import load_backend
+from loratune.search.trials import TrialBackend, check_backend, load_backend
 
 # Keys that ``--resume --set`` may change: how the study goes on, not what a finished trial's numbers mean.
 RESUMABLE_KEYS = ("search.n_trials", "search.workers", "search.heartbeat_interval", "search.grace_period",
@@ -49,8 +49,10 @@ def quiet_optuna() -> None:
     warnings.filterwarnings("ignore", category=ExperimentalWarning)
 
 
-def prepare_run(run_dir: Path, config: Config | None, resume: bool, overrides: Sequence[str] = ()) -> Config:
-    """Create (or reopen for ``resume``) the run directory and its study; returns the run's config."""
+def prepare_run(run_dir: Path, config: Config | None, resume: bool, overrides: Sequence[str] = (),
+                backend: TrialBackend | None = None) -> Config:
+    """Create (or reopen for ``resume``) the run directory and its study; returns the run's config. ``backend``'s
+    pre-flight check runs before the study is touched."""
     run = RunFolder(run_dir)
     if run_dir.exists() and not run_dir.is_dir():
         raise LoratuneError(f"{run_dir}: not a directory (--run names the run directory)")
@@ -64,14 +66,14 @@ def prepare_run(run_dir: Path, config: Config | None, resume: bool, overrides: S
         study = optuna.load_study(study_name=STUDY_NAME, storage=storage)
         with AskLock(run.ask_lock):  # two resumers started together repair the study once
             config = _resume_overrides(run, stored, list(overrides), study.get_trials(deepcopy=False))
-            _check_before_trials(config)
+            _check_before_trials(config, backend)
             recover(study, run, config)
         return config
     if config is None:
         raise LoratuneError("optimize: a CONFIG is needed to start a new run")
     if run.config.exists():
         raise LoratuneError(f"{run_dir}: already holds a run; pass --resume to continue it (or choose another --run)")
-    _check_before_trials(config)
+    _check_before_trials(config, backend)
     run_dir.mkdir(parents=True, exist_ok=True)
     storage = open_storage(run_dir, config.search)
     if study_exists(storage):
@@ -84,14 +86,13 @@ def prepare_run(run_dir: Path, config: Config | None, resume: bool, overrides: S
     return config
 
 
-def _check_before_trials(config: Config) -> None:
-    """Everything that would fail every trial, checked before the first one (backends without their weights)."""
-    from loratune.evaluation import check_evaluation
-
+def _check_before_trials(config: Config, backend: TrialBackend | None) -> None:
+    """Everything that would fail every trial, checked before the first one."""
     check_space(config, config.search.space)
     if not config.train.sample_checkpoints:
         raise LoratuneError("train.sample_checkpoints: must be true for a search (each epoch is scored)")
-    check_evaluation(config)
+    if backend is not None:
+        check_backend(backend, config)
 
 
 def _resume_overrides(run: RunFolder, stored: Config, overrides: list[str],
@@ -203,7 +204,8 @@ def run_optimize(
     run_dir = Path(run_dir).resolve()
     say = say or (lambda msg: print(msg, file=sys.stderr, flush=True))
     quiet_optuna()
-    config = prepare_run(run_dir, config, resume, overrides)
+    trial_backend = load_backend(backend)
+    config = prepare_run(run_dir, config, resume, overrides, trial_backend)
     n = workers or config.search.workers
     gpus = _gpu_ids() if n > 1 else []
     children: list[subprocess.Popen[bytes]] = []
@@ -216,7 +218,7 @@ def run_optimize(
             if len(gpus) > 1:  # one worker per GPU; worker 0 (this process) keeps the first
                 env["CUDA_VISIBLE_DEVICES"] = gpus[i % len(gpus)]
             children.append(subprocess.Popen(cmd, env=env))
-        Worker(run_dir, config, load_backend(backend), index=0, say=say).run()
+        Worker(run_dir, config, trial_backend, index=0, say=say).run()
         codes = [c.wait() for c in children]
     except BaseException:
         for child in children:

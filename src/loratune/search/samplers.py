@@ -9,6 +9,7 @@ import optuna
 
 from loratune.config import Config
 from loratune.search.config import ParamSpec, SearchSection
+from loratune.search.scored_view import ScoredTrialsSampler
 
 
 def max_epochs(config: Config) -> int:
@@ -43,19 +44,24 @@ def _grid(space: dict[str, ParamSpec]) -> dict[str, list[Any]]:
 def make_sampler(search: SearchSection, phase: str, number: int, n_startup: int,
                  fixed: dict[str, Any] | None = None) -> optuna.samplers.BaseSampler:
     """The sampler for trial ``number``, seeded by it so resumed runs and parallel workers draw fresh suggestions;
-    ``fixed`` pins the refine phase's categorical choices."""
+    ``fixed`` pins the refine phase's categorical choices. Model-based samplers see pruned trials at their best
+    epoch (``ScoredTrialsSampler``): GP would otherwise never leave its start-up phase under pruning."""
     seed = search.seed + number
     base: optuna.samplers.BaseSampler
     if search.sampler == "grid" and phase == "search":
         return optuna.samplers.GridSampler(_grid(search.space), seed=search.seed)
-    if search.sampler == "gp":
-        base = optuna.samplers.GPSampler(seed=seed, n_startup_trials=n_startup)
+    if search.directions:
+        base = optuna.samplers.NSGAIISampler(seed=seed) if search.sampler != "random" else \
+            optuna.samplers.RandomSampler(seed=seed)
+    elif search.sampler == "gp":
+        base = ScoredTrialsSampler(optuna.samplers.GPSampler(seed=seed, n_startup_trials=n_startup))
     elif search.sampler == "random":
         base = optuna.samplers.RandomSampler(seed=seed)
-    elif search.directions:
-        base = optuna.samplers.NSGAIISampler(seed=seed)
     else:
-        base = optuna.samplers.TPESampler(seed=seed, n_startup_trials=n_startup)
+        # multivariate + group: the space is conditional (lr for adamw/lion, d_coef for prodigy) and its dimensions
+        # interact (the best lr depends on rank and alpha).
+        base = ScoredTrialsSampler(optuna.samplers.TPESampler(seed=seed, n_startup_trials=n_startup,
+                                                               multivariate=True, group=True))
     if phase == "refine" and fixed:
         return optuna.samplers.PartialFixedSampler(fixed, base)
     return base

@@ -167,7 +167,9 @@ def check_space(config: Config, space: Mapping[str, ParamSpec]) -> None:
         spec = space[name]
         for value in (spec.choices or []) if spec.type == "categorical" else [spec.low, spec.high]:
             probe[name] = int(value) if spec.type == "int" else value
-            apply_params(config, probe, space)
+            # A value may deactivate others probed earlier (optimizer -> prodigy drops learning_rate): a trial would
+            # never carry them, so neither does the probe.
+            apply_params(config, {k: v for k, v in probe.items() if is_active(space[k], probe)}, space)
 
 
 def _yaml_scalar(value: Any) -> str:

@@ -27,6 +27,14 @@ class TrialBackend(Protocol):
     def score_lora(self, config: Config, lora: Path, out_dir: Path) -> EpochScore: ...
 
 
+def check_backend(backend: Any, config: Config) -> None:
+    """Run the backend's own pre-flight ``check(config)`` (models reachable, metric options valid), if it has one:
+    whatever would fail every trial is found before the first."""
+    check = getattr(backend, "check", None)
+    if check is not None:
+        check(config)
+
+
 class TrainAndScore:
     """The real trial: ``loratune.train.train`` with every checkpoint scored by one long-lived ``Evaluator``.
 
@@ -40,6 +48,13 @@ class TrainAndScore:
         self._evaluator: Any = None
         self._key: str | None = None
         self.cache = cache if cache is not None else BaseCache()
+
+    def check(self, config: Config) -> None:
+        """Every model on this machine (or the hub, online) and every metric backend's options, loading nothing."""
+        from loratune.evaluation import check_evaluation, check_models
+
+        check_models(config)
+        check_evaluation(config)
 
     def evaluator(self, config: Config) -> Any:
         from loratune.evaluation import Evaluator, load_references
@@ -60,6 +75,8 @@ class TrainAndScore:
                           dict(result.backends_used))
 
     def train(self, config: Config, out_dir: Path, on_epoch: Callable[[EpochScore], None]) -> None:
+        from loratune.runfolder import RunFolder
+        from loratune.sampling import BASE_SAMPLES
         from loratune.train import CheckpointInfo, train
 
         self.evaluator(config)  # load scorers before the first epoch, not in the middle of training
@@ -70,7 +87,9 @@ class TrainAndScore:
             samples_dir = Path(info.samples[0].path).parent
             on_epoch(self._score(config, info.samples, info.epoch, info.kohya_path, samples_dir, out_dir))
 
-        train(config, out_dir, on_checkpoint=on_checkpoint, cache=self.cache)
+        # The base model's own samples (the report's "no LoRA" row) are drawn once per run, beside the trials.
+        base_samples = RunFolder.of_trial(out_dir).root / BASE_SAMPLES
+        train(config, out_dir, on_checkpoint=on_checkpoint, cache=self.cache, base_samples=base_samples)
 
     def score_lora(self, config: Config, lora: Path, out_dir: Path) -> EpochScore:
         from loratune.sampling import sample_loras
