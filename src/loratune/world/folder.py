@@ -52,7 +52,7 @@ def world_config(target: str) -> dict[str, Any]:
         for scene in SCENES.values()
     ]
     return {
-        "model": {"base": "base", "family": "sd15", "dtype": "float32"},
+        "model": {"base": "base", "family": "sd15"},
         "dataset": {
             "path": "dataset",
             "caption_extension": ".txt",
