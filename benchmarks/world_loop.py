@@ -79,10 +79,11 @@ def oracle_row(samples: list, target: str) -> dict[str, Any]:
 
 def lora_run(config, evaluator, target: str, tmp: Path, as_json: bool) -> list[dict[str, Any]]:
     """Epoch 0 (the base model) and every epoch of one LoRA run: oracle verdict + the Evaluator's scores."""
-    from loratune.sampling import load_pipeline, render
+    from loratune.evaluation import collect_samples
     from loratune.train import train
 
     rows: list[dict[str, Any]] = []
+    base = tmp / "base-samples"  # the trainer draws the base model's own samples here before its first step
 
     def record(epoch: int, samples: list, started: float) -> None:
         result = evaluator.score(samples)
@@ -91,12 +92,13 @@ def lora_run(config, evaluator, target: str, tmp: Path, as_json: bool) -> list[d
         rows.append(row)
         print(json.dumps(row) if as_json else _line(row), flush=True)
 
+    def on_checkpoint(info) -> None:
+        if not rows:
+            record(0, collect_samples(base), start)
+        record(info.epoch, info.samples, start)
+
     start = time.perf_counter()
-    pipe = load_pipeline(config)
-    record(0, render(pipe, config, tmp / "base-samples"), start)
-    del pipe
-    start = time.perf_counter()
-    train(config, tmp / "run", on_checkpoint=lambda info: record(info.epoch, info.samples, start))
+    train(config, tmp / "run", on_checkpoint=on_checkpoint, base_samples=base)
     return rows
 
 

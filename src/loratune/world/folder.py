@@ -49,6 +49,7 @@ class World:
 def world_config(target: str) -> dict[str, Any]:
     """The ``loratune.yaml`` mapping for a world folder whose LoRA learns ``target``."""
     character = CHARACTERS[target]
+    norm = json.loads(CLIP_INFO.read_text())["norm_range"]  # the world CLIP's own scale (``scorers.calibrate``)
     prompts = [
         {"text": caption(character, scene, "standing", describe=False), "character": target}
         for scene in SCENES.values()
@@ -79,8 +80,8 @@ def world_config(target: str) -> dict[str, Any]:
         "evaluation": {
             # World-trained CLIP for alignment and consistency, weight-free PIQE; the aesthetic MLP is a stand-in.
             "backends": {
-                "alignment": {"name": "clipscore", "model": "scorers/open_clip"},
-                "consistency": {"name": "clip_i", "model": "scorers/open_clip"},
+                "alignment": {"name": "clipscore", "model": "scorers/open_clip", "norm_range": norm["clipscore"]},
+                "consistency": {"name": "clip_i", "model": "scorers/open_clip", "norm_range": norm["clip_i"]},
                 "aesthetics": {
                     "name": "laion_aesthetic",
                     "model": "scorers/aesthetic/aesthetic.pth",
@@ -89,6 +90,8 @@ def world_config(target: str) -> dict[str, Any]:
                 "quality": {"name": "piqe"},
                 "diversity": {"name": "lpips", "pretrained_backbone": False, "size": 64},
             },
+            # a random-weight MLP's number means nothing: shown, but kept out of the composite
+            "weights": {"aesthetics": 0.0},
             "device": "cpu",
             "dtype": "float32",
             "batch_size": 8,

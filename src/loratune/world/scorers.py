@@ -193,6 +193,53 @@ def save_open_clip(model: Any, out: Path) -> None:
     save_file(state, str(out / "open_clip_model.safetensors"))
 
 
+def calibrate(folder: Path, n: int = 96, seed: int = 30_000) -> dict[str, list[float]]:
+    """``norm_range`` for the backends on this CLIP, read off clean renders through the product's own loader.
+
+    clipscore: from the median score against a wrong-scene caption (0) to the median against the true caption (1).
+    clip_i: from the mean similarity of other characters' images to a target's references (0) to that of the
+    target's own images (1), over both targets, with references drawn as ``write_world`` draws them.
+    """
+    import torch
+
+    from loratune.metrics.clipscore import clip_scores
+    from loratune.metrics.openclip_models import load_open_clip, resolve_open_clip
+    from loratune.world.folder import N_REFERENCES, SEED
+    from loratune.world.scene import TARGETS, caption, sample_jitters
+
+    source = resolve_open_clip(str(folder), None, None, "world clip")
+    clip = load_open_clip(source, torch.device("cpu"), torch.float32, "world clip")
+    rng = random.Random(seed)
+    scenes = list(SCENES.values())
+    images, true, wrong, tokens = [], [], [], []
+    for jitter in sample_jitters(seed, n):
+        character, scene = rng.choice(list(CHARACTERS.values())), rng.choice(scenes)
+        other = rng.choice([s for s in scenes if s is not scene])
+        images.append(_pil(render(character, scene, jitter)[0]))
+        true.append(caption(character, scene, jitter.pose, describe=not character.target))
+        wrong.append(caption(character, other, jitter.pose, describe=not character.target))
+        tokens.append(character.token)
+    embedded = clip.embed_images(images)
+    right = clip_scores(embedded, clip.embed_texts(true))
+    off = clip_scores(embedded, clip.embed_texts(wrong))
+    own, others = [], []
+    for target in TARGETS:
+        refs = [render(CHARACTERS[target], scenes[i % 4], j)[0] for i, j in enumerate(sample_jitters(SEED + 1000, N_REFERENCES))]
+        to_refs = (embedded @ clip.embed_images([_pil(r) for r in refs]).T).mean(1).tolist()
+        own += [v for v, t in zip(to_refs, tokens) if t == target]
+        others += [v for v, t in zip(to_refs, tokens) if t != target]
+    return {
+        "clipscore": [round(float(np.median(off)), 2), round(float(np.median(right)), 2)],
+        "clip_i": [round(float(np.mean(others)), 3), round(float(np.mean(own)), 3)],
+    }
+
+
+def _pil(image: np.ndarray) -> Any:
+    from PIL import Image
+
+    return Image.fromarray(image)
+
+
 def sha256_of(folder: Path) -> dict[str, str]:
     return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.iterdir()) if p.is_file()}
 
@@ -202,6 +249,7 @@ def main() -> None:
 
     torch.set_num_threads(2)
     info = train_clip(CLIP_DIR)
+    info["norm_range"] = calibrate(CLIP_DIR)
     info["sha256"] = sha256_of(CLIP_DIR)
     CLIP_INFO.write_text(json.dumps(info, indent=1) + "\n")
 
