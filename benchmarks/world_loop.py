@@ -110,15 +110,17 @@ def study(config, target: str, run_dir: Path) -> list[dict[str, Any]]:
     start = time.perf_counter()
     run_optimize(config, run_dir, workers=1, say=lambda msg: print(msg, flush=True))
     print(f"study: {time.perf_counter() - start:.0f} s", flush=True)
-    rows = []
+    rows: list[dict[str, Any]] = []
     for trial in sorted((run_dir / "trials").glob("[0-9]*")):
         scores = json.loads((trial / "scores.json").read_text())
-        params = json.loads((trial / "params.json").read_text())["params"]
+        phase = json.loads((trial / "params.json").read_text())["phase"]
         for epoch in scores["epochs"]:
             folder = trial / "samples" / f"epoch-{epoch['epoch']:04d}"
+            if not folder.is_dir() and epoch["epoch"] == scores["best_epoch"] and scores["samples"]:
+                folder = trial / scores["samples"]  # the ensemble: one merged LoRA, scored once
             if epoch["composite"] is None or not folder.is_dir():
                 continue
-            rows.append({"trial": int(trial.name), "epoch": epoch["epoch"], "params": params,
+            rows.append({"trial": int(trial.name), "phase": phase, "epoch": epoch["epoch"],
                          **oracle_row(collect_samples(folder), target),
                          "composite": epoch["composite"], "axes": epoch["axes"]})
     return rows
@@ -152,7 +154,7 @@ def show(title: str, rows: list[dict[str, Any]], as_json: bool, label: str) -> N
         return
     axes = sorted({a for r in rows for a in r["axes"]})
     table = Table(title=title)
-    columns = ["trial", "epoch"] if label == "trial" else ["epoch"]
+    columns = ["trial", "phase", "epoch"] if label == "trial" else ["epoch"]
     for name in [*columns, "identity", "traits", "scene", "quality", "diversity", "composite", *axes]:
         table.add_column(name, justify="right")
     for r in rows:
