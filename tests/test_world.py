@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -102,16 +101,13 @@ def _verdict(samples: list) -> oracle.Verdict:
 def test_lora_learns_the_target_character(world, tmp_path) -> None:
     """The key evidence: loratune's own trainer on the world config makes the oracle find the target."""
     from loratune.config import load_config
-    from loratune.manifest import SAMPLES_MANIFEST, read_manifest
-    from loratune.records import Sample
+    from loratune.evaluation import collect_samples
     from loratune.train import train
 
     overrides = [f"train.epochs={LORA_EPOCHS}", f"train.save_every_epochs={LORA_EPOCHS}", "sampling.seeds=[0,1,2,3]"]
     config = load_config(world.config, overrides)
-    # The base model's own samples are drawn before training through the same render path as every epoch's.
-    result = train(config, tmp_path / "run", base_samples=tmp_path / "base")
-    rows = read_manifest(tmp_path / "base" / SAMPLES_MANIFEST)
-    before = _verdict([Sample(tmp_path / "base" / Path(name).name, info.prompt) for name, info in rows.items()])
+    result = train(config, tmp_path / "run", base_samples=tmp_path / "base")  # the base model's own samples first
+    before = _verdict(collect_samples(tmp_path / "base"))
     after = _verdict(result.last.samples)
     assert (result.steps, before.n, after.n) == (LORA_EPOCHS * 50, 16, 16)
     assert before.identity_rate <= BASE_IDENTITY_CEILING

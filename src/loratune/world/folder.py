@@ -5,7 +5,8 @@ Writes::
     DIR/base/                        the pre-trained world pipeline (StableDiffusionPipeline.from_pretrained)
     DIR/dataset/10_lucaboy/*.png+.txt   kohya dataset of one target character across all scenes
     DIR/references/lucaboy/*.png     held-out references (other poses/positions; never in the dataset)
-    DIR/scorers/                     evaluation backends (random-weight stand-ins for now, marked as such)
+    DIR/scorers/open_clip/           the world-trained CLIP (CLIPScore and CLIP-I; ``loratune.world.scorers``)
+    DIR/scorers/aesthetic/           a random-weight LAION-style MLP on that CLIP (a stand-in, marked as such)
     DIR/loratune.yaml                a complete config over all of the above (paths relative to the yaml)
     DIR/loratune-world.json          what was written, and the base weights' sha256
 """
@@ -23,6 +24,7 @@ import yaml
 from loratune.atomic import atomic_dir
 from loratune.errors import LoratuneError
 from loratune.world.scene import CHARACTERS, SCENES, TARGETS, caption, render, sample_jitters
+from loratune.world.scorers import CLIP_DIR, CLIP_INFO, CLIP_MODEL_CFG
 
 WEIGHTS = Path(__file__).parent / "weights"
 MARKER = "loratune-world.json"
@@ -47,6 +49,7 @@ class World:
 def world_config(target: str) -> dict[str, Any]:
     """The ``loratune.yaml`` mapping for a world folder whose LoRA learns ``target``."""
     character = CHARACTERS[target]
+    norm = json.loads(CLIP_INFO.read_text())["norm_range"]  # the world CLIP's own scale (``scorers.calibrate``)
     prompts = [
         {"text": caption(character, scene, "standing", describe=False), "character": target}
         for scene in SCENES.values()
@@ -75,10 +78,10 @@ def world_config(target: str) -> dict[str, Any]:
             "height": 64,
         },
         "evaluation": {
-            # Stand-ins until world-trained scorers exist: only PIQE (weight-free) measures something real here.
+            # World-trained CLIP for alignment and consistency, weight-free PIQE; the aesthetic MLP is a stand-in.
             "backends": {
-                "alignment": {"name": "clipscore", "model": "scorers/open_clip"},
-                "consistency": {"name": "clip_i", "model": "scorers/open_clip"},
+                "alignment": {"name": "clipscore", "model": "scorers/open_clip", "norm_range": norm["clipscore"]},
+                "consistency": {"name": "clip_i", "model": "scorers/open_clip", "norm_range": norm["clip_i"]},
                 "aesthetics": {
                     "name": "laion_aesthetic",
                     "model": "scorers/aesthetic/aesthetic.pth",
@@ -87,6 +90,8 @@ def world_config(target: str) -> dict[str, Any]:
                 "quality": {"name": "piqe"},
                 "diversity": {"name": "lpips", "pretrained_backbone": False, "size": 64},
             },
+            # a random-weight MLP's number means nothing: shown, but kept out of the composite
+            "weights": {"aesthetics": 0.0},
             "device": "cpu",
             "dtype": "float32",
             "batch_size": 8,
@@ -142,11 +147,14 @@ def write_world(out_dir: str | Path, target: str = "lucaboy") -> World:
         _write_scorers(tmp / "scorers")
         header = (
             "# loratune config for the known-truth world written by `loratune world`.\n"
-            "# The base model is world-trained; the evaluation backends are random-weight stand-ins except PIQE.\n"
+            "# World-trained: the base model, and the CLIP behind alignment (clipscore) and consistency (clip_i).\n"
+            "# Still random-weight stand-ins: the aesthetics MLP and the LPIPS backbone (diversity); PIQE needs none.\n"
         )
         (tmp / "loratune.yaml").write_text(header + yaml.safe_dump(world_config(target), sort_keys=False))
         info = json.loads((WEIGHTS / "base.json").read_text())
-        (tmp / MARKER).write_text(json.dumps({"target": target, "seed": SEED, "base": info}, indent=2) + "\n")
+        clip = {"sha256": json.loads(CLIP_INFO.read_text())["sha256"]}
+        marker = {"target": target, "seed": SEED, "base": info, "clip": clip}
+        (tmp / MARKER).write_text(json.dumps(marker, indent=2) + "\n")
     return World(
         root=root,
         base=root / "base",
@@ -187,10 +195,9 @@ def write_tokenizer(folder: Path) -> None:
 def _write_scorers(folder: Path) -> None:
     from loratune.modelref import write_stand_in_marker
     from loratune.tiny.aesthetic import build_aesthetic
-    from loratune.tiny.clip import OPEN_CLIP_EMBED_DIM, build_open_clip
 
-    build_open_clip(folder / "open_clip", SEED)
-    write_stand_in_marker(folder / "open_clip", "tiny open_clip CLIP")
+    # World-trained, so no stand-in marker: the report and the banner treat its scores as meaningful.
+    shutil.copytree(CLIP_DIR, folder / "open_clip")
     (folder / "aesthetic").mkdir(parents=True)
-    build_aesthetic(folder / "aesthetic" / "aesthetic.pth", OPEN_CLIP_EMBED_DIM, SEED)
+    build_aesthetic(folder / "aesthetic" / "aesthetic.pth", CLIP_MODEL_CFG["embed_dim"], SEED)
     write_stand_in_marker(folder / "aesthetic", "tiny LAION aesthetic MLP")
