@@ -116,6 +116,10 @@ def test_ranking_rule_and_refine_centre() -> None:
     space, _ = refine_space(trials, search)
     # Trial 1 trained 20 epochs but peaked at 3: the refine range is centred on 3 (width 0.25 of 2..20 = 4.5).
     assert space["epochs"].low == 2 and space["epochs"].high == 6
+    # A best epoch below the searched range (the demo searches epochs 2..2 and may peak at 1) stays a valid range.
+    tight = search.model_copy(update={"space": search.space | {"epochs": ParamSpec(type="int", low=2, high=2)}})
+    space, _ = refine_space([trial(0, TrialState.COMPLETE, 0.6, 1, 2)], tight)
+    assert (space["epochs"].low, space["epochs"].high) == (2, 2)
 
 
 @pytest.mark.parametrize("directions", [{"alignment": "maximize", "composite": "maximize"}])

@@ -93,7 +93,9 @@ def narrow(space: Mapping[str, ParamSpec], best: Mapping[str, Any], width: float
         if name not in best:
             narrowed[name] = spec
             continue
-        lo, hi, centre = float(spec.low or 0), float(spec.high or 0), float(best[name])
+        lo, hi = float(spec.low or 0), float(spec.high or 0)
+        # A centre outside the range (a best *epoch* below the searched epochs' low) moves to its nearest end.
+        centre = min(max(float(best[name]), lo), hi)
         fwd, back = (math.log, math.exp) if spec.log else ((lambda x: x), (lambda x: x))
         half = (fwd(hi) - fwd(lo)) * width / 2
         new_lo = max(lo, back(fwd(centre) - half))
