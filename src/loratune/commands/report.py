@@ -9,7 +9,7 @@ import typer
 
 
 def command(
-    run_dir: Annotated[Path, typer.Argument(help="run directory written by `loratune optimize`")],
+    run_dir: Annotated[Path, typer.Argument(metavar="RUN", help="run directory written by `loratune optimize`")],
     out: Annotated[Path | None, typer.Option("--out", "-o", help="where to write the page [default: RUN/report.html]")] = None,
     thumb_size: Annotated[int, typer.Option(help="longest side of the inline sample thumbnails, pixels")] = 128,
     all_epochs_for: Annotated[int, typer.Option(help="the best N trials show every epoch; the rest their best one")] = 5,

@@ -9,7 +9,7 @@ import typer
 
 
 def command(
-    out_dir: Annotated[Path, typer.Argument(help="folder to write the world into (new, empty, or an earlier world)")],
+    out_dir: Annotated[Path, typer.Argument(metavar="DIR", help="folder to write the world into (new, empty, or an earlier world)")],
     target: Annotated[str, typer.Option(help="target character the LoRA learns: lucaboy or albertoboy")] = "lucaboy",
 ) -> None:
     """Write the known-truth world: a world-trained tiny base model, a dataset of a target character, a config."""
