@@ -42,7 +42,8 @@ class Outcome:
     pruned: int
 
 
-def one_study(root: Path, sampler: str, pruner: str, seed: int, trials: int, search_epochs: bool = False) -> Outcome:
+def one_study(root: Path, sampler: str, pruner: str, seed: int, trials: int, optimum: float,
+              search_epochs: bool = False) -> Outcome:
     """One ``loratune optimize`` run over the default space, trials up to 20 epochs (the seed space's longest);
     ``search_epochs`` adds the seed's ``epochs: 6..20`` dimension (what the product searched before)."""
     import optuna
@@ -69,7 +70,7 @@ def one_study(root: Path, sampler: str, pruner: str, seed: int, trials: int, sea
     done = study.get_trials(deepcopy=False)
     epochs = sum(len(t.intermediate_values) for t in done)
     shutil.rmtree(run.root)
-    return Outcome(surface.optimum()[0] - value, epochs, epochs,
+    return Outcome(optimum - value, epochs, epochs,
                    sum(t.state == optuna.trial.TrialState.PRUNED for t in done))
 
 
@@ -106,7 +107,7 @@ def main() -> None:
                 results[combo] = []
                 for seed in range(args.seeds):
                     status.update(f"{sampler} + {pruner}{' + epochs' * search_epochs}: seed {seed + 1}/{args.seeds}")
-                    results[combo].append(one_study(root, sampler, pruner, seed, args.trials, search_epochs))
+                    results[combo].append(one_study(root, sampler, pruner, seed, args.trials, optimum, search_epochs))
                 seconds[combo] = time.perf_counter() - start
     finally:
         shutil.rmtree(root, ignore_errors=True)  # nothing left behind, even after Ctrl-C

@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import datetime as _dt
-import math
 import os
 from collections import Counter
 from html import escape
 from pathlib import Path
 from typing import Any
 
+from loratune.report.audit_section import audit_section
 from loratune.report.figures import Figure, objective_names
+from loratune.report.format import fmt
 from loratune.report.rundir import EpochSamples, RunData, TrialInfo
 from loratune.report.thumbnails import thumbnail_uri
 from loratune.runfolder import RunFolder
@@ -75,20 +76,6 @@ table.grid a { display: block; }
 @media (max-width: 900px) { main { padding: 8px 10px 32px; } nav { padding: 8px 10px; } header { padding: 14px 10px; }
   section.card { padding: 12px 10px; } .figs { grid-template-columns: 1fr; } }
 """
-
-
-def _fmt(value: Any, digits: int = 4) -> str:
-    if value is None:
-        return "–"
-    if isinstance(value, bool):
-        return "yes" if value else "no"
-    if isinstance(value, float):
-        if math.isnan(value):
-            return "NaN"
-        if value != 0 and (abs(value) < 1e-3 or abs(value) >= 1e5):
-            return f"{value:.3g}"
-        return f"{value:.{digits}g}"
-    return escape(str(value))
 
 
 def distinct_digits(values: list[float], least: int = 4, most: int = 8) -> int:
@@ -166,7 +153,7 @@ def _summary(run: RunData, ranked: list[TrialInfo]) -> str:
             kpis.append(("Pareto-optimal trials", len(run.study.best_trials)))
         else:
             digits = distinct_digits([c for c in map(_composite, ranked) if c is not None])
-            kpis.append((f"best {names[0]}", _fmt(_composite(best), digits)))
+            kpis.append((f"best {names[0]}", fmt(_composite(best), digits)))
             kpis.append(("best trial", (f"#{best.number} <span class='state-{best.trial.state.name}'>"
                                        f"({best.trial.state.name.lower()})</span>")))
             kpis.append(("its best epoch", _best_epoch(best)))
@@ -186,7 +173,7 @@ def _summary(run: RunData, ranked: list[TrialInfo]) -> str:
 
 def _best_epoch(info: TrialInfo) -> str:
     """The trial's best epoch; the ensemble has none (it is one merge of other trials' best epochs)."""
-    return "merge" if info.phase == "ensemble" else _fmt(info.best_epoch)
+    return "merge" if info.phase == "ensemble" else fmt(info.best_epoch)
 
 
 def _flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -216,13 +203,13 @@ def _effective_config(run: RunData, best: TrialInfo) -> str:
     else:
         settings = _flatten(train)
         if train.get("alpha") is None and "rank" in train:
-            settings["alpha"] = f"{_fmt(train['rank'])} (= rank)"  # the trainer's default: scale alpha / rank = 1
+            settings["alpha"] = f"{fmt(train['rank'])} (= rank)"  # the trainer's default: scale alpha / rank = 1
         dataset = run.config.get("dataset") if isinstance(run.config.get("dataset"), dict) else {}
         settings["resolution"] = searched.get("resolution", dataset.get("resolution", 512))
         title, note = "Best trial's training config", "bold: chosen by the search; the rest is the run's config"
     order = [k for k in _CONFIG_FIRST if k in settings] + sorted(k for k in settings if k not in _CONFIG_FIRST)
     chosen = "<b>{}</b> <span class='muted'>searched</span>"
-    rows = "".join(f"<tr><td>{escape(k)}</td><td>{chosen.format(_fmt(settings[k])) if k in searched else _fmt(settings[k])}"
+    rows = "".join(f"<tr><td>{escape(k)}</td><td>{chosen.format(fmt(settings[k])) if k in searched else fmt(settings[k])}"
                    "</td></tr>" for k in order)
     if not rows:
         return ""
@@ -262,10 +249,10 @@ def _table(run: RunData, ranked: list[TrialInfo]) -> str:
     for rank, info in enumerate(ranked, 1):
         trial = info.trial
         if run.multi_objective:
-            values = [f'<td class="num">{_fmt(v)}</td>' for v in (trial.values or [None] * len(names))]
+            values = [f'<td class="num">{fmt(v)}</td>' for v in (trial.values or [None] * len(names))]
         else:
             composite = _composite(info)
-            shown = _fmt(composite, digits)
+            shown = fmt(composite, digits)
             if trial.state.name != "COMPLETE" and composite is not None:
                 shown = f"<i>{shown}</i>"
             if composite in tied:
@@ -279,8 +266,8 @@ def _table(run: RunData, ranked: list[TrialInfo]) -> str:
                 axis_cells.append('<td class="num missing" title="this axis could not be computed">missing</td>')
                 continue
             bar = f'<span class="bar" style="width:{max(0.0, min(1.0, v)) * 36:.0f}px"></span>' if v is not None else ""
-            axis_cells.append(f'<td class="num">{bar}{_fmt(v, 3)}</td>')
-        param_cells = [f"<td>{_fmt(trial.params.get(p), 3)}</td>" for p in params]
+            axis_cells.append(f'<td class="num">{bar}{fmt(v, 3)}</td>')
+        param_cells = [f"<td>{fmt(trial.params.get(p), 3)}</td>" for p in params]
         link = f'<a href="#trial-{trial.number}">#{trial.number}</a>' if info.epochs else f"#{trial.number}"
         cls = ' class="best-row"' if rank == 1 and trial.state.name == "COMPLETE" else ""
         rows.append(
@@ -321,7 +308,7 @@ def _grid(epoch: EpochSamples, thumb: int, is_best: bool, budget: list[int], pag
     if len(cells) < len(epoch.images):  # no prompts/seeds known (bare image folder): one row per image
         prompts, seeds = [img.path.name for img in epoch.images], [None]
         cells = {(img.path.name, None): img for img in epoch.images}
-    head = "<tr><th></th>" + "".join(f"<th class='muted'>seed {_fmt(s)}</th>" for s in seeds) + "</tr>"
+    head = "<tr><th></th>" + "".join(f"<th class='muted'>seed {fmt(s)}</th>" for s in seeds) + "</tr>"
     rows = []
     for prompt in prompts:
         tds = []
@@ -357,9 +344,9 @@ def _epoch_table(info: TrialInfo) -> str:
     head = "".join(f"<th>{escape(h)}</th>" for h in ["epoch", "composite", *axes])
     best = ' class="best-row"'
     body = "".join(
-        f"<tr{best if r['epoch'] == info.best_epoch else ''}><td class='num'>{_fmt(r['epoch'])}</td>"
-        f"<td class='num'>{_fmt(r.get('composite'))}</td>"
-        + "".join(f"<td class='num'>{_fmt((r.get('axes') or {}).get(a), 3)}</td>" for a in axes) + "</tr>"
+        f"<tr{best if r['epoch'] == info.best_epoch else ''}><td class='num'>{fmt(r['epoch'])}</td>"
+        f"<td class='num'>{fmt(r.get('composite'))}</td>"
+        + "".join(f"<td class='num'>{fmt((r.get('axes') or {}).get(a), 3)}</td>" for a in axes) + "</tr>"
         for r in rows)
     return f"<table class='epoch-scores' style='width:auto;margin-top:8px'><thead><tr>{head}</tr></thead>{body}</table>"
 
@@ -394,7 +381,7 @@ def _samples(ranked: list[TrialInfo], thumb: int, all_epochs_for: int, max_image
         composite = _composite(info)
         # Named as in the trials table: its rank, then the trial's own number.
         title = (f"rank {rank} · trial #{info.number} · {info.phase} · {info.trial.state.name.lower()} · composite "
-                 f"{_fmt(composite)} · " + ("merged LoRA" if merged else f"best epoch {_fmt(best)}"))
+                 f"{fmt(composite)} · " + ("merged LoRA" if merged else f"best epoch {fmt(best)}"))
         opened = " open" if rank <= 3 else ""
         blocks.append(f'<details class="trial" id="trial-{info.number}"{opened}><summary>{escape(title)}</summary>'
                       f'<div class="epochs">{grids}</div>{more}{_epoch_table(info)}</details>')
@@ -409,124 +396,6 @@ def _samples(ranked: list[TrialInfo], thumb: int, all_epochs_for: int, max_image
     return (f'<section class="card" id="samples"><h2>Samples</h2><p class="muted">Prompts × seeds per checkpoint, '
             f"best trial first; the best epoch is outlined. Click a thumbnail for the full-size image.{base_note}</p>"
             f"{intro}{body}</section>")
-
-
-def _plain(value: Any) -> bool:
-    """A value that fits one table cell: a scalar or a list of scalars."""
-    return not isinstance(value, dict) and not (isinstance(value, list) and any(isinstance(v, (dict, list)) for v in value))
-
-
-def _render_value(value: Any, depth: int = 0) -> str:
-    """Any JSON as compact HTML: plain entries of a mapping in one key/value table, nested ones as sub-sections."""
-    heading = f"h{min(3 + depth, 6)}"
-    if isinstance(value, dict):
-        plain = {k: v for k, v in value.items() if _plain(v)}
-        html = ""
-        if plain:
-            html = "<table style='width:auto'>" + "".join(
-                f"<tr><td>{escape(str(k))}</td><td>{_cell(v)}</td></tr>" for k, v in plain.items()) + "</table>"
-        return html + "".join(f"<{heading}>{escape(str(k))}</{heading}>{_render_value(v, depth + 1)}"
-                              for k, v in value.items() if k not in plain)
-    if isinstance(value, list):
-        if not value:
-            return "<span class='muted'>none</span>"
-        if all(isinstance(v, dict) for v in value):
-            cols: list[str] = []
-            for row in value:
-                cols += [k for k in row if k not in cols and _plain(row[k])]
-            cols = cols[:8]
-            rows = "".join("<tr>" + "".join(f"<td>{_cell(r.get(c))}</td>" for c in cols) + "</tr>" for r in value[:25])
-            more = f"<p class='muted'>… {len(value) - 25} more</p>" if len(value) > 25 else ""
-            return (f"<table><thead><tr>{''.join(f'<th>{escape(c)}</th>' for c in cols)}</tr></thead>"
-                    f"<tbody>{rows}</tbody></table>{more}")
-        if all(isinstance(v, str) for v in value):
-            return "<ul>" + "".join(f"<li>{escape(v)}</li>" for v in value[:50]) + "</ul>"
-        return escape(", ".join(str(v) for v in value[:50])) + (" …" if len(value) > 50 else "")
-    return _fmt(value)
-
-
-def _cell(value: Any) -> str:
-    """A table cell; a list of plain values (an image's problems, a duplicate pair) reads as one line."""
-    if isinstance(value, list):
-        return escape("; ".join(str(v) for v in value))
-    return _fmt(value)
-
-
-# What each audit.json summary number means, for the reader who has not read the audit's code.
-_AUDIT_SUMMARY = {
-    "flagged_images": "images with at least one problem (listed below with the problems)",
-    "caption_problems": "images whose caption is missing, empty or unreadable",
-    "long_captions": "captions longer than the text encoder reads (77 tokens); the end is cut off in training",
-    "near_duplicate_pairs": "pairs of images that look almost the same; duplicates over-weight one pose or shot",
-    "unreadable_images": "files that could not be decoded as images; training would fail on them",
-    "face_rate": "share of images where a frontal face was found (dlib)",
-    "alignment_mean": "mean CLIP agreement between each image and its caption (higher: captions describe the image)",
-    "quality_median": "median technical quality score of the images (blur, noise, compression)",
-}
-_AUDIT_CHARACTER = {
-    "images": "training images of this character",
-    "flagged": "of which flagged",
-    "reference_similarity": "mean identity similarity to the character's reference images (higher: on model)",
-}
-# Shown in their own tables above; the bulky per-image list and the run options stay in audit.json.
-_AUDIT_SHOWN = {"dataset", "layout", "images", "stand_in", "stand_in_backends", "warnings", "summary", "flagged",
-                "characters", "per_image", "options", "backends"}
-
-
-def _explained(rows: dict[str, Any], explanations: dict[str, str]) -> str:
-    body = "".join(f"<tr><td>{escape(str(k).replace('_', ' '))}</td><td class='num'>{_fmt(v, 3)}</td>"
-                   f"<td class='muted'>{escape(explanations.get(k, ''))}</td></tr>" for k, v in rows.items())
-    return f"<table class='explained'><thead><tr><th>check</th><th>value</th><th>what it means</th></tr></thead>{body}</table>"
-
-
-def _flagged_with_thumbnails(audit: dict[str, Any]) -> str:
-    """The flagged images as a table with each image beside its problems."""
-    root = Path(str(audit.get("dataset", "")))
-    rows = []
-    for item in audit.get("flagged", [])[:50]:
-        if not isinstance(item, dict):
-            continue
-        file = str(item.get("file", ""))
-        uri = thumbnail_uri(root / file, 64) if file and (root / file).is_file() else None
-        img = f'<img class="audit-thumb" src="{uri}" alt="{escape(file)}">' if uri else ""
-        problems = item.get("problems", item.get("problem", ""))
-        rows.append(f"<tr><td>{img}</td><td>{escape(file)}</td><td>{_cell(problems)}</td></tr>")
-    if not rows:
-        return "<p class='muted'>Nothing flagged.</p>"
-    return ("<table><thead><tr><th></th><th>file</th><th>problems</th></tr></thead>"
-            f"<tbody>{''.join(rows)}</tbody></table>")
-
-
-def _audit(run: RunData) -> str:
-    if run.audit is None:
-        body = ('<p class="muted">No <code>audit.json</code> in this run. Run <code>loratune audit DATASET</code> '
-                "to check captions, near-duplicates and image quality before training.</p>")
-        return f'<section class="card" id="audit"><h2>Dataset audit</h2>{body}</section>'
-    audit = run.audit
-    parts = [(f"<p>Dataset <code>{escape(str(audit.get('dataset', '?')))}</code> · {escape(str(audit.get('layout', '?')))}"
-             f" layout · {_fmt(audit.get('images'))} images. The full record, per image, is <code>audit.json</code>.</p>")]
-    warnings = audit.get("warnings")
-    if isinstance(warnings, list) and warnings:
-        parts.append("<h3>Warnings</h3><ul>" + "".join(f"<li>{escape(str(w))}</li>" for w in warnings) + "</ul>")
-    summary = audit.get("summary")
-    if isinstance(summary, dict):
-        shown = {k: v for k, v in summary.items() if v is not None}
-        parts.append("<h3>Summary</h3>" + _explained(shown, _AUDIT_SUMMARY))
-    parts.append("<h3>Flagged images</h3>" + _flagged_with_thumbnails(audit))
-    characters = audit.get("characters")
-    if isinstance(characters, dict) and characters:
-        head = "".join(f"<th title='{escape(_AUDIT_CHARACTER.get(c, ''))}'>{escape(c.replace('_', ' '))}</th>"
-                       for c in _AUDIT_CHARACTER)
-        rows = "".join(f"<tr><td>{escape(name or '(no character)')}</td>"
-                       + "".join(f"<td class='num'>{_fmt(info.get(c), 3)}</td>" for c in _AUDIT_CHARACTER) + "</tr>"
-                       for name, info in characters.items() if isinstance(info, dict))
-        legend = "; ".join(f"{c.replace('_', ' ')}: {t}" for c, t in _AUDIT_CHARACTER.items())
-        parts.append(f"<h3>Per character</h3><table style='width:auto'><thead><tr><th>character</th>{head}</tr></thead>"
-                     f"{rows}</table><p class='muted'>{escape(legend)}.</p>")
-    other = {k: v for k, v in audit.items() if k not in _AUDIT_SHOWN and v not in (None, [], {})}
-    if other:
-        parts.append("<details><summary>Other audit details</summary>" + _render_value(other, 1) + "</details>")
-    return f'<section class="card" id="audit"><h2>Dataset audit</h2>{"".join(parts)}</section>'
 
 
 def _models(run: RunData) -> str:
@@ -551,7 +420,7 @@ def _models(run: RunData) -> str:
     weights = evaluation.get("composite_weights_used")
     if isinstance(weights, dict) and weights:
         extra += ("<p class='muted'>Composite weights used: "
-                  + escape(", ".join(f"{k} {_fmt(v, 3)}" for k, v in weights.items())) + "</p>")
+                  + escape(", ".join(f"{k} {fmt(v, 3)}" for k, v in weights.items())) + "</p>")
     versions = evaluation.get("versions")
     if isinstance(versions, dict) and versions:
         extra += ("<p class='muted'>Library versions: "
@@ -571,7 +440,7 @@ def render_page(run: RunData, figures: list[Figure], plotly_js: str, thumb: int 
                                                          ("audit", "Dataset audit"), ("models", "Models")])
     body = "".join([_banner(run), _summary(run, ranked), _figures(figures), _table(run, ranked),
                     _samples(ranked, thumb, all_epochs_for, max_images, page_dir or run.run_dir, run.base_samples),
-                    _audit(run), _models(run)])
+                    audit_section(run), _models(run)])
     # plotly.js goes in the head as a plain inline script: no CDN, no network, defined before any figure's script.
     return (
         "<!DOCTYPE html>\n<html lang='en'><head><meta charset='utf-8'>"
