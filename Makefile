@@ -27,7 +27,7 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 demo: $(STAMP)
-	@echo "running: loratune demo (tiny models, offline)"
+	@echo "running: loratune demo (the known-truth world, offline)"
 	$(BIN)/loratune demo
 
 test: $(STAMP) browser

@@ -9,10 +9,10 @@ import typer
 
 
 def command(
-    out: Annotated[Path, typer.Option("--out", "-o", help="folder for the tiny models, the dataset and the runs")] = Path(
+    out: Annotated[Path, typer.Option("--out", "-o", help="folder for the world (base model, dataset, scorers) and the runs")] = Path(
         "demo-run"),
 ) -> None:
-    """Run the whole loop offline on tiny models and a generated two-character dataset; writes an HTML report."""
+    """Run the whole loop offline on the known-truth world (a tiny base model trained here); writes an HTML report."""
     from rich.console import Console
 
     from loratune.demo import print_summary, run_demo

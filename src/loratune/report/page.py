@@ -12,6 +12,7 @@ from typing import Any
 from loratune.report.audit_section import audit_section
 from loratune.report.figures import Figure, objective_names
 from loratune.report.format import fmt
+from loratune.report.oracle_section import oracle_section
 from loratune.report.rundir import EpochSamples, RunData, TrialInfo
 from loratune.report.thumbnails import thumbnail_uri
 from loratune.runfolder import RunFolder
@@ -134,12 +135,29 @@ def _banner(run: RunData) -> str:
     if not run.any_stand_in:
         return ""
     items = "".join(f"<li>{escape(n)}</li>" for n in run.stand_in_notes)
+    if run.world_notes:
+        world = "".join(f"<li>{escape(n)}</li>" for n in run.world_notes)
+        return (
+            '<div class="banner" id="stand-in-warning" role="alert"><strong>⚠ Stand-in weights.</strong> '
+            "This run is on loratune's procedural world. Randomly initialised stand-ins (their numbers mean "
+            f"nothing, and the composite should give them no weight):<ul>{items}</ul>World-trained by loratune "
+            "(their scores carry meaning, but only about the procedural world, never about real "
+            f"images):<ul>{world}</ul></div>"
+        )
     return (
         '<div class="banner" id="stand-in-warning" role="alert"><strong>⚠ Stand-in weights.</strong> '
         "Some models in this run are randomly initialised stand-ins (built by <code>loratune.tiny</code>), so the "
         "scores, rankings and importances below say nothing about image quality; they only show that the pipeline "
         f"works.<ul>{items}</ul></div>"
     )
+
+
+def _weights_flag(stand_in: bool, model: str | None) -> str:
+    from loratune.world.folder import find_world
+
+    if stand_in:
+        return "<b style='color:var(--warn)'>stand-in</b>"
+    return "<b title='trained by loratune on its procedural world'>world-trained</b>" if find_world(model) else "real"
 
 
 def _summary(run: RunData, ranked: list[TrialInfo]) -> str:
@@ -401,12 +419,12 @@ def _samples(ranked: list[TrialInfo], thumb: int, all_epochs_for: int, max_image
 def _models(run: RunData) -> str:
     rows = []
     if run.base_model:
-        flag = "<b style='color:var(--warn)'>stand-in</b>" if run.base_model_stand_in else "real"
+        flag = _weights_flag(run.base_model_stand_in, run.base_model)
         family = run.config.get("model", {}).get("family", "") if isinstance(run.config.get("model"), dict) else ""
         rows.append(f"<tr><td>base model</td><td>{escape(str(family))}</td><td><code>{escape(run.base_model)}</code>"
                     f"</td><td>{flag}</td><td></td></tr>")
     for b in run.backends:
-        flag = "<b style='color:var(--warn)'>stand-in</b>" if b.stand_in else "real"
+        flag = _weights_flag(b.stand_in, b.model)
         rows.append(f"<tr><td>{escape(b.axis)}</td><td>{escape(b.name)}</td><td><code>{escape(str(b.model))}</code>"
                     f"</td><td>{flag}</td><td>{escape(b.licence or '')}</td></tr>")
     if not rows:
@@ -433,12 +451,16 @@ def render_page(run: RunData, figures: list[Figure], plotly_js: str, thumb: int 
                 max_images: int = 1500, page_dir: Path | None = None) -> str:
     """The page; ``page_dir`` is where it will be written (image links are relative to it; default: the run)."""
     ranked = rank_trials(run)
+    best = ranked[0].number if ranked and ranked[0].attrs.get("lora") else None
+    oracle = oracle_section(run, best)
     when = _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     title = f"loratune report — {Path(run.run_dir).resolve().name}"
     nav = "".join(f'<a href="#{i}">{n}</a>' for i, n in [("summary", "Summary"), ("plots", "Search"),
-                                                         ("trials", "Trials"), ("samples", "Samples"),
+                                                         ("trials", "Trials"),
+                                                         *([("oracle", "Known truth")] if oracle else []),
+                                                         ("samples", "Samples"),
                                                          ("audit", "Dataset audit"), ("models", "Models")])
-    body = "".join([_banner(run), _summary(run, ranked), _figures(figures), _table(run, ranked),
+    body = "".join([_banner(run), _summary(run, ranked), _figures(figures), _table(run, ranked), oracle,
                     _samples(ranked, thumb, all_epochs_for, max_images, page_dir or run.run_dir, run.base_samples),
                     audit_section(run), _models(run)])
     # plotly.js goes in the head as a plain inline script: no CDN, no network, defined before any figure's script.

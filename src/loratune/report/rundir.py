@@ -118,6 +118,7 @@ class RunData:
     base_model: str | None
     base_model_stand_in: bool
     stand_in_notes: list[str] = field(default_factory=list)
+    world_notes: list[str] = field(default_factory=list)  # models trained by loratune on its procedural world
     evaluation: dict[str, Any] | None = None  # one checkpoint's full scores.json: weights used, missing axes, versions
     base_samples: EpochSamples | None = None  # the base model without a LoRA, same prompts and seeds (epoch -1)
 
@@ -355,4 +356,13 @@ def load_run(run_dir: str | Path) -> RunData:
     if not notes and any(t.attrs.get("stand_in") for t in trials):
         notes.append("the search recorded stand-in weights for some trials")
     return RunData(run_dir, study, trials, config, audit if isinstance(audit, dict) else None, backends, base,
-                   base_stand_in, notes, evaluation, read_base_samples(run_dir, trials))
+                   base_stand_in, notes, world_trained(base, base_stand_in, backends), evaluation,
+                   read_base_samples(run_dir, trials))
+
+
+def world_trained(base: str | None, base_stand_in: bool, backends: list[BackendUse]) -> list[str]:
+    """The models that ``loratune world`` wrote and loratune trained on its procedural world (not random, not real)."""
+    from loratune.world.folder import find_world
+
+    notes = [f"base model {base}"] if not base_stand_in and find_world(base) else []
+    return notes + [f"{b.axis}: {b.name} ({b.model})" for b in backends if not b.stand_in and find_world(b.model)]

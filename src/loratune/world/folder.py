@@ -184,6 +184,25 @@ def _write_images(root: Path, target: str) -> None:
         Image.fromarray(image).save(refs / f"ref-{i:02d}.png")
 
 
+def find_world(ref: str | Path | None) -> dict[str, Any] | None:
+    """The marker of the world folder that holds ``ref`` (a path inside ``DIR``: its base model, a scorer, the
+    dataset), else None. How the report and the banner tell world-trained models from real and random ones."""
+    if not ref:
+        return None
+    path = Path(ref).expanduser()
+    if not path.exists():
+        return None
+    for folder in [path if path.is_dir() else path.parent, *path.resolve().parents][:4]:
+        marker = folder / MARKER
+        if marker.is_file():
+            try:
+                data = json.loads(marker.read_text())
+            except (OSError, ValueError):
+                return None
+            return dict(data, root=str(folder)) if isinstance(data, dict) and data.get("target") in TARGETS else None
+    return None
+
+
 def write_tokenizer(folder: Path) -> None:
     """SD1.5's tokenizer (the real CLIP vocabulary, rebuilt offline), as ``build_sd15`` writes it."""
     from loratune.tiny.clip_tokenizer import make_clip_tokenizer, write_slow_tokenizer_files

@@ -171,8 +171,14 @@ class Verdict:
     quality: float
     diversity: float
 
+    @property
+    def score(self) -> float:
+        """One number for "which LoRA is truly best": the target drawn (identity rate) in the scene the prompt asked
+        for (scene accuracy), so a LoRA that draws the character everywhere, whatever the prompt, does not win."""
+        return (self.identity_rate or 0.0) * self.scene_accuracy
+
     def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        return asdict(self) | {"score": self.score}
 
 
 def judge(images: list[Any], prompts: list[str], token: str | None = None) -> Verdict:

@@ -1,0 +1,236 @@
+"""Which sampler finds the truly best LoRA on the known-truth world, at equal budget: regret on the pixel oracle.
+
+    OMP_WAIT_POLICY=PASSIVE python benchmarks/world_search.py measure   # ~25 min on 2 cores: real trainings
+    OMP_WAIT_POLICY=PASSIVE python benchmarks/world_search.py compare [--seeds 10] [--trials 8]
+
+``measure`` trains a grid of real LoRAs on the world (``loratune world``'s folder and config; learning rate on a log
+grid x rank 4/8, every epoch sampled) with loratune's own trainer, and records per epoch the composite and axes that
+``loratune.evaluation.Evaluator`` gives (what a study ranks by) and the oracle's verdict on the same samples (what is
+true). The table is written to ``benchmarks/data/world_grid.json`` after every grid point (a rerun resumes).
+
+``compare`` runs real ``loratune optimize`` studies (SQLite study, phases, pruning, RUN/best) whose trial backend
+replays that table: a trial's learning rate is snapped to the nearest grid value (log scale), its scores are the
+measured ones. Studies differ only by sampler and seed. Regret = the best oracle score anywhere in the table minus the
+oracle score of the (trial, epoch) the study copied to RUN/best — so where the composite disagrees with the truth, a
+sampler is misled exactly as it would be in a real run. Replaying a measured table is what makes >= 10 seeds per
+sampler affordable; each real world trial takes about a minute here.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import shutil
+import sys
+import tempfile
+import time
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import numpy as np  # noqa: E402
+
+TABLE = Path(__file__).parent / "data" / "world_grid.json"
+LRS = tuple(float(f"{v:.1e}") for v in np.geomspace(1e-4, 3e-2, 8))  # 1e-4 .. 3e-2, ~2.3x apart
+RANKS = (4, 8)
+EPOCHS = 8
+
+
+def measure(table: Path, epochs: int) -> None:
+    import torch
+
+    from loratune.atomic import atomic_write_json
+    from loratune.config import load_config
+    from loratune.evaluation import Evaluator, load_references
+    from loratune.train import train
+    from loratune.world.folder import write_world
+
+    torch.set_num_threads(2)
+    rows = json.loads(table.read_text())["rows"] if table.is_file() else []
+    done = {(r["learning_rate"], r["rank"]) for r in rows}
+    with tempfile.TemporaryDirectory() as tmp:
+        world = write_world(Path(tmp) / "world")
+        config = load_config(world.config, [f"train.epochs={epochs}", f"train.save_every_epochs=1"])
+        evaluator = Evaluator(config, references=load_references(config), show_progress=False)
+        for lr in LRS:
+            for rank in RANKS:
+                if (lr, rank) in done:
+                    continue
+                start = time.perf_counter()
+                point = load_config(world.config, [f"train.epochs={epochs}", f"train.learning_rate={lr}",
+                                                   f"train.rank={rank}"])
+                out = Path(tmp) / f"run-{lr}-{rank}"
+
+                def on_checkpoint(info: Any, lr: float = lr, rank: int = rank) -> None:
+                    result = evaluator.score(info.samples)
+                    verdict = _judge(info.samples, world.target)
+                    rows.append({"learning_rate": lr, "rank": rank, "epoch": info.epoch,
+                                 "composite": result.composite, "axes": result.normalised,
+                                 "oracle": verdict.as_dict()})
+                    print(f"lr {lr:.1e} rank {rank} epoch {info.epoch}: composite {result.composite:.3f} "
+                          f"oracle {verdict.score:.2f} (identity {verdict.identity_rate:.2f}, "
+                          f"scene {verdict.scene_accuracy:.2f})", flush=True)
+
+                train(point, out, on_checkpoint=on_checkpoint)
+                shutil.rmtree(out, ignore_errors=True)
+                table.parent.mkdir(parents=True, exist_ok=True)
+                atomic_write_json(table, {"lrs": list(LRS), "ranks": list(RANKS), "epochs": epochs,
+                                          "world": "lucaboy, loratune.world defaults", "rows": rows})
+                print(f"  {time.perf_counter() - start:.0f} s", flush=True)
+
+
+def _judge(samples: list, target: str) -> Any:
+    from PIL import Image
+
+    from loratune.world.oracle import judge
+
+    return judge([Image.open(s.path).convert("RGB") for s in samples], [s.prompt for s in samples], target)
+
+
+class Table:
+    def __init__(self, path: Path) -> None:
+        data = json.loads(path.read_text())
+        self.lrs = sorted({r["learning_rate"] for r in data["rows"]})
+        self.epochs = int(data["epochs"])
+        self.rows = {(r["learning_rate"], r["rank"], r["epoch"]): r for r in data["rows"]}
+
+    def snap(self, lr: float) -> float:
+        return min(self.lrs, key=lambda v: abs(math.log(v / lr)))
+
+    def truth(self, lr: float, rank: int, epoch: int) -> float:
+        return float(self.rows[self.snap(lr), rank, epoch]["oracle"]["score"])
+
+    def optimum(self) -> float:
+        return max(float(r["oracle"]["score"]) for r in self.rows.values())
+
+
+class TableTrials:
+    """A trial backend replaying the measured table (``--backend world_search:make``)."""
+
+    def __init__(self) -> None:
+        self.table = Table(Path(os.environ.get("LORATUNE_WORLD_TABLE", TABLE)))
+
+    def train(self, config: Any, out_dir: Path, on_epoch: Callable[[Any], None]) -> None:
+        import torch
+        from safetensors.torch import save_file
+
+        from loratune.records import EpochScore
+        from loratune.train import StopTraining
+
+        lr, rank = self.table.snap(config.train.learning_rate), int(config.train.rank)
+        for epoch in range(1, config.train.epochs + 1):
+            row = self.table.rows[lr, rank, epoch]
+            lora = out_dir / "checkpoints" / f"epoch-{epoch:04d}.safetensors"
+            lora.parent.mkdir(parents=True, exist_ok=True)
+            save_file({"m.lora_down.weight": torch.zeros(1, 4)}, str(lora))
+            try:
+                on_epoch(EpochScore(epoch, row["composite"], row["axes"], lora))
+            except StopTraining:
+                return
+
+    def score_lora(self, config: Any, lora: Path, out_dir: Path) -> Any:
+        raise RuntimeError("the replayed world has no ensemble (search.phases.ensemble_top_k: 0)")
+
+
+def make() -> TableTrials:
+    return TableTrials()
+
+
+def one_study(root: Path, table: Table, sampler: str, pruner: str, seed: int, trials: int) -> tuple[float, int]:
+    """(regret on the oracle, epochs trained) of one real study over the world's learning-rate x rank space."""
+    import optuna
+
+    from loratune.config import load_config
+    from loratune.runfolder import STUDY_NAME, RunFolder
+    from loratune.search.runner import run_optimize
+
+    run = RunFolder(root / f"{sampler}-{pruner}-{seed}")
+    world_config = Path(os.environ["LORATUNE_WORLD_CONFIG"])
+    space = (f"search.space={{learning_rate: {{type: float, low: {min(table.lrs)}, high: {max(table.lrs)}, "
+             f"log: true}}, rank: {{type: categorical, choices: {list(RANKS)}}}}}")
+    config = load_config(world_config, [f"search.sampler={sampler}", f"search.pruner={pruner}", f"search.seed={seed}",
+                                        f"search.n_trials={trials}", "search.phases.ensemble_top_k=0",
+                                        "search.phases.refine_trials=0", "search.heartbeat_interval=60",
+                                        f"train.epochs={table.epochs}", "train.learning_rate=1e-4", space])
+    run_optimize(config, run.root, backend="world_search:make", say=lambda m: None)
+    best = json.loads((run.best / "best.json").read_text())
+    params = json.loads((run.trial(best["trial"]) / "params.json").read_text())["train"]
+    value = table.truth(params["learning_rate"], int(params["rank"]), int(best["best_epoch"]))
+    study = optuna.load_study(study_name=STUDY_NAME, storage=run.storage_url(None))
+    epochs = sum(len(t.intermediate_values) for t in study.get_trials(deepcopy=False))
+    shutil.rmtree(run.root)
+    return table.optimum() - value, epochs
+
+
+def compare(table_path: Path, seeds: int, trials: int, samplers: list[str], pruners: list[str]) -> None:
+    import torch
+    from rich.console import Console
+    from rich.table import Table as RichTable
+
+    from loratune.world.folder import write_world
+
+    torch.set_num_threads(1)
+    warnings.filterwarnings("ignore")
+    sys.path.insert(0, str(Path(__file__).parent))  # the runner imports the backend as world_search:make
+    os.environ["LORATUNE_WORLD_TABLE"] = str(table_path)
+    table = Table(table_path)
+    shm = Path("/dev/shm")
+    root = Path(tempfile.mkdtemp(prefix="loratune-world-search-", dir=shm if shm.is_dir() else None))
+    results: dict[tuple[str, str], list[tuple[float, int]]] = {}
+    try:
+        world = write_world(root / "world")
+        os.environ["LORATUNE_WORLD_CONFIG"] = str(world.config)
+        for sampler in samplers:
+            for pruner in pruners:
+                results[sampler, pruner] = [one_study(root, table, sampler, pruner, seed, trials)
+                                            for seed in range(seeds)]
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+    reference = float(np.median([r for r, _ in results.get(("random", "none"), [])] or [np.nan]))
+    out = RichTable(title=f"World: {trials} trials, {seeds} seeds, regret on the oracle (optimum "
+                          f"{table.optimum():.3f}; {len(table.rows)} measured epochs)")
+    for col in ("sampler", "pruner", "median regret", "mean regret", "vs random", "found optimum", "epochs trained"):
+        out.add_column(col, justify="left" if col in ("sampler", "pruner") else "right")
+    for (sampler, pruner), runs in results.items():
+        regrets = np.array([r for r, _ in runs])
+        out.add_row(sampler, pruner, f"{np.median(regrets):.3f}", f"{regrets.mean():.3f}",
+                    f"{np.median(regrets) / reference:.2f}x" if reference > 0 else "—",
+                    f"{int((regrets <= 1e-9).sum())}/{len(runs)}", f"{np.median([e for _, e in runs]):.0f}")
+    Console(width=100).print(out)
+    _composite_vs_truth(table)
+
+
+def _composite_vs_truth(table: Table) -> None:
+    from scipy.stats import spearmanr
+
+    rows = list(table.rows.values())
+    rho = spearmanr([r["composite"] for r in rows], [r["oracle"]["score"] for r in rows]).statistic
+    top = max(rows, key=lambda r: r["composite"])
+    print(f"composite vs oracle score over the table: Spearman {rho:.3f}; the composite's favourite (lr "
+          f"{top['learning_rate']:.1e}, rank {top['rank']}, epoch {top['epoch']}) has oracle score "
+          f"{top['oracle']['score']:.3f} of {table.optimum():.3f}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("what", choices=("measure", "compare"))
+    parser.add_argument("--table", type=Path, default=TABLE)
+    parser.add_argument("--epochs", type=int, default=EPOCHS)
+    parser.add_argument("--seeds", type=int, default=10)
+    parser.add_argument("--trials", type=int, default=8)
+    parser.add_argument("--samplers", default="tpe,gp,random")
+    parser.add_argument("--pruners", default="patient,none")
+    args = parser.parse_args()
+    if args.what == "measure":
+        measure(args.table, args.epochs)
+    else:
+        compare(args.table, args.seeds, args.trials, args.samplers.split(","), args.pruners.split(","))
+
+
+if __name__ == "__main__":
+    main()
