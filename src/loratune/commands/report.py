@@ -19,6 +19,9 @@ def command(
     from loratune.report import build_report
 
     result = build_report(run_dir, out, thumb_size=thumb_size, all_epochs_for=all_epochs_for, max_images=max_images)
-    warn = " — stand-in weights: scores are meaningless" if result.stand_in else ""
+    warn = ""
+    if result.stand_in:
+        warn = (" — on the procedural world: some models world-trained, some random stand-ins (see the banner)"
+                if result.world else " — stand-in weights: scores are meaningless")
     typer.echo(f"report: {result.path} ({result.trials} trials, {result.figures} plots, {result.images} images, "
                f"{result.size_bytes / 1e6:.1f} MB){warn}")

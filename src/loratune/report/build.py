@@ -18,6 +18,7 @@ class ReportResult:
     stand_in: bool
     size_bytes: int
     seconds: float
+    world: bool = False  # the run is on ``loratune world``'s folder: world-trained models beside the stand-ins
 
 
 def build_report(run_dir: str | Path, out: str | Path | None = None, thumb_size: int = 128,
@@ -50,5 +51,5 @@ def build_report(run_dir: str | Path, out: str | Path | None = None, thumb_size:
     return ReportResult(
         path=target, trials=len(run.trials), figures=sum(f.html is not None for f in figures),
         images=html.count('class="sample"'), stand_in=run.any_stand_in, size_bytes=len(html.encode("utf-8")),
-        seconds=time.perf_counter() - start,
+        seconds=time.perf_counter() - start, world=bool(run.world_notes),
     )

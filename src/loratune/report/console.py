@@ -9,6 +9,8 @@ from rich import box
 from rich.console import Console
 from rich.table import Table
 
+from loratune.world.folder import find_world
+
 if TYPE_CHECKING:
     from loratune.evaluation import EvaluationResult
     from loratune.train.records import TrainResult
@@ -27,6 +29,8 @@ def print_scores(result: EvaluationResult, json_path: Path | None = None, consol
         note = []
         if r.stand_in:
             note.append("[yellow]stand-in weights[/]")
+        elif find_world(r.model_id):
+            note.append("world-trained")
         if r.value is None:
             note.append(f"[red]missing[/]: {r.missing_reason}")
         table.add_row(axis, r.backend, str(r.model_id or ""), _fmt(r.value), _fmt(result.normalised.get(axis)),
@@ -36,6 +40,9 @@ def print_scores(result: EvaluationResult, json_path: Path | None = None, consol
     console.print(table)
     if result.stand_in:
         console.print("[bold yellow]warning:[/] some backends ran on stand-in (random) weights; their scores mean nothing.")
+    if any(find_world(r.model_id) for r in result.axes.values()):
+        console.print("note: world-trained backends were trained by loratune on its procedural world; their scores "
+                      "mean something about that world only.")
     if json_path is not None:
         console.print(f"wrote {json_path} and {json_path.with_name('per_image.csv')}")
 
