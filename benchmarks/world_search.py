@@ -203,6 +203,7 @@ def compare(table_path: Path, seeds: int, trials: int, samplers: list[str], prun
                     f"{int((regrets <= 1e-9).sum())}/{len(runs)}", f"{np.median([e for _, e in runs]):.0f}")
     Console(width=100).print(out)
     _composite_vs_truth(table)
+    overtraining(table)
 
 
 def _composite_vs_truth(table: Table) -> None:
@@ -214,6 +215,31 @@ def _composite_vs_truth(table: Table) -> None:
     print(f"composite vs oracle score over the table: Spearman {rho:.3f}; the composite's favourite (lr "
           f"{top['learning_rate']:.1e}, rank {top['rank']}, epoch {top['epoch']}) has oracle score "
           f"{top['oracle']['score']:.3f} of {table.optimum():.3f}")
+
+
+def overtraining(table: Table, min_lr: float = 5e-3) -> None:
+    """For the high learning rates: the oracle per epoch, the epoch the composite picks (per-epoch selection) and
+    what stopping at the last epoch would have given instead."""
+    from rich.console import Console
+    from rich.table import Table as RichTable
+
+    out = RichTable(title=f"Over-training: lr >= {min_lr:g}, oracle score per epoch (* the composite's pick, "
+                          "^ the oracle's peak)")
+    out.add_column("lr, rank")
+    for epoch in range(1, table.epochs + 1):
+        out.add_column(str(epoch), justify="right")
+    out.add_column("picked / peak / last", justify="right")
+    for lr in [v for v in table.lrs if v >= min_lr]:
+        for rank in RANKS:
+            rows = [table.rows.get((lr, rank, e)) for e in range(1, table.epochs + 1)]
+            if any(r is None for r in rows):
+                continue
+            scores = [r["oracle"]["score"] for r in rows]
+            picked = max(range(len(rows)), key=lambda i: rows[i]["composite"])
+            peak = max(range(len(rows)), key=lambda i: scores[i])
+            cells = [f"{s:.2f}{'*' if i == picked else ''}{'^' if i == peak else ''}" for i, s in enumerate(scores)]
+            out.add_row(f"{lr:.1e}, {rank}", *cells, f"{scores[picked]:.2f} / {scores[peak]:.2f} / {scores[-1]:.2f}")
+    Console(width=120).print(out)
 
 
 def main() -> None:
