@@ -111,3 +111,11 @@ def test_bad_references_fail_with_one_line_naming_the_field(stand_ins, tmp_path)
         make("hpsv2", str(stand_ins["hpsv2"] / HPS_WEIGHTS), architecture="ViT-Q-99")
     with pytest.raises(LoratuneError, match=r"^evaluation\.backends\.aesthetics\.tokenizer: model path not found"):
         make("image_reward", str(stand_ins["image_reward"]), tokenizer=str(tmp_path / "no-tokenizer"))
+
+
+def test_factory_stand_ins_are_the_cross_checked_ones(tiny_models):
+    expected = json.loads(REFERENCE.read_text())
+    for name, folder in (("image_reward", tiny_models.imagereward), ("hpsv2", tiny_models.hpsv2)):
+        backend = make(name, str(folder))
+        assert score(backend)[:-1] == pytest.approx(expected[name], abs=1e-4)
+        assert backend.compute().stand_in  # the factory's marker, not the test's
