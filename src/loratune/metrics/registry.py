@@ -102,6 +102,22 @@ _SPECS = [
         False, False, "AGPL-3.0 (cafeai/cafe_aesthetic model card)", "cafeai/cafe_aesthetic",
         "cafe_aesthetic: P(label == 'aesthetic') from its image classifier (all labels read, not the top one's score)",
     ),
+    BackendSpec(
+        name="hpsv2", axis="aesthetics", target="loratune.metrics.hps:HpsV2Score", score_range=(-1.0, 1.0),
+        higher_is_better=True, norm_range=(0.2, 0.35), needs_prompts=True, needs_references=False,
+        licence="Apache-2.0 (HPSv2 code and xswu/HPSv2 weights); base OpenCLIP ViT-H-14 laion2b: MIT",
+        default_model="xswu/HPSv2/HPS_v2.1_compressed.pt",
+        description="HPSv2.1 human-preference score: cosine of image and prompt embeddings of the preference-tuned "
+        "OpenCLIP ViT-H-14 (the hpsv2 package's score; typically 0.2-0.35)",
+    ),
+    BackendSpec(
+        name="image_reward", axis="aesthetics", target="loratune.metrics.image_reward:ImageRewardScore",
+        score_range=(-5.0, 5.0), higher_is_better=True, norm_range=(-1.5, 1.5), needs_prompts=True,
+        needs_references=False, licence="Apache-2.0 (image-reward code and THUDM/ImageReward weights; BLIP: BSD-3)",
+        default_model="THUDM/ImageReward",
+        description="ImageReward: BLIP image-prompt encoding -> MLP, standardised (0 = its training mean; in "
+        "principle unbounded, in practice within +-3)",
+    ),
     # --- technical quality ----------------------------------------------------------------------------------------
     BackendSpec(
         "musiq", "quality", "loratune.metrics.quality:Musiq", (0.0, 100.0), True, (20.0, 80.0),

@@ -11,6 +11,8 @@
     out_dir/arcface/scrfd.onnx        get_model(path) -> SCRFD (finds the dataset's faces by skin tone); the folder
                                       is a pack: insightface.app.FaceAnalysis(name=str(folder))
     out_dir/vlm/           AutoModelForImageTextToText / AutoProcessor.from_pretrained(path) (native InternVL)
+    out_dir/imagereward/   THUDM/ImageReward layout: ImageReward.pt (weights_only state dict) + med_config.json + vocab.txt
+    out_dir/hpsv2/         open_clip folder (local-dir:) whose .pth holds HPSv2's {"state_dict": ...} checkpoint
     out_dir/dataset/train/10_<token>/*.png + .txt, out_dir/dataset/references/<token>/*.png
     out_dir/loratune.yaml  a config using all of the above (relative paths); loratune-sdxl.yaml: the same on SDXL
 

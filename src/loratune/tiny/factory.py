@@ -17,7 +17,7 @@ from loratune.errors import LoratuneError
 from loratune.modelref import write_stand_in_marker
 
 # Bump when anything the factory writes changes: cached builds of another version are rebuilt.
-FACTORY_VERSION = 3
+FACTORY_VERSION = 4
 MANIFEST = "loratune-tiny.json"
 CONFIG_NAME = "loratune.yaml"
 SDXL_CONFIG_NAME = "loratune-sdxl.yaml"
@@ -33,6 +33,8 @@ LAYOUT: dict[str, str] = {
     "arcface": "arcface/arcface.onnx",
     "face_detector": "arcface/scrfd.onnx",
     "vlm": "vlm",
+    "imagereward": "imagereward",
+    "hpsv2": "hpsv2",
     "dataset": "dataset/train",
     "references": "dataset/references",
     "config": CONFIG_NAME,
@@ -53,6 +55,8 @@ class TinyModels:
     arcface: Path
     face_detector: Path  # stand-in SCRFD beside arcface: the folder is an insightface pack (FaceAnalysis(name=folder))
     vlm: Path
+    imagereward: Path  # THUDM/ImageReward's layout: ImageReward.pt + med_config.json (+ a tiny BERT vocab.txt)
+    hpsv2: Path  # open_clip folder whose weights file is HPSv2's {"state_dict": ...} checkpoint
     dataset: Path
     references: Path
     config: Path
@@ -105,6 +109,7 @@ def _build_all(tmp: Path, say: Progress) -> None:
     from loratune.tiny.clip import OPEN_CLIP_EMBED_DIM, build_hf_clip, build_open_clip
     from loratune.tiny.dataset import make_character_dataset
     from loratune.tiny.face_detector import build_face_detector
+    from loratune.tiny.preference import build_hpsv2, build_imagereward
     from loratune.tiny.sd import build_sd15, build_sdxl
     from loratune.tiny.vlm import build_vlm
 
@@ -122,6 +127,8 @@ def _build_all(tmp: Path, say: Progress) -> None:
         ("ArcFace ONNX recogniser", paths.arcface.parent, lambda: build_arcface(paths.arcface, SEED)),
         ("skin-tone SCRFD face detector", paths.face_detector.parent, lambda: build_face_detector(paths.face_detector)),
         ("InternVL vision-language model", paths.vlm, lambda: build_vlm(paths.vlm, SEED)),
+        ("ImageReward BLIP reward model", paths.imagereward, lambda: build_imagereward(paths.imagereward, SEED)),
+        ("HPSv2 preference CLIP", paths.hpsv2, lambda: build_hpsv2(paths.hpsv2, SEED)),
     ]
     for what, folder, build in steps:
         say(what)
