@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from loratune.report.audit_section import audit_section
+from loratune.report.calibration_section import calibration_section
 from loratune.report.figures import Figure, objective_names
 from loratune.report.format import fmt
 from loratune.report.rundir import EpochSamples, RunData, TrialInfo
@@ -438,7 +439,7 @@ def render_page(run: RunData, figures: list[Figure], plotly_js: str, thumb: int 
     nav = "".join(f'<a href="#{i}">{n}</a>' for i, n in [("summary", "Summary"), ("plots", "Search"),
                                                          ("trials", "Trials"), ("samples", "Samples"),
                                                          ("audit", "Dataset audit"), ("models", "Models")])
-    body = "".join([_banner(run), _summary(run, ranked), _figures(figures), _table(run, ranked),
+    body = "".join([_banner(run), _summary(run, ranked), calibration_section(run), _figures(figures), _table(run, ranked),
                     _samples(ranked, thumb, all_epochs_for, max_images, page_dir or run.run_dir, run.base_samples),
                     audit_section(run), _models(run)])
     # plotly.js goes in the head as a plain inline script: no CDN, no network, defined before any figure's script.
