@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 import numpy as np
 from scipy.optimize import minimize
-from scipy.special import expit, log_expit
+from scipy.special import log_expit
 
 # Composite difference -> log-odds: a difference of 0.1 is a 73% preference, 0.3 a 95% one.
 BETA = 10.0

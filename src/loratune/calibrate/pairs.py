@@ -33,7 +33,8 @@ def next_pair(scores: np.ndarray, weights: np.ndarray, asked: Iterable[tuple[int
         shown[[i, j]] += 1
     p = 1.0 / (1.0 + np.exp(-beta * (c[:, None] - c[None, :])))
     filled = np.nan_to_num(scores, nan=0.0)
-    profile = np.linalg.norm(filled[:, None, :] - filled[None, :, :], axis=2)
+    sq = (filled**2).sum(axis=1)  # |a - b|^2 = |a|^2 + |b|^2 - 2ab: n x n memory, not n x n x axes
+    profile = np.sqrt(np.maximum(sq[:, None] + sq[None, :] - 2 * filled @ filled.T, 0.0))
     score = p * (1 - p) * profile / np.sqrt((1 + shown[:, None]) * (1 + shown[None, :]))
     usable = ~done & np.triu(np.ones((n, n), dtype=bool), 1) & ~np.isnan(score)
     if not usable.any():

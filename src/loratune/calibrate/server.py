@@ -49,7 +49,7 @@ def make_app(session: Session) -> bottle.Bottle:
 
 
 class _Quiet(WSGIRequestHandler):
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the standard library's signature
+    def log_message(self, format: str, *args: Any) -> None:
         """No line per request on the terminal."""
 
 

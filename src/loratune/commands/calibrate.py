@@ -33,4 +33,9 @@ def command(
     from loratune.calibrate.session import Session
 
     session = Session(run, who or getpass.getuser())
-    serve(session, port, typer.echo)
+    try:
+        serve(session, port, typer.echo)
+    except KeyboardInterrupt:
+        # Nothing is lost on Ctrl-C (each answer was saved when given): say where the answers are, exit cleanly.
+        typer.echo(f"calibrate: stopped; {len(session.answers)} answers in {session.path} "
+                   f"(`loratune calibrate {run} --apply` re-ranks the run)")
