@@ -9,6 +9,8 @@
     RUN/trials/partial/      leftovers of trials that can no longer finish, kept for inspection
     RUN/best/                the selected LoRA, its samples, scores and ``best.json``
     RUN/report.html  RUN/audit.json  RUN/.ask.lock (serialises taking a waiting trial)
+    RUN/preferences.jsonl    ``loratune calibrate``'s answers; RUN/calibration.json and RUN/calibrated-weights.yaml
+                             what ``--apply`` wrote (both rankings; the weights as a config snippet)
 
 Importing it is light: no optuna, no torch.
 """
@@ -62,6 +64,18 @@ class RunFolder:
     @property
     def audit(self) -> Path:
         return self.root / "audit.json"
+
+    @property
+    def preferences(self) -> Path:
+        return self.root / "preferences.jsonl"
+
+    @property
+    def calibration(self) -> Path:
+        return self.root / "calibration.json"
+
+    @property
+    def calibrated_weights(self) -> Path:
+        return self.root / "calibrated-weights.yaml"
 
     @property
     def ask_lock(self) -> Path:

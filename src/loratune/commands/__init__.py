@@ -20,6 +20,7 @@ COMMANDS = [
     ("ensemble", "ensemble", "Merge LoRA files into one."),
     ("report", "report", "Write a run's self-contained HTML report."),
     ("dashboard", "dashboard", "Serve optuna-dashboard for a run (loopback only)."),
+    ("calibrate", "calibrate", "Teach the ranking your taste: which sample grid is better?"),
     ("demo", "demo", "Run the whole loop offline on tiny models."),
     ("tiny-models", "tiny_models", "Build the tiny stand-in models and dataset."),
     ("world", "world", "Write the known-truth world: base model, dataset, config."),

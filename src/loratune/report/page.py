@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from loratune.report.audit_section import audit_section
+from loratune.report.calibration_section import calibration_section
 from loratune.report.figures import Figure, objective_names
 from loratune.report.format import fmt
 from loratune.report.oracle_section import oracle_section
@@ -460,7 +461,8 @@ def render_page(run: RunData, figures: list[Figure], plotly_js: str, thumb: int 
                                                          *([("oracle", "Known truth")] if oracle else []),
                                                          ("samples", "Samples"),
                                                          ("audit", "Dataset audit"), ("models", "Models")])
-    body = "".join([_banner(run), _summary(run, ranked), _figures(figures), _table(run, ranked), oracle,
+    body = "".join([_banner(run), _summary(run, ranked), calibration_section(run), _figures(figures),
+                    _table(run, ranked), oracle,
                     _samples(ranked, thumb, all_epochs_for, max_images, page_dir or run.run_dir, run.base_samples),
                     audit_section(run), _models(run)])
     # plotly.js goes in the head as a plain inline script: no CDN, no network, defined before any figure's script.

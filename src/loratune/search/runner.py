@@ -18,6 +18,7 @@ import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import optuna
 from optuna.exceptions import ExperimentalWarning
@@ -125,26 +126,33 @@ def copy_best(run_dir: Path, config: Config) -> FrozenTrial | None:
         return None
     best = candidates[0]
     trial_dir = run.root / best.user_attrs["trial_dir"]
+    samples = trial_dir / best.user_attrs["samples"] if best.user_attrs.get("samples") else None
+    write_best(run, trial_dir, trial_dir / best.user_attrs["lora"], samples, best.user_attrs.get("best_epoch") or 0, {
+        "trial": best.number, "state": best.state.name.lower(), "phase": best.user_attrs.get("phase"),
+        "composite": best.user_attrs.get("composite"), "values": best.values,
+        "best_epoch": best.user_attrs.get("best_epoch"), "params": best.params,
+        "axes": best.user_attrs.get("axes"), "backends": best.user_attrs.get("backends"),
+        "stand_in": best.user_attrs.get("stand_in"), "members": best.user_attrs.get("members"),
+        "fail_reason": best.user_attrs.get("fail_reason"),
+    })
+    return best
+
+
+def write_best(run: RunFolder, trial_dir: Path, lora: Path, samples: Path | None, epoch: int,
+               record: dict[str, Any]) -> None:
+    """Replace RUN/best/ atomically with one checkpoint: its LoRA, samples, the trial's params and scores, the
+    epoch's full scores and ``best.json`` (``record`` plus the LoRA's name)."""
     with atomic_dir(run.best) as tmp:
-        lora = trial_dir / best.user_attrs["lora"]
         shutil.copy2(lora, tmp / lora.name)
         for name in ("params.json", "scores.json"):
             if (trial_dir / name).is_file():
                 shutil.copy2(trial_dir / name, tmp / name)
-        if best.user_attrs.get("samples"):
-            shutil.copytree(trial_dir / best.user_attrs["samples"], tmp / "samples")
-        epoch_scores = trial_dir / "scores" / f"epoch-{best.user_attrs.get('best_epoch') or 0:04d}"
+        if samples is not None:
+            shutil.copytree(samples, tmp / "samples")
+        epoch_scores = trial_dir / "scores" / f"epoch-{epoch:04d}"
         if epoch_scores.is_dir():
             shutil.copytree(epoch_scores, tmp / "scores")
-        atomic_write_json(tmp / "best.json", {
-            "trial": best.number, "state": best.state.name.lower(), "phase": best.user_attrs.get("phase"),
-            "composite": best.user_attrs.get("composite"), "values": best.values,
-            "best_epoch": best.user_attrs.get("best_epoch"), "params": best.params, "lora": lora.name,
-            "axes": best.user_attrs.get("axes"), "backends": best.user_attrs.get("backends"),
-            "stand_in": best.user_attrs.get("stand_in"), "members": best.user_attrs.get("members"),
-            "fail_reason": best.user_attrs.get("fail_reason"),
-        })
-    return best
+        atomic_write_json(tmp / "best.json", {**record, "lora": lora.name})
 
 
 @dataclass(frozen=True)
