@@ -181,6 +181,7 @@ def test_apply_reranks_the_run(taught, capsys):
     assert top["trial"] != calibration["ranking_default"][0]["trial"] and "the ranking changed" in out
     html = (run / "report.html").read_text()
     assert "Calibrated ranking" in html and "id='calibrated-ranking'" in html
+    assert "RUN/best by your taste (calibrated)" in html  # the summary names what RUN/best now holds
 
 
 def test_apply_without_answers_and_a_non_run_are_one_line_errors(tmp_path, capsys):

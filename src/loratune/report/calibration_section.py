@@ -29,6 +29,13 @@ def _entry(row: Any) -> str:
             f"{fmt(row.get('epoch'))}</td><td class='num'>{fmt(row.get('composite'), 4)}</td>")
 
 
+def calibrated_best(run: RunData) -> str | None:
+    """"#trial · epoch N" of the calibrated winner (what RUN/best holds after ``--apply``), or None."""
+    data = _read(run)
+    top = data["ranking"][0] if data and data["ranking"] and isinstance(data["ranking"][0], dict) else None
+    return None if top is None else f"#{fmt(top.get('trial'))} · epoch {fmt(top.get('epoch'))}"
+
+
 def calibration_section(run: RunData) -> str:
     data = _read(run)
     if data is None:

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from loratune.report.audit_section import audit_section
-from loratune.report.calibration_section import calibration_section
+from loratune.report.calibration_section import calibrated_best, calibration_section
 from loratune.report.figures import Figure, objective_names
 from loratune.report.format import fmt
 from loratune.report.oracle_section import oracle_section
@@ -176,6 +176,8 @@ def _summary(run: RunData, ranked: list[TrialInfo]) -> str:
             kpis.append(("best trial", (f"#{best.number} <span class='state-{best.trial.state.name}'>"
                                        f"({best.trial.state.name.lower()})</span>")))
             kpis.append(("its best epoch", _best_epoch(best)))
+    if (calibrated := calibrated_best(run)) is not None:
+        kpis.append(("RUN/best by your taste (calibrated)", calibrated))
     kpi_html = "".join(f'<div class="kpi"><div class="v">{v}</div><div class="k">{escape(k)}</div></div>' for k, v in kpis)
     directions = ", ".join(f"{n}: {d.name.lower()}" for n, d in zip(names, run.study.directions))
     phase_line = ", ".join(f"{escape(p)} {n}" for p, n in phases.items())
