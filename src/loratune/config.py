@@ -14,6 +14,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from loratune.errors import LoratuneError, first_line
+from loratune.learning.config import LearningSection, check_holdout
 from loratune.metrics.registry import BACKENDS, backends_for_axis
 from loratune.search.config import SearchSection
 from loratune.train.config import TrainSection
@@ -93,11 +94,17 @@ class DatasetSection(Strict):
     max_bucket: int = Field(1024, ge=64)
     missing_caption: Literal["error", "class_token"] = "error"
     characters: dict[str, Character] = Field(default_factory=dict)
+    holdout: float | str | None = Field(None, description="images that never train and are the identity references: "
+                                                          "a fraction of the dataset (0-0.5, drawn by holdout_seed) "
+                                                          "or a folder")
+    holdout_seed: int = 0
 
     @field_validator("path")
     @classmethod
     def _path(cls, v: str | None, info: ValidationInfo) -> str | None:
         return resolve_path(v, info)
+
+    _holdout = field_validator("holdout")(check_holdout)
 
     @field_validator("caption_extension")
     @classmethod
@@ -275,6 +282,7 @@ class EvaluationSection(Strict):
     )
     batch_size: int = Field(8, ge=1, le=1024)
     trust_remote_code: bool = Field(False, description="allow models whose code ships with the checkpoint")
+    learning: LearningSection = Field(default_factory=LearningSection)
 
     @field_validator("backends", mode="before")
     @classmethod
@@ -319,8 +327,6 @@ class EvaluationSection(Strict):
         if not any(w > 0 for w in v.values()):
             raise ValueError("at least one axis weight must be > 0")
         return v
-
-
 
 
 class Config(Strict):

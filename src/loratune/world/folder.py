@@ -92,6 +92,9 @@ def world_config(target: str) -> dict[str, Any]:
             },
             # a random-weight MLP's number means nothing: shown, but kept out of the composite
             "weights": {"aesthetics": 0.0},
+            # Copy risk and CMMD on the world's own CLIP: it is trained to tell the world's images apart.
+            "learning": {"copy_embedder": {"name": "clip_i", "model": "scorers/open_clip"},
+                         "cmmd_embedder": {"name": "clip_i", "model": "scorers/open_clip"}},
             "device": "cpu",
             "dtype": "float32",
             "batch_size": 8,
