@@ -252,3 +252,29 @@ def test_a_lora_trained_to_copy_is_flagged_and_not_best(tmp_path) -> None:
     assert attrs["best_epoch"] == 1 and attrs["constraint"] <= 0
     risk = json.loads((tmp_path / "run" / "scores" / "epoch-0002" / "scores.json").read_text())["copy_risk"]
     assert risk["per_image"][0]["nearest_training"] == str(data / source.name) and risk["rate"] > 0.2
+
+
+def test_report_shows_diagnosis_copy_rate_and_nearest_training_image(tmp_path) -> None:
+    from loratune.report.learning_section import copy_pairs
+    from loratune.report.page import _epoch_table
+    from loratune.report.rundir import TrialInfo
+
+    rng = np.random.default_rng(0)
+    for name in ("sample.png", "train.png"):
+        Image.fromarray(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)).save(tmp_path / name)
+    epochs = [EpochScore(1, 0.5, {"consistency": 0.7}, constraint=-0.2, copy_rate=0.0, cmmd=1.25),
+              EpochScore(2, 0.8, {"consistency": 0.9}, constraint=0.8, copy_rate=1.0, cmmd=0.5)]
+    record_scores(tmp_path, epochs, "complete")
+    risk = CopyRisk([0.97], [tmp_path / "train.png"], 0.9, 0.2, "dino (facebook/dinov2-base)",
+                    samples=[tmp_path / "sample.png"])
+    (tmp_path / "scores" / "epoch-0002").mkdir(parents=True)
+    (tmp_path / "scores" / "epoch-0002" / "scores.json").write_text(json.dumps({"copy_risk": risk.to_json()}))
+    info = TrialInfo(create_trial(value=0.5, user_attrs={"best_epoch": 1}), tmp_path, {},
+                     json.loads((tmp_path / "scores.json").read_text()), [])
+    table = _epoch_table(info)
+    assert "<th>copy rate</th><th>CMMD</th><th>diagnosis</th>" in table
+    assert "<span class='diag-copying'>copying</span> <span class='muted'>copy rate 1.00 &gt; max_copy_rate 0.20" in table
+    assert "<tr class=\"best-row\"><td class='num'>1</td>" in table
+    pairs = copy_pairs(info)
+    assert "epoch 2: sample | nearest training image — copy rate 1 (threshold 0.9, dino (facebook/dinov2-base))" in pairs
+    assert pairs.count("data:image/webp;base64,") == 2 and "<span class='diag-copying'>0.97</span>" in pairs
