@@ -278,3 +278,17 @@ def test_report_shows_diagnosis_copy_rate_and_nearest_training_image(tmp_path) -
     pairs = copy_pairs(info)
     assert "epoch 2: sample | nearest training image — copy rate 1 (threshold 0.9, dino (facebook/dinov2-base))" in pairs
     assert pairs.count("data:image/webp;base64,") == 2 and "<span class='diag-copying'>0.97</span>" in pairs
+
+
+def test_console_prints_copy_risk_and_cmmd() -> None:
+    from types import SimpleNamespace
+
+    from loratune.report.console import learning_lines
+
+    risk = CopyRisk([0.95, 0.5, 0.92, 0.1], [Path("t.png")] * 4, 0.9, 0.2, "dino (facebook/dinov2-base)")
+    result = SimpleNamespace(copy_risk=risk, cmmd={"value": 1.2345, "held_out_images": 4})
+    assert learning_lines(result) == [
+        "[bold red]copy risk[/]: 2/4 images at cosine >= 0.90 to a training image (rate 0.50, max 0.20, over: "
+        "copying; dino (facebook/dinov2-base))",
+        "CMMD to the 4 held-out images: 1.234 (lower is closer)",
+    ]

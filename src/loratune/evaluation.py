@@ -314,6 +314,12 @@ def check_models(config: Config, base: bool = True) -> None:
     for axis, backend in config.evaluation.backends.items():
         if backend is not None and backend.model and looks_like_hub_id(backend.model):
             check_model_available(backend.model, f"evaluation.backends.{axis}.model")
+    learning = config.evaluation.learning
+    embedders = {"copy_embedder": learning.copy_embedder if config.dataset.path else None,
+                 "cmmd_embedder": learning.cmmd_embedder if config.dataset.holdout is not None else None}
+    for name, embedder in embedders.items():
+        if embedder is not None and embedder.name != "sscd" and embedder.model and looks_like_hub_id(embedder.model):
+            check_model_available(embedder.model, f"evaluation.learning.{name}.model")
 
 
 def collect_samples(images: str | Path, prompts: str | Path | None = None) -> list[Sample]:
