@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from pathlib import Path
 
@@ -192,7 +191,7 @@ def test_evaluating_training_images_reads_as_copies_with_sscd_and_cmmd(tiny_mode
         f"dataset.path={data}", "dataset.holdout=0.25", "evaluation.backends.alignment=null",
         "evaluation.backends.aesthetics=null", "evaluation.backends.quality=null", "evaluation.backends.diversity=null",
         f"evaluation.learning.copy_embedder={{name: sscd, model: {tmp_path / 'pixels.pt'}, size: 64}}"])
-    items, held = dataset_split(config)
+    items = dataset_split(config)[0]
     images = tmp_path / "samples"
     images.mkdir()
     for it in items[:3]:
@@ -217,7 +216,7 @@ def test_audit_reports_references_that_are_training_images(tiny_models, small_da
     data = small_dataset_factory(2)
     refs = tmp_path / "refs"
     refs.mkdir()
-    train_image = sorted((data / "1_lucaboy").glob("*.png"))[0]
+    train_image = min((data / "1_lucaboy").glob("*.png"))
     shutil.copy(train_image, refs / "copy.png")
     config = load_config(tiny_models.config, [f"dataset.characters.lucaboy.references={refs}"])
     audit = run_audit(data, config, AuditOptions(alignment=False, embeddings=False, faces=False)).data
@@ -235,7 +234,7 @@ def test_a_lora_trained_to_copy_is_flagged_and_not_best(tmp_path) -> None:
     from loratune.world.folder import write_world
 
     world = write_world(tmp_path / "w")
-    source = sorted((world.config.parent / "dataset").glob("*/*.png"))[0]
+    source = min((world.config.parent / "dataset").glob("*/*.png"))
     data = tmp_path / "data" / "20_lucaboy"
     data.mkdir(parents=True)
     shutil.copy(source, data / source.name)
@@ -288,7 +287,7 @@ def test_console_prints_copy_risk_and_cmmd() -> None:
     risk = CopyRisk([0.95, 0.5, 0.92, 0.1], [Path("t.png")] * 4, 0.9, 0.2, "dino (facebook/dinov2-base)")
     result = SimpleNamespace(copy_risk=risk, cmmd={"value": 1.2345, "held_out_images": 4})
     assert learning_lines(result) == [
-        "[bold red]copy risk[/]: 2/4 images at cosine >= 0.90 to a training image (rate 0.50, max 0.20, over: "
-        "copying; dino (facebook/dinov2-base))",
+        ("[bold red]copy risk[/]: 2/4 images at cosine >= 0.90 to a training image (rate 0.50, max 0.20, over: "
+         "copying; dino (facebook/dinov2-base))"),
         "CMMD to the 4 held-out images: 1.234 (lower is closer)",
     ]
