@@ -98,9 +98,9 @@ def test_diagnosis_rules_and_their_numbers() -> None:
     got = [(d.label, d.rule) for d in diagnose(rows, identity_low=0.5, overfit_drop=0.05, max_copy_rate=0.2)]
     assert got == [
         ("underfit", "consistency 0.400 < identity_low 0.50"),
-        ("good", "no rule fired"),
+        ("good", "no rule fired (consistency 0.600 >= 0.50)"),
         ("overfit", "consistency rose 0.600 -> 0.700 while diversity fell 0.500 -> 0.300 (more than 0.05 below its best)"),
-        ("good", "no rule fired"),  # consistency fell: not over-training, whatever alignment does
+        ("good", "no rule fired (consistency 0.650 >= 0.50)"),  # consistency fell: not over-training, whatever alignment does
         ("copying", "copy rate 0.25 > max_copy_rate 0.20"),
         ("good", "no rule fired"),  # nothing measured: no rule can fire
     ]

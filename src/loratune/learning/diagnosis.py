@@ -70,4 +70,6 @@ def _one(e: EpochMeasures, earlier: list[EpochMeasures], identity_low: float, ov
             if now is not None and peak is not None and now < peak - overfit_drop:
                 return Diagnosis("overfit", f"consistency rose {before:.3f} -> {identity:.3f} while {axis} fell "
                                             f"{peak:.3f} -> {now:.3f} (more than {overfit_drop:.2g} below its best)")
-    return Diagnosis("good", "no rule fired")
+    measured = ([f"consistency {identity:.3f} >= {identity_low:.2f}"] if identity is not None else []) + (
+        [f"copy rate {e.copy_rate:.2f} <= {max_copy_rate:.2f}"] if e.copy_rate is not None else [])
+    return Diagnosis("good", "no rule fired" + (f" ({', '.join(measured)})" if measured else ""))
