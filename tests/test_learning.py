@@ -168,6 +168,8 @@ def test_search_keeps_copying_trials_out_of_best_and_tells_optuna(tmp_path, monk
     assert best is not None and best.params.get("rank") != 16
     assert all(m not in {t.number for t in copying} for m in trials[-1].user_attrs["members"])
     assert any("1 copying (copy rate 0.50 > max_copy_rate 0.20)" in line for line in lines)
+    assert f"{len(copying)} trial(s) copy their training images at every epoch (copy rate over " \
+        "evaluation.learning.max_copy_rate 0.2): never RUN/best" in lines
     assert all(t.state == TrialState.COMPLETE for t in trials)
 
 
