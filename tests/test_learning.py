@@ -86,6 +86,8 @@ def test_copy_risk_numbers() -> None:
                                                                                             Path("c")])
     assert [round(s, 3) for s in sims] == [1.0, 0.8, 0.0] and nearest == [1, 0, 1]
     assert risk.rate == pytest.approx(1 / 3) and risk.constraint == pytest.approx(1 / 3 - 0.2)
+    stand_in = CopyRisk(sims, risk.nearest, 0.9, 0.2, "random clip", stand_in=True)
+    assert stand_in.rate == risk.rate and stand_in.constraint is None  # reported, never a veto
     row = risk.to_json()["per_image"][0]
     assert row == {"file": "a", "similarity": 1.0, "nearest_training": "t1.png"}
 
@@ -230,8 +232,9 @@ def test_audit_reports_references_that_are_training_images(tiny_models, small_da
 
 
 def test_a_lora_trained_to_copy_is_flagged_and_not_best(tmp_path) -> None:
-    """One world image, 20 repeats, lr 1e-2: after epoch 1 the samples are the training image (world CLIP cosine
-    >= 0.9) and the composite still rises; the trial's best is epoch 1, the last feasible one."""
+    """One world image, 20 repeats, lr 1e-2: from epoch 2 the samples are the training image and the composite still
+    rises; the trial's best is epoch 1, the last feasible one. The copy threshold is this scenario's: epoch 1's
+    samples stay under 0.9 (world CLIP cosine to the image at most 0.894), the copying epochs' reach 0.92-0.98."""
     from loratune.search.trials import TrainAndScore
     from loratune.world.folder import write_world
 
@@ -243,7 +246,7 @@ def test_a_lora_trained_to_copy_is_flagged_and_not_best(tmp_path) -> None:
     shutil.copy(source.with_suffix(".txt"), data / f"{source.stem}.txt")
     config = load_config(world.config, [
         f"dataset.path={data.parent}", "train.learning_rate=1e-2", "train.epochs=4", "train.batch_size=1",
-        "sampling.seeds=[0,1,2]", "sampling.steps=10", f"sampling.prompts=[{{text: '{source.with_suffix('.txt').read_text().strip()}', character: lucaboy}}]"])
+        "sampling.seeds=[0,1,2]", "sampling.steps=10", "evaluation.learning.copy_threshold=0.9", f"sampling.prompts=[{{text: '{source.with_suffix('.txt').read_text().strip()}', character: lucaboy}}]"])
     scores: list[EpochScore] = []
     TrainAndScore().train(config, tmp_path / "run", scores.append)
     attrs = record_scores(tmp_path / "run", scores, "complete", learning=config.evaluation.learning)

@@ -54,8 +54,9 @@ class CopyRisk:
 
     @property
     def constraint(self) -> float | None:
-        """``rate - max_rate``: the epoch is feasible when this is <= 0 (Optuna's constraint convention)."""
-        return None if self.rate is None else self.rate - self.max_rate
+        """``rate - max_rate``: the epoch is feasible when this is <= 0 (Optuna's constraint convention). None on a
+        stand-in (random-weight) embedder: its similarities mean nothing and must not veto a LoRA."""
+        return None if self.rate is None or self.stand_in else self.rate - self.max_rate
 
     def to_json(self) -> dict[str, Any]:
         return {
