@@ -14,6 +14,8 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from loratune.errors import LoratuneError, first_line
+from loratune.kohya_prompts import parse_kohya_prompts
+from loratune.learning.config import LearningSection, check_holdout
 from loratune.metrics.registry import BACKENDS, backends_for_axis
 from loratune.search.config import SearchSection
 from loratune.train.config import TrainSection
@@ -93,11 +95,17 @@ class DatasetSection(Strict):
     max_bucket: int = Field(1024, ge=64)
     missing_caption: Literal["error", "class_token"] = "error"
     characters: dict[str, Character] = Field(default_factory=dict)
+    holdout: float | str | None = Field(None, description="images that never train and are the identity references: "
+                                                          "a fraction of the dataset (0-0.5, drawn by holdout_seed) "
+                                                          "or a folder")
+    holdout_seed: int = 0
 
     @field_validator("path")
     @classmethod
     def _path(cls, v: str | None, info: ValidationInfo) -> str | None:
         return resolve_path(v, info)
+
+    _holdout = field_validator("holdout")(check_holdout)
 
     @field_validator("caption_extension")
     @classmethod
@@ -115,50 +123,6 @@ class Prompt(Strict):
     seed: int | None = Field(None, description="draw this prompt with this one seed instead of sampling.seeds")
     width: int | None = Field(None, ge=32, le=4096, multiple_of=8)
     height: int | None = Field(None, ge=32, le=4096, multiple_of=8)
-
-
-# kohya's sample-prompt options (sd-scripts ``library/train_util.py`` ``line_to_prompt_dict``): the option letter
-# and the Prompt field it sets.
-_KOHYA_PROMPT_OPTIONS = {"n": "negative_prompt", "s": "steps", "l": "cfg", "scale": "cfg", "d": "seed", "w": "width",
-                         "h": "height"}
-
-
-def parse_kohya_prompts(text: str, source: str) -> list[dict[str, Any]]:
-    """Prompts from a kohya ``--sample_prompts`` text file: one prompt a line, options after `` --``
-    (``--n`` negative prompt, ``--s`` steps, ``--l`` CFG scale, ``--d`` seed, ``--w``/``--h`` size); blank lines and
-    ``#`` comments skipped. ``--ss`` (kohya's sampler) is not per prompt here: ``sampling.scheduler`` applies.
-
-    >>> parse_kohya_prompts("luca boy, beach --n lowres --s 20 --l 6.5 --d 42 --w 512 --h 768", "p.txt")
-    [{'text': 'luca boy, beach', 'negative_prompt': 'lowres', 'steps': 20, 'cfg': 6.5, 'seed': 42, 'width': 512, \
-'height': 768}]
-    """
-    prompts: list[dict[str, Any]] = []
-    for n, line in enumerate(text.splitlines(), 1):
-        line = line.strip()
-        if not line or line.startswith("#"):
-            continue
-        text_part, *options = line.split(" --")
-        prompt: dict[str, Any] = {"text": text_part.strip()}
-        for option in options:
-            key, _, value = option.strip().partition(" ")
-            if key == "ss":
-                continue
-            field = _KOHYA_PROMPT_OPTIONS.get(key)
-            if field is None:
-                known = ", ".join(f"--{k}" for k in _KOHYA_PROMPT_OPTIONS)
-                raise LoratuneError(f"{source}:{n}: unknown option --{key} (loratune reads {known} and ignores --ss)")
-            value = value.strip()
-            try:
-                prompt[field] = (value if field == "negative_prompt" else float(value) if field == "cfg"
-                                 else int(value))
-            except ValueError:
-                raise LoratuneError(f"{source}:{n}: --{key} needs a number (got {value!r})") from None
-        if not prompt["text"]:
-            raise LoratuneError(f"{source}:{n}: a line with options but no prompt")
-        prompts.append(prompt)
-    if not prompts:
-        raise LoratuneError(f"{source}: no prompts in this file")
-    return prompts
 
 
 class SamplingSection(Strict):
@@ -275,6 +239,7 @@ class EvaluationSection(Strict):
     )
     batch_size: int = Field(8, ge=1, le=1024)
     trust_remote_code: bool = Field(False, description="allow models whose code ships with the checkpoint")
+    learning: LearningSection = Field(default_factory=LearningSection)
 
     @field_validator("backends", mode="before")
     @classmethod
@@ -319,8 +284,6 @@ class EvaluationSection(Strict):
         if not any(w > 0 for w in v.values()):
             raise ValueError("at least one axis weight must be > 0")
         return v
-
-
 
 
 class Config(Strict):

@@ -26,6 +26,7 @@ from loratune.atomic import atomic_write_json, atomic_write_text
 from loratune.config import Config
 from loratune.errors import LoratuneError
 from loratune.images import is_image_file, list_images, load_image
+from loratune.learning.meters import LearningMeters
 from loratune.manifest import match_prompts
 from loratune.metrics.base import AxisResult, Backend, EvalImage, Normalisation, References, Runtime
 from loratune.metrics.composite import composite
@@ -53,6 +54,8 @@ class EvaluationResult:
     seconds: float
     normalisations: dict[str, Normalisation]  # per axis: the producing backend's range
     warnings: list[str] = field(default_factory=list)
+    copy_risk: Any = None  # loratune.learning.copy_risk.CopyRisk: not an axis, the search's constraint
+    cmmd: dict[str, Any] | None = None  # CMMD to the held-out images
 
     @property
     def stand_in(self) -> bool:
@@ -116,6 +119,8 @@ class EvaluationResult:
             "runtime": self.runtime,
             "seconds": round(self.seconds, 3),
             "versions": {name: _version(name) for name in _VERSIONED},
+            "copy_risk": None if self.copy_risk is None else self.copy_risk.to_json(),
+            "cmmd": self.cmmd,
         }
 
     def write(self, out_dir: str | Path) -> tuple[Path, Path]:
@@ -144,7 +149,11 @@ def load_references(config: Config, references_dir: str | Path | None = None) ->
     A ``--references`` folder with one sub-folder per character name is split by character; otherwise its images
     are references for every character.
     """
+    from loratune.learning.holdout import holdout_references, training_and_holdout
+
     refs = References()
+    if config.dataset.holdout is not None:
+        refs.paths.update(holdout_references(config, training_and_holdout(config)[1]))
     for name, character in config.dataset.characters.items():
         refs.traits[name] = list(character.traits)
         refs.tokens[name] = character.token
@@ -189,6 +198,7 @@ class Evaluator:
         self.share_embeddings = share_embeddings
         # Build every backend first: option and name errors surface before any model loads.
         self.backends = build_backends(config, self.runtime)
+        self.learning = LearningMeters(config, self.runtime)
         self.references = references if references is not None else References()
         self._loaded = False
 
@@ -217,6 +227,7 @@ class Evaluator:
                 backend.load()
                 backend.setup(self.references)
                 advance(1)
+            self.learning.load()
         self._loaded = True
 
     def score(self, samples: list[Sample]) -> EvaluationResult:
@@ -241,6 +252,7 @@ class Evaluator:
                         backend.update(batch)
                         advance(len(batch))
                     results[axis] = backend.compute()
+            copy_risk, cmmd = self.learning.measure(images)
         finally:
             self.runtime.embeddings = None  # the images (and their embeddings) belong to this call only
         # Chosen in setup (a face backend's fallback, say) and fixed from then on: every set is on the same scale.
@@ -250,6 +262,8 @@ class Evaluator:
         comp = composite({a: normalised.get(a) for a in weights}, weights)
         warnings = [f"{axis} ({r.backend}) {STAND_IN_WARNING}" for axis, r in results.items() if r.stand_in]
         warnings += [f"{axis} ({r.backend}) missing: {r.missing_reason}" for axis, r in results.items() if r.value is None]
+        if copy_risk is not None and copy_risk.stand_in:
+            warnings.append(f"copy risk ({copy_risk.embedder}) {STAND_IN_WARNING}")
         return EvaluationResult(
             samples=samples,
             axes=results,
@@ -263,6 +277,8 @@ class Evaluator:
             seconds=time.perf_counter() - started,
             normalisations=norms,
             warnings=warnings,
+            copy_risk=copy_risk,
+            cmmd=cmmd,
         )
 
 
@@ -298,6 +314,12 @@ def check_models(config: Config, base: bool = True) -> None:
     for axis, backend in config.evaluation.backends.items():
         if backend is not None and backend.model and looks_like_hub_id(backend.model):
             check_model_available(backend.model, f"evaluation.backends.{axis}.model")
+    learning = config.evaluation.learning
+    embedders = {"copy_embedder": learning.copy_embedder if config.dataset.path else None,
+                 "cmmd_embedder": learning.cmmd_embedder if config.dataset.holdout is not None else None}
+    for name, embedder in embedders.items():
+        if embedder is not None and embedder.name != "sscd" and embedder.model and looks_like_hub_id(embedder.model):
+            check_model_available(embedder.model, f"evaluation.learning.{name}.model")
 
 
 def collect_samples(images: str | Path, prompts: str | Path | None = None) -> list[Sample]:

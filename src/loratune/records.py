@@ -50,3 +50,11 @@ class EpochScore:
     stand_in: bool = False
     result: Any = None  # the EvaluationResult, when there is one
     backends: dict[str, str] = field(default_factory=dict)  # axis -> backend that produced its number
+    copy_rate: float | None = None  # share of samples that copy a training image (loratune.learning.copy_risk)
+    constraint: float | None = None  # copy_rate - max_copy_rate: feasible when <= 0 (None: not measured)
+    cmmd: float | None = None  # CMMD of the samples to the held-out images
+
+    @property
+    def feasible(self) -> bool:
+        """Within the copy constraint (or not measured): only a feasible epoch can be a trial's best or RUN/best."""
+        return self.constraint is None or self.constraint <= 0

@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from loratune.audit import checks
+from loratune.audit.references import leak_warning, reference_leaks
 from loratune.audit.scan import DatasetEntry, scan_for_audit
 from loratune.config import BackendConfig, Config
 from loratune.errors import LoratuneError
@@ -323,6 +324,7 @@ def run_audit(
 
     # --- embeddings: near-duplicates and diversity --------------------------------------------------------------------
     diversity: dict[str, Any] = {"phash_mean_distance": checks.mean_pairwise_hash_distance(hashes)}
+    emb = None
     if embedder is not None:
         _load(embedder, embed_purpose, "--no-embeddings")
         emb = embedder.embed([images[i] for i in ok]).float().cpu().numpy()
@@ -338,6 +340,9 @@ def run_audit(
                 pair = duplicates.setdefault((ok[a], ok[b]), {"a": reports[ok[a]].file, "b": reports[ok[b]].file})
                 pair["cosine"] = cos
         _character_presence(embedder, emb, ok, reports, config, opts, warnings)
+    leaks = reference_leaks(config, [reports[i].file for i in ok], hashes, emb, embedder, opts.duplicate_hash_bits,
+                            opts.duplicate_cosine)
+    warnings += [w for w in [leak_warning(leaks)] if w]
     for (i, j), pair in sorted(duplicates.items()):
         how = ", ".join(f"{k.replace('_', ' ')} {v:.3g}" for k, v in pair.items() if k not in ("a", "b"))
         reports[i].problems.append(f"near-duplicate of {reports[j].file} ({how})")
@@ -400,6 +405,7 @@ def run_audit(
         "backends": backends,
         "alignment": alignment_data,
         "near_duplicates": list(duplicates.values()),
+        "reference_leaks": leaks,
         "quality": {
             "backend": quality.spec.name,
             "higher_is_better": quality.spec.higher_is_better,

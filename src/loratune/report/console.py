@@ -20,6 +20,22 @@ def _fmt(value: float | None, digits: int = 3) -> str:
     return "—" if value is None else f"{value:.{digits}f}"
 
 
+def learning_lines(result: EvaluationResult) -> list[str]:
+    """Copy risk and CMMD, beside the axes (neither is one): one line each where measured."""
+    lines = []
+    risk = result.copy_risk
+    if risk is not None and risk.rate is not None:
+        copies = sum(s >= risk.threshold for s in risk.similarities)
+        over = risk.rate > risk.max_rate
+        lines.append(f"{'[bold red]' if over else ''}copy risk{'[/]' if over else ''}: {copies}/{len(risk.similarities)} "
+                     f"images at cosine >= {risk.threshold:.2f} to a training image (rate {risk.rate:.2f}, "
+                     f"max {risk.max_rate:.2f}{', over: copying' if over else ''}; {risk.embedder})")
+    if result.cmmd is not None:
+        lines.append(f"CMMD to the {result.cmmd['held_out_images']} held-out images: {result.cmmd['value']:.3f} "
+                     "(lower is closer)")
+    return lines
+
+
 def print_scores(result: EvaluationResult, json_path: Path | None = None, console: Console | None = None) -> None:
     console = console or Console()
     table = Table(title=f"loratune evaluate — {len(result.samples)} images", title_justify="left")
@@ -38,6 +54,8 @@ def print_scores(result: EvaluationResult, json_path: Path | None = None, consol
     table.add_row("[bold]composite[/]", "", "", "", f"[bold]{_fmt(result.composite)}[/]", "1.00",
                   f"renormalised without {', '.join(result.missing)}" if result.missing else "")
     console.print(table)
+    for line in learning_lines(result):
+        console.print(line, soft_wrap=True)
     if result.stand_in:
         console.print("[bold yellow]warning:[/] some backends ran on stand-in (random) weights; their scores mean nothing.")
     if any(find_world(r.model_id) for r in result.axes.values()):

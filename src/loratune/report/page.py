@@ -9,6 +9,7 @@ from html import escape
 from pathlib import Path
 from typing import Any
 
+from loratune.report import learning_section
 from loratune.report.audit_section import audit_section
 from loratune.report.calibration_section import calibrated_best, calibration_section
 from loratune.report.figures import Figure, objective_names
@@ -362,12 +363,14 @@ def _epoch_table(info: TrialInfo) -> str:
     axes: list[str] = []
     for row in rows:
         axes += [a for a in (row.get("axes") or {}) if a not in axes]
-    head = "".join(f"<th>{escape(h)}</th>" for h in ["epoch", "composite", *axes])
+    extra = learning_section.epoch_heads(rows)  # copy rate, CMMD, diagnosis
+    head = "".join(f"<th>{escape(h)}</th>" for h in ["epoch", "composite", *axes, *extra])
     best = ' class="best-row"'
     body = "".join(
         f"<tr{best if r['epoch'] == info.best_epoch else ''}><td class='num'>{fmt(r['epoch'])}</td>"
         f"<td class='num'>{fmt(r.get('composite'))}</td>"
-        + "".join(f"<td class='num'>{fmt((r.get('axes') or {}).get(a), 3)}</td>" for a in axes) + "</tr>"
+        + "".join(f"<td class='num'>{fmt((r.get('axes') or {}).get(a), 3)}</td>" for a in axes)
+        + learning_section.epoch_cells(r, extra) + "</tr>"
         for r in rows)
     return f"<table class='epoch-scores' style='width:auto;margin-top:8px'><thead><tr>{head}</tr></thead>{body}</table>"
 
@@ -405,7 +408,8 @@ def _samples(ranked: list[TrialInfo], thumb: int, all_epochs_for: int, max_image
                  f"{fmt(composite)} · " + ("merged LoRA" if merged else f"best epoch {fmt(best)}"))
         opened = " open" if rank <= 3 else ""
         blocks.append(f'<details class="trial" id="trial-{info.number}"{opened}><summary>{escape(title)}</summary>'
-                      f'<div class="epochs">{grids}</div>{more}{_epoch_table(info)}</details>')
+                      f'<div class="epochs">{grids}</div>{more}{_epoch_table(info)}'
+                      f'{learning_section.copy_pairs(info)}</details>')
     if not blocks:
         body = '<p class="muted">No sample images found under trials/NNNN/samples/.</p>'
     else:
@@ -471,7 +475,7 @@ def render_page(run: RunData, figures: list[Figure], plotly_js: str, thumb: int 
     return (
         "<!DOCTYPE html>\n<html lang='en'><head><meta charset='utf-8'>"
         "<meta name='viewport' content='width=device-width, initial-scale=1'>"
-        f"<title>{escape(title)}</title><style>{_CSS}:root{{--thumb:{thumb}px}}</style>"
+        f"<title>{escape(title)}</title><style>{_CSS}{learning_section.CSS}:root{{--thumb:{thumb}px}}</style>"
         f'<script type="text/javascript">{plotly_js}</script></head><body>'
         f"<header><h1>{escape(title)}</h1><div class='sub'>{escape(str(Path(run.run_dir).resolve()))} · "
         f"generated {when} by loratune</div></header><nav>{nav}</nav><main>{body}</main></body></html>\n"

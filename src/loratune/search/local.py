@@ -39,7 +39,7 @@ from loratune.search.samplers import make_pruner, make_sampler, max_epochs
 from loratune.search.selection import objective_values
 from loratune.search.space import apply_params, baseline_params, suggest
 from loratune.search.storage import open_storage
-from loratune.search.trial import BEST_ATTRS, TrialFailed, TrialOutcome, run_ensemble, run_trial
+from loratune.search.trial import BEST_ATTRS, TrialFailed, TrialOutcome, epoch_diagnoses, run_ensemble, run_trial
 from loratune.search.trials import TrialBackend
 
 MAX_CONSECUTIVE_FAILURES = 3
@@ -231,6 +231,9 @@ class Worker:
             raise TrialFailed(outcome.failure)
         best = outcome.best
         assert best is not None  # run_trial turns "nothing scored" into a failure
+        if best.constraint is not None:  # TPE and GP learn to avoid the region that copies
+            trial.set_constraint("copy_rate", best.constraint)
+        self.say(f"{label} epochs: {diagnosis_line(outcome.epochs, self.config)}")
         values = objective_values(self.search, best.composite, best.normalised)
         if values is None:
             missing = [a for a in self.search.directions or {} if a != "composite" and best.normalised.get(a) is None]
@@ -258,7 +261,8 @@ class Worker:
         trial.set_user_attr("adopted_from", number)
         for key in BEST_ATTRS:
             trial.set_user_attr(key, scores.get(key))
-        epochs = [EpochScore(int(e["epoch"]), e.get("composite"), e.get("axes") or {}) for e in scores.get("epochs", [])]
+        epochs = [EpochScore(int(e["epoch"]), e.get("composite"), e.get("axes") or {}, copy_rate=e.get("copy_rate"),
+                             constraint=e.get("constraint"), cmmd=e.get("cmmd")) for e in scores.get("epochs", [])]
         if not self.search.directions:
             for e in epochs:
                 if e.composite is not None:
@@ -288,6 +292,15 @@ class Worker:
 def enqueue_baseline(study: optuna.Study, config: Config) -> None:
     """Phase 1: the config's own values as a waiting trial."""
     study.enqueue_trial(baseline_params(config, config.search.space), user_attrs={"phase": "baseline"})
+
+
+def diagnosis_line(epochs: list[EpochScore], config: Config) -> str:
+    """``1 underfit, 2 good, 3 copying (copy rate 0.50 > max_copy_rate 0.20)``: the console's per-epoch diagnosis,
+    the rule spelled out where it fired."""
+    parts = []
+    for e, d in zip(epochs, epoch_diagnoses(epochs, config.evaluation.learning)):
+        parts.append(f"{e.epoch} {d['label']}" + ("" if d["label"] == "good" else f" ({d['rule']})"))
+    return ", ".join(parts)
 
 
 def _fmt(values: list[float]) -> str:

@@ -249,4 +249,8 @@ def finish_run(run_dir: Path, config: Config, say: Callable[[str], None]) -> Fro
     savings = pruning_savings(trials)
     if savings.planned:
         say(str(savings))
+    copying = [t.number for t in trials if (t.user_attrs.get("constraint") or 0.0) > 0]
+    if copying:
+        say(f"{len(copying)} trial(s) copy their training images at every epoch (copy rate over "
+            f"evaluation.learning.max_copy_rate {config.evaluation.learning.max_copy_rate}): never RUN/best")
     return copy_best(run_dir, config)

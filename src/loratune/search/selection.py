@@ -45,8 +45,11 @@ def objective_values(search: SearchSection, composite: float | None,
 
 
 def candidate_values(t: FrozenTrial, search: SearchSection) -> list[float] | None:
-    """A trial's best-epoch objective values, or None when it is no candidate (nothing scored, no LoRA kept)."""
+    """A trial's best-epoch objective values, or None when it is no candidate (nothing scored, no LoRA kept, or even
+    its best epoch over the copy constraint: ``trial.best_epoch`` picks a feasible epoch whenever there is one)."""
     if t.state not in _ENDED or not t.user_attrs.get("lora"):
+        return None
+    if (t.user_attrs.get("constraint") or 0.0) > 0:  # its best epoch copies: never RUN/best, nor in the ensemble
         return None
     return objective_values(search, t.user_attrs.get("composite"), t.user_attrs.get("axes"))
 

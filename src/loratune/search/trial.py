@@ -20,12 +20,15 @@ from typing import Any
 from loratune.atomic import atomic_write_json, atomic_write_text
 from loratune.config import Config
 from loratune.errors import LoratuneError, first_line
+from loratune.learning.config import LearningSection
+from loratune.learning.diagnosis import EpochMeasures, diagnose
 from loratune.records import EpochScore
 from loratune.search.trials import TrialBackend
 
 NO_COMPOSITE = "no composite score (every axis missing)"
 # The user attrs that describe a trial's best epoch (from ``scores.json``); a retry starts without them.
-BEST_ATTRS = ("best_epoch", "composite", "axes", "backends", "stand_in", "lora", "samples")
+BEST_ATTRS = ("best_epoch", "composite", "axes", "backends", "stand_in", "lora", "samples", "copy_rate", "constraint",
+              "diagnosis")
 
 # on_epoch(score, best-epoch attrs, last) -> True to stop after this epoch (pruned). ``last``: the trial's final
 # epoch, which is never pruned (stopping there saves nothing).
@@ -53,15 +56,28 @@ class TrialOutcome:
 
 
 def best_epoch(epochs: list[EpochScore]) -> EpochScore | None:
-    """The epoch with the highest composite (the earliest on ties); None when none was scored."""
+    """The feasible epoch (within the copy constraint) with the highest composite, the earliest on ties. When every
+    scored epoch copies, the one that copies least (Optuna's order: feasible by value, infeasible by violation): the
+    trial then reports an infeasible best and is no candidate. None when no epoch was scored."""
     scored = [e for e in epochs if e.composite is not None]
-    return max(scored, key=lambda e: e.composite, default=None)  # type: ignore[arg-type,return-value]
+    feasible = [e for e in scored if e.feasible]
+    if feasible:
+        return max(feasible, key=lambda e: e.composite)  # type: ignore[arg-type,return-value]
+    return min(scored, key=lambda e: (e.constraint, -e.composite), default=None)  # type: ignore[arg-type,operator]
+
+
+def epoch_diagnoses(epochs: list[EpochScore], learning: LearningSection) -> list[dict[str, Any]]:
+    """Each epoch's diagnosis (``loratune.learning.diagnosis``) as written to ``scores.json``."""
+    rows = [EpochMeasures(e.epoch, e.normalised, e.copy_rate) for e in epochs]
+    return [d.to_json() for d in diagnose(rows, learning.identity_low, learning.overfit_drop, learning.max_copy_rate)]
 
 
 def record_scores(folder: Path, epochs: list[EpochScore], state: str | None = None,
-                  failure: str | None = None) -> dict[str, Any]:
-    """Write the trial's ``scores.json``; returns the best epoch's user attrs (paths relative to ``folder``)."""
+                  failure: str | None = None, learning: LearningSection | None = None) -> dict[str, Any]:
+    """Write the trial's ``scores.json``; returns the best epoch's user attrs (paths relative to ``folder``).
+    ``learning``: the diagnosis thresholds (default: ``evaluation.learning``'s defaults)."""
     best = best_epoch(epochs) or (epochs[-1] if epochs else None)
+    diagnoses = epoch_diagnoses(epochs, learning or LearningSection())
 
     def rel(path: Path | None) -> str | None:
         return path.relative_to(folder).as_posix() if path is not None and path.is_relative_to(folder) else None
@@ -75,10 +91,14 @@ def record_scores(folder: Path, epochs: list[EpochScore], state: str | None = No
         # Only a scored epoch's LoRA is a candidate for RUN/best.
         "lora": rel(best.lora) if best and best.composite is not None else None,
         "samples": rel(best.samples_dir) if best else None,
+        "copy_rate": best.copy_rate if best else None,
+        "constraint": best.constraint if best else None,
+        "diagnosis": diagnoses[epochs.index(best)] if best else None,
     }
     atomic_write_json(folder / "scores.json", {
         **attrs, "state": state, "fail_reason": failure,
-        "epochs": [{"epoch": e.epoch, "composite": e.composite, "axes": e.normalised} for e in epochs],
+        "epochs": [{"epoch": e.epoch, "composite": e.composite, "axes": e.normalised, "copy_rate": e.copy_rate,
+                    "constraint": e.constraint, "cmmd": e.cmmd, "diagnosis": d} for e, d in zip(epochs, diagnoses)],
     })
     return attrs
 
@@ -95,11 +115,14 @@ def run_trial(backend: TrialBackend, config: Config, params: dict[str, Any], num
     outcome = TrialOutcome()
     log = [f"trial {number} ({phase}) params {json.dumps(params)}"]
     last_epoch = config.train.epochs
+    learning = config.evaluation.learning
 
     def hook(score: EpochScore) -> None:
         outcome.epochs.append(score)
-        log.append(f"epoch {score.epoch}: composite {score.composite}")
-        outcome.attrs = record_scores(folder, outcome.epochs)
+        outcome.attrs = record_scores(folder, outcome.epochs, learning=learning)
+        diagnosis = epoch_diagnoses(outcome.epochs, learning)[-1]
+        log.append(f"epoch {score.epoch}: composite {score.composite}, copy rate {score.copy_rate}, "
+                   f"{diagnosis['label']} ({diagnosis['rule']})")
         atomic_write_text(folder / "log.txt", "\n".join(log) + "\n")
         last = score.epoch >= last_epoch
         if on_epoch(score, outcome.attrs, last) and not last:
@@ -120,7 +143,7 @@ def run_trial(backend: TrialBackend, config: Config, params: dict[str, Any], num
     if outcome.failure is None and outcome.best is None:
         outcome.failure = NO_COMPOSITE if outcome.epochs else "no checkpoint was scored"
     log.append(outcome.state if not outcome.failure else f"failed: {outcome.failure}")
-    outcome.attrs = record_scores(folder, outcome.epochs, outcome.state, outcome.failure)
+    outcome.attrs = record_scores(folder, outcome.epochs, outcome.state, outcome.failure, learning)
     atomic_write_text(folder / "log.txt", "\n".join(log) + "\n")
     return outcome
 
@@ -151,7 +174,7 @@ def run_ensemble(backend: TrialBackend, config: Config, members: list[tuple[int,
         log.append(f"failed: {outcome.failure}\n{traceback.format_exc()}")
     if outcome.failure is None and outcome.best is None:
         outcome.failure = NO_COMPOSITE
-    outcome.attrs = record_scores(folder, outcome.epochs, outcome.state, outcome.failure)
+    outcome.attrs = record_scores(folder, outcome.epochs, outcome.state, outcome.failure, config.evaluation.learning)
     atomic_write_text(folder / "log.txt", "\n".join(log) + "\n")
     return outcome
 

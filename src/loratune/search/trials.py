@@ -71,8 +71,11 @@ class TrainAndScore:
         evaluator = self.evaluator(config)
         result = evaluator.score(samples)
         result.write(out_dir / "scores" / f"epoch-{epoch:04d}")
+        risk = result.copy_risk if result.copy_risk is not None and not result.copy_risk.stand_in else None
         return EpochScore(epoch, result.composite, dict(result.normalised), lora, samples_dir, result.stand_in, result,
-                          dict(result.backends_used))
+                          dict(result.backends_used), copy_rate=risk.rate if risk else None,
+                          constraint=risk.constraint if risk else None,
+                          cmmd=result.cmmd["value"] if result.cmmd else None)
 
     def train(self, config: Config, out_dir: Path, on_epoch: Callable[[EpochScore], None]) -> None:
         from loratune.runfolder import RunFolder

@@ -54,6 +54,9 @@ def tiny_config() -> dict[str, Any]:
         },
         "evaluation": {
             "backends": backends,
+            # Copy risk and CMMD on the tiny CLIP: no DINOv2 / ViT-L/14@336 offline.
+            "learning": {"copy_embedder": {"name": "clip_i", "model": "open_clip"},
+                         "cmmd_embedder": {"name": "clip_i", "model": "open_clip"}},
             "device": "cpu",
             "dtype": "float32",
             "batch_size": 8,

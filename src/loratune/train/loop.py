@@ -21,7 +21,7 @@ from loratune.atomic import atomic_write_json, atomic_write_text
 from loratune.config import Config
 from loratune.errors import LoratuneError
 from loratune.sampling import BASE_SAMPLES
-from loratune.train.data import Item, assign_bucket, bucket_sizes, plan_epoch, process_caption, scan_dataset
+from loratune.train.data import Item, assign_bucket, bucket_sizes, plan_epoch, process_caption
 from loratune.train.records import FAILED_MARKER, CheckpointInfo, StopTraining, TrainingDiverged, TrainResult
 from loratune.train.strategies import CurriculumResolution, ProgressiveRank
 
@@ -39,13 +39,9 @@ def prepare(config: Config) -> list[Item]:
     from loratune.train.optim import check_optimizer
 
     check_model_ref(config.model.base, "model.base")
-    characters = list(config.dataset.characters.values())
-    items = scan_dataset(
-        config.dataset.path,
-        config.dataset.caption_extension,
-        config.dataset.missing_caption,
-        class_token=characters[0].token if len(characters) == 1 else None,
-    )
+    from loratune.learning.holdout import dataset_split
+
+    items = dataset_split(config)[0]  # held-out images never train: they are the identity references
     check_optimizer(config.train)
     check_loggers(config)
     if config.train.sample_checkpoints:

@@ -92,6 +92,10 @@ def world_config(target: str) -> dict[str, Any]:
             },
             # a random-weight MLP's number means nothing: shown, but kept out of the composite
             "weights": {"aesthetics": 0.0},
+            # Copy risk and CMMD on the world's own CLIP. It sees a new pose of the character as close to a training
+            # image (held-out references: cosine 0.955-0.975 to their nearest training image), so a copy is above that.
+            "learning": {"copy_embedder": {"name": "clip_i", "model": "scorers/open_clip"}, "copy_threshold": 0.98,
+                         "cmmd_embedder": {"name": "clip_i", "model": "scorers/open_clip"}},
             "device": "cpu",
             "dtype": "float32",
             "batch_size": 8,
