@@ -4,7 +4,7 @@
     OMP_WAIT_POLICY=PASSIVE python benchmarks/world_search.py compare [--seeds 10] [--trials 8]
 
 ``measure`` trains a grid of real LoRAs on the world (``loratune world``'s folder and config; learning rate on a log
-grid x rank 4/8, every epoch sampled) with loratune's own trainer, and records per epoch the composite and axes that
+grid x rank 4/8, 8 epochs, every epoch sampled: 4 prompts x 4 seeds) with loratune's own trainer, and records per epoch the composite and axes that
 ``loratune.evaluation.Evaluator`` gives (what a study ranks by) and the oracle's verdict on the same samples (what is
 true). The table is written to ``benchmarks/data/world_grid.json`` after every grid point (a rerun resumes).
 
@@ -41,7 +41,7 @@ RANKS = (4, 8)
 EPOCHS = 8
 
 
-def measure(table: Path, epochs: int) -> None:
+def measure(table: Path, epochs: int, seeds: int) -> None:
     import torch
 
     from loratune.atomic import atomic_write_json
@@ -55,15 +55,17 @@ def measure(table: Path, epochs: int) -> None:
     done = {(r["learning_rate"], r["rank"]) for r in rows}
     with tempfile.TemporaryDirectory() as tmp:
         world = write_world(Path(tmp) / "world")
-        config = load_config(world.config, [f"train.epochs={epochs}", f"train.save_every_epochs=1"])
+        # More sampling seeds than the world config's 2: the oracle's rates move in steps of 1/images, and the
+        # regret below is measured against them.
+        common = [f"train.epochs={epochs}", f"sampling.seeds={list(range(seeds))}"]
+        config = load_config(world.config, common)
         evaluator = Evaluator(config, references=load_references(config), show_progress=False)
         for lr in LRS:
             for rank in RANKS:
                 if (lr, rank) in done:
                     continue
                 start = time.perf_counter()
-                point = load_config(world.config, [f"train.epochs={epochs}", f"train.learning_rate={lr}",
-                                                   f"train.rank={rank}"])
+                point = load_config(world.config, [*common, f"train.learning_rate={lr}", f"train.rank={rank}"])
                 out = Path(tmp) / f"run-{lr}-{rank}"
 
                 def on_checkpoint(info: Any, lr: float = lr, rank: int = rank) -> None:
@@ -79,7 +81,7 @@ def measure(table: Path, epochs: int) -> None:
                 train(point, out, on_checkpoint=on_checkpoint)
                 shutil.rmtree(out, ignore_errors=True)
                 table.parent.mkdir(parents=True, exist_ok=True)
-                atomic_write_json(table, {"lrs": list(LRS), "ranks": list(RANKS), "epochs": epochs,
+                atomic_write_json(table, {"lrs": list(LRS), "ranks": list(RANKS), "epochs": epochs, "seeds": seeds,
                                           "world": "lucaboy, loratune.world defaults", "rows": rows})
                 print(f"  {time.perf_counter() - start:.0f} s", flush=True)
 
@@ -247,13 +249,14 @@ def main() -> None:
     parser.add_argument("what", choices=("measure", "compare"))
     parser.add_argument("--table", type=Path, default=TABLE)
     parser.add_argument("--epochs", type=int, default=EPOCHS)
+    parser.add_argument("--sample-seeds", type=int, default=4, help="sampling seeds per prompt when measuring")
     parser.add_argument("--seeds", type=int, default=10)
     parser.add_argument("--trials", type=int, default=8)
     parser.add_argument("--samplers", default="tpe,gp,random")
     parser.add_argument("--pruners", default="patient,none")
     args = parser.parse_args()
     if args.what == "measure":
-        measure(args.table, args.epochs)
+        measure(args.table, args.epochs, args.sample_seeds)
     else:
         compare(args.table, args.seeds, args.trials, args.samplers.split(","), args.pruners.split(","))
 

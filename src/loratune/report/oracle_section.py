@@ -36,6 +36,11 @@ def _rate(value: float | None) -> str:
     return "—" if value is None else f"{value:.2f}"
 
 
+def _epoch(row: OracleRow) -> str:
+    """The ensemble is one merge of other trials' best epochs, not an epoch of its own."""
+    return "—" if row.epoch is None else "merge" if row.phase == "ensemble" else str(row.epoch)
+
+
 def run_world(run: RunData) -> dict[str, Any] | None:
     """The world marker of the run's base model, or None when the run is not on a world folder."""
     from loratune.world.folder import find_world
@@ -147,7 +152,7 @@ def oracle_section(run: RunData, best_trial: int | None) -> str:
     body = "".join(
         f"<tr{' class=best-row' if r.trial is not None and r.trial == best_trial and r.best else ''}>"
         f"<td>{'—' if r.trial is None else f'#{r.trial}'}</td><td>{escape(r.phase)}</td>"
-        f"<td class='num'>{'—' if r.epoch is None else r.epoch}{' ★' if r.best else ''}</td>"
+        f"<td class='num'>{_epoch(r)}{' ★' if r.best else ''}</td>"
         f"<td class='num'>{fmt(r.composite, 3)}</td><td class='num'>{_rate(r.identity)}</td>"
         f"<td class='num'>{_rate(r.traits)}</td><td class='num'>{_rate(r.scene)}</td>"
         f"<td class='num'>{_rate(oracle_score(r))}</td><td class='num'>{_rate(r.quality)}</td>"
