@@ -11,7 +11,8 @@ it), mean trait share, scene accuracy, quality and diversity, beside the composi
 axis) with the oracle across those epochs. With ``--trials N`` it also runs ``loratune.search.runner.run_optimize`` on
 the world config (learning rate 3e-4..3e-3 log, rank 4/8/16) and correlates the composite each epoch got during the
 study with the oracle's verdict on that epoch's samples, across all epochs of all trials.
-Still to come (issue 11): TPE/GP/random regret on the oracle.
+Each LoRA epoch also gets its copy rate (share of samples above ``evaluation.learning.copy_threshold`` of a training
+image) and the product's per-epoch diagnosis. TPE/GP/random regret on the oracle: ``benchmarks/world_search.py``.
 """
 
 from __future__ import annotations
@@ -87,8 +88,11 @@ def lora_run(config, evaluator, target: str, tmp: Path, as_json: bool) -> list[d
 
     def record(epoch: int, samples: list, started: float) -> None:
         result = evaluator.score(samples)
+        risk = result.copy_risk
         row = {"epoch": epoch, **oracle_row(samples, target), "composite": result.composite,
-               "axes": result.normalised, "seconds": round(time.perf_counter() - started, 1)}
+               "axes": result.normalised, "copy_rate": None if risk is None else risk.rate,
+               "max_similarity": None if risk is None or not risk.similarities else max(risk.similarities),
+               "seconds": round(time.perf_counter() - started, 1)}
         rows.append(row)
         print(json.dumps(row) if as_json else _line(row), flush=True)
 
@@ -99,7 +103,21 @@ def lora_run(config, evaluator, target: str, tmp: Path, as_json: bool) -> list[d
 
     start = time.perf_counter()
     train(config, tmp / "run", on_checkpoint=on_checkpoint, base_samples=base)
+    diagnose_rows(rows[1:], config)
     return rows
+
+
+def diagnose_rows(rows: list[dict[str, Any]], config) -> None:
+    """The product's per-epoch diagnosis (``loratune.learning.diagnosis``) of the LoRA's epochs, as the search writes
+    it to scores.json: underfit / good / overfit / copying, with the rule that fired."""
+    from loratune.learning.diagnosis import EpochMeasures, diagnose
+
+    learning = config.evaluation.learning
+    found = diagnose([EpochMeasures(r["epoch"], r["axes"], r["copy_rate"]) for r in rows],
+                     learning.identity_low, learning.overfit_drop, learning.max_copy_rate)
+    for row, d in zip(rows, found):
+        row["diagnosis"], row["rule"] = d.label, d.rule
+        print(f"epoch {row['epoch']:>2}: {d.label:<8} {d.rule}", flush=True)
 
 
 def study(config, target: str, run_dir: Path) -> list[dict[str, Any]]:
@@ -155,12 +173,14 @@ def show(title: str, rows: list[dict[str, Any]], as_json: bool, label: str) -> N
     axes = sorted({a for r in rows for a in r["axes"]})
     table = Table(title=title)
     columns = ["trial", "phase", "epoch"] if label == "trial" else ["epoch"]
-    for name in [*columns, "identity", "traits", "scene", "quality", "diversity", "composite", *axes]:
-        table.add_column(name, justify="right")
+    learning = [c for c in ("copy_rate", "diagnosis") if any(r.get(c) is not None for r in rows)]
+    for name in [*columns, "identity", "traits", "scene", "quality", "diversity", "composite", *axes, *learning]:
+        table.add_column(name.replace("_", " "), justify="right")
     for r in rows:
         oracle = [r["identity_rate"], r["identity_mean"], r["scene_accuracy"], r["quality"], r["diversity"]]
         cells = [*(str(r[c]) for c in columns), *(_f(v) for v in oracle), _f(r["composite"])]
-        table.add_row(*cells, *(_f(r["axes"].get(a)) for a in axes))
+        extra = [_f(r.get(c)) if c == "copy_rate" else str(r.get(c) or "—") for c in learning]
+        table.add_row(*cells, *(_f(r["axes"].get(a)) for a in axes), *extra)
     console = Console(width=160)
     console.print(table)
     spear = Table(title=f"Spearman ρ across {len(rows)} epochs ({title})")
