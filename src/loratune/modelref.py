@@ -66,21 +66,31 @@ def check_hub_model(repo_id: str, field: str) -> None:
                             f"`hf auth login`); check the id, or set {field} to a local folder")
 
 
-def stand_in_info(ref: str | None) -> dict | None:
-    """The stand-in marker's content for a local model (searched at the path and its parents), else None."""
+def find_marker(ref: str | Path | None, name: str) -> tuple[Path, dict | None] | None:
+    """(folder, parsed JSON or None when unreadable) of the marker file ``name`` at a local model's path or one of its
+    three nearest parents, else None (a hub id, a missing path, no marker)."""
     if not ref:
         return None
     path = Path(ref).expanduser()
     if not path.exists():
         return None
     for folder in [path if path.is_dir() else path.parent, *path.resolve().parents][:4]:
-        marker = folder / STAND_IN_MARKER
+        marker = folder / name
         if marker.is_file():
             try:
-                return json.loads(marker.read_text())
+                data = json.loads(marker.read_text())
             except (OSError, ValueError):
-                return {"stand_in": True}
+                data = None
+            return folder, data if isinstance(data, dict) else None
     return None
+
+
+def stand_in_info(ref: str | None) -> dict | None:
+    """The stand-in marker's content for a local model (searched at the path and its parents), else None."""
+    found = find_marker(ref, STAND_IN_MARKER)
+    if found is None:
+        return None
+    return found[1] if found[1] is not None else {"stand_in": True}  # an unreadable marker still marks a stand-in
 
 
 def is_stand_in(ref: str | None) -> bool:

@@ -158,6 +158,17 @@ class Backend:
     def missing(self, reason: str, **kwargs: Any) -> AxisResult:
         return self.result(None, missing_reason=reason, **kwargs)
 
+    def prompted_mean(self, scores: list[float | None]) -> AxisResult:
+        """The mean over the images that had a prompt (a prompt-conditioned score: CLIPScore, HPSv2, ImageReward);
+        missing when none had one."""
+        present = [s for s in scores if s is not None]
+        if not present:
+            return self.missing("no image has a prompt", per_image=list(scores))
+        details: dict[str, Any] = {"images_scored": len(present), "min": min(present), "max": max(present)}
+        if len(scores) > len(present):
+            details["images_without_prompt"] = len(scores) - len(present)
+        return self.result(sum(present) / len(present), per_image=list(scores), details=details)
+
     def normalisation(self) -> Normalisation:
         """The range this backend's own numbers are normalised with: the config's ``norm_range``, else the registry's."""
         lo, hi = self.config.norm_range or self.spec.norm_range

@@ -59,14 +59,7 @@ class _ClipScore(Backend):
         self._scores.extend(values.get(id(img)) for img in batch)
 
     def compute(self) -> AxisResult:
-        present = [s for s in self._scores if s is not None]
-        if not present:
-            return self.missing("no image has a prompt", per_image=list(self._scores))
-        unprompted = len(self._scores) - len(present)
-        details: dict[str, Any] = {"images_scored": len(present), "min": min(present), "max": max(present)}
-        if unprompted:
-            details["images_without_prompt"] = unprompted
-        return self.result(sum(present) / len(present), per_image=list(self._scores), details=details)
+        return self.prompted_mean(self._scores)
 
 
 class OpenClipScore(_ClipScore):

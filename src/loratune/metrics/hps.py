@@ -110,11 +110,7 @@ class HpsV2Score(Backend):
         self._scores.extend(values.get(id(img)) for img in batch)
 
     def compute(self) -> AxisResult:
-        present = [s for s in self._scores if s is not None]
-        if not present:
-            return self.missing("no image has a prompt", per_image=list(self._scores))
-        details = {"images_scored": len(present), "min": min(present), "max": max(present)}
-        return self.result(sum(present) / len(present), per_image=list(self._scores), details=details)
+        return self.prompted_mean(self._scores)
 
     def describe(self) -> dict[str, Any]:
         return {**super().describe(), "model": self.source.label if self.source else self.model_id}

@@ -191,20 +191,12 @@ def _write_images(root: Path, target: str) -> None:
 def find_world(ref: str | Path | None) -> dict[str, Any] | None:
     """The marker of the world folder that holds ``ref`` (a path inside ``DIR``: its base model, a scorer, the
     dataset), else None. How the report and the banner tell world-trained models from real and random ones."""
-    if not ref:
+    from loratune.modelref import find_marker
+
+    found = find_marker(ref, MARKER)
+    if found is None or found[1] is None or found[1].get("target") not in TARGETS:
         return None
-    path = Path(ref).expanduser()
-    if not path.exists():
-        return None
-    for folder in [path if path.is_dir() else path.parent, *path.resolve().parents][:4]:
-        marker = folder / MARKER
-        if marker.is_file():
-            try:
-                data = json.loads(marker.read_text())
-            except (OSError, ValueError):
-                return None
-            return dict(data, root=str(folder)) if isinstance(data, dict) and data.get("target") in TARGETS else None
-    return None
+    return dict(found[1], root=str(found[0]))
 
 
 def write_tokenizer(folder: Path) -> None:
