@@ -46,9 +46,15 @@ def objective_values(search: SearchSection, composite: float | None,
 
 def candidate_values(t: FrozenTrial, search: SearchSection) -> list[float] | None:
     """A trial's best-epoch objective values, or None when it is no candidate (nothing scored, no LoRA kept)."""
-    if t.state not in _ENDED or not t.user_attrs.get("lora"):
+    if t.state not in _ENDED or not t.user_attrs.get("lora") or _crashed(t):
         return None
     return objective_values(search, t.user_attrs.get("composite"), t.user_attrs.get("axes"))
+
+
+def _crashed(t: FrozenTrial) -> bool:
+    """Its process died or was interrupted mid-trial: the folder its attrs point to was never published (it went to
+    ``trials/partial``), and a retry runs the trial again."""
+    return t.state == TrialState.FAIL and t.user_attrs.get("fail_reason") in (None, "interrupted")
 
 
 def ranked(trials: Sequence[FrozenTrial], search: SearchSection) -> list[FrozenTrial]:
