@@ -107,7 +107,7 @@ def _run_actors(run_dir: Path, config: Config, backend: str | None, n: int) -> l
             actor = running.pop(done[0])
             try:
                 error = ray.get(done[0])
-            except ray.exceptions.RayError as err:  # the actor died more often than it may be restarted
+            except ray.exceptions.RayActorError as err:  # it died more often than it may be restarted
                 error = first_line(err)
             if error:
                 errors.append(error)
