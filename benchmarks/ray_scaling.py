@@ -43,7 +43,7 @@ HERE = Path(__file__).resolve().parent
 os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (str(HERE), os.environ.get("PYTHONPATH")) if p)
 sys.path.insert(0, str(HERE))
 
-from loratune.search.synthetic import SyntheticTrials  # noqa: E402
+from loratune.search.synthetic import SyntheticTrials
 
 SLEEP_BACKEND = "ray_scaling:make_sleepy"
 ARMS = {"A": ("local", 1), "B": ("ray", 1), "C": ("ray", 2)}
@@ -110,8 +110,8 @@ def tiny_config(root: Path, trials: int, epochs: int) -> tuple[Any, str | None]:
     return load_config(models.config, [
         f"dataset.path={data}", "train.batch_size=2", "sampling.steps=2", f"train.epochs={epochs}",
         f"search.n_trials={trials}", "search.pruner=none",
-        "search.space={learning_rate: {type: float, low: 1.0e-4, high: 1.0e-2, log: true}, "
-        "rank: {type: categorical, choices: [2, 4]}}",
+        ("search.space={learning_rate: {type: float, low: 1.0e-4, high: 1.0e-2, log: true}, "
+         "rank: {type: categorical, choices: [2, 4]}}"),
         "search.phases={refine_trials: 2, ensemble_top_k: 2, ensemble_method: svd, ensemble_rank: 4}",
     ]), None
 

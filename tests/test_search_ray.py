@@ -119,3 +119,37 @@ def test_ray_restore_after_the_driver_is_killed(tmp_path, monkeypatch) -> None:
     phases = [t.user_attrs.get("phase") for t in after if t.state != TrialState.FAIL]
     assert phases.count("baseline") + phases.count("search") == 4 and phases.count("refine") == 1
     assert not list((run / "trials").glob(".*"))
+
+
+@pytest.mark.slow
+def test_a_dead_ray_worker_is_restarted_then_reported(tmp_path, monkeypatch) -> None:
+    """A Ray worker killed right after publishing a trial, before Optuna heard of it, is restarted and goes on, up to
+    ``search.max_retry`` times; then ``run_ray`` says so, and a resume adopts the published folders (no retraining)."""
+    from test_search_runner import tree_digest
+
+    markers = tmp_path / "markers"
+    markers.mkdir()
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")]))
+    monkeypatch.setenv("RAY_USAGE_STATS_ENABLED", "0")
+    monkeypatch.setenv("LORATUNE_TEST_MARKERS", str(markers))
+    monkeypatch.setenv("LORATUNE_FAULT", "after-publish")
+    monkeypatch.syspath_prepend(str(TESTS))
+    config_file = write_config(tmp_path / "c.yaml", n_trials=4, max_retry=1, pruner="none",
+                               phases={"refine_trials": 0, "ensemble_top_k": 0}, ray={"num_cpus": 2, "max_concurrent": 1})
+    run = tmp_path / "run"
+    with pytest.raises(LoratuneError, match=r"1 Ray worker\(s\) stopped .*resume with --resume"):
+        run_ray(load_config(config_file), run, backend=BACKEND)
+    published = {p.name: tree_digest(p) for p in (run / "trials").iterdir() if p.name.isdigit()}
+    trained = sorted(p.name for p in markers.iterdir())
+    assert len(published) == 2  # the first life and the restarted one each published a trial, then died
+    monkeypatch.delenv("LORATUNE_FAULT")
+    run_ray(None, run, resume=True, backend=BACKEND)
+    trials = study(run).get_trials()
+    assert all(t.state.is_finished() for t in trials)
+    assert sum(1 for t in trials if t.state == TrialState.COMPLETE) == 4
+    for name, digest in published.items():
+        owners = [t for t in trials if t.state == TrialState.COMPLETE and t.user_attrs["trial_dir"] == f"trials/{name}"]
+        assert len(owners) == 1 and owners[0].user_attrs["adopted_from"] == int(name)
+        assert tree_digest(run / "trials" / name) == digest
+    assert sorted(p.name for p in markers.iterdir() if p.name[:4] in published) == \
+        [m for m in trained if m[:4] in published]  # no epoch of a published trial trained again

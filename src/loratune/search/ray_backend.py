@@ -24,10 +24,9 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
 
 import optuna
-from optuna.trial import TrialState
+from optuna.trial import FrozenTrial, TrialState
 
 from loratune.config import Config, load_config
 from loratune.errors import LoratuneError, first_line
@@ -60,7 +59,7 @@ class StudyWorker:
 
 def run_ray(config: Config | None, run_dir: str | Path, resume: bool = False, backend: str | None = None,
             say: Callable[[str], None] | None = None, overrides: Sequence[str] = (),
-            workers: int | None = None) -> Any:
+            workers: int | None = None) -> FrozenTrial | None:
     """Run (or resume) the study with ``workers`` Ray actors (default ``search.ray.max_concurrent``); returns the
     best candidate, as ``run_optimize`` does."""
     import ray
