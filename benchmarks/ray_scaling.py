@@ -165,8 +165,10 @@ def main() -> None:
     os.environ["LORATUNE_BENCH_EPOCH_S"] = str(args.epoch_seconds)
     os.environ["LORATUNE_BENCH_LOAD_S"] = str(args.load_seconds)
 
+    from loratune.cli import quiet_libraries
     from loratune.search.runner import quiet_optuna
 
+    quiet_libraries()  # the local arm's loading bars and notices would bury the progress lines
     quiet_optuna()
     rows = []
     with tempfile.TemporaryDirectory(prefix="ray-scaling-") as tmp:
