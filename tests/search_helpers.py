@@ -23,6 +23,8 @@ class SyntheticBackend:
         self.surface = Surface(noise=0.0)
         self.epoch_seconds = float(os.environ.get("LORATUNE_TEST_EPOCH_SECONDS", "0"))
         self.marker_dir = os.environ.get("LORATUNE_TEST_MARKERS")
+        if os.environ.get("LORATUNE_TEST_LOADS"):  # one file per backend made: a real one loads its models here
+            Path(os.environ["LORATUNE_TEST_LOADS"], f"{os.getpid()}-{id(self)}").touch()
 
     def _lora(self, path: Path, seed: int, rank: int) -> None:
         g = torch.Generator().manual_seed(seed)

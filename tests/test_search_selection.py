@@ -100,8 +100,11 @@ def test_ranking_rule_and_refine_centre() -> None:
     dists = {"learning_rate": optuna.distributions.FloatDistribution(1e-5, 1e-3, log=True),
              "epochs": optuna.distributions.IntDistribution(2, 20)}
 
-    def trial(number: int, state: TrialState, composite: float | None, best_epoch: int, epochs: int, lora=True):
+    def trial(number: int, state: TrialState, composite: float | None, best_epoch: int, epochs: int, lora=True,
+              reason: str | None = "diverged: nan"):
         attrs = {"phase": "search", "composite": composite, "best_epoch": best_epoch}
+        if state == TrialState.FAIL:
+            attrs["fail_reason"] = reason
         if lora:
             attrs["lora"] = f"checkpoints/{number}.safetensors"
         t = create_trial(state=state, value=composite if state == TrialState.COMPLETE else None,
@@ -111,7 +114,9 @@ def test_ranking_rule_and_refine_centre() -> None:
 
     trials = [trial(0, TrialState.COMPLETE, 0.6, 10, 10), trial(1, TrialState.PRUNED, 0.8, 3, 20),
               trial(2, TrialState.FAIL, 0.7, 4, 12), trial(3, TrialState.COMPLETE, 0.9, 5, 8, lora=False),
-              trial(4, TrialState.RUNNING, 0.95, 2, 8), trial(5, TrialState.COMPLETE, 0.6, 9, 9)]
+              trial(4, TrialState.RUNNING, 0.95, 2, 8), trial(5, TrialState.COMPLETE, 0.6, 9, 9),
+              # Killed or Ctrl-C'd after scoring: their folders went to trials/partial, their retries run again.
+              trial(6, TrialState.FAIL, 0.99, 2, 8, reason=None), trial(7, TrialState.FAIL, 0.99, 2, 8, reason="interrupted")]
     assert [t.number for t in ranked(trials, search)] == [1, 2, 0, 5]  # ties: the earlier trial first
     space, _ = refine_space(trials, search)
     # Trial 1 trained 20 epochs but peaked at 3: the refine range is centred on 3 (width 0.25 of 2..20 = 4.5).

@@ -13,9 +13,10 @@ def command(
     config: Annotated[Optional[Path], typer.Argument(metavar="CONFIG", help="loratune YAML config (not needed with --resume)")] = None,
     run: Annotated[Optional[Path], typer.Option("--run", "-r", help="run directory (default runs/<config name>)")] = None,
     resume: Annotated[bool, typer.Option("--resume", help="continue the run in --run: finished trials stay, crashed ones retry")] = False,
-    workers: Annotated[Optional[int], typer.Option(min=1, help="worker processes on this machine (one per GPU)")] = None,
+    workers: Annotated[Optional[int], typer.Option(
+        min=1, help="worker processes on this machine (one per GPU); with ray: Ray workers (default search.ray.max_concurrent)")] = None,
     backend: Annotated[Optional[str], typer.Option(
-        help="local (Optuna workers) or ray (Ray Tune: OptunaSearch + ASHA); default: the config's search.backend")] = None,
+        help="local (worker processes) or ray (the same workers as Ray actors); default: the config's search.backend")] = None,
     storage: Annotated[Optional[str], typer.Option(help="postgresql:// or mysql:// URL shared by many machines")] = None,
     set_: Annotated[Optional[list[str]], typer.Option(
         "--set", metavar="KEY=VALUE", help="override a config key, e.g. search.n_trials=30 (with --resume: search settings only)")] = None,
@@ -45,7 +46,7 @@ def command(
         if chosen == "ray":
             from loratune.search.ray_backend import run_ray
 
-            best = run_ray(cfg, run, resume=resume, overrides=overrides)
+            best = run_ray(cfg, run, resume=resume, overrides=overrides, workers=workers)
         else:
             from loratune.search.runner import run_optimize
 

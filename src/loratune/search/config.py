@@ -90,14 +90,28 @@ class PhasesSection(_Strict):
     ensemble_rank: int | None = Field(None, ge=1, description="target rank for svd; default the largest member rank")
 
 
+# The ASHA settings of the Ray Tune backend, with the defaults every run folder written then holds in config.yaml.
+_ASHA_DEFAULTS = {"grace_period": 1, "reduction_factor": 3}
+
+
 class RaySection(_Strict):
     address: str | None = Field(None, description="existing Ray cluster; default: start a local one")
     num_cpus: int | None = Field(None, ge=1, description="CPUs for a local Ray")
     cpus_per_trial: float = Field(1.0, gt=0)
     gpus_per_trial: float = Field(0.0, ge=0, description="fractional GPUs share one card between trials")
-    max_concurrent: int = Field(2, ge=1)
-    grace_period: int = Field(1, ge=1, description="ASHA: epochs before a trial may be stopped")
-    reduction_factor: int = Field(3, ge=2)
+    max_concurrent: int = Field(2, ge=1, description="Ray workers (actors), each running one trial at a time")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_asha(cls, data: Any) -> Any:
+        # Ray workers prune with search.pruner, as local ones do. Older run folders (their defaults) still resume.
+        if not isinstance(data, dict):
+            return data
+        for key, default in _ASHA_DEFAULTS.items():
+            if key in data and data[key] != default:
+                raise ValueError(f"search.ray.{key} is no longer read: Ray workers prune with search.pruner "
+                                 f"(and search.patience) like local ones; remove search.ray.{key}")
+        return {k: v for k, v in data.items() if k not in _ASHA_DEFAULTS}
 
 
 class SearchSection(_Strict):

@@ -4,7 +4,7 @@ The module map of ``loratune.search``:
 ``phases`` (the plan: which phase a trial is in, when the study is done, the refine space) · ``samplers`` (Optuna
 samplers and pruners from the config) · ``selection`` (the one ranking rule: every scored epoch is a candidate) ·
 ``trial`` (one trial, written once: train → score each epoch → report/prune → files) · ``local`` (a worker process
-asking for trials) · ``ray_backend`` (the same trial under Ray Tune) · ``recovery`` (what a resume repairs) · this
+asking for trials) · ``ray_backend`` (the same workers as Ray actors) · ``recovery`` (what a resume repairs) · this
 module (the front door: create or reopen the run, start workers, copy the winner to RUN/best).
 """
 

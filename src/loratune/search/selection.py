@@ -45,13 +45,20 @@ def objective_values(search: SearchSection, composite: float | None,
 
 
 def candidate_values(t: FrozenTrial, search: SearchSection) -> list[float] | None:
-    """A trial's best-epoch objective values, or None when it is no candidate (nothing scored, no LoRA kept, or even
-    its best epoch over the copy constraint: ``trial.best_epoch`` picks a feasible epoch whenever there is one)."""
-    if t.state not in _ENDED or not t.user_attrs.get("lora"):
+    """A trial's best-epoch objective values, or None when it is no candidate (nothing scored, no LoRA kept, a crash
+    whose folder went to trials/partial, or even its best epoch over the copy constraint: ``trial.best_epoch`` picks a
+    feasible epoch whenever there is one)."""
+    if t.state not in _ENDED or not t.user_attrs.get("lora") or _crashed(t):
         return None
     if (t.user_attrs.get("constraint") or 0.0) > 0:  # its best epoch copies: never RUN/best, nor in the ensemble
         return None
     return objective_values(search, t.user_attrs.get("composite"), t.user_attrs.get("axes"))
+
+
+def _crashed(t: FrozenTrial) -> bool:
+    """Its process died or was interrupted mid-trial: the folder its attrs point to was never published (it went to
+    ``trials/partial``), and a retry runs the trial again."""
+    return t.state == TrialState.FAIL and t.user_attrs.get("fail_reason") in (None, "interrupted")
 
 
 def ranked(trials: Sequence[FrozenTrial], search: SearchSection) -> list[FrozenTrial]:

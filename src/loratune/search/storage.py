@@ -36,7 +36,7 @@ def storage_url(run_dir: str | Path, search: SearchSection) -> str:
 
 
 def open_storage(run_dir: str | Path, search: SearchSection, heartbeat: bool = True) -> RDBStorage:
-    """``heartbeat=False`` for callers that ask/tell themselves (Ray's OptunaSearch): heartbeats need optimize()."""
+    """``heartbeat=False`` for callers that run no trial (the dashboard): heartbeats need optimize()."""
     url = storage_url(run_dir, search)
     # SQLite serialises writers; workers wait for the lock instead of failing after sqlite's 5 s default.
     engine_kwargs = {"connect_args": {"timeout": 120}} if url.startswith("sqlite") else {"pool_pre_ping": True}
