@@ -4,6 +4,8 @@ a time, in order."""
 
 from __future__ import annotations
 
+import signal
+import threading
 from collections.abc import Callable
 from importlib.resources import files
 from typing import Any
@@ -54,14 +56,23 @@ class _Quiet(WSGIRequestHandler):
 
 
 def serve(session: Session, port: int, say: Callable[[str], None]) -> None:
-    """Serve until Ctrl-C; ``port`` 0 picks a free one (the printed URL names it)."""
+    """Serve until Ctrl-C, then raise ``KeyboardInterrupt`` (run from the main thread: it owns SIGINT); ``port`` 0
+    picks a free one (the printed URL names it)."""
     try:
         server = make_server("127.0.0.1", port, make_app(session), handler_class=_Quiet)
     except OSError as err:
         raise LoratuneError(f"--port {port}: cannot listen on 127.0.0.1 ({err.strerror})") from None
     say(f"calibrate: http://127.0.0.1:{server.server_port}/ — answers go to {session.path} (Ctrl-C stops; "
         "run again to resume)")
+    # Ctrl-C only sets a flag, checked between requests: a KeyboardInterrupt raised while a response is being sent
+    # would be swallowed by wsgiref's error handler (the server would log it and carry on serving).
+    stop = threading.Event()
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: stop.set())
+    server.timeout = 0.2
     try:
-        server.serve_forever()
+        while not stop.is_set():
+            server.handle_request()
     finally:
+        signal.signal(signal.SIGINT, previous)
         server.server_close()
+    raise KeyboardInterrupt
