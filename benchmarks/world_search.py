@@ -169,7 +169,8 @@ def one_study(root: Path, table: Table, sampler: str, pruner: str, seed: int, tr
     return table.optimum() - value, epochs
 
 
-def compare(table_path: Path, seeds: int, trials: int, samplers: list[str], pruners: list[str]) -> None:
+def compare(table_path: Path, seeds: int, trials: int, samplers: list[str], pruners: list[str],
+            first_seed: int = 0) -> None:
     import torch
     from rich.console import Console
     from rich.table import Table as RichTable
@@ -190,9 +191,11 @@ def compare(table_path: Path, seeds: int, trials: int, samplers: list[str], prun
         for sampler in samplers:
             for pruner in pruners:
                 results[sampler, pruner] = [one_study(root, table, sampler, pruner, seed, trials)
-                                            for seed in range(seeds)]
+                                            for seed in range(first_seed, first_seed + seeds)]
     finally:
         shutil.rmtree(root, ignore_errors=True)
+    if "--json" in sys.argv:
+        print(json.dumps({f"{s}+{p}": [r for r, _ in runs] for (s, p), runs in results.items()}))
     reference = float(np.median([r for r, _ in results.get(("random", "none"), [])] or [np.nan]))
     out = RichTable(title=f"World: {trials} trials, {seeds} seeds, regret on the oracle (optimum "
                           f"{table.optimum():.3f}; {len(table.rows)} measured epochs)")
@@ -251,14 +254,17 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=EPOCHS)
     parser.add_argument("--sample-seeds", type=int, default=4, help="sampling seeds per prompt when measuring")
     parser.add_argument("--seeds", type=int, default=10)
+    parser.add_argument("--first-seed", type=int, default=0)
     parser.add_argument("--trials", type=int, default=8)
     parser.add_argument("--samplers", default="tpe,gp,random")
     parser.add_argument("--pruners", default="patient,none")
+    parser.add_argument("--json", action="store_true", help="also print every study's regret as JSON")
     args = parser.parse_args()
     if args.what == "measure":
         measure(args.table, args.epochs, args.sample_seeds)
     else:
-        compare(args.table, args.seeds, args.trials, args.samplers.split(","), args.pruners.split(","))
+        compare(args.table, args.seeds, args.trials, args.samplers.split(","), args.pruners.split(","),
+                args.first_seed)
 
 
 if __name__ == "__main__":

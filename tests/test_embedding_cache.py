@@ -32,11 +32,18 @@ def _score(tiny_models, samples: list[Sample], share: bool):
         hook.remove()
 
 
+def _copy_embedder(tiny_models) -> str:
+    return load_config(tiny_models.config).evaluation.learning.copy_embedder.name
+
+
 def test_consistency_and_aesthetics_share_one_clip_embedding_per_image(tiny_models) -> None:
     samples = _samples(tiny_models, 10)  # batch size 8: a full batch and a partial one
     shared, shared_rows = _score(tiny_models, samples, share=True)
     apart, apart_rows = _score(tiny_models, samples, share=False)
-    assert apart_rows == 2 * len(samples)
+    # Three users of the one CLIP: consistency, aesthetics, and copy risk (the tiny config's copy embedder is that
+    # CLIP too); shared, each sample goes through its visual tower once.
+    assert _copy_embedder(tiny_models) == "clip_i"
+    assert apart_rows == 3 * len(samples)
     assert shared_rows == len(samples)
     for axis in ("consistency", "aesthetics"):  # the same batches through the same model: the same numbers exactly
         assert shared.axes[axis].per_image == apart.axes[axis].per_image
