@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 from pydantic import Field
 
 from loratune.metrics.base import AxisResult, Backend, EvalImage
-from loratune.metrics.embedding_cache import embed_images
+from loratune.metrics.embedding_cache import PromptEmbeddings, embed_images
 from loratune.metrics.openclip_models import HFClipModel, OpenClipModel, load_hf_clip, load_open_clip, resolve_open_clip
 from loratune.modelref import check_model_ref, is_stand_in
 
@@ -30,7 +30,7 @@ class _ClipScore(Backend):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self._text_cache: dict[str, torch.Tensor] = {}
+        self._prompts = PromptEmbeddings()
         self.reset()
 
     @property
@@ -41,13 +41,7 @@ class _ClipScore(Backend):
         self._scores: list[float | None] = []
 
     def _text_embeddings(self, prompts: list[str]) -> torch.Tensor:
-        import torch
-
-        new = sorted({p for p in prompts if p not in self._text_cache})
-        if new:
-            for prompt, emb in zip(new, self.encoder.embed_texts(new, self.runtime.batch_size)):
-                self._text_cache[prompt] = emb
-        return torch.stack([self._text_cache[p] for p in prompts])
+        return self._prompts.embed(self.encoder, prompts, self.runtime.batch_size)
 
     def update(self, batch: list[EvalImage]) -> None:
         scored = [img for img in batch if img.prompt]

@@ -45,6 +45,24 @@ class EmbeddingCache:
         return torch.stack([self._rows[(id(encoder), id(img))][2] for img in images])
 
 
+class PromptEmbeddings:
+    """Text embeddings per prompt for a backend's lifetime: a study scores the same prompts at every epoch, so each
+    prompt is encoded once."""
+
+    def __init__(self) -> None:
+        self._rows: dict[str, torch.Tensor] = {}
+
+    def embed(self, encoder: Any, prompts: Sequence[str], batch_size: int) -> torch.Tensor:
+        """``encoder.embed_texts(prompts)``, encoding only the prompts not seen before."""
+        import torch
+
+        new = sorted({p for p in prompts if p not in self._rows})
+        if new:
+            for prompt, row in zip(new, encoder.embed_texts(new, batch_size)):
+                self._rows[prompt] = row
+        return torch.stack([self._rows[p] for p in prompts])
+
+
 def embed_images(runtime: Runtime, encoder: ImageEmbedder, images: Sequence[Image.Image]) -> torch.Tensor:
     """The images' embeddings: through the evaluation's shared cache when there is one."""
     if runtime.embeddings is None:

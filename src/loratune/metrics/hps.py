@@ -22,6 +22,7 @@ from pydantic import Field
 from loratune.errors import LoratuneError
 from loratune.metrics.aesthetic import resolve_hub_file
 from loratune.metrics.base import AxisResult, Backend, EvalImage
+from loratune.metrics.embedding_cache import PromptEmbeddings
 from loratune.metrics.openclip_models import OpenClipModel, OpenClipSource, load_open_clip, resolve_open_clip
 
 OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)  # the package's image_mean=None falls back to these
@@ -64,7 +65,7 @@ class HpsV2Score(Backend):
         if not _is_hub_file(ref):
             self.source = self._resolve(ref)
             self.stand_in = self.source.stand_in
-        self._text_cache: dict[str, torch.Tensor] = {}
+        self._prompts = PromptEmbeddings()
         self.reset()
 
     def _resolve(self, ref: str) -> OpenClipSource:
@@ -87,11 +88,7 @@ class HpsV2Score(Backend):
         self._scores: list[float | None] = []
 
     def _text_embeddings(self, prompts: list[str]) -> torch.Tensor:
-        new = sorted({p for p in prompts if p not in self._text_cache})
-        if new:
-            for prompt, emb in zip(new, self.encoder.embed_texts(new, self.runtime.batch_size)):
-                self._text_cache[prompt] = emb
-        return torch.stack([self._text_cache[p] for p in prompts])
+        return self._prompts.embed(self.encoder, prompts, self.runtime.batch_size)
 
     def image_embeddings(self, images: list[Any]) -> torch.Tensor:
         enc = self.encoder
