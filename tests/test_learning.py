@@ -260,8 +260,8 @@ def test_a_lora_trained_to_copy_is_flagged_and_not_best(tmp_path) -> None:
 
 def test_report_shows_diagnosis_copy_rate_and_nearest_training_image(tmp_path) -> None:
     from loratune.report.learning_section import copy_pairs
-    from loratune.report.page import _epoch_table
     from loratune.report.rundir import TrialInfo
+    from loratune.report.samples_section import epoch_table
 
     rng = np.random.default_rng(0)
     for name in ("sample.png", "train.png"):
@@ -275,7 +275,7 @@ def test_report_shows_diagnosis_copy_rate_and_nearest_training_image(tmp_path) -
     (tmp_path / "scores" / "epoch-0002" / "scores.json").write_text(json.dumps({"copy_risk": risk.to_json()}))
     info = TrialInfo(create_trial(value=0.5, user_attrs={"best_epoch": 1}), tmp_path, {},
                      json.loads((tmp_path / "scores.json").read_text()), [])
-    table = _epoch_table(info)
+    table = epoch_table(info)
     assert "<th>copy rate</th><th>CMMD</th><th>diagnosis</th>" in table
     assert "<span class='diag-copying'>copying</span> <span class='muted'>copy rate 1.00 &gt; max_copy_rate 0.20" in table
     assert "<tr class=\"best-row\"><td class='num'>1</td>" in table

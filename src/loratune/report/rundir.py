@@ -71,6 +71,18 @@ class TrialInfo:
         return int(value) if value is not None else None
 
     @property
+    def composite(self) -> float | None:
+        """The best epoch's composite: the runner's attr, else the trial's value or its best reported epoch."""
+        value = self.attrs.get("composite")
+        if value is not None:
+            return float(value)
+        if self.trial.values and len(self.trial.values) == 1:
+            return float(self.trial.values[0])
+        if self.trial.intermediate_values and self.best_epoch in self.trial.intermediate_values:
+            return float(self.trial.intermediate_values[self.best_epoch])
+        return None
+
+    @property
     def axes(self) -> dict[str, float | None]:
         axes = self.attrs.get("axes")
         if isinstance(axes, dict):
