@@ -187,13 +187,8 @@ class Evaluator:
     ) -> None:
         """``share_embeddings``: backends on the same loaded image encoder (CLIP-I and the LAION aesthetic MLP on one
         CLIP, say) embed each image once per ``score`` call (``metrics.embedding_cache``); False embeds per backend."""
-        from loratune.device import pick_device, torch_dtype
-
         self.config = config
-        ev = config.evaluation
-        device = pick_device(ev.device)
-        self.runtime = Runtime(device=device, dtype=torch_dtype(ev.dtype, device), batch_size=ev.batch_size,
-                               trust_remote_code=ev.trust_remote_code)
+        self.runtime = evaluation_runtime(config)
         self.show_progress = show_progress
         self.share_embeddings = share_embeddings
         # Build every backend first: option and name errors surface before any model loads.
@@ -280,6 +275,16 @@ class Evaluator:
             copy_risk=copy_risk,
             cmmd=cmmd,
         )
+
+
+def evaluation_runtime(config: Config) -> Runtime:
+    """Where and how ``evaluation`` backends run: the configured device and dtype (``auto`` resolved for it)."""
+    from loratune.device import pick_device, torch_dtype
+
+    ev = config.evaluation
+    device = pick_device(ev.device)
+    return Runtime(device=device, dtype=torch_dtype(ev.dtype, device), batch_size=ev.batch_size,
+                   trust_remote_code=ev.trust_remote_code)
 
 
 def build_backends(config: Config, runtime: Runtime) -> dict[str, Backend]:

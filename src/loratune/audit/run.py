@@ -25,10 +25,11 @@ from typing import Any
 import numpy as np
 
 from loratune.audit import checks
-from loratune.audit.references import leak_warning, reference_leaks
+from loratune.audit.references import character_presence, leak_warning, reference_leaks
 from loratune.audit.scan import DatasetEntry, scan_for_audit
 from loratune.config import BackendConfig, Config
 from loratune.errors import LoratuneError
+from loratune.evaluation import evaluation_runtime
 from loratune.images import load_image
 from loratune.metrics.base import Backend, EvalImage, References, Runtime
 
@@ -77,19 +78,6 @@ class AuditResult:
         return self.data["flagged"]
 
 
-def _runtime(config: Config) -> Runtime:
-    from loratune.device import pick_device, torch_dtype
-
-    ev = config.evaluation
-    device = pick_device(ev.device)
-    return Runtime(
-        device=device,
-        dtype=torch_dtype(ev.dtype, device),
-        batch_size=ev.batch_size,
-        trust_remote_code=ev.trust_remote_code,
-    )
-
-
 def _character_of(entry: DatasetEntry, config: Config) -> str | None:
     """The config character a training image belongs to: by its kohya folder's words, else by its caption."""
     chars = config.dataset.characters
@@ -110,7 +98,6 @@ def _backend(
     sets the axis to null. A check that cannot run is an error naming the flag that turns it off: an audit that
     exits 0 must have done what it says."""
     from loratune.metrics.registry import create_backend
-
     from loratune.modelref import check_model_available, looks_like_hub_id
 
     if config is None:
@@ -135,48 +122,6 @@ def _load(backend: Backend, purpose: str, flag: str) -> Backend:
     return backend
 
 
-def _character_presence(
-    embedder: Backend,
-    emb: np.ndarray,
-    ok: list[int],
-    reports: list[ImageReport],
-    config: Config,
-    opts: AuditOptions,
-    warnings: list[str],
-) -> None:
-    """Similarity of each image to its character's reference images; low outliers within a character are flagged."""
-    from loratune.images import list_images
-
-    centroids: dict[str, np.ndarray] = {}
-    for name, character in config.dataset.characters.items():
-        if not character.references:
-            continue
-        try:
-            refs = [
-                load_image(p) for p in list_images(character.references, what=f"dataset.characters.{name}.references")
-            ]
-        except LoratuneError as err:
-            warnings.append(f"character presence of {name} skipped: {err}")
-            continue
-        r = embedder.embed(refs).float().cpu().numpy()  # type: ignore[attr-defined]
-        centre = (r / np.linalg.norm(r, axis=1, keepdims=True)).mean(0)
-        centroids[name] = centre / np.linalg.norm(centre)
-    for k, i in enumerate(ok):
-        centre = centroids.get(reports[i].character or "")
-        if centre is not None:
-            reports[i].character_similarity = float(emb[k] @ centre)
-    if embedder.stand_in:
-        return
-    for name in centroids:
-        rows = [i for i in ok if reports[i].character == name and reports[i].character_similarity is not None]
-        values = [reports[i].character_similarity for i in rows]
-        median = statistics.median(values) if values else 0.0
-        for k in checks.robust_outliers(values, high_is_bad=False, z=opts.outlier_z, min_gap=0.05):
-            reports[rows[k]].problems.append(
-                f"may not show {name}: similarity to its references {values[k]:.3f} (its images' median {median:.3f})"
-            )
-
-
 def _run_backend(backend: Backend, items: list[EvalImage], batch_size: int) -> Any:
     backend.reset()
     for start in range(0, len(items), batch_size):
@@ -199,7 +144,7 @@ def run_audit(
     opts = options or AuditOptions()
     layout, entries = scan_for_audit(dataset, config.dataset.caption_extension)
     root = Path(dataset)
-    runtime = _runtime(config)
+    runtime = evaluation_runtime(config)
     # Every model the audit needs, checked before any image is scored.
     align_config = config.evaluation.backends.get("alignment")  # type: ignore[call-overload]
     consistency_config = config.evaluation.backends.get("consistency")  # type: ignore[call-overload]
@@ -339,7 +284,7 @@ def run_audit(
             for a, b, cos in checks.cosine_pairs(emb, opts.duplicate_cosine):
                 pair = duplicates.setdefault((ok[a], ok[b]), {"a": reports[ok[a]].file, "b": reports[ok[b]].file})
                 pair["cosine"] = cos
-        _character_presence(embedder, emb, ok, reports, config, opts, warnings)
+        character_presence(embedder, emb, ok, reports, config, opts.outlier_z, warnings)
     leaks = reference_leaks(config, [reports[i].file for i in ok], hashes, emb, embedder, opts.duplicate_hash_bits,
                             opts.duplicate_cosine)
     warnings += [w for w in [leak_warning(leaks)] if w]
@@ -351,7 +296,7 @@ def run_audit(
     # --- faces --------------------------------------------------------------------------------------------------------
     faces: dict[str, Any] | None = None
     if opts.faces and ok:
-        from loratune.metrics.face_identity import load_dlib
+        from loratune.metrics.dlib_identity import load_dlib
 
         try:
             detector = load_dlib()[0]
