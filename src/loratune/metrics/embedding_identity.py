@@ -19,15 +19,8 @@ from pydantic import Field
 
 from loratune.metrics.base import AxisResult, Backend, EvalImage, References
 from loratune.metrics.embedding_cache import embed_images
-from loratune.metrics.openclip_models import (
-    ImageEmbedder,
-    is_timm_folder,
-    is_timm_name,
-    load_clip_image,
-    load_hf_vision,
-    load_timm,
-    resolve_clip_image,
-)
+from loratune.metrics.openclip_models import ImageEmbedder, load_clip_image, load_hf_vision, resolve_clip_image
+from loratune.metrics.timm_models import is_timm_folder, is_timm_name, load_timm
 from loratune.modelref import check_model_ref, is_stand_in
 
 if TYPE_CHECKING:

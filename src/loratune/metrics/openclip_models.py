@@ -1,4 +1,5 @@
-"""Image/text embedding models shared by the CLIP-based backends: open_clip, Hugging Face transformers and timm.
+"""Image/text embedding models shared by the CLIP-based backends: open_clip and Hugging Face transformers (timm:
+``loratune.metrics.timm_models``).
 
 Every loader takes a hub id **or** a local path through the library's own call, validates the reference before
 loading (so a bad value fails fast with one line naming the config field), loads through ``cached_model`` (once per
@@ -18,7 +19,6 @@ open_clip references, in the order they are recognised:
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -43,11 +43,11 @@ class ImageEmbedder(Protocol):
     def embed_images(self, images: Sequence[Image.Image], batch_size: int = 8) -> torch.Tensor: ...
 
 
-def _batches(items: Sequence[Any], size: int) -> list[Sequence[Any]]:
+def batches(items: Sequence[Any], size: int) -> list[Sequence[Any]]:
     return [items[i : i + size] for i in range(0, len(items), max(1, size))]
 
 
-def _normalise(features: torch.Tensor) -> torch.Tensor:
+def normalise(features: torch.Tensor) -> torch.Tensor:
     import torch
 
     features = features.float()
@@ -55,7 +55,7 @@ def _normalise(features: torch.Tensor) -> torch.Tensor:
 
 
 @contextmanager
-def _seeded(seed: int = 0) -> Iterator[None]:
+def seeded(seed: int = 0) -> Iterator[None]:
     """Initialise models under a fixed seed without disturbing the caller's random state."""
     import torch
 
@@ -64,7 +64,7 @@ def _seeded(seed: int = 0) -> Iterator[None]:
         yield
 
 
-def _key(device: Any, dtype: Any) -> tuple[str, str]:
+def device_key(device: Any, dtype: Any) -> tuple[str, str]:
     return str(device), str(dtype)
 
 
@@ -181,9 +181,9 @@ class OpenClipModel:
 
         out = []
         with torch.inference_mode():
-            for chunk in _batches(images, batch_size):
+            for chunk in batches(images, batch_size):
                 pixels = self.pixels(chunk).to(self.device, self.dtype)
-                out.append(_normalise(self.model.encode_image(pixels)).cpu())
+                out.append(normalise(self.model.encode_image(pixels)).cpu())
         return torch.cat(out) if out else torch.empty(0, self.embed_dim)
 
     def embed_texts(self, texts: Sequence[str], batch_size: int = 8) -> torch.Tensor:
@@ -191,9 +191,9 @@ class OpenClipModel:
 
         out = []
         with torch.inference_mode():
-            for chunk in _batches(list(texts), batch_size):
+            for chunk in batches(list(texts), batch_size):
                 tokens = self.tokenizer(list(chunk)).to(self.device)
-                out.append(_normalise(self.model.encode_text(tokens)).cpu())
+                out.append(normalise(self.model.encode_text(tokens)).cpu())
         return torch.cat(out) if out else torch.empty(0, self.embed_dim)
 
 
@@ -207,7 +207,7 @@ def load_open_clip(source: OpenClipSource, device: Any, dtype: Any, field: str) 
 
         precision = _PRECISION.get(str(dtype), "fp32")
         try:
-            with _seeded():  # random weights ('random' tag) repeat from run to run; loaded weights overwrite them
+            with seeded():  # random weights ('random' tag) repeat from run to run; loaded weights overwrite them
                 model, _, preprocess = open_clip.create_model_and_transforms(
                     source.model_name,
                     pretrained=source.pretrained,
@@ -221,7 +221,7 @@ def load_open_clip(source: OpenClipSource, device: Any, dtype: Any, field: str) 
         model.eval()
         return OpenClipModel(model, preprocess, tokenizer, device, get_input_dtype(precision) or torch.float32)
 
-    return cached_model(("open_clip", source.model_name, source.pretrained, *_key(device, dtype)), loader)
+    return cached_model(("open_clip", source.model_name, source.pretrained, *device_key(device, dtype)), loader)
 
 
 # --- Hugging Face transformers ------------------------------------------------------------------------------------
@@ -265,10 +265,10 @@ class HFClipModel:
 
         out = []
         with torch.inference_mode():
-            for chunk in _batches(images, batch_size):
+            for chunk in batches(images, batch_size):
                 pixels = self.processor(images=list(chunk), return_tensors="pt")["pixel_values"]
                 features = _features(self.model.get_image_features(pixel_values=pixels.to(self.device, self.dtype)))
-                out.append(_normalise(features).cpu())
+                out.append(normalise(features).cpu())
         return torch.cat(out)
 
     def embed_texts(self, texts: Sequence[str], batch_size: int = 8) -> torch.Tensor:
@@ -276,7 +276,7 @@ class HFClipModel:
 
         out = []
         with torch.inference_mode():
-            for chunk in _batches(list(texts), batch_size):
+            for chunk in batches(list(texts), batch_size):
                 kwargs: dict[str, Any] = {"padding": True, "return_tensors": "pt"}
                 if self.max_length:
                     kwargs.update(truncation=True, max_length=self.max_length)
@@ -286,7 +286,7 @@ class HFClipModel:
                         input_ids=enc["input_ids"].to(self.device), attention_mask=enc["attention_mask"].to(self.device)
                     )
                 )
-                out.append(_normalise(features).cpu())
+                out.append(normalise(features).cpu())
         return torch.cat(out)
 
 
@@ -301,7 +301,7 @@ def load_hf_clip(ref: str, device: Any, dtype: Any, field: str, trust_remote_cod
         model = model.to(device=device, dtype=dtype or model.dtype).eval()
         return HFClipModel(model, processor, device)
 
-    return cached_model(("hf_clip", ref, trust_remote_code, *_key(device, dtype)), loader)
+    return cached_model(("hf_clip", ref, trust_remote_code, *device_key(device, dtype)), loader)
 
 
 class HFVisionModel:
@@ -333,9 +333,9 @@ class HFVisionModel:
 
         out = []
         with torch.inference_mode():
-            for chunk in _batches(images, batch_size):
+            for chunk in batches(images, batch_size):
                 pixels = self.processor(images=list(chunk), return_tensors="pt")["pixel_values"]
-                out.append(_normalise(self._pool(pixels.to(self.device, self.dtype))).cpu())
+                out.append(normalise(self._pool(pixels.to(self.device, self.dtype))).cpu())
         return torch.cat(out)
 
 
@@ -349,7 +349,7 @@ def load_hf_vision(
         model = model.to(device=device, dtype=dtype or model.dtype).eval()
         return HFVisionModel(model, processor, device, pooling)
 
-    return cached_model(("hf_vision", ref, pooling, trust_remote_code, *_key(device, dtype)), loader)
+    return cached_model(("hf_vision", ref, pooling, trust_remote_code, *device_key(device, dtype)), loader)
 
 
 # --- CLIP image embeddings from either library ------------------------------------------------------------------------
@@ -389,86 +389,3 @@ def load_clip_image(source: ClipImageSource, runtime: Any, field: str) -> OpenCl
     if source.open_clip is not None:
         return load_open_clip(source.open_clip, runtime.device, runtime.dtype, field)
     return load_hf_clip(source.ref, runtime.device, runtime.dtype, field, runtime.trust_remote_code)
-
-
-# --- timm ------------------------------------------------------------------------------------------------------------
-class TimmModel:
-    """A timm backbone with its classifier removed (``num_classes=0``: pooled pre-logits features)."""
-
-    def __init__(self, model: Any, transform: Callable[[Any], Any], device: Any) -> None:
-        self.model = model
-        self.transform = transform
-        self.device = device
-        self.dtype = next(model.parameters()).dtype
-
-    def embed_images(self, images: Sequence[Image.Image], batch_size: int = 8) -> torch.Tensor:
-        import torch
-
-        out = []
-        with torch.inference_mode():
-            for chunk in _batches(images, batch_size):
-                pixels = torch.stack([self.transform(img) for img in chunk]).to(self.device, self.dtype)
-                out.append(_normalise(self.model(pixels).flatten(1)).cpu())
-        return torch.cat(out)
-
-
-def is_timm_folder(path: Path) -> bool:
-    """timm's hub layout: ``config.json`` with an ``architecture`` key (transformers' has ``model_type``)."""
-    config = path / "config.json"
-    if not config.is_file():
-        return False
-    try:
-        return "architecture" in json.loads(config.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return False
-
-
-def is_timm_name(name: str) -> bool:
-    import timm
-
-    return timm.is_model(name.split(".", 1)[0]) and "/" not in name
-
-
-def load_timm(
-    ref: str, device: Any, dtype: Any, field: str, architecture: str | None = None, pretrained: bool = True
-) -> tuple[TimmModel, bool]:
-    """A timm model by registry name (``vit_small_patch14_dinov2.lvd142m``), ``hf-hub:`` id, local folder in timm's
-    hub layout, or a checkpoint file + ``architecture``. Returns the model and whether its weights are stand-ins."""
-    path = Path(ref).expanduser()
-    opt = field.rsplit(".", 1)[0]
-    kwargs: dict[str, Any] = {"num_classes": 0}
-    stand_in = False
-    if path.is_dir():
-        if not is_timm_folder(path):
-            raise LoratuneError(f"{field}: {ref} is not a timm model folder (config.json without 'architecture')")
-        name, kwargs["pretrained"] = f"local-dir:{path}", True
-        stand_in = is_stand_in(str(path))
-    elif path.is_file():
-        if not architecture or not is_timm_name(architecture):
-            raise LoratuneError(
-                f"{opt}.architecture: a timm checkpoint file needs its timm model name (got {architecture!r})"
-            )
-        name, kwargs["pretrained"] = architecture, True
-        kwargs["pretrained_cfg_overlay"] = {"file": str(path)}
-        stand_in = is_stand_in(str(path))
-    elif ref.startswith("hf-hub:") or is_timm_name(ref):
-        name, kwargs["pretrained"] = ref, pretrained
-        stand_in = not pretrained
-    else:
-        raise LoratuneError(f"{field}: model path not found and not a timm model name: {ref}")
-
-    def loader() -> TimmModel:
-        import timm
-        from timm.data import create_transform, resolve_model_data_config
-
-        try:
-            with _seeded():
-                model = timm.create_model(name, **kwargs)
-        except Exception as err:  # noqa: BLE001  (any load failure is the user's file or network)
-            raise LoratuneError(f"{field}: cannot load timm model {ref}: {first_line(err)}") from None
-        model = model.to(device=device, dtype=dtype or next(model.parameters()).dtype).eval()
-        transform = create_transform(**resolve_model_data_config(model), is_training=False)
-        return TimmModel(model, transform, device)
-
-    key = ("timm", name, str(kwargs.get("pretrained_cfg_overlay")), kwargs["pretrained"], *_key(device, dtype))
-    return cached_model(key, loader), stand_in
