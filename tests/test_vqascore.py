@@ -14,8 +14,9 @@ from PIL import Image
 from loratune.config import BackendConfig
 from loratune.errors import LoratuneError
 from loratune.metrics.base import EvalImage, References, Runtime
+from loratune.metrics.internvl2_remote import dynamic_preprocess
 from loratune.metrics.registry import create_backend
-from loratune.metrics.vlm_models import dynamic_preprocess, load_vlm
+from loratune.metrics.vlm_models import load_vlm
 
 QUESTION = 'Does this figure show "{}"? Please answer yes or no.'
 
