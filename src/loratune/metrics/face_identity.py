@@ -1,4 +1,5 @@
-"""Character consistency from face-recognition embeddings: InsightFace ArcFace, and dlib's shipped 128-d embedder.
+"""Character consistency from face-recognition embeddings: InsightFace ArcFace here, and dlib's shipped 128-d embedder
+(``loratune.metrics.dlib_identity``) on the same base class.
 
 Per character: the cosine similarity of each generated face to the centroid of the character's reference faces (the
 per-image values and, when references have faces, the axis value), and the mean pairwise similarity among the
@@ -61,7 +62,7 @@ class FaceOptions(Backend.Options):
         return v
 
 
-class _FaceIdentity(Backend):
+class FaceIdentity(Backend):
     """Shared bookkeeping: which images had a face, their embeddings, reference centroids, the fallback."""
 
     options: FaceOptions
@@ -247,7 +248,7 @@ class _FaceIdentity(Backend):
         )
 
 
-class InsightFaceIdentity(_FaceIdentity):
+class InsightFaceIdentity(FaceIdentity):
     """ArcFace embeddings via insightface: a FaceAnalysis pack, or detector + recogniser ONNX files by path."""
 
     class Options(FaceOptions):
@@ -352,61 +353,3 @@ def _onnx_model(path: str, task: str, providers: list[str], field: str) -> Any:
         found = "no model insightface knows" if model is None else f"a {model.taskname} model"
         raise LoratuneError(f"{field}: {path} is {found}, not a face {task} ONNX")
     return model
-
-
-class DlibFaceIdentity(_FaceIdentity):
-    """dlib's HOG face detector + 5-point alignment + ResNet 128-d embedding (files from face_recognition_models)."""
-
-    class Options(FaceOptions):
-        upsample: int = Field(1, ge=0, le=3, description="dlib detector upsampling: finds smaller faces, slower")
-        jitter: int = Field(0, ge=0, le=100, description="dlib num_jitters: average over re-sampled crops")
-
-    options: Options
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        if self.config.model is not None:
-            raise LoratuneError(
-                f"{self.field_path}.model: dlib_face always uses the embedder shipped in face_recognition_models "
-                f"(got {self.config.model!r}); remove `model`"
-            )
-
-    def load(self) -> None:
-        self.detector, self.shape_predictor, self.embedder = load_dlib()
-        self.model_id = "dlib_face_recognition_resnet_model_v1 (face_recognition_models)"
-
-    def embed_faces(self, images: list[Image.Image]) -> list[np.ndarray | None]:
-        import numpy as np
-
-        out: list[np.ndarray | None] = []
-        for img in images:
-            rgb = np.ascontiguousarray(np.asarray(img.convert("RGB")))
-            rects = self.detector(rgb, self.options.upsample)
-            if len(rects) == 0:
-                out.append(None)
-                continue
-            rect = max(rects, key=lambda r: r.area())
-            shape = self.shape_predictor(rgb, rect)
-            out.append(np.asarray(self.embedder.compute_face_descriptor(rgb, shape, self.options.jitter)))
-        return out
-
-
-def load_dlib() -> tuple[Any, Any, Any]:
-    """dlib's (HOG face detector, 5-point shape predictor, ResNet face embedder), loaded once per process."""
-    return cached_model(("dlib_face",), _load_dlib)
-
-
-def _load_dlib() -> tuple[Any, Any, Any]:
-    import warnings
-
-    import dlib
-
-    with warnings.catch_warnings():  # face_recognition_models imports pkg_resources, which warns on import
-        warnings.simplefilter("ignore")
-        import face_recognition_models as frm
-
-    return (
-        dlib.get_frontal_face_detector(),
-        dlib.shape_predictor(frm.pose_predictor_five_point_model_location()),
-        dlib.face_recognition_model_v1(frm.face_recognition_model_location()),
-    )

@@ -79,7 +79,7 @@ _SPECS = [
         "left out; falls back to an image-embedding backend below min_detection_rate",
     ),
     BackendSpec(
-        "dlib_face", "consistency", "loratune.metrics.face_identity:DlibFaceIdentity", (-1.0, 1.0), True,
+        "dlib_face", "consistency", "loratune.metrics.dlib_identity:DlibFaceIdentity", (-1.0, 1.0), True,
         (0.8, 1.0), False, False, "Boost Software License (dlib); MIT (face_recognition_models), its dlib models CC0",
         "dlib_face_recognition_resnet_model_v1",
         "dlib ResNet 128-d face-embedding cosine (weights ship in face_recognition_models: real, offline)",
