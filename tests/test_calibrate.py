@@ -184,6 +184,22 @@ def test_apply_reranks_the_run(taught, capsys):
     assert "RUN/best by your taste (calibrated)" in html  # the summary names what RUN/best now holds
 
 
+def test_a_resumed_search_keeps_the_calibrated_best(taught):
+    """``optimize --resume`` ends in ``finish_run``: RUN/best stays the calibrated winner, not the search's."""
+    from loratune.calibrate.apply import apply_calibration
+    from loratune.search.runner import finish_run
+
+    run, _, _ = taught
+    top = apply_calibration(run).best
+    said: list[str] = []
+    search_best = finish_run(run, load_config(run / "config.yaml"), said.append)
+    best = json.loads((run / "best" / "best.json").read_text())
+    assert (best["trial"], best["best_epoch"]) == (top["trial"], top["epoch"])
+    assert search_best.number != top["trial"] and best["calibrated"]["answers"] == 40
+    assert f"RUN/best by your taste (calibrated weights, 40 answers): trial {top['trial']}" in said[-1]
+    assert f"the search's own winner is trial {search_best.number}" in said[-1]
+
+
 def test_apply_without_answers_and_a_non_run_are_one_line_errors(tmp_path, capsys):
     run = make_calibration_run(tmp_path / "run", trials=2, epochs=1)
     assert main(["calibrate", str(run), "--apply"]) == 2

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 from typing import Annotated, Optional
@@ -58,8 +59,11 @@ def command(
         print(f"no trial finished; see {run}/trials")
     else:
         state = "" if best.state.name == "COMPLETE" else f", {best.state.name.lower()} trial"
+        held = json.loads((Path(run) / "best" / "best.json").read_text())
+        where = f"-> {Path(run) / 'best'}" if not held.get("calibrated") else \
+            f"(RUN/best holds trial {held['trial']} epoch {held['best_epoch']}, the best by your taste)"
         print(f"best: trial {best.number} ({best.user_attrs.get('phase')}{state}) composite "
-              f"{best.user_attrs.get('composite')} at epoch {best.user_attrs.get('best_epoch')} -> {Path(run) / 'best'}")
+              f"{best.user_attrs.get('composite')} at epoch {best.user_attrs.get('best_epoch')} {where}")
 
 
 def resumed_backend(run: Path, backend: str | None) -> str:

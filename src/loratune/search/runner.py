@@ -253,4 +253,21 @@ def finish_run(run_dir: Path, config: Config, say: Callable[[str], None]) -> Fro
     if copying:
         say(f"{len(copying)} trial(s) copy their training images at every epoch (copy rate over "
             f"evaluation.learning.max_copy_rate {config.evaluation.learning.max_copy_rate}): never RUN/best")
-    return copy_best(run_dir, config)
+    best = copy_best(run_dir, config)
+    if best is not None and RunFolder(run_dir).calibration.is_file():
+        keep_calibrated_best(run_dir, best, say)
+    return best
+
+
+def keep_calibrated_best(run_dir: Path, search_best: FrozenTrial, say: Callable[[str], None]) -> None:
+    """A run the user calibrated (``loratune calibrate --apply``) keeps RUN/best by their taste when it is resumed:
+    the new trials are ranked with the calibrated weights too, and the search's own winner is named beside it."""
+    from loratune.calibrate.apply import apply_calibration
+
+    try:
+        done = apply_calibration(run_dir)
+    except LoratuneError as err:  # the answers file was removed since: the search's ranking stands
+        say(f"calibration not re-applied ({err}); RUN/best is the search's winner")
+        return
+    say(f"RUN/best by your taste (calibrated weights, {done.answers} answers): trial {done.best['trial']} "
+        f"epoch {done.best['epoch']}; the search's own winner is trial {search_best.number}")
