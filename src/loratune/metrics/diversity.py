@@ -1,9 +1,12 @@
 """Diversity: mean pairwise LPIPS distance among the images that share a prompt (and character), i.e. across seeds.
 
 Every image is resized to a fixed square size and scaled to [-1, 1] (LPIPS' input convention). Backbone features are
-computed once per image and reused for all of its pairs (the lpips package would recompute them per pair); the
-distance itself is the package's own layers: ``sum_k spatial_mean(lin_k((f0_k - f1_k)^2))`` on unit-normalised
-features, exactly ``lpips.LPIPS.forward``.
+computed once per image and reused for all of its pairs (the lpips package would recompute them per pair). The
+distance is ``lpips.LPIPS.forward``'s ``sum_k spatial_mean(lin_k((f0_k - f1_k)^2))`` on unit-normalised features,
+rearranged so no pair's difference map is ever built: ``lin_k`` is a bias-free 1x1 convolution, so it commutes with the
+spatial mean, and ``mean((a - b)^2) = mean(a^2) + mean(b^2) - 2 mean(a b)`` per channel, whose last term for every pair
+of a group at once is one batched matrix product (a Gram matrix per channel). The package's ``lin_k`` layers are then
+applied to those per-channel means.
 
 The value is the mean over prompt groups of each group's mean pairwise distance; groups of one image are left out.
 ``VendiDiversity`` is the embedding-based alternative (Vendi score of CLIP image embeddings per group).
@@ -72,15 +75,24 @@ class LpipsPairs:
             outs = self.model.net.forward(self.model.scaling_layer(x.to(self.device)))
             return [lpips.normalize_tensor(o) for o in outs]
 
-    def distances(self, feats: list[torch.Tensor], i: torch.Tensor, j: torch.Tensor) -> torch.Tensor:
+    def distances(self, feats: list[torch.Tensor], rows: int) -> torch.Tensor:
+        """The n x n LPIPS distances among the n images whose ``features`` these are, ``rows`` rows of the matrix at a
+        time (memory: channels x rows x n per layer)."""
         import torch
 
+        n = len(feats[0])
+        out = torch.zeros(n, n, device=self.device)
         with torch.inference_mode():
-            total = torch.zeros(len(i), device=self.device)
-            for k, lin in enumerate(self.model.lins):
-                diff = (feats[k][i] - feats[k][j]) ** 2
-                total += lin(diff).mean(dim=(1, 2, 3))
-            return total.cpu()
+            for f, lin in zip(feats, self.model.lins):
+                flat = f.flatten(2).transpose(0, 1)  # channels x images x pixels
+                pixels = flat.shape[-1]
+                square = (flat * flat).sum(-1) / pixels  # channels x images: mean(a^2)
+                for start in range(0, n, rows):
+                    stop = min(n, start + rows)
+                    cross = flat[:, start:stop] @ flat.transpose(1, 2) / pixels  # mean(a b), channels x rows x n
+                    means = square[:, start:stop, None] + square[:, None, :] - 2 * cross
+                    out[start:stop] += lin(means.permute(1, 2, 0).reshape(-1, len(flat), 1, 1)).view(stop - start, n)
+        return out.cpu()
 
 
 def load_lpips(
@@ -163,12 +175,9 @@ class LpipsDiversity(Backend):
         for start in range(0, len(rows), batch):
             x = to_lpips_input(torch.stack([self._inputs[r] for r in rows[start : start + batch]]))
             feats.append(self.lpips.features(x))
-        layers = [torch.cat([f[k] for f in feats]) for k in range(len(feats[0]))]
+        layers = [torch.cat([f[k] for f in feats]) if len(feats) > 1 else feats[0][k] for k in range(len(feats[0]))]
         i, j = torch.triu_indices(len(rows), len(rows), offset=1)
-        dist = torch.cat(
-            [self.lpips.distances(layers, i[s : s + batch], j[s : s + batch]) for s in range(0, len(i), batch)]
-        )
-        return i, j, dist
+        return i, j, self.lpips.distances(layers, batch)[i, j]
 
     def compute(self) -> AxisResult:
         import torch
