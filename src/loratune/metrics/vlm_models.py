@@ -144,6 +144,7 @@ class NativeVlm(YesNoVlm):
         self.yes_ids, self.no_ids = yes_no_ids(self.tokenizer, field)
         self.keep_last = _accepts(self.model, "logits_to_keep")
         self._prompt_cache: dict[str, list[int]] = {}
+        self._layouts: dict[tuple[tuple[int, int], str], ImageLayout | None] = {}
 
     def prompt(self, question: str) -> str:
         messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": question}]}]
@@ -204,35 +205,86 @@ class NativeVlm(YesNoVlm):
         if not hasattr(self.model, "get_image_features") or not _accepts(self.model, "mm_encoder_outputs"):
             return None
         image_token = getattr(self.model.config, "image_token_id", None)
-        plain = self._prompt_ids("")
-        if image_token is None or plain.count(image_token) != 1:
+        if image_token is None or self._prompt_ids("").count(image_token) != 1:
             return None
-        inputs = self.inputs(images, [""] * len(images))
-        if set(inputs) - {"input_ids", "attention_mask", "pixel_values"}:
-            return None  # per-image inputs (grid sizes, image sizes) the text pass would need as well
-        pixels = inputs["pixel_values"].to(self.device, self.model.dtype)
+        layouts = [self.layout(image) for image in images]
+        if any(layout is None for layout in layouts):
+            return None
+        pixels = self.pixel_values(images, layouts).to(self.device, self.model.dtype)  # type: ignore[arg-type]
         features = self.model.get_image_features(pixel_values=pixels, return_dict=True)
         pooled = getattr(features, "pooler_output", None)
         # InternVL: one tensor of tiles x tokens x width for the whole batch; LLaVA: a list, tokens x width per image.
         stacked = isinstance(pooled, torch.Tensor) and pooled.ndim == 3
         if not stacked and not (isinstance(pooled, (list, tuple)) and len(pooled) == len(images)):
             return None
-        at = plain.index(image_token)
-        after = len(plain) - at - 1
         out, row_start = [], 0
-        for index, (ids, mask) in enumerate(zip(inputs["input_ids"].tolist(), inputs["attention_mask"].tolist())):
-            ids = [i for i, keep in zip(ids, mask) if keep]
-            span = ids[at : len(ids) - after]
-            if ids[:at] != plain[:at] or ids[len(ids) - after :] != plain[at + 1 :]:
-                return None  # the processor's text is not the plain prompt with the image expanded in place
-            tokens = span.count(image_token)
+        for index, layout in enumerate(layouts):
+            assert layout is not None
+            tokens = layout.span.count(image_token)
             rows = tokens // pooled.shape[1] if stacked else 1
             image_features = pooled[row_start : row_start + rows] if stacked else pooled[index]
             row_start += rows
             if image_features.shape[:-1].numel() != tokens:
                 return None
-            out.append(EncodedImage(image_features, span))
+            out.append(EncodedImage(image_features, layout.span))
         return out if row_start == len(pooled) else None
+
+    def layout(self, image: Image.Image) -> ImageLayout | None:
+        """How the processor lays out an image of this size and mode (kept per size: a processor's token count and
+        tiling follow from the image's size alone), or None where its inputs cannot be reused."""
+        key = (image.size, image.mode)
+        if key not in self._layouts:
+            self._layouts[key] = self._measure_layout(image)
+        return self._layouts[key]
+
+    def _measure_layout(self, image: Image.Image) -> ImageLayout | None:
+        """The processor on this one image with the plain prompt: the span its placeholder expands to, and whether
+        ``batched_pixels`` gives the processor's own pixels for it."""
+        import torch
+
+        image_token = self.model.config.image_token_id
+        plain = self._prompt_ids("")
+        inputs = self.inputs([image], [""])
+        if set(inputs) - {"input_ids", "attention_mask", "pixel_values"}:
+            return None  # per-image inputs (grid sizes, image sizes) the text pass would need as well
+        ids = [i for i, keep in zip(inputs["input_ids"][0].tolist(), inputs["attention_mask"][0].tolist()) if keep]
+        at = plain.index(image_token)
+        after = len(plain) - at - 1
+        if ids[:at] != plain[:at] or ids[len(ids) - after :] != plain[at + 1 :]:
+            return None  # the processor's text is not the plain prompt with the image expanded in place
+        expected = inputs["pixel_values"]
+        batched = self.batched_pixels([image])
+        same = batched is not None and batched.shape == expected.shape
+        return ImageLayout(ids[at : len(ids) - after], same and torch.allclose(batched, expected, rtol=0, atol=1e-5))
+
+    def pixel_values(self, images: Sequence[Image.Image], layouts: Sequence[ImageLayout]) -> torch.Tensor:
+        """The vision tower's input for ``images``: batched where that was checked to give the processor's pixels
+        for every image and all share one size, else the processor's own."""
+        if all(layout.batched for layout in layouts) and len({image.size for image in images}) == 1:
+            pixels = self.batched_pixels(images)
+            if pixels is not None:
+                return pixels
+        return self.inputs(images, [""] * len(images))["pixel_values"]
+
+    def batched_pixels(self, images: Sequence[Image.Image]) -> torch.Tensor | None:
+        """InternVL's tiling processor (``crop_to_patches``), its own resize/tile and normalise steps on all of
+        ``images`` (one size) at once, or None for other processors. transformers turns batching off on CPU and runs
+        them image by image, then copies the pixels twice more (a stack, then a concatenation), which costs more than
+        the vision tower of a small model."""
+        import numpy as np
+        import torch
+
+        proc = getattr(self.processor, "image_processor", None)
+        if not getattr(proc, "crop_to_patches", False) or not hasattr(proc, "crop_image_to_patches"):
+            return None
+        assert proc is not None
+        x = torch.stack([torch.from_numpy(np.array(image.convert("RGB"))) for image in images]).permute(0, 3, 1, 2)
+        tiles = proc.crop_image_to_patches(
+            x, proc.min_patches, proc.max_patches, patch_size=proc.size, resample=proc.resample
+        ).flatten(0, 1)
+        return proc.rescale_and_normalize(
+            tiles, proc.do_rescale, proc.rescale_factor, proc.do_normalize, proc.image_mean, proc.image_std
+        )
 
     def logits_from_features(self, pairs: Sequence[tuple[EncodedImage, str]]) -> torch.Tensor:
         """Next-token logits for (encoded image, question) pairs: the prompt tokens with the image's span in place of
@@ -256,6 +308,15 @@ class NativeVlm(YesNoVlm):
         kwargs = {"logits_to_keep": 1} if self.keep_last else {}
         out = self.model(input_ids=input_ids, attention_mask=mask, mm_encoder_outputs={"image": features}, **kwargs)
         return out.logits[:, -1, :]
+
+
+@dataclass
+class ImageLayout:
+    """What the processor makes of an image of one size: the prompt token span standing for it, and whether
+    ``NativeVlm.batched_pixels`` reproduces its pixels."""
+
+    span: list[int]
+    batched: bool
 
 
 @dataclass
