@@ -88,7 +88,7 @@ def test_pairwise_distances_equal_lpips_per_pair():
     pairs, _ = load_lpips("alex", False, "error", torch.device("cpu"), "diversity.model")
     torch.manual_seed(3)
     x = torch.rand(5, 3, SIZE, SIZE) * 2 - 1
-    distances = pairs.distances(pairs.features(x), rows=2)  # row blocks that do not divide 5
+    distances = pairs.distances(pairs.features(x))
     with torch.no_grad():
         expected = torch.tensor([[float(pairs.model(x[a : a + 1], x[b : b + 1])) for b in range(5)] for a in range(5)])
     off = ~torch.eye(5, dtype=torch.bool)

@@ -3,10 +3,9 @@
 Every image is resized to a fixed square size and scaled to [-1, 1] (LPIPS' input convention). Backbone features are
 computed once per image and reused for all of its pairs (the lpips package would recompute them per pair). The
 distance is ``lpips.LPIPS.forward``'s ``sum_k spatial_mean(lin_k((f0_k - f1_k)^2))`` on unit-normalised features,
-rearranged so no pair's difference map is ever built: ``lin_k`` is a bias-free 1x1 convolution, so it commutes with the
-spatial mean, and ``mean((a - b)^2) = mean(a^2) + mean(b^2) - 2 mean(a b)`` per channel, whose last term for every pair
-of a group at once is one batched matrix product (a Gram matrix per channel). The package's ``lin_k`` layers are then
-applied to those per-channel means.
+rearranged so that no pair's difference map is ever built: ``lin_k`` is a bias-free 1x1 convolution with weights
+``w_c``, so the term is ``sum_c w_c mean_p((a_cp - b_cp)^2) = q(a) + q(b) - 2 g(a, b)`` with ``g`` the inner product
+``sum_cp w_c a_cp b_cp / pixels`` and ``q(a) = g(a, a)``: one weighted Gram matrix per layer gives every pair of a group.
 
 The value is the mean over prompt groups of each group's mean pairwise distance; groups of one image are left out.
 ``VendiDiversity`` is the embedding-based alternative (Vendi score of CLIP image embeddings per group).
@@ -75,24 +74,20 @@ class LpipsPairs:
             outs = self.model.net.forward(self.model.scaling_layer(x.to(self.device)))
             return [lpips.normalize_tensor(o) for o in outs]
 
-    def distances(self, feats: list[torch.Tensor], rows: int) -> torch.Tensor:
-        """The n x n LPIPS distances among the n images whose ``features`` these are, ``rows`` rows of the matrix at a
-        time (memory: channels x rows x n per layer)."""
+    def distances(self, feats: list[torch.Tensor]) -> torch.Tensor:
+        """The n x n LPIPS distances among the n images whose ``features`` these are."""
         import torch
 
         n = len(feats[0])
-        out = torch.zeros(n, n, device=self.device)
+        gram = torch.zeros(n, n, device=self.device)  # g(a, b) summed over the layers
         with torch.inference_mode():
             for f, lin in zip(feats, self.model.lins):
-                flat = f.flatten(2).transpose(0, 1)  # channels x images x pixels
-                pixels = flat.shape[-1]
-                square = (flat * flat).sum(-1) / pixels  # channels x images: mean(a^2)
-                for start in range(0, n, rows):
-                    stop = min(n, start + rows)
-                    cross = flat[:, start:stop] @ flat.transpose(1, 2) / pixels  # mean(a b), channels x rows x n
-                    means = square[:, start:stop, None] + square[:, None, :] - 2 * cross
-                    out[start:stop] += lin(means.permute(1, 2, 0).reshape(-1, len(flat), 1, 1)).view(stop - start, n)
-        return out.cpu()
+                conv = lin.model[-1]  # NetLinLayer: a dropout (off in eval) then the bias-free 1x1 convolution
+                flat = f.flatten(2)  # images x channels x pixels
+                weighted = flat * (conv.weight.view(1, -1, 1) / flat.shape[-1])
+                gram.addmm_(weighted.flatten(1), flat.flatten(1).T)
+            square = gram.diagonal()
+            return (square[:, None] + square[None, :] - 2 * gram).cpu()
 
 
 def load_lpips(
@@ -177,7 +172,7 @@ class LpipsDiversity(Backend):
             feats.append(self.lpips.features(x))
         layers = [torch.cat([f[k] for f in feats]) if len(feats) > 1 else feats[0][k] for k in range(len(feats[0]))]
         i, j = torch.triu_indices(len(rows), len(rows), offset=1)
-        return i, j, self.lpips.distances(layers, batch)[i, j]
+        return i, j, self.lpips.distances(layers)[i, j]
 
     def compute(self) -> AxisResult:
         import torch
