@@ -104,7 +104,7 @@ class YesNoVlm:
 
         with torch.inference_mode():
             logits = self.next_token_logits(images, questions)
-        return [float(p) for p in yes_probability(logits, self.yes_ids, self.no_ids, normalise)]
+        return yes_probability(logits, self.yes_ids, self.no_ids, normalise).tolist()
 
     def ask(
         self,
@@ -187,7 +187,7 @@ class NativeVlm(YesNoVlm):
             for start in range(0, len(images), step):
                 chunk_pairs = zip(images[start : start + step], questions[start : start + step])
                 logits = self.logits_from_features([(encoded[id(image)], q) for image, q in chunk_pairs])
-                probs += [float(p) for p in yes_probability(logits, self.yes_ids, self.no_ids, normalise)]
+                probs += yes_probability(logits, self.yes_ids, self.no_ids, normalise).tolist()
         return probs
 
     def _prompt_ids(self, question: str) -> list[int]:
@@ -289,6 +289,7 @@ class NativeVlm(YesNoVlm):
     def logits_from_features(self, pairs: Sequence[tuple[EncodedImage, str]]) -> torch.Tensor:
         """Next-token logits for (encoded image, question) pairs: the prompt tokens with the image's span in place of
         its placeholder, left-padded as the processor pads, and the image's features handed to the forward."""
+        import numpy as np
         import torch
         from transformers.modeling_outputs import BaseModelOutputWithPooling
 
@@ -299,9 +300,14 @@ class NativeVlm(YesNoVlm):
             at = ids.index(image_token)
             rows.append(ids[:at] + image.span + ids[at + 1 :])
         width = max(len(r) for r in rows)
-        pad = self.tokenizer.pad_token_id
-        input_ids = torch.tensor([[pad] * (width - len(r)) + r for r in rows], device=self.device)
-        mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows], device=self.device)
+        # Filled through numpy: torch.tensor on nested lists of a few thousand ids takes longer than the text pass of
+        # a small model.
+        input_ids = np.full((len(rows), width), self.tokenizer.pad_token_id, dtype=np.int64)
+        mask = np.zeros((len(rows), width), dtype=np.int64)
+        for index, row in enumerate(rows):
+            input_ids[index, width - len(row) :] = row
+            mask[index, width - len(row) :] = 1
+        input_ids, mask = torch.from_numpy(input_ids).to(self.device), torch.from_numpy(mask).to(self.device)
         parts = [image.features for image, _ in pairs]
         # Handed over in the layout get_image_features gave: stacked tiles (3-d), or one tensor per image (2-d).
         features = BaseModelOutputWithPooling(pooler_output=torch.cat(parts) if parts[0].ndim == 3 else parts)
