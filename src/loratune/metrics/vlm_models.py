@@ -208,9 +208,11 @@ class NativeVlm(YesNoVlm):
         if image_token is None or self._prompt_ids("").count(image_token) != 1:
             return None
         layouts = [self.layout(image) for image in images]
-        if any(layout is None for layout in layouts):
+        spans = [layout.span for layout in layouts if layout is not None]
+        if len(spans) < len(images):
             return None
-        pixels = self.pixel_values(images, layouts).to(self.device, self.model.dtype)  # type: ignore[arg-type]
+        batched = all(layout is not None and layout.batched for layout in layouts)
+        pixels = self.pixel_values(images, batched).to(self.device, self.model.dtype)
         features = self.model.get_image_features(pixel_values=pixels, return_dict=True)
         pooled = getattr(features, "pooler_output", None)
         # InternVL: one tensor of tiles x tokens x width for the whole batch; LLaVA: a list, tokens x width per image.
@@ -218,15 +220,14 @@ class NativeVlm(YesNoVlm):
         if not stacked and not (isinstance(pooled, (list, tuple)) and len(pooled) == len(images)):
             return None
         out, row_start = [], 0
-        for index, layout in enumerate(layouts):
-            assert layout is not None
-            tokens = layout.span.count(image_token)
+        for index, span in enumerate(spans):
+            tokens = span.count(image_token)
             rows = tokens // pooled.shape[1] if stacked else 1
             image_features = pooled[row_start : row_start + rows] if stacked else pooled[index]
             row_start += rows
             if image_features.shape[:-1].numel() != tokens:
                 return None
-            out.append(EncodedImage(image_features, layout.span))
+            out.append(EncodedImage(image_features, span))
         return out if row_start == len(pooled) else None
 
     def layout(self, image: Image.Image) -> ImageLayout | None:
@@ -254,13 +255,17 @@ class NativeVlm(YesNoVlm):
             return None  # the processor's text is not the plain prompt with the image expanded in place
         expected = inputs["pixel_values"]
         batched = self.batched_pixels([image])
-        same = batched is not None and batched.shape == expected.shape
-        return ImageLayout(ids[at : len(ids) - after], same and torch.allclose(batched, expected, rtol=0, atol=1e-5))
+        reproduces = (
+            batched is not None
+            and batched.shape == expected.shape
+            and torch.allclose(batched, expected, rtol=0, atol=1e-5)
+        )
+        return ImageLayout(ids[at : len(ids) - after], reproduces)
 
-    def pixel_values(self, images: Sequence[Image.Image], layouts: Sequence[ImageLayout]) -> torch.Tensor:
-        """The vision tower's input for ``images``: batched where that was checked to give the processor's pixels
-        for every image and all share one size, else the processor's own."""
-        if all(layout.batched for layout in layouts) and len({image.size for image in images}) == 1:
+    def pixel_values(self, images: Sequence[Image.Image], batched: bool) -> torch.Tensor:
+        """The vision tower's input for ``images``: ``batched_pixels`` where that was checked (``batched``) to give
+        the processor's pixels for every image's size and all share one size, else the processor's own."""
+        if batched and len({image.size for image in images}) == 1:
             pixels = self.batched_pixels(images)
             if pixels is not None:
                 return pixels
@@ -275,9 +280,8 @@ class NativeVlm(YesNoVlm):
         import torch
 
         proc = getattr(self.processor, "image_processor", None)
-        if not getattr(proc, "crop_to_patches", False) or not hasattr(proc, "crop_image_to_patches"):
+        if proc is None or not getattr(proc, "crop_to_patches", False) or not hasattr(proc, "crop_image_to_patches"):
             return None
-        assert proc is not None
         x = torch.stack([torch.from_numpy(np.array(image.convert("RGB"))) for image in images]).permute(0, 3, 1, 2)
         tiles = proc.crop_image_to_patches(
             x, proc.min_patches, proc.max_patches, patch_size=proc.size, resample=proc.resample
