@@ -5,7 +5,8 @@ computed once per image and reused for all of its pairs (the lpips package would
 distance is ``lpips.LPIPS.forward``'s ``sum_k spatial_mean(lin_k((f0_k - f1_k)^2))`` on unit-normalised features,
 rearranged so that no pair's difference map is ever built: ``lin_k`` is a bias-free 1x1 convolution with weights
 ``w_c``, so the term is ``sum_c w_c mean_p((a_cp - b_cp)^2) = q(a) + q(b) - 2 g(a, b)`` with ``g`` the inner product
-``sum_cp w_c a_cp b_cp / pixels`` and ``q(a) = g(a, a)``: one weighted Gram matrix per layer gives every pair of a group.
+``sum_cp w_c a_cp b_cp / pixels`` and ``q(a) = g(a, a)``: one matrix product of the layers' features side by side
+(weighted on one side) gives every pair of a group.
 
 The value is the mean over prompt groups of each group's mean pairwise distance; groups of one image are left out.
 ``VendiDiversity`` is the embedding-based alternative (Vendi score of CLIP image embeddings per group).
@@ -78,16 +79,17 @@ class LpipsPairs:
         """The n x n LPIPS distances among the n images whose ``features`` these are."""
         import torch
 
-        n = len(feats[0])
-        gram = torch.zeros(n, n, device=self.device)  # g(a, b) summed over the layers
+        weighted, plain = [], []
         with torch.inference_mode():
             for f, lin in zip(feats, self.model.lins):
                 conv = lin.model[-1]  # NetLinLayer: a dropout (off in eval) then the bias-free 1x1 convolution
                 flat = f.flatten(2)  # images x channels x pixels
-                weighted = flat * (conv.weight.view(1, -1, 1) / flat.shape[-1])
-                gram.addmm_(weighted.flatten(1), flat.flatten(1).T)
+                weighted.append((flat * (conv.weight.view(1, -1, 1) / flat.shape[-1])).flatten(1))
+                plain.append(flat.flatten(1))
+            # In float64: q(a) + q(b) - 2 g(a, b) cancels, and float32 over a long sum would lose the 1e-7 lpips keeps.
+            gram = torch.cat(weighted, dim=1).double() @ torch.cat(plain, dim=1).double().T
             square = gram.diagonal()
-            return (square[:, None] + square[None, :] - 2 * gram).cpu()
+            return (square[:, None] + square[None, :] - 2 * gram).float().cpu()
 
 
 def load_lpips(
