@@ -164,7 +164,8 @@ class LpipsDiversity(Backend):
             self._labels[img.group] = (img.character, img.prompt)
             self._inputs.append(resize_for_lpips(img.image, self.options.size))
 
-    def _group_distances(self, rows: list[int]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def _group_distances(self, rows: list[int]) -> torch.Tensor:
+        """The n x n LPIPS distances among the group's images (zero diagonal)."""
         import torch
 
         batch = self.runtime.batch_size
@@ -173,8 +174,7 @@ class LpipsDiversity(Backend):
             x = to_lpips_input(torch.stack([self._inputs[r] for r in rows[start : start + batch]]))
             feats.append(self.lpips.features(x))
         layers = [torch.cat([f[k] for f in feats]) if len(feats) > 1 else feats[0][k] for k in range(len(feats[0]))]
-        i, j = torch.triu_indices(len(rows), len(rows), offset=1)
-        return i, j, self.lpips.distances(layers)[i, j]
+        return self.lpips.distances(layers)
 
     def compute(self) -> AxisResult:
         import torch
@@ -184,11 +184,11 @@ class LpipsDiversity(Backend):
         for key, rows in self._groups.items():
             if len(rows) < 2:
                 continue
-            i, j, dist = self._group_distances(rows)
+            distances = self._group_distances(rows)
             n = len(rows)
-            sums = torch.zeros(n).index_add_(0, i, dist).index_add_(0, j, dist)
-            for local, row in enumerate(rows):
-                per_image[row] = float(sums[local] / (n - 1))
+            for row, mean in zip(rows, (distances.sum(1) / (n - 1)).tolist()):
+                per_image[row] = mean
+            dist = distances[tuple(torch.triu_indices(n, n, offset=1))]
             character, prompt = self._labels[key]
             groups.append(
                 {
