@@ -86,8 +86,10 @@ class LpipsPairs:
                 flat = f.flatten(2)  # images x channels x pixels
                 weighted.append((flat * (conv.weight.view(1, -1, 1) / flat.shape[-1])).flatten(1))
                 plain.append(flat.flatten(1))
-            # In float64: q(a) + q(b) - 2 g(a, b) cancels, and float32 over a long sum would lose the 1e-7 lpips keeps.
-            gram = torch.cat(weighted, dim=1).double() @ torch.cat(plain, dim=1).double().T
+            # In float64 (MPS has none): q(a) + q(b) - 2 g(a, b) cancels, and float32 over a long sum would lose the
+            # 1e-7 that lpips keeps.
+            exact = torch.float32 if torch.device(self.device).type == "mps" else torch.float64
+            gram = torch.cat(weighted, dim=1).to(exact) @ torch.cat(plain, dim=1).to(exact).T
             square = gram.diagonal()
             return (square[:, None] + square[None, :] - 2 * gram).float().cpu()
 
