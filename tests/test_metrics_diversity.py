@@ -81,6 +81,22 @@ def test_matches_lpips_package_pairwise(images):
     assert result.stand_in and "stand-in" in result.details["backbone"]
 
 
+def test_pairwise_distances_equal_lpips_per_pair():
+    # Features once per image, all pairs from them at once, against lpips.LPIPS(x, y) called on each pair.
+    from loratune.metrics.diversity import load_lpips
+
+    pairs, _ = load_lpips("alex", False, "error", torch.device("cpu"), "diversity.model")
+    torch.manual_seed(3)
+    x = torch.rand(5, 3, SIZE, SIZE) * 2 - 1
+    distances = pairs.distances(pairs.features(x))
+    with torch.no_grad():
+        expected = torch.tensor([[float(pairs.model(x[a : a + 1], x[b : b + 1])) for b in range(5)] for a in range(5)])
+    off = ~torch.eye(5, dtype=torch.bool)
+    assert (distances[off] - expected[off]).abs().max() < 1e-6
+    assert expected[off].min() > 0.01  # distinct images: the comparison is not between zeros
+    assert distances.diagonal().abs().max() < 1e-6
+
+
 def test_stand_in_backbone_is_seeded(images):
     a = make(pretrained_backbone=False, size=SIZE)
     a.load()

@@ -168,6 +168,38 @@ def test_questions_about_one_image_share_its_vision_pass(tiny_models) -> None:
             for t in luca) / 2, abs=1e-5)  # fmt: skip
 
 
+def test_batched_pixels_are_the_processors_and_score_alike(tiny_models) -> None:
+    # Two tiled images of one size (13 tiles each) and two untiled: each size's pixels in one batched call.
+    rng = np.random.default_rng(2)
+    groups = [[Image.fromarray(rng.integers(0, 255, shape, dtype=np.uint8)) for _ in range(2)]
+              for shape in ((48, 64, 3), (64, 64, 3))]  # fmt: skip
+    processor, _ = _reference_model(tiny_models.vlm)
+    runtime = Runtime(device=torch.device("cpu"), dtype=torch.float32, batch_size=2)
+    backends = {}
+    for reuse in (False, True):
+        config = BackendConfig(name="vqascore", model=str(tiny_models.vlm), reuse_vision=reuse)
+        backends[reuse] = create_backend(config, runtime, "alignment")
+        backends[reuse].load()
+        backends[reuse].setup(References(traits={"luca": ["a teal shirt"]}))
+    vlm = backends[True].vlm
+    for images, tiles in zip(groups, (13, 1)):
+        expected = processor(images=images, text=["<IMG_CONTEXT>"] * 2, return_tensors="pt")["pixel_values"]
+        batched = vlm.batched_pixels(images)
+        assert batched.shape == expected.shape == (2 * tiles, 3, 448, 448)
+        assert (batched - expected).abs().max() <= 1e-6  # the processor's own resize and normalise, batched
+        assert vlm.layout(images[0]).batched
+
+    items = [EvalImage(Path(f"{i}.png"), img, prompt="luca on a beach", character="luca")
+             for i, img in enumerate(groups[0] + groups[1])]  # fmt: skip
+    before, after = (_vision_rows(backends[reuse], items) for reuse in (False, True))
+    assert after[1] == 2 * 13 + 2  # one vision pass per image
+    assert after[0].per_image == pytest.approx(before[0].per_image, abs=1e-5)
+    for trait, row in before[0].details["traits"]["luca"].items():
+        assert after[0].details["traits"]["luca"][trait]["mean_probability"] == pytest.approx(
+            row["mean_probability"], abs=1e-5
+        )
+
+
 def test_remote_code_needs_permission(tmp_path: Path) -> None:
     folder = tmp_path / "InternVL2-1B"
     folder.mkdir()

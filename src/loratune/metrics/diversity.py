@@ -1,9 +1,12 @@
 """Diversity: mean pairwise LPIPS distance among the images that share a prompt (and character), i.e. across seeds.
 
 Every image is resized to a fixed square size and scaled to [-1, 1] (LPIPS' input convention). Backbone features are
-computed once per image and reused for all of its pairs (the lpips package would recompute them per pair); the
-distance itself is the package's own layers: ``sum_k spatial_mean(lin_k((f0_k - f1_k)^2))`` on unit-normalised
-features, exactly ``lpips.LPIPS.forward``.
+computed once per image and reused for all of its pairs (the lpips package would recompute them per pair). The
+distance is ``lpips.LPIPS.forward``'s ``sum_k spatial_mean(lin_k((f0_k - f1_k)^2))`` on unit-normalised features,
+rearranged so that no pair's difference map is ever built: ``lin_k`` is a bias-free 1x1 convolution with weights
+``w_c``, so the term is ``sum_c w_c mean_p((a_cp - b_cp)^2) = q(a) + q(b) - 2 g(a, b)`` with ``g`` the inner product
+``sum_cp w_c a_cp b_cp / pixels`` and ``q(a) = g(a, a)``: one matrix product of the layers' features side by side
+(weighted on one side) gives every pair of a group.
 
 The value is the mean over prompt groups of each group's mean pairwise distance; groups of one image are left out.
 ``VendiDiversity`` is the embedding-based alternative (Vendi score of CLIP image embeddings per group).
@@ -72,15 +75,23 @@ class LpipsPairs:
             outs = self.model.net.forward(self.model.scaling_layer(x.to(self.device)))
             return [lpips.normalize_tensor(o) for o in outs]
 
-    def distances(self, feats: list[torch.Tensor], i: torch.Tensor, j: torch.Tensor) -> torch.Tensor:
+    def distances(self, feats: list[torch.Tensor]) -> torch.Tensor:
+        """The n x n LPIPS distances among the n images whose ``features`` these are."""
         import torch
 
+        weighted, plain = [], []
         with torch.inference_mode():
-            total = torch.zeros(len(i), device=self.device)
-            for k, lin in enumerate(self.model.lins):
-                diff = (feats[k][i] - feats[k][j]) ** 2
-                total += lin(diff).mean(dim=(1, 2, 3))
-            return total.cpu()
+            for f, lin in zip(feats, self.model.lins):
+                conv = lin.model[-1]  # NetLinLayer: a dropout (off in eval) then the bias-free 1x1 convolution
+                flat = f.flatten(2)  # images x channels x pixels
+                weighted.append((flat * (conv.weight.view(1, -1, 1) / flat.shape[-1])).flatten(1))
+                plain.append(flat.flatten(1))
+            # In float64 (MPS has none): q(a) + q(b) - 2 g(a, b) cancels, and float32 over a long sum would lose the
+            # 1e-7 that lpips keeps.
+            exact = torch.float32 if torch.device(self.device).type == "mps" else torch.float64
+            gram = torch.cat(weighted, dim=1).to(exact) @ torch.cat(plain, dim=1).to(exact).T
+            square = gram.diagonal()
+            return (square[:, None] + square[None, :] - 2 * gram).float().cpu()
 
 
 def load_lpips(
@@ -155,7 +166,8 @@ class LpipsDiversity(Backend):
             self._labels[img.group] = (img.character, img.prompt)
             self._inputs.append(resize_for_lpips(img.image, self.options.size))
 
-    def _group_distances(self, rows: list[int]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def _group_distances(self, rows: list[int]) -> torch.Tensor:
+        """The n x n LPIPS distances among the group's images (zero diagonal)."""
         import torch
 
         batch = self.runtime.batch_size
@@ -163,12 +175,8 @@ class LpipsDiversity(Backend):
         for start in range(0, len(rows), batch):
             x = to_lpips_input(torch.stack([self._inputs[r] for r in rows[start : start + batch]]))
             feats.append(self.lpips.features(x))
-        layers = [torch.cat([f[k] for f in feats]) for k in range(len(feats[0]))]
-        i, j = torch.triu_indices(len(rows), len(rows), offset=1)
-        dist = torch.cat(
-            [self.lpips.distances(layers, i[s : s + batch], j[s : s + batch]) for s in range(0, len(i), batch)]
-        )
-        return i, j, dist
+        layers = [torch.cat([f[k] for f in feats]) if len(feats) > 1 else feats[0][k] for k in range(len(feats[0]))]
+        return self.lpips.distances(layers)
 
     def compute(self) -> AxisResult:
         import torch
@@ -178,11 +186,11 @@ class LpipsDiversity(Backend):
         for key, rows in self._groups.items():
             if len(rows) < 2:
                 continue
-            i, j, dist = self._group_distances(rows)
+            distances = self._group_distances(rows)
             n = len(rows)
-            sums = torch.zeros(n).index_add_(0, i, dist).index_add_(0, j, dist)
-            for local, row in enumerate(rows):
-                per_image[row] = float(sums[local] / (n - 1))
+            for row, mean in zip(rows, (distances.sum(1) / (n - 1)).tolist()):
+                per_image[row] = mean
+            dist = distances[tuple(torch.triu_indices(n, n, offset=1))]
             character, prompt = self._labels[key]
             groups.append(
                 {

@@ -104,7 +104,7 @@ class YesNoVlm:
 
         with torch.inference_mode():
             logits = self.next_token_logits(images, questions)
-        return [float(p) for p in yes_probability(logits, self.yes_ids, self.no_ids, normalise)]
+        return yes_probability(logits, self.yes_ids, self.no_ids, normalise).tolist()
 
     def ask(
         self,
@@ -144,6 +144,7 @@ class NativeVlm(YesNoVlm):
         self.yes_ids, self.no_ids = yes_no_ids(self.tokenizer, field)
         self.keep_last = _accepts(self.model, "logits_to_keep")
         self._prompt_cache: dict[str, list[int]] = {}
+        self._layouts: dict[tuple[tuple[int, int], str], ImageLayout | None] = {}
 
     def prompt(self, question: str) -> str:
         messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": question}]}]
@@ -186,7 +187,7 @@ class NativeVlm(YesNoVlm):
             for start in range(0, len(images), step):
                 chunk_pairs = zip(images[start : start + step], questions[start : start + step])
                 logits = self.logits_from_features([(encoded[id(image)], q) for image, q in chunk_pairs])
-                probs += [float(p) for p in yes_probability(logits, self.yes_ids, self.no_ids, normalise)]
+                probs += yes_probability(logits, self.yes_ids, self.no_ids, normalise).tolist()
         return probs
 
     def _prompt_ids(self, question: str) -> list[int]:
@@ -204,27 +205,22 @@ class NativeVlm(YesNoVlm):
         if not hasattr(self.model, "get_image_features") or not _accepts(self.model, "mm_encoder_outputs"):
             return None
         image_token = getattr(self.model.config, "image_token_id", None)
-        plain = self._prompt_ids("")
-        if image_token is None or plain.count(image_token) != 1:
+        if image_token is None or self._prompt_ids("").count(image_token) != 1:
             return None
-        inputs = self.inputs(images, [""] * len(images))
-        if set(inputs) - {"input_ids", "attention_mask", "pixel_values"}:
-            return None  # per-image inputs (grid sizes, image sizes) the text pass would need as well
-        pixels = inputs["pixel_values"].to(self.device, self.model.dtype)
+        layouts = [self.layout(image) for image in images]
+        spans = [layout.span for layout in layouts if layout is not None]
+        if len(spans) < len(images):
+            return None
+        batched = all(layout is not None and layout.batched for layout in layouts)
+        pixels = self.pixel_values(images, batched).to(self.device, self.model.dtype)
         features = self.model.get_image_features(pixel_values=pixels, return_dict=True)
         pooled = getattr(features, "pooler_output", None)
         # InternVL: one tensor of tiles x tokens x width for the whole batch; LLaVA: a list, tokens x width per image.
         stacked = isinstance(pooled, torch.Tensor) and pooled.ndim == 3
         if not stacked and not (isinstance(pooled, (list, tuple)) and len(pooled) == len(images)):
             return None
-        at = plain.index(image_token)
-        after = len(plain) - at - 1
         out, row_start = [], 0
-        for index, (ids, mask) in enumerate(zip(inputs["input_ids"].tolist(), inputs["attention_mask"].tolist())):
-            ids = [i for i, keep in zip(ids, mask) if keep]
-            span = ids[at : len(ids) - after]
-            if ids[:at] != plain[:at] or ids[len(ids) - after :] != plain[at + 1 :]:
-                return None  # the processor's text is not the plain prompt with the image expanded in place
+        for index, span in enumerate(spans):
             tokens = span.count(image_token)
             rows = tokens // pooled.shape[1] if stacked else 1
             image_features = pooled[row_start : row_start + rows] if stacked else pooled[index]
@@ -234,9 +230,78 @@ class NativeVlm(YesNoVlm):
             out.append(EncodedImage(image_features, span))
         return out if row_start == len(pooled) else None
 
+    def layout(self, image: Image.Image) -> ImageLayout | None:
+        """How the processor lays out an image of this size and mode (kept per size: a processor's token count and
+        tiling follow from the image's size alone), or None where its inputs cannot be reused."""
+        key = (image.size, image.mode)
+        if key not in self._layouts:
+            self._layouts[key] = self._measure_layout(image)
+        return self._layouts[key]
+
+    def _measure_layout(self, image: Image.Image) -> ImageLayout | None:
+        """The processor on this one image with the plain prompt: the span its placeholder expands to, and whether
+        ``batched_pixels`` gives the processor's own pixels for it."""
+        import torch
+
+        image_token = self.model.config.image_token_id
+        plain = self._prompt_ids("")
+        inputs = self.inputs([image], [""])
+        if set(inputs) - {"input_ids", "attention_mask", "pixel_values"}:
+            return None  # per-image inputs (grid sizes, image sizes) the text pass would need as well
+        ids = [i for i, keep in zip(inputs["input_ids"][0].tolist(), inputs["attention_mask"][0].tolist()) if keep]
+        at = plain.index(image_token)
+        after = len(plain) - at - 1
+        if ids[:at] != plain[:at] or ids[len(ids) - after :] != plain[at + 1 :]:
+            return None  # the processor's text is not the plain prompt with the image expanded in place
+        expected = inputs["pixel_values"]
+        batched = self.batched_pixels([image])
+        reproduces = (
+            batched is not None
+            and batched.shape == expected.shape
+            and torch.allclose(batched, expected, rtol=0, atol=1e-5)
+        )
+        return ImageLayout(ids[at : len(ids) - after], reproduces)
+
+    def pixel_values(self, images: Sequence[Image.Image], batched: bool) -> torch.Tensor:
+        """The vision tower's input for ``images``: ``batched_pixels`` where that was checked (``batched``) to give
+        the processor's pixels for every image's size and all share one size, else the processor's own."""
+        if batched and len({image.size for image in images}) == 1:
+            pixels = self.batched_pixels(images)
+            if pixels is not None:
+                return pixels
+        return self.inputs(images, [""] * len(images))["pixel_values"]
+
+    def batched_pixels(self, images: Sequence[Image.Image]) -> torch.Tensor | None:
+        """InternVL's tiling processor (``crop_to_patches``): its resize/tile and normalisation on all of ``images``
+        (one size) at once, or None for other processors. transformers turns batching off on CPU and runs them image
+        by image, then copies the pixels twice more (a stack, then a concatenation), which costs more than the vision
+        tower of a small model."""
+        import numpy as np
+        import torch
+
+        proc = getattr(self.processor, "image_processor", None)
+        if proc is None or not getattr(proc, "crop_to_patches", False) or not hasattr(proc, "crop_image_to_patches"):
+            return None
+        if not (proc.do_rescale and proc.do_normalize):
+            return None
+        x = torch.stack([torch.from_numpy(np.array(image.convert("RGB"))) for image in images]).permute(0, 3, 1, 2)
+        if proc.get_number_of_image_patches(x.shape[-2], x.shape[-1], {}) == 1:
+            tiles = proc.resize(x, proc.size, resample=proc.resample)  # one tile, no thumbnail: the crop is the resize
+        else:
+            tiles = proc.crop_image_to_patches(
+                x, proc.min_patches, proc.max_patches, patch_size=proc.size, resample=proc.resample
+            ).flatten(0, 1)
+        # One copy to float, channels first (the resize leaves them last), normalised in place with the rescale folded
+        # into mean and std as transformers folds it: a second full-size tensor costs as much as the arithmetic.
+        pixels = tiles.to(torch.float32, memory_format=torch.contiguous_format)
+        mean = torch.tensor(proc.image_mean) * (1.0 / proc.rescale_factor)
+        std = torch.tensor(proc.image_std) * (1.0 / proc.rescale_factor)
+        return proc.normalize(pixels, mean, std, inplace=True)
+
     def logits_from_features(self, pairs: Sequence[tuple[EncodedImage, str]]) -> torch.Tensor:
         """Next-token logits for (encoded image, question) pairs: the prompt tokens with the image's span in place of
         its placeholder, left-padded as the processor pads, and the image's features handed to the forward."""
+        import numpy as np
         import torch
         from transformers.modeling_outputs import BaseModelOutputWithPooling
 
@@ -247,15 +312,29 @@ class NativeVlm(YesNoVlm):
             at = ids.index(image_token)
             rows.append(ids[:at] + image.span + ids[at + 1 :])
         width = max(len(r) for r in rows)
-        pad = self.tokenizer.pad_token_id
-        input_ids = torch.tensor([[pad] * (width - len(r)) + r for r in rows], device=self.device)
-        mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows], device=self.device)
+        # Filled through numpy: torch.tensor on nested lists of a few thousand ids takes longer than the text pass of
+        # a small model.
+        input_ids = np.full((len(rows), width), self.tokenizer.pad_token_id, dtype=np.int64)
+        mask = np.zeros((len(rows), width), dtype=np.int64)
+        for index, row in enumerate(rows):
+            input_ids[index, width - len(row) :] = row
+            mask[index, width - len(row) :] = 1
+        input_ids, mask = torch.from_numpy(input_ids).to(self.device), torch.from_numpy(mask).to(self.device)
         parts = [image.features for image, _ in pairs]
         # Handed over in the layout get_image_features gave: stacked tiles (3-d), or one tensor per image (2-d).
         features = BaseModelOutputWithPooling(pooler_output=torch.cat(parts) if parts[0].ndim == 3 else parts)
         kwargs = {"logits_to_keep": 1} if self.keep_last else {}
         out = self.model(input_ids=input_ids, attention_mask=mask, mm_encoder_outputs={"image": features}, **kwargs)
         return out.logits[:, -1, :]
+
+
+@dataclass
+class ImageLayout:
+    """What the processor makes of an image of one size: the prompt token span standing for it, and whether
+    ``NativeVlm.batched_pixels`` reproduces its pixels."""
+
+    span: list[int]
+    batched: bool
 
 
 @dataclass
