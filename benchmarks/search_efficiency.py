@@ -10,7 +10,7 @@ scoring a checkpoint costs about a training epoch on SD1.5). The ensemble trial 
 surface).
 
 Run: ``python benchmarks/search_efficiency.py [--seeds 10] [--trials 20] [--samplers tpe,gp,random]
-[--pruners hyperband,median,patient,none] [--rows random+none+plain,...] [--set search.phases.refine_trials=6]``.
+[--pruners hyperband,median,patient,none] [--first-seed 0] [--rows random+none+plain,...] [--set search.phases.refine_trials=6]``.
 """
 
 from __future__ import annotations
@@ -103,6 +103,7 @@ def one_study(root: Path, sampler: str, pruner: str, seed: int, trials: int, opt
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, default=10)
+    parser.add_argument("--first-seed", type=int, default=0)
     parser.add_argument("--trials", type=int, default=20)
     parser.add_argument("--samplers", default="tpe,gp,random")
     parser.add_argument("--pruners", default="patient,median,hyperband,none")
@@ -133,8 +134,8 @@ def main() -> None:
                 sampler, pruner, variant = combo
                 start = time.perf_counter()
                 results[combo] = []
-                for seed in range(args.seeds):
-                    status.update(f"{sampler} + {pruner} ({variant}): seed {seed + 1}/{args.seeds}")
+                for seed in range(args.first_seed, args.first_seed + args.seeds):
+                    status.update(f"{sampler} + {pruner} ({variant}): seed {seed + 1 - args.first_seed}/{args.seeds}")
                     results[combo].append(one_study(root, sampler, pruner, seed, args.trials, optimum, variant,
                                                     tuple(args.set)))
                 seconds[combo] = time.perf_counter() - start
