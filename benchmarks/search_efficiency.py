@@ -5,12 +5,15 @@ Every study is a real ``loratune optimize`` run (SQLite study, phases, pruning, 
 backend is ``loratune.search.synthetic:make``: scores come from ``LoraSurface`` (lr x rank interaction, optimizer and
 min-SNR dimensions, identity and alignment pulling apart with over-training, noise correlated across epochs) over the
 product's default search space. Regret = true optimum - true value of the (trial, epoch) the run copied to RUN/best,
-so noisy scores can mislead a strategy just as real ones do. Cost counts training epochs and scored epochs (sampling +
-scoring a checkpoint costs about a training epoch on SD1.5). The ensemble trial is off (a merge has no place on the
-surface).
+so noisy scores can mislead a strategy just as real ones do. It is split into exploration (optimum - the best true
+value among every (trial, epoch) the study scored) and selection (what choosing RUN/best by noisy scores lost against
+that); plain random search is the reference, and a row whose trials all run the optimal settings is the noise floor.
+Cost counts training epochs and scored epochs (sampling + scoring a checkpoint costs about a training epoch on SD1.5).
+The ensemble trial is off (a merge has no place on the surface).
 
 Run: ``python benchmarks/search_efficiency.py [--seeds 10] [--trials 20] [--samplers tpe,gp,random]
-[--pruners hyperband,median,patient,none] [--first-seed 0] [--rows random+none+plain,...] [--set search.phases.refine_trials=6]``.
+[--pruners hyperband,median,patient,none] [--first-seed 0] [--rows random+none+plain,...]
+[--set search.phases.refine_trials=6]``.
 """
 
 from __future__ import annotations
@@ -124,7 +127,7 @@ def main() -> None:
     combos += [tuple(row.split("+")) for row in args.rows.split(",") if row]  # type: ignore[misc]
     results: dict[tuple[str, ...], list[Outcome]] = {}
     seconds: dict[tuple[str, ...], float] = {}
-    console = Console(width=max(Console().width, 120))
+    console = Console(width=max(Console().width, 132))
     # The studies' SQLite files commit on every report: on tmpfs where there is one, so disk syncs do not dominate.
     shm = Path("/dev/shm")
     root = Path(tempfile.mkdtemp(prefix="loratune-search-bench-", dir=shm if shm.is_dir() else None))
