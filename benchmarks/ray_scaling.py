@@ -9,9 +9,10 @@ baseline, search, 2 refine trials and the ensemble trial. Two trial costs, repor
   worker on its own GPU: its host process waits on the card. It is the only cost under which two workers can show
   their scaling on this workshop machine (2 CPU cores shared with other jobs).
 - ``tiny`` — CPU bound: loratune's real trainer, sampler and scorers on ``loratune.tiny``'s random models. Both
-  workers share the same 2 busy cores, so the ratio is bounded by the CPU the other jobs leave: one local worker
-  already keeps most of a core busy (``CPU cores used``), and a second torch thread buys it nothing on models this
-  small (``main thread's share``: the rest of the CPU is torch's other threads).
+  workers share the same 2 cores, so the ratio is bounded by the CPU the other jobs leave: one local worker keeps
+  about one core busy (``CPU cores used``; ``main thread's share``: the rest is torch's second thread, which on models
+  this small slows a trial down rather than up: a one-thread Ray worker's trials were faster). On a quiet machine two
+  workers ran 2.1x end to end and 2.3x steady; with the other jobs at a load of 3-6 they got no more CPU than one.
 
 A Ray worker asks for its share of the cores (``search.ray.cpus_per_trial`` = 2 / workers) and runs that many torch
 threads, as the local worker runs torch's default (one per core). The pruner is off (``search.pruner: none``): every
