@@ -18,7 +18,7 @@ from loratune.search.ray_backend import run_ray
 def test_ray_workers_run_the_phases_with_one_backend_each(tmp_path, monkeypatch) -> None:
     """Three Ray workers on 2 CPUs: at most two trials run at once, each worker loads its backend once (the driver
     once more, for the pre-flight check), the phases and pruning are the local runner's, the ensemble runs in an
-    actor, and the third worker starts once a slot frees, finds the study done and leaves."""
+    actor, and the third worker, waiting for a slot, is never started: the first slot frees when the study is done."""
     loads = tmp_path / "loads"
     loads.mkdir()
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")]))
@@ -46,7 +46,7 @@ def test_ray_workers_run_the_phases_with_one_backend_each(tmp_path, monkeypatch)
             assert len(t.intermediate_values) == t.params["epochs"]
             assert t.value == pytest.approx(max(t.intermediate_values.values()))
     pids = sorted(int(p.name.split("-")[0]) for p in loads.iterdir())
-    assert len(pids) == len(set(pids)) == 4 and os.getpid() in pids  # one backend per process, never reloaded
+    assert len(pids) == len(set(pids)) == 3 and os.getpid() in pids  # one backend per process, never reloaded
     workers = {t.user_attrs["worker_pid"] for t in trials}
     assert len(workers) == 2 and workers <= set(pids) - {os.getpid()}
     spans = [(t.datetime_start, t.datetime_complete) for t in trials]
@@ -54,6 +54,20 @@ def test_ray_workers_run_the_phases_with_one_backend_each(tmp_path, monkeypatch)
     assert most == 2  # two workers ran trials side by side, never a third: the cluster holds two CPUs
     assert not list((run / "trials").glob(".*"))
     assert best is not None and (run / "best" / "best.json").is_file()
+
+
+def test_an_actor_takes_its_share_of_the_cores() -> None:
+    """An environment's OMP_NUM_THREADS (meant for one process on the whole machine) does not reach an actor's torch:
+    it gets the threads it asked CPUs for, and OpenMP waits passively; a torch already loaded is told too."""
+    import subprocess
+    import sys
+
+    script = ("import os, sys\nfrom loratune.search.ray_backend import cpu_share\nassert 'torch' not in sys.modules\n"
+              "cpu_share(1)\nimport torch\nprint(torch.get_num_threads(), os.environ['OMP_WAIT_POLICY'])\n"
+              "cpu_share(2)\nprint(torch.get_num_threads())\n")
+    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"} | {"OMP_NUM_THREADS": "8"}
+    out = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, check=True).stdout
+    assert out.split() == ["1", "PASSIVE", "2"]
 
 
 def test_ray_section_refuses_the_old_asha_settings(tmp_path) -> None:

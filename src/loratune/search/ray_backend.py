@@ -4,10 +4,11 @@ Each actor is one ``local.Worker`` — the very loop ``--backend local`` runs: i
 under the run's ask lock, the phase code decides baseline / search / refine / ensemble, and ``run_trial`` (or
 ``run_ensemble``) does the work, pruned by the ``search.pruner`` Optuna pruner. So phases, refinement, the ensemble,
 crash retries and RUN/best are the local runner's, not a second implementation. What Ray adds is placement: an actor
-asks for ``search.ray.cpus_per_trial`` / ``gpus_per_trial`` (fractional GPUs share one card) and Ray puts it on a
-machine with them free. An actor lives for the whole study, so its trial backend — base model and scorers — loads
-once per actor, and the ensemble trial is scored inside an actor too; the driver only creates the study, waits and
-fills RUN/best.
+asks for ``search.ray.cpus_per_trial`` / ``gpus_per_trial`` (fractional GPUs share one card), Ray puts it on a
+machine with them free, and its torch runs that many threads. An actor lives for the whole study, so its trial backend
+— base model and scorers — loads once per actor, and the ensemble trial is scored inside an actor too; the driver only
+creates the study, waits and fills RUN/best. The first actor to find the study done ends the others (one waiting for
+the ensemble would only see it at its next poll).
 
 ``search.ray.max_concurrent`` (or ``--workers``) actors run at once. One whose process died is restarted by Ray up to
 ``search.max_retry`` times and goes on asking; the trial it was running stops beating and is failed and retried as any
@@ -41,8 +42,9 @@ from loratune.search.trials import load_backend
 class StudyWorker:
     """A Ray actor: one worker of the study, its trial backend loaded once for every trial it runs."""
 
-    def __init__(self, run_dir: str, backend: str | None) -> None:
+    def __init__(self, run_dir: str, backend: str | None, threads: int) -> None:
         os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+        cpu_share(threads)
         quiet_optuna()
         self.run_dir = Path(run_dir)
         self.backend = load_backend(backend)
@@ -55,6 +57,16 @@ class StudyWorker:
         except LoratuneError as err:
             return f"Ray worker {index}: {err}"
         return None
+
+
+def cpu_share(threads: int) -> None:
+    """Torch's threads in this actor: as many as the CPUs it asked for (Ray sets ``OMP_NUM_THREADS`` so only where
+    the environment did not; one set for the whole machine would have every actor contend for every core), and idle
+    ones sleep rather than spin on a core another actor needs. Set before torch loads; a loaded torch is told too."""
+    os.environ["OMP_NUM_THREADS"] = str(threads)
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    if "torch" in sys.modules:
+        sys.modules["torch"].set_num_threads(threads)
 
 
 def run_ray(config: Config | None, run_dir: str | Path, resume: bool = False, backend: str | None = None,
@@ -97,7 +109,8 @@ def _run_actors(run_dir: Path, config: Config, backend: str | None, n: int) -> l
     actor_class = ray.remote(num_cpus=ray_cfg.cpus_per_trial, num_gpus=ray_cfg.gpus_per_trial,
                              max_restarts=config.search.max_retry,
                              max_task_retries=config.search.max_retry)(StudyWorker)
-    actors = [actor_class.remote(str(run_dir), backend) for _ in range(n)]  # type: ignore[attr-defined]
+    threads = max(1, int(ray_cfg.cpus_per_trial))
+    actors = [actor_class.remote(str(run_dir), backend, threads) for _ in range(n)]  # type: ignore[attr-defined]
     running = {actor.run.remote(i): actor for i, actor in enumerate(actors)}
     errors: list[str] = []
     try:
@@ -108,11 +121,16 @@ def _run_actors(run_dir: Path, config: Config, backend: str | None, n: int) -> l
                 error = ray.get(done[0])
             except ray.exceptions.RayActorError as err:  # it died more often than it may be restarted
                 error = first_line(err)
+            ray.kill(actor)  # a finished actor still holds its CPUs/GPUs
             if error:
                 errors.append(error)
-            # A finished actor still holds its CPUs/GPUs: an actor waiting for room (more actors than the
-            # cluster fits) starts once it is gone, finds the study done and returns.
-            ray.kill(actor)
+                continue  # the others carry on: an actor waiting for room starts in its place
+            # It found the study done: an actor still waiting for the ensemble would only see that at its next poll,
+            # and one waiting for room would start, load its backend and see it then.
+            for ref, other in running.items():
+                ray.cancel(ref)  # else Ray announces a retry of the killed actor's task, which never comes
+                ray.kill(other)
+            running.clear()
     finally:
         for actor in running.values():
             ray.kill(actor)
