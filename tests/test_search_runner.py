@@ -85,7 +85,7 @@ def test_plan_and_phase_assignment() -> None:
 
 
 def test_refine_moves_one_categorical_of_the_best_to_a_neighbour() -> None:
-    search = load_config(None, ["search.n_trials=6", "search.seed=3", "search.phases.refine_moves=true"]).search
+    search = load_config(None, ["search.n_trials=6", "search.seed=3"]).search
     dists = {name: distribution(spec) for name, spec in search.space.items()}
     best = {"learning_rate": 1e-4, "rank": 32, "alpha_ratio": 1.0, "optimizer": "adamw", "min_snr_gamma": None}
 
@@ -102,6 +102,8 @@ def test_refine_moves_one_categorical_of_the_best_to_a_neighbour() -> None:
     assert refine_space(trials, search, 2)[1] == {k: v for k, v in best.items() if k != "learning_rate"}
     trials.append(trial(2, "refine", 0.6))
     trials[-1].number = 2
+    pinned = search.model_copy(update={"phases": search.phases.model_copy(update={"refine_moves": False})})
+    assert refine_space(trials, pinned, 3)[1] == refine_space(trials, search, 2)[1]  # moves off: always pinned
     # Every later refine trial changes exactly one categorical, to a neighbour: rank 16 or 64 (not 8), alpha 0.5,
     # another optimizer, min-SNR on; the same (seed, number) always picks the same move.
     changes = []

@@ -3,9 +3,9 @@
 Phases (recorded per trial as user_attr ``phase``):
 1. ``baseline`` — the config's own train values, enqueued when the study is created (and again until it runs);
 2. ``search`` — the sampler over ``search.space``;
-3. ``refine`` — the sampler in a space narrowed around the best candidate, then one ``ensemble`` trial. With
-   ``refine_moves`` the first refine trial keeps the best's categorical choices and each later one moves one of them
-   to a neighbouring choice (a one-exchange local search): rank 32 -> 16 or 64, min-SNR on -> off.
+3. ``refine`` — the sampler in a space narrowed around the best candidate, then one ``ensemble`` trial. The first
+   refine trial keeps the best's categorical choices; with ``refine_moves`` (the default) each later one moves one of
+   them to a neighbouring choice (a one-exchange local search): rank 32 -> 16 or 64, min-SNR on -> off.
 
 A trial's phase follows from its number (the first ``baseline + search`` counted trials search, the next refine), so
 concurrent workers agree without talking to each other.
