@@ -52,7 +52,8 @@ class Outcome:
 
 
 # How a row's studies are set up beyond sampler and pruner:
-#   product  the product's phases: baseline, search, refine (sampler in a space narrowed around the best)
+#   product  the product's phases: baseline, search, refine (sampler in a space narrowed around the best, each refine
+#            trial after the first moving one categorical of the best to a neighbouring choice)
 #   plain    plain search: no baseline, no refine, every trial from the sampler over the whole space
 #   epochs   the product's phases with the seed's ``epochs: 6..20`` dimension searched (what it did before)
 #   pinned   every trial runs the optimal settings: the regret noisy per-epoch selection alone leaves (noise floor)
@@ -160,7 +161,8 @@ def main() -> None:
                       f"{np.median([o.select for o in outs]):.4f}", f"{np.median([o.trained for o in outs]):.0f}",
                       f"{np.mean([o.pruned for o in outs]):.1f}", f"{seconds[sampler, pruner, variant] / len(outs):.1f}")
     console.print(table)
-    console.print("[dim]phases: product = baseline, search, refine (the sampler in a space narrowed around the best); "
+    console.print("[dim]phases: product = baseline, search, refine (the sampler in a space narrowed around the best; each "
+                  "refine trial after the first moves one categorical to a neighbouring choice, e.g. rank 32 -> 64); "
                   "plain = every trial from the sampler over the whole space; epochs = product with epochs 6..20 "
                   "searched too (what it did before); pinned = every trial runs the optimal settings (the noise "
                   "floor of per-epoch selection). Except 'epochs', each trial trains up to 20 epochs and any "

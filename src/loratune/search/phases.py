@@ -3,7 +3,9 @@
 Phases (recorded per trial as user_attr ``phase``):
 1. ``baseline`` — the config's own train values, enqueued when the study is created (and again until it runs);
 2. ``search`` — the sampler over ``search.space``;
-3. ``refine`` — the sampler in a space narrowed around the best candidate, then one ``ensemble`` trial.
+3. ``refine`` — the sampler in a space narrowed around the best candidate, then one ``ensemble`` trial. The first
+   refine trial keeps the best's categorical choices; with ``refine_moves`` (the default) each later one moves one of
+   them to a neighbouring choice (a one-exchange local search): rank 32 -> 16 or 64, min-SNR on -> off.
 
 A trial's phase follows from its number (the first ``baseline + search`` counted trials search, the next refine), so
 concurrent workers agree without talking to each other.
@@ -11,6 +13,7 @@ concurrent workers agree without talking to each other.
 
 from __future__ import annotations
 
+import random
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -122,9 +125,12 @@ def ensemble_members(trials: Sequence[FrozenTrial], search: SearchSection) -> li
     return candidates[: search.phases.ensemble_top_k]
 
 
-def refine_space(trials: Sequence[FrozenTrial], search: SearchSection) -> tuple[dict[str, ParamSpec], dict[str, Any]]:
-    """Phase 3's space, narrowed around the best candidate; its ``epochs`` centred on the best *epoch* (a trial of
-    20 epochs that peaked at 6 says 6 is right), not on the trial's ``epochs`` setting."""
+def refine_space(trials: Sequence[FrozenTrial], search: SearchSection,
+                 number: int | None = None) -> tuple[dict[str, ParamSpec], dict[str, Any]]:
+    """Phase 3's space for trial ``number``, narrowed around the best candidate; its ``epochs`` centred on the best
+    *epoch* (a trial of 20 epochs that peaked at 6 says 6 is right), not on the trial's ``epochs`` setting. Returns
+    (space, fixed categorical params): the best's choices, one of them moved (``refine_move``) when
+    ``refine_moves`` is on and ``number`` is given."""
     candidates = [t for t in ranked(trials, search) if t.user_attrs.get("phase") in BUDGET_PHASES]
     if not candidates:
         return dict(search.space), {}
@@ -132,4 +138,35 @@ def refine_space(trials: Sequence[FrozenTrial], search: SearchSection) -> tuple[
     centre = dict(best.params)
     if "epochs" in centre and best.user_attrs.get("best_epoch"):
         centre["epochs"] = int(best.user_attrs["best_epoch"])
-    return narrow(search.space, centre, search.phases.refine_width)
+    space, fixed = narrow(search.space, centre, search.phases.refine_width)
+    move = refine_move(trials, search, number, fixed) if number is not None and search.phases.refine_moves else None
+    return space, fixed if move is None else fixed | dict([move])
+
+
+def neighbours(spec: ParamSpec, value: Any) -> list[Any]:
+    """The choices one step from ``value``: the adjacent ones when every choice is a number (rank 32: 16 and 64),
+    every other choice otherwise (optimizer, min-SNR's None / 5.0)."""
+    choices = list(spec.choices or [])
+    if value in choices and all(isinstance(c, (int, float)) and not isinstance(c, bool) for c in choices):
+        steps = sorted(choices)
+        at = steps.index(value)
+        return [steps[i] for i in (at - 1, at + 1) if 0 <= i < len(steps)]
+    return [c for c in choices if c != value]
+
+
+def refine_move(trials: Sequence[FrozenTrial], search: SearchSection, number: int,
+                fixed: dict[str, Any]) -> tuple[str, Any] | None:
+    """The categorical refine trial ``number`` moves away from the best's ``fixed`` choices, or None (keep them all).
+
+    The first refine trial keeps them; each later one takes one neighbour move (``neighbours``) whose choices no
+    earlier refine trial ran, picked by (seed, number) alone, so every worker deciding this trial picks the same.
+    """
+    phases = effective_phases([t for t in trials if t.number < number], Plan.of(search))
+    ran = [{name: t.params.get(name) for name in fixed} for t in trials if phases.get(t.number) == "refine"]
+    if not ran:
+        return None
+    moves = [(name, value) for name in fixed for value in neighbours(search.space[name], fixed[name])
+             if fixed | {name: value} not in ran]
+    if not moves:
+        return None
+    return moves[random.Random(f"{search.seed}/{number}").randrange(len(moves))]
