@@ -8,12 +8,9 @@ bucketed batches; strategies (curriculum resolution, progressive rank) act at ea
 from __future__ import annotations
 
 import json
-import math
-import random
 import time
 from collections.abc import Callable
 from contextlib import closing
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -21,7 +18,9 @@ from loratune.atomic import atomic_write_json, atomic_write_text
 from loratune.config import Config
 from loratune.errors import LoratuneError
 from loratune.sampling import BASE_SAMPLES
-from loratune.train.data import Item, assign_bucket, bucket_sizes, plan_epoch, process_caption
+from loratune.train.data import Item
+from loratune.train.epochs import count_steps, epoch_batches
+from loratune.train.loss import diffusion_loss
 from loratune.train.records import FAILED_MARKER, CheckpointInfo, StopTraining, TrainingDiverged, TrainResult
 from loratune.train.strategies import CurriculumResolution, ProgressiveRank
 
@@ -47,78 +46,6 @@ def prepare(config: Config) -> list[Item]:
     if config.train.sample_checkpoints:
         sample_prompts(config)
     return items
-
-
-@dataclass
-class Batch:
-    indices: list[int]
-    bucket: tuple[int, int]
-    captions: list[str]
-    flips: list[bool]
-
-
-def epoch_batches(config: Config, items: list[Item], epoch: int, resolution: int) -> list[Batch]:
-    """The epoch's batches: bucketed at ``resolution``, shuffled, captions processed, flips drawn — all by seed."""
-    ds, t = config.dataset, config.train
-    sizes = (
-        bucket_sizes(resolution, ds.bucket_step, ds.min_bucket, ds.max_bucket)
-        if ds.buckets
-        else [(resolution, resolution)]
-    )
-    buckets = [assign_bucket(it.width, it.height, sizes) for it in items]
-    rng = random.Random(t.seed * 1_000_003 + epoch)
-    batches = []
-    for indices in plan_epoch([(it.repeats, b) for it, b in zip(items, buckets)], t.batch_size, rng.randrange(2**32)):
-        captions = [
-            process_caption(items[i].caption, t.shuffle_captions, t.keep_tokens, t.caption_separator, rng)
-            for i in indices
-        ]
-        flips = [t.flip and rng.random() < 0.5 for _ in indices]
-        batches.append(Batch(indices, buckets[indices[0]], captions, flips))
-    return batches
-
-
-def count_steps(config: Config, items: list[Item], curriculum: CurriculumResolution) -> int:
-    """Optimizer steps of the whole run (for the learning-rate schedule)."""
-    t = config.train
-    total = sum(
-        math.ceil(len(epoch_batches(config, items, e, curriculum.resolution_at(e))) / t.gradient_accumulation)
-        for e in range(1, t.epochs + 1)
-    )
-    return min(total, t.max_steps) if t.max_steps else total
-
-
-def diffusion_loss(models: Any, latents: Any, cond: Any, bucket: tuple[int, int], t: Any, generator: Any) -> Any:
-    """Noise-prediction loss at random timesteps (epsilon or v target; min-SNR weighting; noise offset)."""
-    import torch
-    import torch.nn.functional as F
-    from diffusers.training_utils import compute_snr
-
-    scheduler = models.noise_scheduler
-    b = latents.shape[0]
-    noise = torch.randn(latents.shape, generator=generator).to(latents)
-    if t.noise_offset:
-        noise = noise + t.noise_offset * torch.randn((b, latents.shape[1], 1, 1), generator=generator).to(latents)
-    timesteps = torch.randint(0, scheduler.config.num_train_timesteps, (b,), generator=generator).to(latents.device)
-    noisy = scheduler.add_noise(latents, noise, timesteps)
-    if scheduler.config.prediction_type == "v_prediction":
-        target = scheduler.get_velocity(latents, noise, timesteps)
-    else:
-        target = noise
-    extra: dict[str, Any] = {}
-    if models.family == "sdxl":
-        width, height = bucket
-        # original size, crop top-left, target size: we train on the resized, centred crop at bucket size
-        time_ids = torch.tensor([height, width, 0, 0, height, width], dtype=cond.hidden.dtype, device=latents.device)
-        extra["added_cond_kwargs"] = {"text_embeds": cond.pooled, "time_ids": time_ids.repeat(b, 1)}
-    pred = models.unet(noisy, timesteps, cond.hidden, **extra).sample
-    loss = F.mse_loss(pred.float(), target.float(), reduction="none").mean(dim=[1, 2, 3])
-    if t.min_snr_gamma:
-        snr = compute_snr(scheduler, timesteps)
-        clipped = torch.minimum(snr, torch.full_like(snr, t.min_snr_gamma))
-        weights = clipped / (snr + 1) if scheduler.config.prediction_type == "v_prediction" else clipped / snr
-        loss = loss * weights
-    return loss.mean()
 
 
 class _Run:
@@ -412,69 +339,14 @@ def _save(
     started: float,
 ) -> CheckpointInfo:
     """Write the epoch's checkpoint, then sample it with the run's fixed prompts and seeds."""
-    from loratune.lora.kohya import dataset_metadata, kohya_metadata, modelspec_metadata
     from loratune.train import checkpoint as ckpt
+    from loratune.train.metadata import checkpoint_metadata
 
-    t, ds = config.train, config.dataset
+    t = config.train
     alpha = float(models.unet.peft_config["default"].lora_alpha)
     now = time.time()
-    # The keys sd-scripts' train_network.py writes that A1111, Forge, ComfyUI and model sites show; values as it
-    # writes them (str() of the Python value).
-    extra: dict[str, Any] = {
-        "ss_session_id": str(random.Random(f"{out_dir.resolve()}:{started}").randrange(2**31)),
-        "ss_training_started_at": str(started),
-        "ss_training_finished_at": str(now),
-        "ss_text_encoder_lr": str(float(t.effective_text_encoder_lr)) if models.trained_text_encoders else "0.0",
-        "ss_max_train_steps": str(t.max_steps or count_steps(config, items, CurriculumResolution(t.curriculum,
-                                                                                                 ds.resolution))),
-        "ss_lr_warmup_steps": str(t.lr_warmup_steps),
-        "ss_num_batches_per_epoch": str(batches_per_epoch),
-        "ss_total_batch_size": str(t.batch_size * t.gradient_accumulation),
-        "ss_mixed_precision": precision.mixed,
-        "ss_full_fp16": "False",
-        "ss_gradient_checkpointing": str(t.gradient_checkpointing),
-        "ss_cache_latents": str(t.cache_latents),
-        "ss_max_grad_norm": str(t.max_grad_norm or 0.0),
-        "ss_enable_bucket": str(ds.buckets),
-        "ss_min_bucket_reso": str(ds.min_bucket),
-        "ss_max_bucket_reso": str(ds.max_bucket),
-        "ss_bucket_no_upscale": "False",
-        "ss_shuffle_caption": str(t.shuffle_captions),
-        "ss_keep_tokens": str(t.keep_tokens),
-        "ss_flip_aug": str(t.flip),
-        "ss_color_aug": "False",
-        "ss_random_crop": "False",
-        "ss_caption_dropout_rate": "0.0",
-        "ss_prior_loss_weight": "1.0",
-        "ss_clip_skip": "None",
-        "ss_max_token_length": "None",
-        "ss_training_comment": "trained with loratune",
-        "ss_lr_scheduler": t.lr_scheduler,
-        "ss_num_epochs": str(t.epochs),
-        "ss_batch_size_per_device": str(t.batch_size),
-        "ss_gradient_accumulation_steps": str(t.gradient_accumulation),
-        "ss_noise_offset": str(t.noise_offset),
-        "ss_min_snr_gamma": str(t.min_snr_gamma or ""),
-        "ss_output_name": t.output_name,
-    }
-    extra |= dataset_metadata(items, config.model.base)
-    for strategy in strategies:
-        extra |= strategy.metadata()
-    prediction = t.prediction_type or models.noise_scheduler.config.prediction_type
-    extra |= modelspec_metadata(config.model.family, t.output_name, run.resolution, prediction, now,
-                                description="trained with loratune")
-    metadata = kohya_metadata(
-        config.model.family,
-        run.rank,
-        alpha,
-        epoch,
-        step,
-        t.effective_learning_rate,
-        t.optimizer,
-        t.seed,
-        run.resolution,
-        extra,
-    )
+    metadata = checkpoint_metadata(config, models, out_dir, run.rank, run.resolution, strategies, epoch, step, items,
+                                   batches_per_epoch, started, now, precision.mixed)
     info = {
         "epoch": epoch,
         "step": step,
