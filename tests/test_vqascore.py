@@ -17,6 +17,7 @@ from loratune.metrics.base import EvalImage, References, Runtime
 from loratune.metrics.internvl2_remote import dynamic_preprocess
 from loratune.metrics.registry import create_backend
 from loratune.metrics.vlm_models import load_vlm
+from loratune.metrics.vlm_pixels import batched_pixels
 
 QUESTION = 'Does this figure show "{}"? Please answer yes or no.'
 
@@ -184,7 +185,7 @@ def test_batched_pixels_are_the_processors_and_score_alike(tiny_models) -> None:
     vlm = backends[True].vlm
     for images, tiles in zip(groups, (13, 1)):
         expected = processor(images=images, text=["<IMG_CONTEXT>"] * 2, return_tensors="pt")["pixel_values"]
-        batched = vlm.batched_pixels(images)
+        batched = batched_pixels(vlm.processor, images)
         assert batched.shape == expected.shape == (2 * tiles, 3, 448, 448)
         assert (batched - expected).abs().max() <= 1e-6  # the processor's own resize and normalise, batched
         assert vlm.layout(images[0]).batched

@@ -36,6 +36,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from loratune.errors import LoratuneError
 from loratune.metrics.openclip_models import first_line
+from loratune.metrics.vlm_pixels import batched_pixels
 
 if TYPE_CHECKING:
     import torch
@@ -44,7 +45,6 @@ if TYPE_CHECKING:
 Normalise = Literal["pair", "softmax"]
 YES_VARIANTS = ("Yes", " Yes", "yes", " yes")
 NO_VARIANTS = ("No", " No", "no", " no")
-
 
 
 # --- token ids and the score ---------------------------------------------------------------------------------------
@@ -254,7 +254,7 @@ class NativeVlm(YesNoVlm):
         if ids[:at] != plain[:at] or ids[len(ids) - after :] != plain[at + 1 :]:
             return None  # the processor's text is not the plain prompt with the image expanded in place
         expected = inputs["pixel_values"]
-        batched = self.batched_pixels([image])
+        batched = batched_pixels(self.processor, [image])
         reproduces = (
             batched is not None
             and batched.shape == expected.shape
@@ -266,37 +266,10 @@ class NativeVlm(YesNoVlm):
         """The vision tower's input for ``images``: ``batched_pixels`` where that was checked (``batched``) to give
         the processor's pixels for every image's size and all share one size, else the processor's own."""
         if batched and len({image.size for image in images}) == 1:
-            pixels = self.batched_pixels(images)
+            pixels = batched_pixels(self.processor, images)
             if pixels is not None:
                 return pixels
         return self.inputs(images, [""] * len(images))["pixel_values"]
-
-    def batched_pixels(self, images: Sequence[Image.Image]) -> torch.Tensor | None:
-        """InternVL's tiling processor (``crop_to_patches``): its resize/tile and normalisation on all of ``images``
-        (one size) at once, or None for other processors. transformers turns batching off on CPU and runs them image
-        by image, then copies the pixels twice more (a stack, then a concatenation), which costs more than the vision
-        tower of a small model."""
-        import numpy as np
-        import torch
-
-        proc = getattr(self.processor, "image_processor", None)
-        if proc is None or not getattr(proc, "crop_to_patches", False) or not hasattr(proc, "crop_image_to_patches"):
-            return None
-        if not (proc.do_rescale and proc.do_normalize):
-            return None
-        x = torch.stack([torch.from_numpy(np.array(image.convert("RGB"))) for image in images]).permute(0, 3, 1, 2)
-        if proc.get_number_of_image_patches(x.shape[-2], x.shape[-1], {}) == 1:
-            tiles = proc.resize(x, proc.size, resample=proc.resample)  # one tile, no thumbnail: the crop is the resize
-        else:
-            tiles = proc.crop_image_to_patches(
-                x, proc.min_patches, proc.max_patches, patch_size=proc.size, resample=proc.resample
-            ).flatten(0, 1)
-        # One copy to float, channels first (the resize leaves them last), normalised in place with the rescale folded
-        # into mean and std as transformers folds it: a second full-size tensor costs as much as the arithmetic.
-        pixels = tiles.to(torch.float32, memory_format=torch.contiguous_format)
-        mean = torch.tensor(proc.image_mean) * (1.0 / proc.rescale_factor)
-        std = torch.tensor(proc.image_std) * (1.0 / proc.rescale_factor)
-        return proc.normalize(pixels, mean, std, inplace=True)
 
     def logits_from_features(self, pairs: Sequence[tuple[EncodedImage, str]]) -> torch.Tensor:
         """Next-token logits for (encoded image, question) pairs: the prompt tokens with the image's span in place of
@@ -331,7 +304,7 @@ class NativeVlm(YesNoVlm):
 @dataclass
 class ImageLayout:
     """What the processor makes of an image of one size: the prompt token span standing for it, and whether
-    ``NativeVlm.batched_pixels`` reproduces its pixels."""
+    ``batched_pixels`` reproduces its pixels."""
 
     span: list[int]
     batched: bool
