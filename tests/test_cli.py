@@ -60,3 +60,17 @@ def test_bad_config_value_exit_2(tmp_path, capsys):
 
 def test_usage_error_exit_2(capsys):
     assert main(["evaluate"]) == 2
+
+
+@pytest.mark.parametrize(("flags", "library_speaks"), [([], False), (["-v"], True)])
+def test_any_librarys_warning_is_quiet_unless_verbose_and_ours_always_shows(flags, library_speaks):
+    # A library nobody named, logging at WARNING when it is imported (kernels did, with transformers 5.25).
+    code = ("import logging, sys; from loratune.cli import main; main([*sys.argv[1:], '--version']); "
+            "logging.getLogger('some_new_library.hub').warning('library notice'); "
+            "logging.getLogger('loratune.train.data').warning('our warning')")
+    env = {k: v for k, v in os.environ.items() if k != "LORATUNE_VERBOSE"}
+    out = subprocess.run([sys.executable, "-c", code, *flags], check=False, capture_output=True, text=True,
+                         timeout=60, env=env)
+    assert out.returncode == 0, out.stderr
+    assert ("library notice" in out.stderr) is library_speaks
+    assert "our warning" in out.stderr

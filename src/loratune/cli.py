@@ -11,6 +11,7 @@ import sys
 
 import typer
 
+from loratune import chatter
 from loratune.commands import register_all
 from loratune.errors import LoratuneError
 
@@ -23,19 +24,6 @@ RUNTIME_ENV = {
     "TOKENIZERS_PARALLELISM": "false",
     "RAY_USAGE_STATS_ENABLED": "0",
 }
-# The libraries' own switches for their progress bars and info lines; -v leaves them alone. Environment variables
-# (rather than calls) so search workers in other processes are quiet too. TQDM_DISABLE covers diffusers' "Loading
-# pipeline components" bar, which has no switch of its own but reads tqdm's.
-QUIET_ENV = {
-    "HF_HUB_DISABLE_PROGRESS_BARS": "1",
-    "TQDM_DISABLE": "1",
-    "TRANSFORMERS_VERBOSITY": "error",
-    "DIFFUSERS_VERBOSITY": "error",
-    "TRANSFORMERS_NO_ADVISORY_WARNINGS": "1",
-}
-VERBOSE_ENV = "LORATUNE_VERBOSE"
-_QUIET_LOGGERS = ("bitsandbytes", "timm", "open_clip", "pyiqa", "accelerate", "peft")
-
 app = typer.Typer(
     name="loratune",
     help="Train → sample → score → search character LoRAs for Stable Diffusion.",
@@ -56,28 +44,15 @@ def _root(
         False, "--verbose", "-v", help="Show the libraries' own progress bars, info lines and warnings."
     ),
 ) -> None:
+    if verbose:
+        os.environ[chatter.VERBOSE_ENV] = "1"
+    elif not chatter.verbose():
+        chatter.quiet_libraries()
     if version:
         from loratune import __version__
 
         print(f"loratune {__version__}")
         raise typer.Exit()
-    if verbose:
-        os.environ[VERBOSE_ENV] = "1"
-    elif os.environ.get(VERBOSE_ENV) != "1":
-        quiet_libraries()
-
-
-def quiet_libraries() -> None:
-    """Silence library chatter (loading bars, "safe to ignore" notices, deprecation warnings) in this process."""
-    import logging
-    import warnings
-
-    for name, value in QUIET_ENV.items():
-        os.environ.setdefault(name, value)
-    for name in _QUIET_LOGGERS:
-        logging.getLogger(name).setLevel(logging.ERROR)
-    # The libraries' notices about their own future APIs; nothing a user of loratune can act on.
-    warnings.filterwarnings("ignore", category=FutureWarning)
 
 
 def main(argv: list[str] | None = None) -> int:

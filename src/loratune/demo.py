@@ -181,14 +181,9 @@ def _audit(dataset: Path, config: Any, run_dir: Path) -> tuple[Path, int]:
 
 def _quiet() -> None:
     """Library chatter (deprecation warnings, per-load progress bars) would tear up the demo's own progress display."""
-    import logging
-    import os
-    import warnings
+    from loratune.chatter import quiet_libraries
 
-    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
-    warnings.filterwarnings("ignore")
-    for name in ("diffusers", "transformers", "timm", "open_clip", "pyiqa", "bitsandbytes"):
-        logging.getLogger(name).setLevel(logging.ERROR)
+    quiet_libraries(all_warnings=True)
     try:
         import diffusers.utils.logging as dlog
         import transformers.utils.logging as tlog

@@ -23,7 +23,6 @@ from __future__ import annotations
 import contextlib
 import inspect
 import io
-import os
 import re
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -32,6 +31,7 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import Field
 
+from loratune.chatter import verbose
 from loratune.errors import LoratuneError
 from loratune.metrics.base import AxisResult, Backend, EvalImage
 from loratune.metrics.cache import cached_model
@@ -125,7 +125,7 @@ def _downloads_refused_when_offline() -> Iterator[None]:
 def _pyiqa_prints_hidden() -> Iterator[None]:
     """pyiqa announces downloads and weight loads with ``print`` (no logger to quiet): kept off stdout, where a
     script reads loratune's JSON, unless the user asked for the libraries' output (``loratune -v``)."""
-    if os.environ.get("LORATUNE_VERBOSE") == "1":
+    if verbose():
         yield
         return
     with contextlib.redirect_stdout(io.StringIO()):

@@ -29,6 +29,7 @@ from pathlib import Path
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
+from loratune import chatter
 from loratune.config import Config, load_config
 from loratune.errors import LoratuneError, first_line
 from loratune.runfolder import STUDY_NAME, RunFolder
@@ -46,6 +47,8 @@ class StudyWorker:
         os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
         cpu_share(threads)
         quiet_optuna()
+        if not chatter.verbose():
+            chatter.quiet_libraries()
         self.run_dir = Path(run_dir)
         self.backend = load_backend(backend)
 

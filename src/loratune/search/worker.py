@@ -11,6 +11,7 @@ import os
 import sys
 from pathlib import Path
 
+from loratune import chatter
 from loratune.errors import LoratuneError
 
 
@@ -28,6 +29,8 @@ def main(argv: list[str] | None = None) -> int:
     from loratune.search.trials import load_backend
 
     quiet_optuna()
+    if not chatter.verbose():
+        chatter.quiet_libraries()
     try:
         config = load_config(RunFolder(args.run_dir).config)
         Worker(args.run_dir.resolve(), config, load_backend(args.backend), index=args.index).run()
