@@ -11,16 +11,26 @@ export TOKENIZERS_PARALLELISM := false
 # torch's OpenMP threads spin while waiting; on a busy 2-core machine that makes them ~30x slower.
 export OMP_WAIT_POLICY := PASSIVE
 
-.PHONY: demo test install clean browser
+# Every package and its hashes, for every platform and Python >= 3.10 (uv's universal resolution); `make lock` writes it.
+LOCK := requirements/lock.txt
+# The extras `make` installs; the lock holds them all.
+EXTRAS := dev
+pin = $(or $(shell sed -n 's/^\($(1)==[^ ;]*\).*/\1/p' $(LOCK)),$(1))
+PIP_PIN := $(call pin,pip)
+
+.PHONY: demo test install lock clean browser
 
 # One line per step: pip runs quiet and the big step takes minutes, so say what is happening and how long it takes.
-$(STAMP): pyproject.toml
+# The lock is installed as it is (hash-checked, nothing resolved), then loratune itself without dependencies.
+$(STAMP): pyproject.toml $(LOCK)
 	@echo "[1/3] creating $(VENV)"
 	@test -x $(BIN)/python || $(PY) -m venv $(VENV)
-	@echo "[2/3] upgrading pip"
-	@$(BIN)/python -m pip install --quiet --upgrade pip
-	@echo "[3/3] installing torch, diffusers, transformers and the scorers into $(VENV) (~5-15 min, ~7.7 GB on disk)"
-	@$(BIN)/python -m pip install --quiet -e '.[dev]'
+	@echo "[2/3] installing $(PIP_PIN)"
+	@$(BIN)/python -m pip install --quiet "$(PIP_PIN)"
+	@echo "[3/3] installing torch, diffusers, transformers and the scorers from $(LOCK) into $(VENV) (~2-15 min, ~7.9 GB)"
+	@$(BIN)/python -m pip install --quiet --require-hashes -r $(LOCK)
+	@$(BIN)/python -m pip install --quiet --no-deps --no-build-isolation -e .
+	@$(BIN)/python -m pip check >/dev/null || ($(BIN)/python -m pip check; exit 1)
 	@touch $(STAMP)
 	@echo "installed: $(BIN)/loratune"
 
@@ -38,6 +48,16 @@ browser:
 	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || \
 		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null) || \
 		echo "warning: could not install chromium + chromium-driver; the browser test will be skipped"
+
+# Re-resolve the lock after a change to pyproject.toml's dependencies or requirements/lock.in: pins that still fit are
+# kept. `make lock UPGRADE=1` moves every package to its newest release within the ranges (then run `make test`).
+# Needs only uv, not the installed lock (which a new dependency makes stale).
+lock:
+	@test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	@test -x $(BIN)/uv || $(BIN)/python -m pip install --quiet "$(call pin,uv)"
+	$(BIN)/uv pip compile pyproject.toml requirements/lock.in $(addprefix --extra ,$(EXTRAS)) --universal \
+		--python-version 3.10 --generate-hashes --custom-compile-command "make lock" --quiet \
+		$(if $(UPGRADE),--upgrade) -o $(LOCK)
 
 clean:
 	rm -rf $(VENV) build *.egg-info src/*.egg-info
