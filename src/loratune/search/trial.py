@@ -98,7 +98,8 @@ def record_scores(folder: Path, epochs: list[EpochScore], state: str | None = No
     atomic_write_json(folder / "scores.json", {
         **attrs, "state": state, "fail_reason": failure,
         "epochs": [{"epoch": e.epoch, "composite": e.composite, "axes": e.normalised, "copy_rate": e.copy_rate,
-                    "constraint": e.constraint, "cmmd": e.cmmd, "diagnosis": d} for e, d in zip(epochs, diagnoses)],
+                    "constraint": e.constraint, "cmmd": e.cmmd, "validation_loss": e.validation_loss, "diagnosis": d}
+                   for e, d in zip(epochs, diagnoses)],
     })
     return attrs
 

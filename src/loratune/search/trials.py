@@ -67,7 +67,7 @@ class TrainAndScore:
         return self._evaluator
 
     def _score(self, config: Config, samples: list[Any], epoch: int, lora: Path | None, samples_dir: Path | None,
-               out_dir: Path) -> EpochScore:
+               out_dir: Path, validation_loss: float | None = None) -> EpochScore:
         evaluator = self.evaluator(config)
         result = evaluator.score(samples)
         result.write(out_dir / "scores" / f"epoch-{epoch:04d}")
@@ -75,7 +75,7 @@ class TrainAndScore:
         return EpochScore(epoch, result.composite, dict(result.normalised), lora, samples_dir, result.stand_in, result,
                           dict(result.backends_used), copy_rate=risk.rate if risk else None,
                           constraint=risk.constraint if risk else None,
-                          cmmd=result.cmmd["value"] if result.cmmd else None)
+                          cmmd=result.cmmd["value"] if result.cmmd else None, validation_loss=validation_loss)
 
     def train(self, config: Config, out_dir: Path, on_epoch: Callable[[EpochScore], None]) -> None:
         from loratune.runfolder import RunFolder
@@ -88,7 +88,8 @@ class TrainAndScore:
             if not info.samples:
                 raise LoratuneError("train.sample_checkpoints: must be true for a search (each epoch is scored)")
             samples_dir = Path(info.samples[0].path).parent
-            on_epoch(self._score(config, info.samples, info.epoch, info.kohya_path, samples_dir, out_dir))
+            on_epoch(self._score(config, info.samples, info.epoch, info.kohya_path, samples_dir, out_dir,
+                                 info.validation_loss))
 
         # The base model's own samples (the report's "no LoRA" row) are drawn once per run, beside the trials.
         base_samples = RunFolder.of_trial(out_dir).root / BASE_SAMPLES

@@ -84,6 +84,12 @@ class TrainSection(BaseModel):
     caption_separator: str = ","
     save_every_epochs: int = Field(1, ge=1)
     sample_checkpoints: bool = True
+    validation_images: int = Field(
+        8, ge=0, le=256,
+        description="images for the per-epoch validation loss: the held-out ones (dataset.holdout) when there are "
+                    "any, else this many training images picked by seed; 0 = off",
+    )
+    validation_timesteps: int = Field(4, ge=1, le=64, description="stratified timesteps per validation image")
     output_name: str = Field("lora", pattern=r"^[A-Za-z0-9][\w.-]*$")
     curriculum: dict[int, int] = Field(
         default_factory=dict, description="epoch -> training resolution from that epoch on, e.g. {1: 256, 3: 512}"

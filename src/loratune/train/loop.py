@@ -174,6 +174,7 @@ def _train(
     text_cache = TextCache(models, device, None if t.shuffle_captions else base.texts) if frozen_text else None
     latent_cache = LatentCache(models.vae, items, device, torch.float32, base.latents) if t.cache_latents else None
 
+    validation = _validation(config, models, items, device, weight_dtype, accelerator)
     curriculum = CurriculumResolution(t.curriculum, config.dataset.resolution)
     strategies = [curriculum, ProgressiveRank(t.rank_schedule, t.rank)]
     total_steps = count_steps(config, items, curriculum)
@@ -234,6 +235,7 @@ def _train(
     for epoch in range(start_epoch, t.epochs + 1):
         if t.max_steps and step >= t.max_steps:
             break
+        epoch_losses: list[float] = []
         for strategy in strategies:
             strategy.on_epoch_start(epoch, run)
         for module in modules:
@@ -280,6 +282,7 @@ def _train(
             optimizer.zero_grad(set_to_none=True)
             step += 1
             loss_value = float(loss.item())
+            epoch_losses.append(loss_value)
             record = {
                 "epoch": epoch,
                 "step": step,
@@ -311,6 +314,9 @@ def _train(
             config, out_dir, models, run, strategies, epoch, step, optimizer, lr_scheduler, generator, precision,
             items, len(batches), started,
         )
+        info.train_loss = sum(epoch_losses) / len(epoch_losses) if epoch_losses else None
+        info.validation_loss = validation() if validation is not None else None
+        step_log.epoch(epoch, step, info.validation_loss, info.train_loss)
         checkpoints.append(info)
         step_log.flush()  # a search may stop the trial at this checkpoint: its curve is complete on disk by then
         if on_checkpoint is not None:
@@ -320,6 +326,17 @@ def _train(
                 stopped = True
                 break
     return TrainResult(out_dir, checkpoints, step, epochs_done, stopped_early=stopped, final_loss=loss_value)
+
+
+def _validation(config: Config, models: Any, items: list[Item], device: Any, dtype: Any,
+                accelerator: Any) -> Callable[[], float] | None:
+    """The run's deterministic validation loss (``loratune.train.validation``), or None when it is off."""
+    from loratune.train.validation import ValidationLoss, validation_images
+
+    images = validation_images(config, items)
+    if images is None:
+        return None
+    return ValidationLoss(config, models, images, device, dtype, accelerator.autocast)
 
 
 def _save(

@@ -9,8 +9,6 @@ from typing import Any
 def diffusion_loss(models: Any, latents: Any, cond: Any, bucket: tuple[int, int], t: Any, generator: Any) -> Any:
     """Noise-prediction loss at random timesteps (epsilon or v target; min-SNR weighting; noise offset)."""
     import torch
-    import torch.nn.functional as F
-    from diffusers.training_utils import compute_snr
 
     scheduler = models.noise_scheduler
     b = latents.shape[0]
@@ -18,6 +16,18 @@ def diffusion_loss(models: Any, latents: Any, cond: Any, bucket: tuple[int, int]
     if t.noise_offset:
         noise = noise + t.noise_offset * torch.randn((b, latents.shape[1], 1, 1), generator=generator).to(latents)
     timesteps = torch.randint(0, scheduler.config.num_train_timesteps, (b,), generator=generator).to(latents.device)
+    return per_sample_loss(models, latents, cond, bucket, timesteps, noise, t.min_snr_gamma).mean()
+
+
+def per_sample_loss(models: Any, latents: Any, cond: Any, bucket: tuple[int, int], timesteps: Any, noise: Any,
+                    min_snr_gamma: float | None) -> Any:
+    """Each sample's loss at the given timesteps and noise (training draws them; validation fixes them)."""
+    import torch
+    import torch.nn.functional as F
+    from diffusers.training_utils import compute_snr
+
+    scheduler = models.noise_scheduler
+    b = latents.shape[0]
     noisy = scheduler.add_noise(latents, noise, timesteps)
     if scheduler.config.prediction_type == "v_prediction":
         target = scheduler.get_velocity(latents, noise, timesteps)
@@ -31,9 +41,9 @@ def diffusion_loss(models: Any, latents: Any, cond: Any, bucket: tuple[int, int]
         extra["added_cond_kwargs"] = {"text_embeds": cond.pooled, "time_ids": time_ids.repeat(b, 1)}
     pred = models.unet(noisy, timesteps, cond.hidden, **extra).sample
     loss = F.mse_loss(pred.float(), target.float(), reduction="none").mean(dim=[1, 2, 3])
-    if t.min_snr_gamma:
+    if min_snr_gamma:
         snr = compute_snr(scheduler, timesteps)
-        clipped = torch.minimum(snr, torch.full_like(snr, t.min_snr_gamma))
+        clipped = torch.minimum(snr, torch.full_like(snr, min_snr_gamma))
         weights = clipped / (snr + 1) if scheduler.config.prediction_type == "v_prediction" else clipped / snr
         loss = loss * weights
-    return loss.mean()
+    return loss
