@@ -41,49 +41,69 @@ RANKS = (4, 8)
 EPOCHS = 8
 
 
-def measure(table: Path, epochs: int, seeds: int) -> None:
+STORE = Path(__file__).parent / "out" / "world-grid"
+FRESH_FACTOR = 4  # fresh samples per search-time sample for the finalists (``search.finalist_samples``' default)
+
+
+def measure(store: Path, epochs: int, seeds: int, target: str) -> None:
+    """Train the grid and keep what scoring needs: every epoch's LoRA, its search-time samples (``seeds`` per prompt),
+    ``FRESH_FACTOR`` times as many fresh samples (other seeds, as the finalists get), its validation and training
+    loss; and the base model's own samples of the same prompts. Resumes: a finished grid point is kept."""
     import torch
 
     from loratune.atomic import atomic_write_json
     from loratune.config import load_config
-    from loratune.evaluation import Evaluator, load_references
+    from loratune.sampling import render_base_samples, sample_loras
     from loratune.train import train
+    from loratune.train.cache import BaseCache
+    from loratune.train.model import training_precision
     from loratune.world.folder import write_world
 
     torch.set_num_threads(2)
-    rows = json.loads(table.read_text())["rows"] if table.is_file() else []
-    done = {(r["learning_rate"], r["rank"]) for r in rows}
+    store = store / target
     with tempfile.TemporaryDirectory() as tmp:
-        world = write_world(Path(tmp) / "world")
-        # More sampling seeds than the world config's 2: the oracle's rates move in steps of 1/images, and the
-        # regret below is measured against them.
-        common = [f"train.epochs={epochs}", f"sampling.seeds={list(range(seeds))}"]
+        world = write_world(Path(tmp) / "world", target=target)
+        search_seeds = list(range(seeds))
+        fresh_seeds = list(range(seeds, seeds * (1 + FRESH_FACTOR)))
+        common = [f"train.epochs={epochs}", f"sampling.seeds={search_seeds}"]
         config = load_config(world.config, common)
-        evaluator = Evaluator(config, references=load_references(config), show_progress=False)
+        fresh_config = load_config(world.config, [*common, f"sampling.seeds={fresh_seeds}"])
+        cache = BaseCache()
+        with cache.borrow(config, training_precision(config.train)) as base:
+            precision = training_precision(config.train)
+            if not (store / "base" / "fresh" / "samples.jsonl").is_file():
+                render_base_samples(config, base.models, precision, store / "base" / "search")
+                render_base_samples(fresh_config, base.models, precision, store / "base" / "fresh")
         for lr in LRS:
             for rank in RANKS:
-                if (lr, rank) in done:
+                point = store / f"lr{lr:.1e}-r{rank}"
+                if (point / "epochs.json").is_file():
                     continue
                 start = time.perf_counter()
-                point = load_config(world.config, [*common, f"train.learning_rate={lr}", f"train.rank={rank}"])
-                out = Path(tmp) / f"run-{lr}-{rank}"
+                overrides = [*common, f"train.learning_rate={lr}", f"train.rank={rank}"]
+                run = Path(tmp) / point.name
+                losses: list[dict[str, Any]] = []
 
-                def on_checkpoint(info: Any, lr: float = lr, rank: int = rank) -> None:
-                    result = evaluator.score(info.samples)
-                    verdict = _judge(info.samples, world.target)
-                    rows.append({"learning_rate": lr, "rank": rank, "epoch": info.epoch,
-                                 "composite": result.composite, "axes": result.normalised,
-                                 "oracle": verdict.as_dict()})
-                    print(f"lr {lr:.1e} rank {rank} epoch {info.epoch}: composite {result.composite:.3f} "
-                          f"oracle {verdict.score:.2f} (identity {verdict.identity_rate:.2f}, "
-                          f"scene {verdict.scene_accuracy:.2f})", flush=True)
+                def on_checkpoint(info: Any, point: Path = point, losses: list = losses) -> None:
+                    folder = point / f"epoch-{info.epoch:04d}"
+                    folder.mkdir(parents=True, exist_ok=True)
+                    shutil.copy2(info.kohya_path, folder / "lora.safetensors")
+                    shutil.copytree(Path(info.samples[0].path).parent, folder / "search", dirs_exist_ok=True)
+                    losses.append({"epoch": info.epoch, "validation_loss": info.validation_loss,
+                                   "train_loss": info.train_loss})
 
-                train(point, out, on_checkpoint=on_checkpoint)
-                shutil.rmtree(out, ignore_errors=True)
-                table.parent.mkdir(parents=True, exist_ok=True)
-                atomic_write_json(table, {"lrs": list(LRS), "ranks": list(RANKS), "epochs": epochs, "seeds": seeds,
-                                          "world": "lucaboy, loratune.world defaults", "rows": rows})
-                print(f"  {time.perf_counter() - start:.0f} s", flush=True)
+                train(load_config(world.config, overrides), run, on_checkpoint=on_checkpoint, cache=cache)
+                point_fresh = load_config(world.config, [*overrides, f"sampling.seeds={fresh_seeds}"])
+                for epoch in range(1, epochs + 1):
+                    folder = point / f"epoch-{epoch:04d}"
+                    sample_loras(point_fresh, [folder / "lora.safetensors"], folder / "fresh-tmp", cache=cache)
+                    shutil.rmtree(folder / "fresh", ignore_errors=True)
+                    (folder / "fresh-tmp" / "lora").rename(folder / "fresh")
+                    shutil.rmtree(folder / "fresh-tmp")
+                shutil.rmtree(run, ignore_errors=True)
+                atomic_write_json(point / "epochs.json", {"learning_rate": lr, "rank": rank, "epochs": losses,
+                                                          "search_seeds": search_seeds, "fresh_seeds": fresh_seeds})
+                print(f"lr {lr:.1e} rank {rank}: {time.perf_counter() - start:.0f} s", flush=True)
 
 
 def _judge(samples: list, target: str) -> Any:
@@ -249,7 +269,9 @@ def overtraining(table: Table, min_lr: float = 5e-3) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("what", choices=("measure", "compare"))
+    parser.add_argument("what", choices=("measure", "score", "compare"))
+    parser.add_argument("--store", type=Path, default=STORE, help="where `measure` keeps LoRAs and samples")
+    parser.add_argument("--target", default="lucaboy", help="the world's target character (lucaboy, albertoboy)")
     parser.add_argument("--table", type=Path, default=TABLE)
     parser.add_argument("--epochs", type=int, default=EPOCHS)
     parser.add_argument("--sample-seeds", type=int, default=4, help="sampling seeds per prompt when measuring")
@@ -261,7 +283,7 @@ def main() -> None:
     parser.add_argument("--json", action="store_true", help="also print every study's regret as JSON")
     args = parser.parse_args()
     if args.what == "measure":
-        measure(args.table, args.epochs, args.sample_seeds)
+        measure(args.store, args.epochs, args.sample_seeds, args.target)
     else:
         compare(args.table, args.seeds, args.trials, args.samplers.split(","), args.pruners.split(","),
                 args.first_seed)

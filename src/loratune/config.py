@@ -228,6 +228,21 @@ def _default_backends() -> dict[str, BackendConfig | None]:
     }
 
 
+class IdentitySection(Strict):
+    """Identity as a rate (``loratune.metrics.identity_rate``)."""
+
+    rate: bool = Field(
+        True,
+        description="consistency = share of samples that pass a 'character present' threshold learned from the "
+        "references and the base model's own samples; false: the mean similarity to the references",
+    )
+    min_auc: float = Field(
+        0.8, ge=0.5, le=1.0,
+        description="below this separation of references from the base model's samples the study warns that the "
+        "identity scorer cannot see the character",
+    )
+
+
 class EvaluationSection(Strict):
     backends: dict[AxisName, BackendConfig | None] = Field(default_factory=_default_backends)
     weights: dict[AxisName, float] = Field(default_factory=lambda: dict(SEED_WEIGHTS))
@@ -240,6 +255,7 @@ class EvaluationSection(Strict):
     batch_size: int = Field(8, ge=1, le=1024)
     trust_remote_code: bool = Field(False, description="allow models whose code ships with the checkpoint")
     learning: LearningSection = Field(default_factory=LearningSection)
+    identity: IdentitySection = Field(default_factory=IdentitySection)
 
     @field_validator("backends", mode="before")
     @classmethod

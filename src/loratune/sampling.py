@@ -27,6 +27,7 @@ if TYPE_CHECKING:
 
 # Where a run keeps the base model's own samples (no LoRA; same prompts and seeds): the report's comparison row.
 BASE_SAMPLES = Path("samples") / "base"
+NO_LORA = "no-lora"  # ``rank_loras``: the base model's own samples beside the LoRAs' folders
 
 _SCHEDULERS = {
     "euler": "EulerDiscreteScheduler",
@@ -253,11 +254,23 @@ def rank_loras(
     """
     from loratune.evaluation import Evaluator, load_references
     from loratune.lora.kohya import checkpoint_epoch
+    from loratune.modelref import check_model_ref
+    from loratune.train.cache import BaseCache
+    from loratune.train.model import training_precision
 
     evaluator = Evaluator(config, show_progress=show_progress)  # backend and option errors before any rendering
-    evaluator.references = load_references(config, references)
+    cache = BaseCache()
+    negatives = None
+    if config.evaluation.identity.rate and config.evaluation.backends.get("consistency") is not None:
+        # The base model's own samples of the same prompts: what the identity threshold is learned against.
+        negatives = Path(out_dir) / NO_LORA
+        check_model_ref(config.model.base, "model.base")
+        precision = training_precision(config.train)
+        with cache.borrow(config, precision) as base:
+            render_base_samples(config, base.models, precision, negatives)
+    evaluator.references = load_references(config, references, negatives_dir=negatives)
     ranked = []
-    for path, samples in sample_loras(config, lora_paths, out_dir).items():
+    for path, samples in sample_loras(config, lora_paths, out_dir, cache=cache).items():
         folder = Path(samples[0].path).parent
         result = evaluator.score(samples)
         result.write(folder)

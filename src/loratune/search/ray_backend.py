@@ -82,7 +82,8 @@ def run_ray(config: Config | None, run_dir: str | Path, resume: bool = False, ba
     run_dir = Path(run_dir).resolve()
     say = say or (lambda msg: print(msg, file=sys.stderr, flush=True))
     quiet_optuna()
-    config = prepare_run(run_dir, config, resume, overrides, load_backend(backend))
+    trial_backend = load_backend(backend)
+    config = prepare_run(run_dir, config, resume, overrides, trial_backend)
     ray_cfg = config.search.ray
     started = False
     if not ray.is_initialized():
@@ -101,7 +102,7 @@ def run_ray(config: Config | None, run_dir: str | Path, resume: bool = False, ba
             ray.shutdown()
     if errors:
         raise LoratuneError(f"{len(errors)} Ray worker(s) stopped ({errors[0]}); resume with --resume")
-    return finish_run(run_dir, config, say)
+    return finish_run(run_dir, config, say, trial_backend)  # the finalists are sampled here, in the driver
 
 
 def _run_actors(run_dir: Path, config: Config, backend: str | None, n: int) -> list[str]:
