@@ -185,6 +185,38 @@ def load_references(config: Config, references_dir: str | Path | None = None,
     return refs
 
 
+def quality_check(evaluator: Evaluator) -> dict[str, Any] | None:
+    """The quality axis on the references and on the base model's own samples (the negatives), normalised. A
+    metric that rates the user's chosen references below an untrained base model's samples reads this style's
+    cleanliness as a defect (PIQE on flat-shaded art does: it cannot tell clean-and-smooth from blurred), so it is
+    said before the first trial. None without a quality backend, references or negatives."""
+    backend = evaluator.backends.get("quality")
+    refs = [img for imgs in evaluator.references.images.values() for img in imgs]
+    negatives = [img for imgs in evaluator.references.negatives.values() for img in imgs]
+    if backend is None or not refs or not negatives:
+        return None
+    norm = backend.producer().normalisation()
+
+    def mean_of(images: list[Any]) -> float | None:
+        backend.reset()
+        size = evaluator.runtime.batch_size
+        for start in range(0, len(images), size):
+            backend.update([EvalImage(Path(f"{start + i}.png"), img)
+                            for i, img in enumerate(images[start:start + size])])
+        return norm.apply(backend.compute().value)
+
+    on_refs, on_base = mean_of(refs), mean_of(negatives)
+    backend.reset()
+    check: dict[str, Any] = {"backend": backend.spec.name, "references": on_refs, "base_samples": on_base,
+                             "warnings": []}
+    if on_refs is not None and on_base is not None and on_refs < on_base:
+        check["warnings"].append(
+            f"quality ({backend.spec.name}) rates your references below the base model's own samples ({on_refs:.2f} "
+            f"vs {on_base:.2f}, normalised): on this style it reads what you want as a defect, so the quality axis "
+            "pulls away from your character; consider another evaluation.backends.quality or weight 0")
+    return check
+
+
 def identity_calibration(evaluator: Evaluator) -> dict[str, Any] | None:
     """What the consistency backend learned from the references and the negatives: per character its threshold
     and AUC, and a warning per character whose AUC is under ``evaluation.identity.min_auc``. None when the axis is

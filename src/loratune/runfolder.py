@@ -13,7 +13,8 @@
                              what ``--apply`` wrote (both rankings; the weights as a config snippet): the
                              calibrated weights then rank the run (``search.selection.read_ranking``)
     RUN/samples/base/        the base model's own samples (no LoRA): the report's first row, the identity negatives
-    RUN/identity.json        the identity threshold learned from references and those samples, per character
+    RUN/scorer-checks.json   the identity threshold learned from references and those samples (per character),
+                             and the quality axis on the references against the same samples
     RUN/finalists/NNNN-eEEEE/  a finalist's fresh samples and scores; RUN/finalists.json lists them all
 
 Importing it is light: no optuna, no torch.
@@ -91,9 +92,10 @@ class RunFolder:
         return self.root / "finalists.json"
 
     @property
-    def identity(self) -> Path:
-        """What the identity scorer learned before the first trial: thresholds and AUC per character."""
-        return self.root / "identity.json"
+    def scorer_checks(self) -> Path:
+        """What the scorers showed before the first trial: the identity threshold and AUC per character, and how
+        the quality axis rates the references against the base model's own samples."""
+        return self.root / "scorer-checks.json"
 
     @property
     def ask_lock(self) -> Path:

@@ -79,7 +79,7 @@ class TrainAndScore:
         scorer learned (its threshold and how well it tells the character from the base model's images), which
         also goes to ``RUN/identity.json``."""
         from loratune.atomic import atomic_write_json
-        from loratune.evaluation import identity_calibration
+        from loratune.evaluation import identity_calibration, quality_check
         from loratune.sampling import BASE_SAMPLES, render_base_samples
         from loratune.train.model import training_precision
 
@@ -92,15 +92,19 @@ class TrainAndScore:
                 render_base_samples(config, base.models, precision, run_dir / BASE_SAMPLES)
         evaluator = self.evaluator(config, run_dir)
         evaluator.load()
-        calibration = identity_calibration(evaluator)
+        calibration, quality = identity_calibration(evaluator), quality_check(evaluator)
         self._prepared = key
-        if calibration is None:
-            return []
-        atomic_write_json(RunFolder(run_dir).identity, calibration)
-        lines = [f"identity ({calibration['backend']}): {c or 'character'} present above similarity "
-                 f"{t['threshold']:.3f} (references vs the base model's samples: AUC {t['auc']:.2f}, "
-                 f"{t['positives']} vs {t['negatives']} images)" for c, t in calibration["characters"].items()]
-        return lines + calibration["warnings"]
+        lines: list[str] = []
+        if calibration is not None:
+            lines += [f"identity ({calibration['backend']}): {c or 'character'} present above similarity "
+                      f"{t['threshold']:.3f} (references vs the base model's samples: AUC {t['auc']:.2f}, "
+                      f"{t['positives']} vs {t['negatives']} images)" for c, t in calibration["characters"].items()]
+            lines += calibration["warnings"]
+        if quality is not None:
+            lines += quality["warnings"]
+        if calibration is not None or quality is not None:
+            atomic_write_json(RunFolder(run_dir).scorer_checks, {"identity": calibration, "quality": quality})
+        return lines
 
     def _score(self, config: Config, samples: list[Any], epoch: int, lora: Path | None, samples_dir: Path | None,
                out_dir: Path, validation_loss: float | None = None) -> EpochScore:
