@@ -32,7 +32,7 @@ def test_validation_loss_is_the_plain_mse_at_fixed_timesteps_and_noise(tiny_mode
     loss = ValidationLoss(config, models, images, torch.device("cpu"), torch.float32, contextlib.nullcontext)
 
     # The reference, written out: stratum midpoints of the 1000-step schedule, noise from the fixed seed.
-    assert loss.timesteps == [125, 375, 625, 875]
+    assert loss.levels == [0.125, 0.375, 0.625, 0.875]
     with torch.no_grad():
         pixels = torch.stack([load_pixels(it, (64, 64), False) for it in images.items])
         latents = encode_images(models.vae, pixels, sample=False)
@@ -42,11 +42,11 @@ def test_validation_loss_is_the_plain_mse_at_fixed_timesteps_and_noise(tiny_mode
         for step in (125, 375, 625, 875):
             noise = torch.randn(latents.shape, generator=generator)
             t = torch.full((3,), step)
-            pred = models.unet(models.noise_scheduler.add_noise(latents, noise, t), t, hidden).sample
+            pred = models.denoiser(models.noise_scheduler.add_noise(latents, noise, t), t, hidden).sample
             errors.append(F.mse_loss(pred, noise, reduction="none").mean(dim=[1, 2, 3]))
     expected = float(torch.cat(errors).mean())
 
-    models.unet.train()  # as in training: the call switches to eval mode and back
+    models.denoiser.train()  # as in training: the call switches to eval mode and back
     torch.manual_seed(1)
     first = loss()
     torch.manual_seed(2)
@@ -54,7 +54,7 @@ def test_validation_loss_is_the_plain_mse_at_fixed_timesteps_and_noise(tiny_mode
     second = loss()
     assert first == pytest.approx(expected, rel=1e-6) and first == second  # deterministic, whatever the global RNG
     assert torch.equal(torch.get_rng_state(), state)  # the training's random stream is left where it was
-    assert models.unet.training  # modes restored
+    assert models.denoiser.training  # modes restored
 
 
 def test_each_epoch_has_a_validation_loss_on_the_held_out_images_in_tensorboard(tiny_models, small_dataset_factory,

@@ -68,11 +68,10 @@ class ValidationLoss:
             self.latents = encode_images(models.vae, pixels.to(device, models.vae.dtype), sample=False).to(device, dtype)
             # A trained text encoder changes every epoch: its condition is encoded at each call instead.
             self.cond = None if models.trained_text_encoders else self._encode()
-        steps = models.noise_scheduler.config.num_train_timesteps
         k = config.train.validation_timesteps
-        self.timesteps = [int((i + 0.5) * steps / k) for i in range(k)]
+        self.levels = [(i + 0.5) / k for i in range(k)]  # the midpoints of k equal strata of the noise schedule
         generator = torch.Generator().manual_seed(VALIDATION_SEED)
-        self.noise = [torch.randn(self.latents.shape, generator=generator).to(self.latents) for _ in self.timesteps]
+        self.noise = [torch.randn(self.latents.shape, generator=generator).to(self.latents) for _ in self.levels]
         self.bucket = (resolution, resolution)
         self.count = len(images.items)
 
@@ -84,9 +83,7 @@ class ValidationLoss:
         """The mean plain MSE over images × timesteps with the LoRA as it is now (modules' modes restored)."""
         import torch
 
-        from loratune.train.loss import per_sample_loss
-
-        modules = [self.models.unet, *self.models.text_encoders]
+        modules = [self.models.denoiser, *self.models.text_encoders]
         modes = [m.training for m in modules]
         for module in modules:
             module.eval()
@@ -94,9 +91,9 @@ class ValidationLoss:
             with torch.random.fork_rng(devices=[]), torch.no_grad(), self.autocast():
                 cond = self.cond if self.cond is not None else encode_text(self.models, self.captions, self.device)
                 losses = []
-                for timestep, noise in zip(self.timesteps, self.noise):
-                    t = torch.full((self.count,), timestep, dtype=torch.long, device=self.latents.device)
-                    losses.append(per_sample_loss(self.models, self.latents, cond, self.bucket, t, noise, None))
+                for level, noise in zip(self.levels, self.noise):
+                    losses.append(self.models.family.validation_loss(self.models, self.latents, cond, self.bucket,
+                                                                     level, noise))
                 return float(torch.cat(losses).float().mean())
         finally:
             for module, mode in zip(modules, modes):
