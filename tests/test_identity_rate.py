@@ -15,7 +15,7 @@ from test_metrics_identity import make, picture, run
 
 from loratune.config import BackendConfig
 from loratune.metrics.base import EvalImage, References, Runtime
-from loratune.metrics.identity_rate import fit_threshold, leave_one_out_mean
+from loratune.metrics.identity_rate import auc, fit_threshold, leave_one_out_mean, shuffled_tiles, structure_probes
 from loratune.metrics.registry import create_backend
 
 
@@ -43,6 +43,16 @@ def test_separable_sets_put_the_threshold_in_the_gap_and_too_few_fit_nothing() -
     assert leave_one_out_mean(sims) == pytest.approx([0.35, 0.45, 0.3])
 
 
+def test_shuffled_tiles_keep_every_tile_and_lose_the_layout() -> None:
+    image = picture(5, size=(64, 48))
+    shuffled = shuffled_tiles(image, seed=3)
+    a, b = np.asarray(image), np.asarray(shuffled)
+    tiles = lambda x: sorted(x[i * 6:(i + 1) * 6, j * 8:(j + 1) * 8].tobytes() for i in range(8) for j in range(8))
+    assert tiles(a) == tiles(b) and not np.array_equal(a, b)  # the same 64 tiles, another order
+    assert np.array_equal(np.asarray(shuffled_tiles(image, seed=3)), b)  # by seed: the same every time
+    assert len(structure_probes([image, image])) == 4
+
+
 def _luca_world():
     """Three references of "luca", four base-model samples of its prompt, one reference of "alberto"."""
     refs = References(images={"luca": [picture(200), picture(201), picture(202)], "alberto": [picture(203)]},
@@ -68,9 +78,12 @@ def test_clip_i_rate_is_the_share_above_the_threshold_learned_from_references_an
     positives = [float((r[i] @ r.T).sum() - 1.0) / 2 for i in range(3)]  # each reference against the other two
     # Negatives: the base samples of luca's prompt and the other character's reference, against luca's references.
     negatives = [float((n @ r.T).mean()) for n in embed(refs.negatives["luca"] + refs.images["alberto"])]
-    expected = fit_threshold(positives, negatives)
-    assert backend.threshold_for("luca").threshold == pytest.approx(expected.threshold, abs=1e-5)
-    assert backend.threshold_for("luca").negatives == 5
+    # ... and luca's references cut into shuffled tiles: the palette without the character.
+    probes = [float((n @ r.T).mean()) for n in embed(structure_probes(refs.images["luca"]))]
+    expected = fit_threshold(positives, negatives, probes)
+    fitted = backend.threshold_for("luca")
+    assert fitted.threshold == pytest.approx(expected.threshold, abs=1e-5)
+    assert fitted.negatives == 5 + 6 and fitted.structure_auc == pytest.approx(auc(positives, probes), abs=1e-6)
     sims = [float((g @ r.T).mean()) for g in embed([img.image for img in images])]
     passes = [float(s >= expected.threshold) for s in sims]
     assert result.per_image == passes and result.value == pytest.approx(sum(passes) / 6)
@@ -112,7 +125,8 @@ def test_face_rate_uses_the_centroid_of_the_other_reference_faces(tiny_models) -
     centroid = unit(sum(f))
     positives = [float(f[i] @ unit(sum(f) - f[i])) for i in range(3)]
     negatives = [float(embed(x) @ centroid) for x in refs.negatives[None]]
-    expected = fit_threshold(positives, negatives)
+    probes = [float(embed(x) @ centroid) for x in structure_probes(faces)]  # recogniser_only: every image is a face
+    expected = fit_threshold(positives, negatives, probes)
     assert backend.threshold_for(None).threshold == pytest.approx(expected.threshold, abs=1e-4)
     sims = [float(embed(img.image) @ centroid) for img in images]
     assert result.per_image == [float(s >= expected.threshold) for s in sims]

@@ -233,6 +233,12 @@ def identity_calibration(evaluator: Evaluator) -> dict[str, Any] | None:
                 f"barely separate (AUC {t.auc:.2f} < evaluation.identity.min_auc {min_auc:g}); this scorer cannot see "
                 "the character, so its rate means little: try another consistency backend"
                 for c, t in thresholds.items() if t.auc < min_auc]
+    warnings += [f"identity ({name}): for {c or 'the characters'!r} it rates the references cut into shuffled tiles "
+                 f"(their colours without the character) about as high as the references themselves (structure AUC "
+                 f"{t.structure_auc:.2f}): it sees the palette, not the character, so an over-trained LoRA that paints "
+                 "the colours scores as the character; a structure-aware backend (dino with DINOv2, dreamsim, a "
+                 "face backend) sees more" for c, t in thresholds.items()
+                 if t.structure_auc is not None and t.structure_auc < min_auc]
     warnings += [f"identity ({name}): {c or 'untied references'!r} has fewer than two usable references, so no "
                  "threshold: its samples are left out of the consistency rate" for c, t in fitted.items() if t is None]
     return {"backend": producer.spec.name, "min_auc": min_auc, "warnings": warnings,

@@ -24,7 +24,13 @@ from pydantic import Field
 
 from loratune.metrics.base import AxisResult, Backend, EvalImage, Normalisation, References
 from loratune.metrics.embedding_cache import embed_images
-from loratune.metrics.identity_rate import IdentityThreshold, fit_threshold, leave_one_out_mean, rate_details
+from loratune.metrics.identity_rate import (
+    IdentityThreshold,
+    fit_threshold,
+    leave_one_out_mean,
+    rate_details,
+    structure_probes,
+)
 from loratune.metrics.openclip_models import ImageEmbedder, load_clip_image, load_hf_vision, resolve_clip_image
 from loratune.metrics.timm_models import is_timm_folder, is_timm_name, load_timm
 from loratune.modelref import check_model_ref, is_stand_in
@@ -89,7 +95,9 @@ class _EmbeddingIdentity(Backend):
             fitted = None
             if refs is not None and negatives:
                 positives = leave_one_out_mean(refs @ refs.T)
-                fitted = fit_threshold(positives, (self.embed(negatives) @ refs.T).mean(1).tolist())
+                probes = structure_probes(self.references.for_character(character))
+                fitted = fit_threshold(positives, (self.embed(negatives) @ refs.T).mean(1).tolist(),
+                                       (self.embed(probes) @ refs.T).mean(1).tolist())
             self.thresholds[character] = fitted
         return self.thresholds[character]
 

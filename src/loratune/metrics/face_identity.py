@@ -36,7 +36,7 @@ from loratune.errors import LoratuneError
 from loratune.metrics.base import AxisResult, Backend, EvalImage, Normalisation, References
 from loratune.metrics.cache import cached_model
 from loratune.metrics.embedding_identity import mean_or_none, mean_pairwise_cosine
-from loratune.metrics.identity_rate import IdentityThreshold, fit_threshold, rate_details
+from loratune.metrics.identity_rate import IdentityThreshold, fit_threshold, rate_details, structure_probes
 from loratune.metrics.openclip_models import first_line
 from loratune.modelref import is_stand_in
 
@@ -153,9 +153,16 @@ class FaceIdentity(Backend):
                 total = torch.stack(faces).sum(0)
                 positives = [float(f @ torch.nn.functional.normalize(total - f, dim=0)) for f in faces]
                 found = [e for e in self._normalised(self.embed_faces(negatives)) if e is not None]
-                fitted = fit_threshold(positives, [float(e @ centroid) for e in found])
+                # Shuffled tiles rarely hold a face; those that do are palette-only look-alikes, negatives too.
+                probes = self._references_of(character)
+                shuffled = [e for e in self._normalised(self.embed_faces(structure_probes(probes))) if e is not None]
+                fitted = fit_threshold(positives, [float(e @ centroid) for e in found],
+                                       [float(e @ centroid) for e in shuffled])
             self.thresholds[character] = fitted
         return self.thresholds[character]
+
+    def _references_of(self, character: str | None) -> list[Image.Image]:
+        return self.references.for_character(character)
 
     def normalisation(self) -> Normalisation:
         if self.rated:

@@ -7,7 +7,10 @@ comes from two sets the study already has, scored exactly as generated samples a
 * **positives**: the character's references (held-out images when ``dataset.holdout`` is set), each one's similarity
   to the *other* references (leave-one-out, so no image is compared with itself);
 * **negatives**: images that are not the character — the base model's own samples of the same prompts (drawn once per
-  run: the base has never seen the character) and the other characters' references.
+  run: the base has never seen the character), the other characters' references, and each reference cut into an 8x8
+  grid of tiles shuffled (``shuffled_tiles``): the character's colours and textures without the character, which is
+  what an over-trained ("fried") LoRA paints. An embedder that rates those as high as the references themselves sees
+  the palette, not the character: the ``structure_auc`` says so.
 
 The threshold maximises Youden's J (true-positive rate minus false-positive rate; the midpoint between the two
 scores where it is reached), and the AUC (Mann-Whitney: the chance that a random positive scores above a random
@@ -41,6 +44,7 @@ class IdentityThreshold:
     negative_mean: float
     true_positive_rate: float  # share of positives at or above the threshold
     false_positive_rate: float  # share of negatives at or above it
+    structure_auc: float | None = None  # positives against the shuffled-tile references only
 
     def to_json(self) -> dict[str, Any]:
         return {k: round(v, 6) if isinstance(v, float) else v for k, v in asdict(self).items()}
@@ -52,8 +56,10 @@ def auc(positives: Sequence[float], negatives: Sequence[float]) -> float:
     return wins / (len(positives) * len(negatives))
 
 
-def fit_threshold(positives: Sequence[float], negatives: Sequence[float]) -> IdentityThreshold | None:
-    """The similarity threshold with the largest Youden's J; None with too few of either set.
+def fit_threshold(positives: Sequence[float], negatives: Sequence[float],
+                  probes: Sequence[float] = ()) -> IdentityThreshold | None:
+    """The similarity threshold with the largest Youden's J; None with too few of either set. ``probes`` (the
+    shuffled-tile references) count as negatives too, and their own AUC is ``structure_auc``.
 
     Candidates are the midpoints between adjacent distinct scores (and the ends), so a sample passes with
     ``similarity >= threshold``. Ties in J: the widest gap between a positive and a negative wins, then the
@@ -61,6 +67,8 @@ def fit_threshold(positives: Sequence[float], negatives: Sequence[float]) -> Ide
     """
     if len(positives) < MIN_POSITIVES or len(negatives) < MIN_NEGATIVES:
         return None
+    structure = float(auc(positives, probes)) if probes else None
+    negatives = [*negatives, *probes]
     values = sorted(set(positives) | set(negatives))
     cuts = [values[0] - 1e-6] + [(a + b) / 2 for a, b in zip(values, values[1:])] + [values[-1] + 1e-6]
 
@@ -80,7 +88,31 @@ def fit_threshold(positives: Sequence[float], negatives: Sequence[float]) -> Ide
         threshold=float(best), auc=float(auc(positives, negatives)), positives=len(positives),
         negatives=len(negatives), positive_mean=float(sum(positives) / len(positives)),
         negative_mean=float(sum(negatives) / len(negatives)), true_positive_rate=tpr, false_positive_rate=fpr,
+        structure_auc=structure,
     )
+
+
+SHUFFLE_GRID = 8  # tiles per side: at ViT-B/16's 224 px a tile is ~2 patches; at the world's 64 px, one 8-px patch
+SHUFFLES = 2  # shuffled copies per reference
+
+
+def shuffled_tiles(image: Any, seed: int, grid: int = SHUFFLE_GRID) -> Any:
+    """``image`` (PIL) cut into ``grid`` x ``grid`` tiles put back in a random order (by ``seed``): its colours and
+    local textures without its shape. Sides that do not divide evenly lose their last few pixels."""
+    import numpy as np
+    from PIL import Image
+
+    pixels = np.asarray(image.convert("RGB"))
+    th, tw = pixels.shape[0] // grid, pixels.shape[1] // grid
+    tiles = [pixels[i * th:(i + 1) * th, j * tw:(j + 1) * tw] for i in range(grid) for j in range(grid)]
+    order = np.random.default_rng(seed).permutation(len(tiles))
+    rows = [np.concatenate([tiles[order[i * grid + j]] for j in range(grid)], axis=1) for i in range(grid)]
+    return Image.fromarray(np.concatenate(rows, axis=0))
+
+
+def structure_probes(references: Sequence[Any]) -> list[Any]:
+    """``SHUFFLES`` shuffled-tile copies of each reference, always the same for the same references."""
+    return [shuffled_tiles(img, seed=1000 * i + k) for i, img in enumerate(references) for k in range(SHUFFLES)]
 
 
 def leave_one_out_mean(similarities: Any) -> list[float]:
