@@ -91,6 +91,8 @@ def _parts(name: str) -> int:
 
 def part_sizes(name: str, config: Mapping[str, Any]) -> list[int]:
     """Output rows of each part of a fused original module, from the transformer's config."""
+    if "num_attention_heads" not in config or "attention_head_dim" not in config:
+        raise ValueError(f"{name}: writing a fused module needs the transformer's config (its attention widths)")
     inner = int(config["num_attention_heads"]) * int(config["attention_head_dim"])
     # FluxSingleTransformerBlock's mlp_ratio is 4.0 (not in the config: diffusers and BFL fix it).
     return [inner] * 3 + ([inner * 4] if _parts(name) == 4 else [])
