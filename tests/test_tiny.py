@@ -268,3 +268,17 @@ def test_reuses_a_complete_build(tiny_models):
     again = build_tiny_models(tiny_models.root)
     assert again == tiny_models and manifest["version"] >= 1
     assert (tiny_models.sd15 / "model_index.json").stat().st_mtime_ns == before
+
+
+@pytest.mark.parametrize("name", ["sd15", "sdxl", "flux"])
+def test_each_family_loads_every_part_it_declares_from_its_tiny_folder(tiny_models, name):
+    from loratune.families import FAMILIES
+
+    family = FAMILIES[name]
+    folder = tiny_models.bases[name]
+    assert all((folder / c.subfolder).is_dir() for c in family.components())
+    models = family.load(str(folder))
+    loaded = [models.denoiser, models.vae, *models.text_encoders, *models.tokenizers, models.noise_scheduler]
+    for component, part in zip(family.components(), loaded):
+        assert isinstance(part, component.load_class()), (component.subfolder, type(part))
+    assert not any(p.requires_grad for m in [models.denoiser, models.vae, *models.text_encoders] for p in m.parameters())

@@ -79,7 +79,9 @@ class Family(ABC):
     # -- parts -------------------------------------------------------------------------------------------------------
 
     def components(self) -> tuple[Component, ...]:
-        """Every part with weights or files: what a loader reads and what a memory estimate would count."""
+        """Every part, in loading order: what ``load`` reads, what a memory estimate sums (the parameter bytes of the
+        parts with ``weights``) and what a single-file loader fills (diffusers' ``from_single_file`` of the
+        denoiser's class, the other parts from the family's reference folder)."""
         return (self.denoiser, self.vae, *self.text_encoders, *self.tokenizers, self.noise_scheduler)
 
     def load(self, base: str, variant: str | None = None, quantize: str | None = None) -> Models:
