@@ -100,7 +100,10 @@ def run_reference(base: Path, dataset: Path, steps: int, batch_size: int, cache:
     return times
 
 
-def run_loratune(config_path: Path, dataset: Path, steps: int, batch_size: int, cache: bool, out: Path) -> list[float]:
+def run_loratune(
+    config_path: Path, dataset: Path, steps: int, batch_size: int, cache: bool, out: Path, extra: list[str] | None = None
+) -> list[float]:
+    """loratune's trainer on ``config_path`` with this benchmark's recipe (plus ``extra`` overrides); step times."""
     from loratune.config import load_config
     from loratune.train import train
 
@@ -121,6 +124,7 @@ def run_loratune(config_path: Path, dataset: Path, steps: int, batch_size: int, 
             "train.sample_checkpoints=false",
             "train.mixed_precision=no",
             "train.device=cpu",
+            *(extra or []),
         ],
     )
     stamps: list[float] = []
@@ -164,8 +168,9 @@ def child(args: argparse.Namespace) -> None:
     print(json.dumps({"variant": args.variant, "steps_per_s": len(measured) / sum(measured), "peak_rss_mb": rss_mb}))
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def parse_args(doc: str, variants: list[str]) -> argparse.Namespace:
+    """The options every training benchmark takes (``--variant`` is how the parent starts each child)."""
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--batch-size", type=int, default=4)
@@ -174,18 +179,16 @@ def main() -> None:
         default=os.environ.get("LORATUNE_TINY_CACHE"),
         help="the tiny models' folder (default: $LORATUNE_TINY_CACHE, else built in a temporary folder)",
     )
-    parser.add_argument("--variant", choices=VARIANTS, help=argparse.SUPPRESS)
+    parser.add_argument("--variant", choices=variants, help=argparse.SUPPRESS)
     args = parser.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    if args.variant:
-        child(args)
-        return
+    return args
 
-    import statistics
+
+def interleaved_runs(script: str, variants: list[str], args: argparse.Namespace) -> dict[str, list[dict]]:
+    """Each variant of ``script`` in its own process, ``args.rounds`` times, interleaved so that a burst of load
+    elsewhere hits every variant alike; the JSON line each child prints, per variant."""
     import tempfile
-
-    from rich.console import Console
-    from rich.table import Table
 
     from loratune.tiny import build_tiny_models
 
@@ -193,13 +196,28 @@ def main() -> None:
         tiny_dir = args.tiny_dir or str(Path(scratch) / "tiny-models")
         build_tiny_models(tiny_dir)
         total = args.steps + warmup_steps(Path(tiny_dir), args.batch_size) + 1
-        runs: dict[str, list[dict]] = {v: [] for v in VARIANTS}
-        for _ in range(args.rounds):  # interleaved, so a burst of load elsewhere hits every variant alike
-            for variant in VARIANTS:
-                cmd = [sys.executable, __file__, "--variant", variant, "--steps", str(total)]
+        runs: dict[str, list[dict]] = {v: [] for v in variants}
+        for _ in range(args.rounds):
+            for variant in variants:
+                cmd = [sys.executable, script, "--variant", variant, "--steps", str(total)]
                 cmd += ["--batch-size", str(args.batch_size), "--tiny-dir", tiny_dir]
                 out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
                 runs[variant].append(json.loads(out.strip().splitlines()[-1]))
+    return runs
+
+
+def main() -> None:
+    args = parse_args(__doc__, VARIANTS)
+    if args.variant:
+        child(args)
+        return
+
+    import statistics
+
+    from rich.console import Console
+    from rich.table import Table
+
+    runs = interleaved_runs(__file__, VARIANTS, args)
     speed = {v: sorted(r["steps_per_s"] for r in rs) for v, rs in runs.items()}
     table = Table(
         title=f"LoRA training on the tiny SD1.5, 64 px, batch {args.batch_size}, rank 4: best and median of {args.rounds} "

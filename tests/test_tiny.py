@@ -213,6 +213,32 @@ def test_cli_prints_the_paths(tiny_models, capsys):
     assert main(["tiny-models", str(tiny_models.root)]) == 0
     out = capsys.readouterr().out
     assert f"config: {tiny_models.config}\n" in out
+    assert main(["tiny-models", str(tiny_models.root), "--family", "flux"]) == 0
+    out = capsys.readouterr().out
+    assert f"config: {tiny_models.config_flux}\n" in out and f"config (Flux.1): {tiny_models.config_flux}\n" in out
+    assert main(["tiny-models", str(tiny_models.root), "--family", "sd3"]) == 2
+    assert "--family: unknown family 'sd3'" in capsys.readouterr().err
+
+
+def test_flux_pipeline_loads_like_flux1_dev_with_a_local_t5_tokenizer(tiny_models):
+    from diffusers import FluxPipeline
+    from transformers import T5TokenizerFast
+
+    from loratune.config import load_config
+
+    pipe = FluxPipeline.from_pretrained(tiny_models.flux)
+    assert pipe.transformer.config.guidance_embeds and pipe.vae.config.shift_factor == 0.1159
+    assert pipe.transformer.config.in_channels == 4 * pipe.vae.config.latent_channels == 64
+    tokenizer = T5TokenizerFast.from_pretrained(tiny_models.flux / "tokenizer_2")
+    ids = tokenizer(["a boy with brown hair"], padding="max_length", max_length=12).input_ids[0]
+    # T5's conventions: whole words are one piece each, </s> (1) closes the text, <pad> (0) fills the rest.
+    assert tokenizer.convert_ids_to_tokens(ids[:6]) == ["▁a", "▁boy", "▁with", "▁brown", "▁hair", "</s>"]
+    assert ids[6:] == [0] * 6
+    image = pipe("a boy", num_inference_steps=2, height=64, width=64, max_sequence_length=16,
+                 generator=torch.Generator().manual_seed(0)).images[0]
+    assert image.size == (64, 64)
+    config = load_config(tiny_models.config_flux)
+    assert (config.model.base, config.model.family) == (str(tiny_models.flux), "flux")
 
 
 def test_refuses_to_replace_a_folder_with_other_content(tmp_path):
@@ -242,3 +268,17 @@ def test_reuses_a_complete_build(tiny_models):
     again = build_tiny_models(tiny_models.root)
     assert again == tiny_models and manifest["version"] >= 1
     assert (tiny_models.sd15 / "model_index.json").stat().st_mtime_ns == before
+
+
+@pytest.mark.parametrize("name", ["sd15", "sdxl", "flux"])
+def test_each_family_loads_every_part_it_declares_from_its_tiny_folder(tiny_models, name):
+    from loratune.families import FAMILIES
+
+    family = FAMILIES[name]
+    folder = tiny_models.bases[name]
+    assert all((folder / c.subfolder).is_dir() for c in family.components())
+    models = family.load(str(folder))
+    loaded = [models.denoiser, models.vae, *models.text_encoders, *models.tokenizers, models.noise_scheduler]
+    for component, part in zip(family.components(), loaded):
+        assert isinstance(part, component.load_class()), (component.subfolder, type(part))
+    assert not any(p.requires_grad for m in [models.denoiser, models.vae, *models.text_encoders] for p in m.parameters())

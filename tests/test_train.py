@@ -277,11 +277,11 @@ class CountingLoader:
     """``load_models`` with a count of its calls (each call reads every part with ``from_pretrained``)."""
 
     def __init__(self) -> None:
-        self.calls: list[tuple[str, str, str | None]] = []
+        self.calls: list[tuple[str, str, str | None, str | None]] = []
 
-    def __call__(self, base: str, family: str, variant: str | None = None):  # type: ignore[no-untyped-def]
-        self.calls.append((base, family, variant))
-        return load_models(base, family, variant)
+    def __call__(self, base: str, family: str, variant: str | None = None, quantize: str | None = None):  # type: ignore[no-untyped-def]
+        self.calls.append((base, family, variant, quantize))
+        return load_models(base, family, variant, quantize)
 
 
 def test_a_trial_does_not_depend_on_the_trial_before(tiny_models, small_dataset, tmp_path) -> None:

@@ -60,6 +60,10 @@ class ModelSection(Strict):
     base: str = Field("stable-diffusion-v1-5/stable-diffusion-v1-5", description="diffusers hub id or local folder")
     family: str = Field(DEFAULT_FAMILY, description=f"the base's model family: {', '.join(FAMILIES)}")
     variant: str | None = None
+    quantize: Literal["fp8", "nf4"] | None = Field(
+        None, description="keep the denoiser's frozen weights in 8 (fp8) or 4 (nf4) bits on a CUDA GPU (Flux.1 on "
+        "24 GB); refused elsewhere"
+    )
 
     @field_validator("family")
     @classmethod
@@ -322,6 +326,13 @@ class Config(Strict):
     @model_validator(mode="after")
     def _family_settings(self) -> Config:
         get_family(self.model.family).check(self)
+        if self.model.quantize:  # torch is imported only for a config that asks for it
+            import torch
+
+            from loratune.train.quantize import check_quantize_device
+
+            cuda = self.train.device in ("auto", "cuda") and torch.cuda.is_available()
+            check_quantize_device(self.model.quantize, "cuda" if cuda else self.train.device.replace("auto", "cpu"))
         return self
 
     @model_validator(mode="after")

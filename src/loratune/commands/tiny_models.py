@@ -18,9 +18,11 @@ def command(
     dataset, offline."""
     import time
 
-    from loratune.families import get_family
+    from loratune.errors import LoratuneError
+    from loratune.families import FAMILIES, get_family
 
-    get_family(family)  # an unknown family is an error before minutes of building
+    if family not in FAMILIES:  # before minutes of building
+        raise LoratuneError(f"--family: unknown family {family!r} (known: {', '.join(FAMILIES)})")
 
     from rich.console import Console
     from rich.table import Table

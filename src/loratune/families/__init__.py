@@ -6,7 +6,7 @@ conditioning, training objective, pipeline call arguments, kohya names, modelspe
 a tiny stand-in), one entry in ``FAMILIES`` and its tests.
 
 >>> sorted(FAMILIES)
-['sd15', 'sdxl']
+['flux', 'sd15', 'sdxl']
 >>> get_family("sd15").label
 'Stable Diffusion 1.5'
 """
@@ -15,10 +15,11 @@ from __future__ import annotations
 
 from loratune.errors import LoratuneError
 from loratune.families.base import Component, Family
+from loratune.families.flux import Flux
 from loratune.families.sd15 import SD15
 from loratune.families.sdxl import SDXL
 
-FAMILIES: dict[str, Family] = {family.name: family for family in (SD15(), SDXL())}
+FAMILIES: dict[str, Family] = {family.name: family for family in (SD15(), SDXL(), Flux())}
 DEFAULT_FAMILY = "sd15"
 
 

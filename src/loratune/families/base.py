@@ -40,9 +40,9 @@ class Component:
         module, name = self.loader.rsplit(".", 1)
         return getattr(importlib.import_module(module), name)
 
-    def load(self, base: str, variant: str | None = None) -> Any:
+    def load(self, base: str, variant: str | None = None, **extra: Any) -> Any:
         """``from_pretrained`` of this part from a hub id or a local diffusers folder; a failure names the part."""
-        kwargs = {"variant": variant} if variant and self.weights else {}
+        kwargs = ({"variant": variant} if variant and self.weights else {}) | extra
         try:
             return self.load_class().from_pretrained(base, subfolder=self.subfolder, **kwargs)
         except (OSError, ValueError) as err:
@@ -79,20 +79,26 @@ class Family(ABC):
     # -- parts -------------------------------------------------------------------------------------------------------
 
     def components(self) -> tuple[Component, ...]:
-        """Every part with weights or files: what a loader reads and what a memory estimate would count."""
+        """Every part, in loading order: what ``load`` reads, what a memory estimate sums (the parameter bytes of the
+        parts with ``weights``) and what a single-file loader fills (diffusers' ``from_single_file`` of the
+        denoiser's class, the other parts from the family's reference folder)."""
         return (self.denoiser, self.vae, *self.text_encoders, *self.tokenizers, self.noise_scheduler)
 
-    def load(self, base: str, variant: str | None = None) -> Models:
-        """All parts in float32 on the CPU, frozen; the trainer moves and casts them."""
+    def load(self, base: str, variant: str | None = None, quantize: str | None = None) -> Models:
+        """All parts in float32 on the CPU, frozen; the trainer moves and casts them. ``quantize``
+        (``model.quantize``, CUDA only) keeps the denoiser's weights in 8 or 4 bits (``loratune.train.quantize``)."""
         from loratune.train.model import Models
+        from loratune.train.quantize import after_load, load_kwargs
 
-        denoiser, vae = self.denoiser.load(base, variant), self.vae.load(base, variant)
+        denoiser = self.denoiser.load(base, variant, **load_kwargs(quantize))
+        after_load(denoiser, quantize)
+        vae = self.vae.load(base, variant)
         encoders = [c.load(base, variant) for c in self.text_encoders]
         tokenizers = [c.load(base) for c in self.tokenizers]
         scheduler = self.noise_scheduler.load(base)
         for module in [denoiser, vae, *encoders]:
             module.requires_grad_(False)
-        return Models(self, denoiser, vae, encoders, tokenizers, scheduler)
+        return Models(self, denoiser, vae, encoders, tokenizers, scheduler, quantize=quantize)
 
     def pipeline(self, models: Models, scheduler: Any) -> Any:
         """The diffusers text-to-image pipeline over the loaded parts (no second copy of the weights)."""
@@ -118,7 +124,7 @@ class Family(ABC):
     @abstractmethod
     def check(self, config: Config) -> None:
         """Raise ``ValueError`` naming the field for a setting this family cannot honour (run at config validation,
-        before any model loads)."""
+        before any model loads). Flow-matching settings are refused on noise-prediction families and the reverse."""
 
     @abstractmethod
     def encode_text(self, models: Models, captions: list[str], device: Any) -> TextCondition:
@@ -191,3 +197,16 @@ class Family(ABC):
     def build_tiny(self, folder: Path, seed: int) -> None:
         """Write a randomly initialised, correctly shaped diffusers folder of this family (``loratune tiny-models``)."""
 
+
+# Settings only one training objective reads. Each family refuses the other objective's, so no setting is silently
+# ignored: a config moved from SD1.5 to Flux (or back) says what no longer applies.
+NOISE_PREDICTION_SETTINGS = ("prediction_type", "min_snr_gamma", "noise_offset")
+FLOW_MATCHING_SETTINGS = ("timestep_sampling", "discrete_flow_shift", "guidance_scale")
+
+
+def refuse_train_settings(train: TrainSection, names: tuple[str, ...], family: str, why: str) -> None:
+    """``ValueError`` naming the first of ``names`` set in ``train`` (non-default) for ``family``."""
+    for name in names:
+        value = getattr(train, name)
+        if value not in (None, 0, 0.0):
+            raise ValueError(f"train.{name}: {why}; {family} does not read it (got {value!r})")

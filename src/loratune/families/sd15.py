@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from loratune.families.base import Component, Family
+from loratune.families.base import FLOW_MATCHING_SETTINGS, Component, Family, refuse_train_settings
 
 if TYPE_CHECKING:
     from loratune.config import Config
@@ -40,7 +40,7 @@ class SD15(Family):
         return {"safety_checker": None, "feature_extractor": None, "requires_safety_checker": False}
 
     def check(self, config: Config) -> None:
-        """Every setting applies to SD1.5."""
+        refuse_train_settings(config.train, FLOW_MATCHING_SETTINGS, self.name, "a flow-matching setting (Flux)")
 
     def encode_text(self, models: Models, captions: list[str], device: Any) -> TextCondition:
         """The text encoder's last hidden state."""

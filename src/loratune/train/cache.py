@@ -37,12 +37,13 @@ class Base:
 
 
 class BaseCache:
-    """Loads a base once per (base, family, variant, device, precision) and lends it to one trial at a time.
+    """Loads a base once per (base, family, variant, quantisation, device, precision) and lends it to one trial at a
+    time.
 
-    ``loader(base, family, variant) -> Models`` defaults to ``load_models``.
+    ``loader(base, family, variant, quantize) -> Models`` defaults to ``load_models``.
     """
 
-    def __init__(self, loader: Callable[[str, str, str | None], Models] = load_models) -> None:
+    def __init__(self, loader: Callable[[str, str, str | None, str | None], Models] = load_models) -> None:
         self.loader = loader
         self._key: tuple[Any, ...] | None = None
         self._base: Base | None = None
@@ -53,10 +54,10 @@ class BaseCache:
         if self._lent:
             raise RuntimeError("BaseCache: the base is already lent (one run at a time per cache)")
         m = config.model
-        key = (m.base, m.family, m.variant, str(precision.device), precision.mixed)
+        key = (m.base, m.family, m.variant, m.quantize, str(precision.device), precision.mixed)
         if self._base is None or self._key != key:
             self._base = self._key = None  # let the old base go before the new one loads
-            models = self.loader(m.base, m.family, m.variant)
+            models = self.loader(m.base, m.family, m.variant, m.quantize)
             place(models, precision)
             self._base, self._key = Base(models), key
         base = self._base

@@ -75,6 +75,14 @@ class TrainSection(BaseModel):
     prediction_type: Literal["epsilon", "v_prediction"] | None = Field(None, description="default: the base model's")
     min_snr_gamma: float | None = Field(None, gt=0, le=100)
     noise_offset: float = Field(0.0, ge=0, le=1)
+    # Flow matching (Flux): sd-scripts' flux_train_network.py options of the same names.
+    timestep_sampling: Literal["shift", "flux_shift", "sigmoid", "uniform"] | None = Field(
+        None, description="how noise levels are drawn; default shift (kohya's recommended Flux setting)"
+    )
+    discrete_flow_shift: float | None = Field(None, gt=0, le=100, description="shift for timestep_sampling=shift "
+                                                                                "(default 3.1582)")
+    guidance_scale: float | None = Field(None, ge=0, le=100, description="guidance fed to a guidance-distilled base "
+                                                                          "while training (Flux.1 dev; default 1.0)")
     gradient_checkpointing: bool = False
     mixed_precision: Literal["auto", "no", "fp16", "bf16"] = Field("auto", description="auto: bf16 on CUDA, else no")
     device: Literal["auto", "cpu", "cuda", "mps"] = "auto"

@@ -33,13 +33,14 @@ class Models:
     tokenizers: list[Any]
     noise_scheduler: Any
     trained_text_encoders: list[int] = field(default_factory=list)
+    quantize: str | None = None  # model.quantize: the denoiser's weights stay in their 8- or 4-bit storage
 
 
-def load_models(base: str, family: str, variant: str | None = None) -> Models:
-    """All parts in float32 on the CPU; the trainer moves and casts them."""
+def load_models(base: str, family: str, variant: str | None = None, quantize: str | None = None) -> Models:
+    """All parts in float32 on the CPU (a quantised denoiser in its own storage); the trainer moves and casts them."""
     from loratune.families import get_family
 
-    return get_family(family).load(base, variant)
+    return get_family(family).load(base, variant, quantize)
 
 
 @dataclass(frozen=True)
@@ -80,11 +81,18 @@ def training_precision(train: TrainSection) -> Precision:
 
 
 def place(models: Models, precision: Precision) -> None:
-    """Move the parts onto the device; denoiser and text encoders in the compute dtype, the VAE in float32."""
+    """Move the parts onto the device; denoiser and text encoders in the compute dtype, the VAE in float32; a
+    quantised denoiser keeps its storage dtype."""
     import torch
 
     models.vae.to(precision.device)
-    for module in [models.denoiser, *models.text_encoders]:
+    cast = list(models.text_encoders)
+    if models.quantize is None:
+        cast.insert(0, models.denoiser)
+    elif models.quantize == "fp8":
+        models.denoiser.to(precision.device)  # no dtype: a cast would undo the float8 storage
+    # (nf4: bitsandbytes put the weights on the GPU as it quantised them, and refuses to move or cast them)
+    for module in cast:
         # dtype only when it changes: diffusers warns on every dtype cast, even a no-op one
         if precision.weight_dtype == torch.float32:
             module.to(precision.device)
