@@ -116,8 +116,6 @@ class Flux(Family):
              generator: Any) -> Any:
         """Flow matching: regress the transformer's raw output on ``noise - latents`` at a drawn noise level."""
         import torch
-        import torch.nn.functional as F
-        from diffusers import FluxPipeline
 
         b, c, h, w = latents.shape
         noise = torch.randn(latents.shape, generator=generator).to(latents)
@@ -125,12 +123,30 @@ class Flux(Family):
             train.timestep_sampling or TIMESTEP_SAMPLING, b, generator, train.discrete_flow_shift or DISCRETE_FLOW_SHIFT,
             (h // 2) * (w // 2), models.noise_scheduler.config,
         ).to(latents)
+        guidance_scale = TRAINING_GUIDANCE if train.guidance_scale is None else train.guidance_scale
+        return self._loss_at(models, latents, cond, sigmas, noise, guidance_scale).mean()
+
+    def validation_loss(self, models: Models, latents: Any, cond: TextCondition, bucket: tuple[int, int],
+                        level: float, noise: Any) -> Any:
+        """The flow-matching MSE per sample at sigma = ``level`` (guidance at the training default)."""
+        import torch
+
+        sigmas = torch.full((latents.shape[0],), level, device=latents.device, dtype=latents.dtype)
+        return self._loss_at(models, latents, cond, sigmas, noise, TRAINING_GUIDANCE)
+
+    def _loss_at(self, models: Models, latents: Any, cond: TextCondition, sigmas: Any, noise: Any,
+                 guidance_scale: float) -> Any:
+        """Each sample's flow-matching loss at the given noise levels and noise."""
+        import torch
+        import torch.nn.functional as F
+        from diffusers import FluxPipeline
+
+        b, c, h, w = latents.shape
         s = sigmas.view(-1, 1, 1, 1)
         noisy = (1 - s) * latents + s * noise
         guidance = None
         if self.guidance_distilled(models):
-            guidance = torch.full((b,), TRAINING_GUIDANCE if train.guidance_scale is None else train.guidance_scale,
-                                  device=latents.device, dtype=torch.float32)
+            guidance = torch.full((b,), guidance_scale, device=latents.device, dtype=torch.float32)
         pred = models.denoiser(
             hidden_states=FluxPipeline._pack_latents(noisy, b, c, h, w),
             timestep=sigmas,  # the pipeline passes sigma·1000 / 1000; the transformer scales by 1000 itself
@@ -144,7 +160,7 @@ class Flux(Family):
         # Unpacking takes pixel sizes: a latent of h×w is an image of h·f × w·f for the VAE's factor f.
         factor = 2 ** (len(models.vae.config.block_out_channels) - 1)
         pred = FluxPipeline._unpack_latents(pred, h * factor, w * factor, factor)
-        return F.mse_loss(pred.float(), (noise - latents).float())
+        return F.mse_loss(pred.float(), (noise - latents).float(), reduction="none").mean(dim=[1, 2, 3])
 
     def sampling_defaults(self, models: Models) -> tuple[int, float]:
         return (self.default_steps, self.default_cfg) if self.guidance_distilled(models) else (4, 0.0)
