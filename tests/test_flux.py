@@ -202,6 +202,8 @@ def test_train_two_epochs_writes_kohya_flux_files(flux_run) -> None:
     assert meta["ss_base_model_version"] == "flux1" and meta["ss_timestep_sampling"] == "shift"
     assert meta["ss_guidance_scale"] == "1.0" and meta["ss_epoch"] == "2"
     assert [len(c.samples) for c in result.checkpoints] == [1, 1]
+    losses = [c.validation_loss for c in result.checkpoints]  # the flow-matching loss at fixed sigmas and noise
+    assert all(isinstance(v, float) and np.isfinite(v) for v in losses) and losses[0] != losses[1]
 
 
 @pytest.mark.slow
