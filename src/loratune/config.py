@@ -13,6 +13,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
+from loratune.caption.config import CaptionSection
 from loratune.errors import LoratuneError, first_line
 from loratune.kohya_prompts import parse_kohya_prompts
 from loratune.learning.config import LearningSection, check_holdout
@@ -293,6 +294,7 @@ class Config(Strict):
     evaluation: EvaluationSection = Field(default_factory=EvaluationSection)
     train: TrainSection = Field(default_factory=TrainSection)
     search: SearchSection = Field(default_factory=SearchSection)
+    caption: CaptionSection = Field(default_factory=CaptionSection)
 
     @model_validator(mode="after")
     def _characters_known(self) -> Config:

@@ -13,6 +13,8 @@
     out_dir/vlm/           AutoModelForImageTextToText / AutoProcessor.from_pretrained(path) (native InternVL)
     out_dir/imagereward/   THUDM/ImageReward layout: ImageReward.pt (weights_only state dict) + med_config.json + vocab.txt
     out_dir/hpsv2/         open_clip folder (local-dir:) whose .pth holds HPSv2's {"state_dict": ...} checkpoint
+    out_dir/florence2/     AutoModelForImageTextToText / AutoProcessor.from_pretrained(path) (native Florence-2)
+    out_dir/tagger/        model.onnx + selected_tags.csv: a WD14-style tagger for onnxruntime
     out_dir/dataset/train/10_<token>/*.png + .txt, out_dir/dataset/references/<token>/*.png
     out_dir/loratune.yaml  a config using all of the above (relative paths); loratune-sdxl.yaml: the same on SDXL
 

@@ -17,7 +17,7 @@ from loratune.errors import LoratuneError
 from loratune.modelref import write_stand_in_marker
 
 # Bump when anything the factory writes changes: cached builds of another version are rebuilt.
-FACTORY_VERSION = 4
+FACTORY_VERSION = 5
 MANIFEST = "loratune-tiny.json"
 CONFIG_NAME = "loratune.yaml"
 SDXL_CONFIG_NAME = "loratune-sdxl.yaml"
@@ -35,6 +35,8 @@ LAYOUT: dict[str, str] = {
     "vlm": "vlm",
     "imagereward": "imagereward",
     "hpsv2": "hpsv2",
+    "florence2": "florence2",
+    "tagger": "tagger",
     "dataset": "dataset/train",
     "references": "dataset/references",
     "config": CONFIG_NAME,
@@ -57,6 +59,8 @@ class TinyModels:
     vlm: Path
     imagereward: Path  # THUDM/ImageReward's layout: ImageReward.pt + med_config.json (+ a tiny BERT vocab.txt)
     hpsv2: Path  # open_clip folder whose weights file is HPSv2's {"state_dict": ...} checkpoint
+    florence2: Path  # prose captioner: Florence2ForConditionalGeneration + Florence2Processor
+    tagger: Path  # WD14-style tagger: model.onnx + selected_tags.csv
     dataset: Path
     references: Path
     config: Path
@@ -110,7 +114,9 @@ def _build_all(tmp: Path, say: Progress) -> None:
     from loratune.tiny.dataset import make_character_dataset
     from loratune.tiny.face_detector import build_face_detector
     from loratune.tiny.preference import build_hpsv2, build_imagereward
+    from loratune.tiny.florence import build_florence2
     from loratune.tiny.sd import build_sd15, build_sdxl
+    from loratune.tiny.tagger import build_tagger
     from loratune.tiny.vlm import build_vlm
 
     paths = TinyModels.at(tmp)
@@ -129,6 +135,8 @@ def _build_all(tmp: Path, say: Progress) -> None:
         ("InternVL vision-language model", paths.vlm, lambda: build_vlm(paths.vlm, SEED)),
         ("ImageReward BLIP reward model", paths.imagereward, lambda: build_imagereward(paths.imagereward, SEED)),
         ("HPSv2 preference CLIP", paths.hpsv2, lambda: build_hpsv2(paths.hpsv2, SEED)),
+        ("Florence-2 prose captioner", paths.florence2, lambda: build_florence2(paths.florence2, SEED)),
+        ("WD14-style ONNX tagger", paths.tagger, lambda: build_tagger(paths.tagger, SEED)),
     ]
     for what, folder, build in steps:
         say(what)
