@@ -9,6 +9,7 @@ from typing import Any
 
 from loratune.atomic import atomic_dir, atomic_write_json
 from loratune.errors import LoratuneError
+from loratune.lora.diffusers_twin import portable_config, portable_layers
 from loratune.lora.kohya import to_kohya
 from loratune.train.model import Models, lora_config_dict, state_dict
 
@@ -43,14 +44,16 @@ def save_checkpoint(
     alpha = float(models.unet.peft_config["default"].lora_alpha)
     target = checkpoint_dir(out_dir, epoch)
     with atomic_dir(target) as tmp:
+        # The twin carries its scale inside B so that diffusers releases that ignore its metadata read it right.
         kwargs: dict[str, Any] = {
-            "unet_lora_layers": unet_sd,
-            "unet_lora_adapter_metadata": lora_config_dict(models.unet),
+            "unet_lora_layers": portable_layers(unet_sd, alpha),
+            "unet_lora_adapter_metadata": portable_config(lora_config_dict(models.unet)),
         }
         names = ["text_encoder", "text_encoder_2"]
         for i, sd in te_sds.items():
-            kwargs[f"{names[i]}_lora_layers"] = sd
-            kwargs[f"{names[i]}_lora_adapter_metadata"] = lora_config_dict(models.text_encoders[i])
+            config = lora_config_dict(models.text_encoders[i])
+            kwargs[f"{names[i]}_lora_layers"] = portable_layers(sd, config["lora_alpha"], text_encoder=True)
+            kwargs[f"{names[i]}_lora_adapter_metadata"] = portable_config(config)
         pipeline = StableDiffusionXLPipeline if models.family == "sdxl" else StableDiffusionPipeline
         pipeline.save_lora_weights(tmp, weight_name=DIFFUSERS_FILE, safe_serialization=True, **kwargs)
         encoders = tuple(te_sds.get(i, {}) for i in range(max(te_sds, default=-1) + 1))
