@@ -240,6 +240,9 @@ class EvaluationSection(Strict):
     )
     batch_size: int = Field(8, ge=1, le=1024)
     trust_remote_code: bool = Field(False, description="allow models whose code ships with the checkpoint")
+    residency: Literal["auto", "keep", "swap"] = Field(
+        "auto", description="keep: trainer and scorers stay on the device; swap: they take turns (scorers off it "
+        "while training, the trainer while scoring); auto: keep when the estimate fits the free memory, else swap")
     learning: LearningSection = Field(default_factory=LearningSection)
 
     @field_validator("backends", mode="before")
