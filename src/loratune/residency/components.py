@@ -24,23 +24,37 @@ class Part:
     """One model (or the LoRA) as the device holds it: elements and bytes per element."""
 
     name: str
-    numel: int
+    numel: int  # floating-point elements: they take the dtype the model runs in
     dtype_bytes: int
     source: str  # where its config came from
+    fixed_bytes: int = 0  # integer buffers (position ids), which keep their own dtype
 
     @property
     def bytes(self) -> int:
-        return self.numel * self.dtype_bytes
+        return self.numel * self.dtype_bytes + self.fixed_bytes
+
+
+def _tensors(module: Any) -> list[Any]:
+    return [*module.parameters(), *module.buffers()]
 
 
 def module_numel(module: Any) -> int:
-    """Parameters and buffers: what ``.to(device)`` moves."""
-    return sum(t.numel() for t in module.parameters()) + sum(t.numel() for t in module.buffers())
+    """Floating-point elements of the parameters and buffers: what ``.to(device, dtype)`` moves and casts."""
+    return sum(t.numel() for t in _tensors(module) if t.is_floating_point())
+
+
+def module_fixed_bytes(module: Any) -> int:
+    """Bytes of the integer buffers, which no dtype cast changes."""
+    return sum(t.numel() * t.element_size() for t in _tensors(module) if not t.is_floating_point())
+
+
+def part(name: str, module: Any, dtype_bytes: int, source: str) -> Part:
+    return Part(name, module_numel(module), dtype_bytes, source, module_fixed_bytes(module))
 
 
 def module_bytes(module: Any) -> int:
     """Bytes a loaded module's parameters and buffers take, in their own dtypes (what the estimate must equal)."""
-    return sum(t.numel() * t.element_size() for t in [*module.parameters(), *module.buffers()])
+    return sum(t.numel() * t.element_size() for t in _tensors(module))
 
 
 def on_meta(build: Callable[[], Any]) -> Any:
@@ -54,7 +68,7 @@ def on_meta(build: Callable[[], Any]) -> Any:
 def base_configs(base: str, family: str) -> tuple[dict[str, tuple[str, dict[str, Any]]], str]:
     """{subfolder: (class name, config)} of ``base`` and where they came from: the folder or the hub cache, else the
     family's published configs when ``base`` is the family's default repository."""
-    from diffusers import ConfigMixin
+    import diffusers
 
     layout = published.BASES[family]
     found: dict[str, tuple[str, dict[str, Any]]] = {}
@@ -65,13 +79,16 @@ def base_configs(base: str, family: str) -> tuple[dict[str, tuple[str, dict[str,
 
                 found[sub] = (cls, AutoConfig.from_pretrained(base, subfolder=sub).to_dict())
             else:
-                found[sub] = (cls, dict(ConfigMixin.load_config(base, subfolder=sub)))
+                found[sub] = (cls, dict(getattr(diffusers, cls).load_config(base, subfolder=sub)))
         return found, base
     except Exception as err:  # noqa: BLE001  (not a folder, not cached, offline)
         if base == published.DEFAULT_REPOS[family]:
             return layout, f"published config of {base} (built here)"
+        from loratune.modelref import looks_like_hub_id
+
+        fix = f"download it (`hf download {base}`)" if looks_like_hub_id(base) else "check the folder"
         raise LoratuneError(f"model.base: cannot read the configs of {base} to estimate memory ({first_line(err)}); "
-                            f"download it (`hf download {base}`) or set model.base to a local folder") from None
+                            f"{fix}") from None
 
 
 def build_part(cls: str, config: dict[str, Any]) -> Any:
@@ -139,7 +156,7 @@ def scorer_parts(config: Config, dtype_bytes: int) -> tuple[list[Part], list[str
                 ref = backend.model_id or ""
                 if ref not in parts:
                     model, source = build_vlm(ref)
-                    parts[ref] = Part(f"{axis}: {name} {ref}", module_numel(model), dtype_bytes, source)
+                    parts[ref] = part(f"{axis}: {name} {ref}", model, dtype_bytes, source)
                 continue
             # The open_clip model a backend resolved at construction (its own attribute, or its spec's); HPSv2 from a
             # hub file resolves at load, but names its architecture.
@@ -156,7 +173,7 @@ def scorer_parts(config: Config, dtype_bytes: int) -> tuple[list[Part], list[str
                     import open_clip
 
                     model = open_clip.create_model(model_name, device="meta", load_weights=False)
-                    parts[key] = Part(f"{axis}: {name} {label}", module_numel(model), dtype_bytes, "open_clip config")
+                    parts[key] = part(f"{axis}: {name} {label}", model, dtype_bytes, "open_clip config")
             if name == "laion_aesthetic":
                 import open_clip
 
@@ -164,19 +181,20 @@ def scorer_parts(config: Config, dtype_bytes: int) -> tuple[list[Part], list[str
 
                 clip = open_clip.create_model(sources[0][0], device="meta", load_weights=False)
                 mlp = on_meta(lambda: AestheticMLP(clip.visual.output_dim))
-                parts["laion mlp"] = Part(f"{axis}: laion_aesthetic MLP", module_numel(mlp), 4, "its CLIP's width")
+                parts["laion mlp"] = part(f"{axis}: laion_aesthetic MLP", mlp, 4, "its CLIP's width")
             elif name == "musiq":
                 from pyiqa.archs.musiq_arch import MUSIQ
 
-                parts["musiq"] = Part(f"{axis}: musiq", module_numel(on_meta(lambda: MUSIQ(pretrained=False))), 4,
-                                      "pyiqa arch")
+                parts["musiq"] = part(f"{axis}: musiq", on_meta(lambda: MUSIQ(pretrained=False)), 4, "pyiqa arch")
             elif name == "lpips":
                 import lpips
 
                 net = on_meta(lambda: lpips.LPIPS(net="alex", pretrained=False, pnet_rand=True, verbose=False))
-                parts["lpips"] = Part(f"{axis}: lpips alex", module_numel(net), 4, "lpips arch")
+                parts["lpips"] = part(f"{axis}: lpips alex", net, 4, "lpips arch")
             elif not sources and name != "piqe":
                 skipped.append(f"{axis}: {name}")
         except LoratuneError as err:
             skipped.append(f"{axis}: {name} ({err})")
+        except Exception as err:  # noqa: BLE001  (a config no loader here reads: the rest is still estimated)
+            skipped.append(f"{axis}: {name} ({first_line(err)})")
     return list(parts.values()), skipped

@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from loratune.residency.components import Part, base_configs, build_part, lora_numel, module_numel, scorer_parts
+from loratune.residency.components import Part, base_configs, build_part, lora_numel, part, scorer_parts
 
 if TYPE_CHECKING:
     from loratune.config import Config
@@ -84,7 +84,7 @@ def estimate(config: Config, device_type: str = "cuda") -> Estimate:
     lora = 0
     for sub, (cls, conf) in configs.items():
         model = build_part(cls, conf)
-        base.append(Part(sub, module_numel(model), 4 if sub == "vae" else weight, source))
+        base.append(part(sub, model, 4 if sub == "vae" else weight, source))
         if sub == "unet":
             lora += lora_numel(model, t.target_modules, t.rank)
         elif sub.startswith("text_encoder") and t.train_text_encoder:

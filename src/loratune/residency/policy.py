@@ -90,7 +90,16 @@ def preflight(config: Any, say: Any = print) -> Residency:
     from loratune.residency.estimate import choose, describe, estimate, free_memory
 
     device = pick_device(config.train.device)
-    found = estimate(config, device.type)
+    try:
+        found = estimate(config, device.type)
+    except LoratuneError:
+        raise
+    except Exception as err:  # noqa: BLE001  (an estimate that cannot be made must not stop a run that can)
+        from loratune.errors import first_line
+
+        mode = "keep" if config.evaluation.residency == "auto" else config.evaluation.residency
+        say(f"device memory not estimated ({first_line(err)}); evaluation.residency -> {mode}")
+        return Residency(mode, device)
     chosen, stop = choose(found, config.evaluation.residency, free_memory(device))
     for line in describe(found):
         say(line)

@@ -48,13 +48,19 @@ class TrainAndScore:
         self._evaluator: Any = None
         self._key: str | None = None
         self.cache = cache if cache is not None else BaseCache()
+        self.residency: Any = None  # loratune.residency.policy.Residency, chosen by check()
 
     def check(self, config: Config) -> None:
-        """Every model on this machine (or the hub, online) and every metric backend's options, loading nothing."""
+        """Every model on this machine (or the hub, online) and every metric backend's options, loading nothing;
+        then the device memory estimate (printed) and the residency it leads to, or a stop when nothing fits."""
+        import sys
+
         from loratune.evaluation import check_evaluation, check_models
+        from loratune.residency.policy import preflight
 
         check_models(config)
         check_evaluation(config)
+        self.residency = preflight(config, say=lambda line: print(line, file=sys.stderr, flush=True))
 
     def evaluator(self, config: Config) -> Any:
         from loratune.evaluation import Evaluator, load_references
@@ -69,6 +75,8 @@ class TrainAndScore:
     def _score(self, config: Config, samples: list[Any], epoch: int, lora: Path | None, samples_dir: Path | None,
                out_dir: Path) -> EpochScore:
         evaluator = self.evaluator(config)
+        if self.residency is not None:
+            self.residency.enter("score")
         result = evaluator.score(samples)
         result.write(out_dir / "scores" / f"epoch-{epoch:04d}")
         risk = result.copy_risk if result.copy_risk is not None and not result.copy_risk.stand_in else None
@@ -92,12 +100,15 @@ class TrainAndScore:
 
         # The base model's own samples (the report's "no LoRA" row) are drawn once per run, beside the trials.
         base_samples = RunFolder.of_trial(out_dir).root / BASE_SAMPLES
-        train(config, out_dir, on_checkpoint=on_checkpoint, cache=self.cache, base_samples=base_samples)
+        train(config, out_dir, on_checkpoint=on_checkpoint, cache=self.cache, base_samples=base_samples,
+              residency=self.residency)
 
     def score_lora(self, config: Config, lora: Path, out_dir: Path) -> EpochScore:
         from loratune.sampling import sample_loras
 
         # Drawn as the trials' epochs were (loratune.sampling.render_samples), on the same loaded base.
+        if self.residency is not None:
+            self.residency.enter("sample")
         samples = next(iter(sample_loras(config, [lora], out_dir / "samples", cache=self.cache).values()))
         samples_dir = Path(samples[0].path).parent if samples else None
         return self._score(config, samples, 0, lora, samples_dir, out_dir)
