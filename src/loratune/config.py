@@ -57,9 +57,32 @@ def resolve_model(value: str | None, info: ValidationInfo) -> str | None:
 
 
 class ModelSection(Strict):
-    base: str = Field("stable-diffusion-v1-5/stable-diffusion-v1-5", description="diffusers hub id or local folder")
+    base: str = Field("stable-diffusion-v1-5/stable-diffusion-v1-5",
+                      description="diffusers hub id, local folder, or one checkpoint file (.safetensors / .ckpt)")
     family: Literal["sd15", "sdxl"] = "sd15"
     variant: str | None = None
+    config: str | None = Field(None, description="for a one-file base: a diffusers folder of the same family whose "
+                                                 "configs, tokenizers and scheduler it uses (default: the family's "
+                                                 "repository in the Hugging Face cache)")
+
+    @field_validator("config")
+    @classmethod
+    def _config_path(cls, v: str | None, info: ValidationInfo) -> str | None:
+        return resolve_path(v, info)
+
+    @model_validator(mode="after")
+    def _single_file_family(self) -> ModelSection:
+        """A one-file base says its family by its keys: taken from there unless model.family is given, and checked
+        against it when it is (.safetensors headers only; a .ckpt is read when it loads)."""
+        from loratune.singlefile.load import detect_family, is_single_file
+
+        if is_single_file(self.base) and self.base.lower().endswith(".safetensors"):
+            found = detect_family(self.base)
+            if "family" not in self.model_fields_set:
+                object.__setattr__(self, "family", found)
+            elif found != self.family:
+                raise ValueError(f"model.family is {self.family} but {Path(self.base).name} is an {found} checkpoint")
+        return self
 
     @model_validator(mode="before")
     @classmethod

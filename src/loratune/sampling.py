@@ -51,7 +51,10 @@ def sampling_scheduler(config: Config) -> Any:
     """The base's own scheduler (with ``train.prediction_type`` when set), then ``sampling.scheduler`` if chosen."""
     import diffusers
 
-    scheduler_config = diffusers.DDPMScheduler.load_config(config.model.base, subfolder="scheduler")
+    from loratune.singlefile.load import components_folder
+
+    folder = components_folder(config.model.base, config.model.family, config.model.config)
+    scheduler_config = diffusers.DDPMScheduler.load_config(folder, subfolder="scheduler")
     scheduler = getattr(diffusers, scheduler_config["_class_name"]).from_config(scheduler_config)
     if config.train.prediction_type:
         scheduler.register_to_config(prediction_type=config.train.prediction_type)

@@ -65,11 +65,19 @@ def on_meta(build: Callable[[], Any]) -> Any:
 
 
 # --- the base model -------------------------------------------------------------------------------------------------
-def base_configs(base: str, family: str) -> tuple[dict[str, tuple[str, dict[str, Any]]], str]:
-    """{subfolder: (class name, config)} of ``base`` and where they came from: the folder or the hub cache, else the
-    family's published configs when ``base`` is the family's default repository."""
+def base_configs(base: str, family: str, config: str | None = None) -> tuple[dict[str, tuple[str, dict[str, Any]]], str]:
+    """{subfolder: (class name, config)} of ``base`` and where they came from: the folder or the hub cache (a one-file
+    base: its config folder), else the family's published configs when ``base`` is the family's default
+    repository."""
     import diffusers
 
+    from loratune.singlefile.load import config_folder, is_single_file
+
+    if is_single_file(base):
+        try:
+            base = config_folder(family, config)
+        except LoratuneError:
+            base = published.DEFAULT_REPOS[family]  # the family's shape: a derivative does not change it
     layout = published.BASES[family]
     found: dict[str, tuple[str, dict[str, Any]]] = {}
     try:

@@ -79,7 +79,7 @@ def estimate(config: Config, device_type: str = "cuda") -> Estimate:
     scorer_bytes = 2 if (ev_dtype == "auto" and device_type == "cuda") else dtype_bytes(
         "float32" if ev_dtype == "auto" else ev_dtype)
 
-    configs, source = base_configs(config.model.base, family)
+    configs, source = base_configs(config.model.base, family, config.model.config)
     base: list[Part] = []
     lora = 0
     for sub, (cls, conf) in configs.items():

@@ -17,7 +17,7 @@ from loratune.errors import LoratuneError
 from loratune.modelref import write_stand_in_marker
 
 # Bump when anything the factory writes changes: cached builds of another version are rebuilt.
-FACTORY_VERSION = 5
+FACTORY_VERSION = 6
 MANIFEST = "loratune-tiny.json"
 CONFIG_NAME = "loratune.yaml"
 SDXL_CONFIG_NAME = "loratune-sdxl.yaml"
@@ -27,6 +27,8 @@ SEED = 0
 LAYOUT: dict[str, str] = {
     "sd15": "sd15",
     "sdxl": "sdxl",
+    "sd15_file": "single_file/sd15.safetensors",
+    "sdxl_file": "single_file/sdxl.safetensors",
     "open_clip": "open_clip",
     "hf_clip": "hf_clip",
     "aesthetic": "aesthetic/aesthetic.pth",
@@ -51,6 +53,8 @@ class TinyModels:
     root: Path
     sd15: Path
     sdxl: Path
+    sd15_file: Path  # the SD1.5 pipeline as one LDM-layout checkpoint (model.base: sd15.safetensors, model.config: sd15)
+    sdxl_file: Path
     open_clip: Path
     hf_clip: Path
     aesthetic: Path
@@ -142,6 +146,12 @@ def _build_all(tmp: Path, say: Progress) -> None:
         say(what)
         build()
         write_stand_in_marker(folder, f"tiny {what}")
+    from loratune.singlefile.ldm import write_single_file
+
+    for family, folder, file in (("sd15", paths.sd15, paths.sd15_file), ("sdxl", paths.sdxl, paths.sdxl_file)):
+        say(f"{family} as one checkpoint file (original layout)")
+        write_single_file(folder, file, family)
+    write_stand_in_marker(paths.sd15_file.parent, "tiny SD1.5 and SDXL pipelines as single files")
     say("procedural two-character dataset")
     make_character_dataset(paths.dataset.parent, n_per_character=8, size=64, seed=SEED)
 

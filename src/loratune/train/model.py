@@ -31,10 +31,22 @@ class Models:
     trained_text_encoders: list[int] = field(default_factory=list)
 
 
-def load_models(base: str, family: str, variant: str | None = None) -> Models:
-    """All parts in float32 on the CPU; the trainer moves and casts them."""
+def load_models(base: str, family: str, variant: str | None = None, config: str | None = None) -> Models:
+    """All parts in float32 on the CPU; the trainer moves and casts them. ``base`` may be one checkpoint file, whose
+    parts take their configs from ``config`` (``loratune.singlefile.load``)."""
     from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
     from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
+
+    from loratune.singlefile.load import config_folder, is_single_file, load_pipeline
+
+    if is_single_file(base):
+        pipe = load_pipeline(base, family, config)
+        encoders = [pipe.text_encoder] + ([pipe.text_encoder_2] if family == "sdxl" else [])
+        tokenizers = [pipe.tokenizer] + ([pipe.tokenizer_2] if family == "sdxl" else [])
+        noise = DDPMScheduler.from_pretrained(config_folder(family, config), subfolder="scheduler")
+        for module in [pipe.unet, pipe.vae, *encoders]:
+            module.requires_grad_(False)
+        return Models(family, pipe.unet, pipe.vae, encoders, tokenizers, noise)
 
     def part(loader: Any, subfolder: str, **kwargs: Any) -> Any:
         try:
