@@ -77,3 +77,18 @@ def test_metadata_and_epoch_discovery(tmp_path: Path) -> None:
     named = save_kohya(tmp_path / "luca-000012.safetensors", tensors, {})
     assert checkpoint_epoch(named) == 12
     assert checkpoint_epoch(save_kohya(tmp_path / "final.safetensors", tensors, {})) is None
+
+
+def test_diffusers_twin_carries_the_scale_in_b_and_the_text_model_level() -> None:
+    from loratune.lora.diffusers_twin import portable_config, portable_layers
+
+    torch.manual_seed(0)
+    a, b = torch.randn(4, 8), torch.randn(8, 4)
+    te = {"encoder.layers.1.self_attn.q_proj.lora_A.weight": a, "encoder.layers.1.self_attn.q_proj.lora_B.weight": b}
+    out = portable_layers(te, alpha=3.0, text_encoder=True)
+    key = "text_model.encoder.layers.1.self_attn.q_proj"
+    assert set(out) == {f"{key}.lora_A.weight", f"{key}.lora_B.weight"}
+    # What a reader with scale rank / rank = 1 computes equals the trained B·A·alpha/rank.
+    torch.testing.assert_close(out[f"{key}.lora_B.weight"] @ out[f"{key}.lora_A.weight"], (b @ a) * 3.0 / 4)
+    assert portable_config({"r": 4, "lora_alpha": 3.0, "rank_pattern": {"x": 8}, "alpha_pattern": {"x": 1.0}}) == {
+        "r": 4, "lora_alpha": 4, "rank_pattern": {"x": 8}, "alpha_pattern": {"x": 8}}

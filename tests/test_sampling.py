@@ -7,6 +7,7 @@ import shutil
 from pathlib import Path
 
 import numpy as np
+import torch
 import pytest
 from PIL import Image
 
@@ -128,3 +129,43 @@ def test_evaluate_command_ranks_a_folder_of_lora_files(trained, tmp_path, capsys
     assert all((Path(row["samples"]) / "scores.json").is_file() for row in table)
     code = main(["evaluate", str(loras), "--config", str(cfg_path), "--out", str(tmp_path / "ev2"), *quick])
     assert code == 0 and "ranked by composite" in capsys.readouterr().out
+
+
+def test_evaluate_ranks_the_readable_loras_and_lists_the_skipped_ones(trained, tmp_path, capsys) -> None:
+    from safetensors.torch import load_file, save_file
+
+    from loratune.cli import main
+    from loratune.config import dump_config
+
+    config, loras = trained
+    folder = tmp_path / "loras"
+    shutil.copytree(loras, folder)
+    (folder / "broken.safetensors").write_bytes(b"\x08\x00\x00\x00\x00\x00\x00\x00{broken")
+    tensors = load_file(folder / "tiny-000001.safetensors")
+    down = next(k for k in tensors if k.endswith("lora_down.weight"))
+    tensors[down] = torch.zeros(tensors[down].shape[0], tensors[down].shape[1] + 3)  # made for another base model
+    save_file(tensors, folder / "other-base.safetensors")
+    cfg_path = tmp_path / "c.yaml"
+    cfg_path.write_text(dump_config(config))
+    quick = ["--config", str(cfg_path), "--set", "evaluation.backends.alignment=null", "--set",
+             "evaluation.backends.aesthetics=null", "--set", "evaluation.backends.quality=null"]
+    code = main(["evaluate", str(folder), "--out", str(tmp_path / "ev"), *quick])
+    out = capsys.readouterr().out
+    assert code == 0
+    assert "skipped 2 files" in out and "broken.safetensors: not a readable safetensors file" in out
+    assert "other-base.safetensors: not a LoRA for this base model" in out
+    table = json.loads((tmp_path / "ev" / "ranking.json").read_text())
+    assert [row["rank"] for row in table] == [1, 2, 3, None, None]
+    assert {Path(row["lora"]).name for row in table if row["rank"] is None} == {"broken.safetensors",
+                                                                               "other-base.safetensors"}
+    assert not (tmp_path / "ev" / "other-base" / "scores.json").exists()
+
+    assert main(["evaluate", str(folder), "--out", str(tmp_path / "strict"), "--strict", *quick]) == 2
+    err = capsys.readouterr().err
+    assert "broken.safetensors: not a readable safetensors file" in err and err.count("\n") == 1
+    (folder / "broken.safetensors").unlink()
+    for name in list(folder.iterdir()):
+        if name.name != "other-base.safetensors":
+            name.unlink()
+    assert main(["evaluate", str(folder), "--out", str(tmp_path / "none"), *quick]) == 2
+    assert "other-base.safetensors: not a LoRA for this base model" in capsys.readouterr().err

@@ -160,15 +160,25 @@ def test_kohya_file_gives_the_same_images_as_the_diffusers_file(tiny_models, sma
     assert {next(p for p in prefixes[family] if k.startswith(p)) for k in kohya} == set(prefixes[family])
     assert {v.item() for k, v in kohya.items() if k.endswith(".alpha")} == {2.0}
 
+    # The diffusers twin as a release that ignores lora_adapter_metadata reads it (diffusers < 0.33: alpha = rank),
+    # with the text encoders' modules under transformers 4's ``text_model.`` names.
+    twin = load_file(info.diffusers_path)
+    assert {k.split(".")[1] for k in twin if k.startswith("text_encoder")} == {"text_model"}
+    no_metadata = tmp_path / "no-metadata" / "pytorch_lora_weights.safetensors"
+    no_metadata.parent.mkdir()
+    save_file(twin, str(no_metadata))
+
     precision = training_precision(config.train)
     with BaseCache().borrow(config, precision) as loaded:
         base = render_samples(config, loaded.models, precision, tmp_path / "base")
         ours = render_samples(config, loaded.models, precision, tmp_path / "diffusers", lora=info.diffusers_path)
         theirs = render_samples(config, loaded.models, precision, tmp_path / "kohya", lora=info.kohya_path)
-    for b, d, k, live in zip(base, ours, theirs, info.samples):
+        old = render_samples(config, loaded.models, precision, tmp_path / "old", lora=no_metadata)
+    for b, d, k, o, live in zip(base, ours, theirs, old, info.samples):
         assert np.abs(_pixels(b.path) - _pixels(d.path)).max() > 0  # the LoRA changes the image ...
         assert np.array_equal(_pixels(d.path), _pixels(k.path))  # ... identically from both files (alpha 2 != rank 4)
         assert np.array_equal(_pixels(d.path), _pixels(live.path))  # ... and as during training
+        assert np.array_equal(_pixels(d.path), _pixels(o.path))  # ... and without the twin's metadata
 
 
 def test_curriculum_changes_the_resolution_the_unet_sees(tiny_models, small_dataset, tmp_path) -> None:

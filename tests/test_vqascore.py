@@ -454,3 +454,28 @@ def test_missing_or_unloadable_model_is_a_one_line_error(tmp_path: Path) -> None
     not_a_model = create_backend(BackendConfig(name="vqascore", model=str(tmp_path)), runtime, "alignment")
     with pytest.raises(LoratuneError, match=r"^evaluation\.backends\.alignment\.model: cannot load vision-language"):
         not_a_model.load()
+
+
+def test_vlm_captioner_decodes_remote_internvl2_greedily_from_forward(internvl2_folder: Path, tiny_models) -> None:
+    """Remote-code InternVL2 has no working ``generate``: the captioner appends the argmax of ``forward()``'s last
+    logits, step by step — each step's token must be the one VQAScore's own logits pick for that prefix."""
+    from loratune.caption.registry import create_captioner
+    from loratune.config import load_config
+
+    config = load_config(tiny_models.config, ["caption.backend=vlm", f"caption.model={internvl2_folder}",
+                                              "caption.max_new_tokens=4", "evaluation.trust_remote_code=true"])
+    captioner = create_captioner(config)
+    captioner.load()
+    image = _images(1)[0]
+    vlm = captioner.vlm
+    pixels, enc = vlm.inputs([image], [captioner.options.question])
+    ids, mask, steps = enc["input_ids"], enc["attention_mask"], []
+    with torch.inference_mode():
+        for _ in range(4):
+            token = vlm.last_logits(pixels, ids, mask).argmax(-1)
+            steps.append(int(token))
+            if int(token) == vlm.tokenizer.eos_token_id:
+                break
+            ids, mask = torch.cat([ids, token[:, None]], 1), torch.cat([mask, torch.ones_like(mask[:, :1])], 1)
+    expected = vlm.tokenizer.decode(steps, skip_special_tokens=True).strip()
+    assert captioner.describe([image]) == [expected]

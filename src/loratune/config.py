@@ -13,6 +13,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
+from loratune.caption.config import CaptionSection
 from loratune.errors import LoratuneError, first_line
 from loratune.families import DEFAULT_FAMILY, FAMILIES, get_family
 from loratune.kohya_prompts import parse_kohya_prompts
@@ -57,9 +58,13 @@ def resolve_model(value: str | None, info: ValidationInfo) -> str | None:
 
 
 class ModelSection(Strict):
-    base: str = Field("stable-diffusion-v1-5/stable-diffusion-v1-5", description="diffusers hub id or local folder")
+    base: str = Field("stable-diffusion-v1-5/stable-diffusion-v1-5",
+                      description="diffusers hub id, local folder, or one checkpoint file (.safetensors / .ckpt)")
     family: str = Field(DEFAULT_FAMILY, description=f"the base's model family: {', '.join(FAMILIES)}")
     variant: str | None = None
+    config: str | None = Field(None, description="for a one-file base: a diffusers folder of the same family whose "
+                                                 "configs, tokenizers and scheduler it uses (default: the family's "
+                                                 "repository in the Hugging Face cache)")
     quantize: Literal["fp8", "nf4"] | None = Field(
         None, description="keep the denoiser's frozen weights in 8 (fp8) or 4 (nf4) bits on a CUDA GPU (Flux.1 on "
         "24 GB); refused elsewhere"
@@ -71,6 +76,25 @@ class ModelSection(Strict):
         if v not in FAMILIES:
             raise ValueError(f"unknown family {v!r} (known: {', '.join(FAMILIES)})")
         return v
+
+    @field_validator("config")
+    @classmethod
+    def _config_path(cls, v: str | None, info: ValidationInfo) -> str | None:
+        return resolve_path(v, info)
+
+    @model_validator(mode="after")
+    def _single_file_family(self) -> ModelSection:
+        """A one-file base says its family by its keys: taken from there unless model.family is given, and checked
+        against it when it is (.safetensors headers only; a .ckpt is read when it loads)."""
+        from loratune.singlefile.load import detect_family, is_single_file
+
+        if is_single_file(self.base) and self.base.lower().endswith(".safetensors"):
+            found = detect_family(self.base)
+            if "family" not in self.model_fields_set:
+                object.__setattr__(self, "family", found)
+            elif found != self.family:
+                raise ValueError(f"model.family is {self.family} but {Path(self.base).name} is a {found} checkpoint")
+        return self
 
     @model_validator(mode="before")
     @classmethod
@@ -267,6 +291,9 @@ class EvaluationSection(Strict):
     )
     batch_size: int = Field(8, ge=1, le=1024)
     trust_remote_code: bool = Field(False, description="allow models whose code ships with the checkpoint")
+    residency: Literal["auto", "keep", "swap"] = Field(
+        "auto", description="keep: trainer and scorers stay on the device; swap: they take turns (scorers off it "
+        "while training, the trainer while scoring); auto: keep when the estimate fits the free memory, else swap")
     learning: LearningSection = Field(default_factory=LearningSection)
     identity: IdentitySection = Field(default_factory=IdentitySection)
 
@@ -322,6 +349,7 @@ class Config(Strict):
     evaluation: EvaluationSection = Field(default_factory=EvaluationSection)
     train: TrainSection = Field(default_factory=TrainSection)
     search: SearchSection = Field(default_factory=SearchSection)
+    caption: CaptionSection = Field(default_factory=CaptionSection)
 
     @model_validator(mode="after")
     def _family_settings(self) -> Config:

@@ -388,6 +388,9 @@ def check_models(config: Config, base: bool = True) -> None:
 
     if base:
         check_model_available(config.model.base, "model.base")
+        from loratune.singlefile.load import components_folder
+
+        components_folder(config.model.base, config.model.family, config.model.config)  # a one-file base's configs
     for axis, backend in config.evaluation.backends.items():
         if backend is not None and backend.model and looks_like_hub_id(backend.model):
             check_model_available(backend.model, f"evaluation.backends.{axis}.model")

@@ -52,7 +52,10 @@ def sampling_scheduler(config: Config) -> Any:
     """The base's own scheduler (with ``train.prediction_type`` when set), then ``sampling.scheduler`` if chosen."""
     import diffusers
 
-    scheduler_config = diffusers.DDPMScheduler.load_config(config.model.base, subfolder="scheduler")
+    from loratune.singlefile.load import components_folder
+
+    folder = components_folder(config.model.base, config.model.family, config.model.config)
+    scheduler_config = diffusers.DDPMScheduler.load_config(folder, subfolder="scheduler")
     scheduler = getattr(diffusers, scheduler_config["_class_name"]).from_config(scheduler_config)
     if config.train.prediction_type:
         scheduler.register_to_config(prediction_type=config.train.prediction_type)
@@ -161,8 +164,19 @@ def render(
     return samples
 
 
-def find_lora_files(paths: list[str | Path]) -> list[Path]:
-    """LoRA files from files and folders (a folder's ``*.safetensors`` sorted by epoch, files without one last)."""
+@dataclass(frozen=True)
+class SkippedLora:
+    """A LoRA file left out of a ranking, and why (its one-line error)."""
+
+    path: Path
+    reason: str
+
+
+def find_lora_files(paths: list[str | Path], skipped: list[SkippedLora] | None = None) -> list[Path]:
+    """LoRA files from files and folders (a folder's ``*.safetensors`` sorted by epoch, files without one last).
+
+    A file whose header cannot be read raises, unless ``skipped`` is given: then it is recorded there and left out.
+    """
     from loratune.lora.kohya import checkpoint_epoch
 
     found: list[Path] = []
@@ -171,11 +185,24 @@ def find_lora_files(paths: list[str | Path]) -> list[Path]:
             files = [p for p in path.rglob("*.safetensors") if not p.name.startswith(".")]
             if not files:
                 raise LoratuneError(f"{path}: no .safetensors LoRA files in this folder")
-            epochs = {p: checkpoint_epoch(p) for p in files}
-            files.sort(key=lambda p: (epochs[p] is None, epochs[p] or 0, str(p)))  # unnumbered files last
-            found.extend(files)
+            epochs: dict[Path, int | None] = {}
+            for file in files:
+                try:
+                    epochs[file] = checkpoint_epoch(file)
+                except LoratuneError as err:
+                    if skipped is None:
+                        raise
+                    skipped.append(SkippedLora(file, str(err)))
+            readable = sorted(epochs, key=lambda p: (epochs[p] is None, epochs[p] or 0, str(p)))  # unnumbered last
+            found.extend(readable)
         elif path.is_file():
-            found.append(path)
+            try:
+                checkpoint_epoch(path)
+                found.append(path)
+            except LoratuneError as err:
+                if skipped is None:
+                    raise
+                skipped.append(SkippedLora(path, str(err)))
         else:
             raise LoratuneError(f"LoRA file not found: {path}")
     return found
@@ -192,18 +219,25 @@ def apply_lora(pipe: Any, path: str | Path, models: Models, name: str = "loratun
 
 
 def sample_loras(
-    config: Config, lora_paths: list[str | Path], out_dir: str | Path, cache: BaseCache | None = None
+    config: Config,
+    lora_paths: list[str | Path],
+    out_dir: str | Path,
+    cache: BaseCache | None = None,
+    skipped: list[SkippedLora] | None = None,
 ) -> dict[str, list[Sample]]:
     """Sample each LoRA (files or folders of them) on the base model: ``out_dir/<file stem>/`` per LoRA.
 
     The base comes from ``cache`` (a search worker's, shared with its training) or is loaded once here. Returns
-    {LoRA path: samples}, in the order found (folders sorted by epoch).
+    {LoRA path: samples}, in the order found (folders sorted by epoch). With ``skipped``, a file that cannot be read
+    or does not fit the base model is recorded there and the others are drawn; without it, the first such file stops.
     """
     from loratune.modelref import check_model_ref
     from loratune.train.cache import BaseCache
     from loratune.train.model import training_precision
 
-    files = find_lora_files(lora_paths)
+    files = find_lora_files(lora_paths, skipped)
+    if not files:
+        return {}
     stems = [f.stem for f in files]
     if len(set(stems)) != len(stems):  # same names in different folders: keep the outputs apart
         stems = [f"{i:03d}-{f.stem}" for i, f in enumerate(files)]
@@ -212,7 +246,12 @@ def sample_loras(
     results: dict[str, list[Sample]] = {}
     with (cache or BaseCache()).borrow(config, precision) as base:
         for path, stem in zip(files, stems):
-            results[str(path)] = render_samples(config, base.models, precision, Path(out_dir) / stem, lora=path)
+            try:
+                results[str(path)] = render_samples(config, base.models, precision, Path(out_dir) / stem, lora=path)
+            except LoratuneError as err:
+                if skipped is None:
+                    raise
+                skipped.append(SkippedLora(path, str(err)))
     return results
 
 
@@ -232,11 +271,14 @@ def rank_loras(
     out_dir: str | Path,
     references: str | Path | None = None,
     show_progress: bool = True,
+    skipped: list[SkippedLora] | None = None,
 ) -> list[RankedLora]:
     """Sample every LoRA (files or folders, either format), score each set, and rank them by composite (best first).
 
     Each LoRA's samples, ``scores.json`` and ``per_image.csv`` go to ``out_dir/<file stem>/``; the ranking to
-    ``out_dir/ranking.json``. LoRAs whose composite is missing rank last.
+    ``out_dir/ranking.json``. LoRAs whose composite is missing rank last. With ``skipped``, unreadable files and
+    files that do not fit the base are recorded there (and in ``ranking.json``, with their reason, after the ranked
+    ones) instead of stopping the ranking; when no file is left, that is an error.
     """
     from loratune.evaluation import Evaluator, load_references
     from loratune.lora.kohya import checkpoint_epoch
@@ -256,7 +298,13 @@ def rank_loras(
             render_base_samples(config, base.models, precision, negatives)
     evaluator.references = load_references(config, references, negatives_dir=negatives)
     ranked = []
-    for path, samples in sample_loras(config, lora_paths, out_dir, cache=cache).items():
+    drawn = sample_loras(config, lora_paths, out_dir, cache=cache, skipped=skipped)
+    if not drawn and skipped:
+        if len(skipped) == 1:
+            raise LoratuneError(skipped[0].reason)
+        raise LoratuneError(f"no LoRA could be ranked: all {len(skipped)} files were skipped (first: "
+                            f"{skipped[0].reason})")
+    for path, samples in drawn.items():
         folder = Path(samples[0].path).parent
         result = evaluator.score(samples)
         result.write(folder)
@@ -274,6 +322,7 @@ def rank_loras(
                 "samples": str(r.samples_dir),
             }
             for i, r in enumerate(ranked)
-        ],
+        ]
+        + [{"rank": None, "lora": str(s.path), "skipped": s.reason} for s in skipped or []],
     )
     return ranked

@@ -15,6 +15,7 @@ import typer
 COMMANDS = [
     ("evaluate", "evaluate", "Score images, or sample and rank LoRA files."),
     ("audit", "audit", "Check a training set before training."),
+    ("caption", "caption", "Write missing captions: trigger first, then the scene."),
     ("train", "train", "Train one LoRA and sample every checkpoint."),
     ("optimize", "optimize", "Search hyperparameters; the best LoRA lands in RUN/best."),
     ("ensemble", "ensemble", "Merge LoRA files into one."),

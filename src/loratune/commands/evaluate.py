@@ -37,11 +37,14 @@ def command(
     out: Annotated[Optional[Path], typer.Option(help="where scores.json and per_image.csv go (default: IMAGES; for LoRAs, a folder beside them)")] = None,
     set_: Annotated[Optional[list[str]], typer.Option("--set", metavar="KEY=VALUE", help="override a config key, e.g. evaluation.batch_size=4")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="print scores.json (or ranking.json) to stdout")] = False,
+    strict: Annotated[bool, typer.Option("--strict", help="ranking LoRAs: stop at the first unreadable file instead of skipping it")] = False,
 ) -> None:
     """Score generated images: prompt alignment, character consistency, aesthetics, technical quality, diversity.
 
     Given LoRA files or a folder of them (e.g. kohya's per-epoch outputs, either format), samples each on the
     configured base model with the config's prompts and seeds, scores each set and ranks the LoRAs by composite.
+    Files that cannot be read, or do not fit the base model, are listed with their reason and left out (--strict
+    stops at the first instead).
     """
     from loratune.config import load_config
     from loratune.errors import LoratuneError
@@ -54,18 +57,19 @@ def command(
     lora_input = is_lora_input(images)
     check_models(cfg, base=lora_input)
     if lora_input:
-        from loratune.lora.kohya import checkpoint_epoch
-        from loratune.report.console import print_ranking
-        from loratune.sampling import find_lora_files, rank_loras
+        from loratune.report.console import print_ranking, print_skipped
+        from loratune.sampling import SkippedLora, find_lora_files, rank_loras
 
-        for lora in find_lora_files([images]):  # bad metadata is a user error before minutes of sampling
-            checkpoint_epoch(lora)
+        skipped: list[SkippedLora] | None = None if strict else []
+        if strict:
+            find_lora_files([images])  # bad metadata stops us before minutes of sampling
         target = out if out is not None else ranking_folder(images)
-        ranked = rank_loras(cfg, [images], target, references=references, show_progress=not as_json)
+        ranked = rank_loras(cfg, [images], target, references=references, show_progress=not as_json, skipped=skipped)
         if as_json:
             print((target / "ranking.json").read_text())
         else:
             print_ranking(ranked, target / "ranking.json")
+            print_skipped(skipped or [])
         return
 
     from loratune.evaluation import evaluate_images

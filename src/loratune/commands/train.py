@@ -26,6 +26,9 @@ def command(
     from loratune.modelref import check_model_available
 
     check_model_available(cfg.model.base, "model.base")
+    from loratune.singlefile.load import components_folder
+
+    components_folder(cfg.model.base, cfg.model.family, cfg.model.config)  # a one-file base: its configs are here
     if cfg.train.external is None:
         from loratune.train.loop import prepare
 

@@ -84,12 +84,19 @@ class Family(ABC):
         denoiser's class, the other parts from the family's reference folder)."""
         return (self.denoiser, self.vae, *self.text_encoders, *self.tokenizers, self.noise_scheduler)
 
-    def load(self, base: str, variant: str | None = None, quantize: str | None = None) -> Models:
+    def load(self, base: str, variant: str | None = None, quantize: str | None = None,
+             config: str | None = None) -> Models:
         """All parts in float32 on the CPU, frozen; the trainer moves and casts them. ``quantize``
-        (``model.quantize``, CUDA only) keeps the denoiser's weights in 8 or 4 bits (``loratune.train.quantize``)."""
+        (``model.quantize``, CUDA only) keeps the denoiser's weights in 8 or 4 bits (``loratune.train.quantize``).
+        ``base`` may be one checkpoint file, whose parts take their configs from ``config`` (``model.config``)."""
+        from loratune.singlefile.load import is_single_file
         from loratune.train.model import Models
         from loratune.train.quantize import after_load, load_kwargs
 
+        if is_single_file(base):
+            if quantize:
+                raise LoratuneError("model.quantize: not available for a one-file base yet; give a diffusers folder")
+            return self.load_single_file(base, config)
         denoiser = self.denoiser.load(base, variant, **load_kwargs(quantize))
         after_load(denoiser, quantize)
         vae = self.vae.load(base, variant)
@@ -99,6 +106,21 @@ class Family(ABC):
         for module in [denoiser, vae, *encoders]:
             module.requires_grad_(False)
         return Models(self, denoiser, vae, encoders, tokenizers, scheduler, quantize=quantize)
+
+    def load_single_file(self, path: str, config: str | None) -> Models:
+        """Every part from one checkpoint file in the original layout, through the family pipeline's
+        ``from_single_file`` (``loratune.singlefile.load``); the training noise schedule from the config folder."""
+        from loratune.singlefile.load import config_folder, load_pipeline
+        from loratune.train.model import Models
+
+        pipe = load_pipeline(path, self, config)
+        denoiser, vae = getattr(pipe, self.denoiser.subfolder), getattr(pipe, self.vae.subfolder)
+        encoders = [getattr(pipe, c.subfolder) for c in self.text_encoders]
+        tokenizers = [getattr(pipe, c.subfolder) for c in self.tokenizers]
+        scheduler = self.noise_scheduler.load(config_folder(self.name, config))
+        for module in [denoiser, vae, *encoders]:
+            module.requires_grad_(False)
+        return Models(self, denoiser, vae, encoders, tokenizers, scheduler)
 
     def pipeline(self, models: Models, scheduler: Any) -> Any:
         """The diffusers text-to-image pipeline over the loaded parts (no second copy of the weights)."""

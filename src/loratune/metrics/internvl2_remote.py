@@ -129,7 +129,8 @@ class InternVL2RemoteVlm(YesNoVlm):
         image_tokens = IMG_START + IMG_CONTEXT * self.model.num_image_token * num_tiles + IMG_END
         return template.get_prompt().replace("<image>", image_tokens, 1)
 
-    def next_token_logits(self, images: Sequence[Image.Image], questions: Sequence[str]) -> torch.Tensor:
+    def inputs(self, images: Sequence[Image.Image], questions: Sequence[str]) -> tuple[torch.Tensor, Any]:
+        """(every image's tiles as one pixel batch, the tokenized prompts, left-padded)."""
         import torch
 
         pixel_values, prompts = [], []
@@ -138,12 +139,20 @@ class InternVL2RemoteVlm(YesNoVlm):
             pixel_values.extend(self.transform(tile) for tile in tiles)
             prompts.append(self.prompt(question, len(tiles)))
         pixels = torch.stack(pixel_values).to(self.device, self.model.dtype)
-        enc = self.tokenizer(prompts, return_tensors="pt", padding=True).to(self.device)
+        return pixels, self.tokenizer(prompts, return_tensors="pt", padding=True).to(self.device)
+
+    def last_logits(self, pixels: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        import torch
+
         out = self.model(
             pixel_values=pixels,
-            input_ids=enc["input_ids"],
-            attention_mask=enc["attention_mask"],
+            input_ids=input_ids,
+            attention_mask=attention_mask,
             image_flags=torch.ones(pixels.shape[0], 1, dtype=torch.long, device=self.device),
             return_dict=True,
         )
         return out.logits[:, -1, :]
+
+    def next_token_logits(self, images: Sequence[Image.Image], questions: Sequence[str]) -> torch.Tensor:
+        pixels, enc = self.inputs(images, questions)
+        return self.last_logits(pixels, enc["input_ids"], enc["attention_mask"])

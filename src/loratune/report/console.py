@@ -104,6 +104,16 @@ def print_ranking(ranked: list, ranking_path: Path | None = None, console: Conso
         console.print(f"wrote {ranking_path} (samples and scores.json per LoRA beside it)", soft_wrap=True)
 
 
+def print_skipped(skipped: list, console: Console | None = None) -> None:
+    """The LoRA files a ranking left out, each with its reason (one line per file, never cut)."""
+    if not skipped:
+        return
+    console = console or Console()
+    console.print(f"[bold yellow]skipped {len(skipped)} file{'s' * (len(skipped) != 1)}[/] (--strict stops instead):")
+    for item in skipped:
+        console.print(f"  {item.reason}", soft_wrap=True, markup=False, highlight=False)
+
+
 def print_train_summary(out_dir: Path, result: TrainResult, console: Console | None = None) -> None:
     """``loratune train``'s closing table: one row per checkpoint, with paths that are never cut.
 

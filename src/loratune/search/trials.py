@@ -50,13 +50,19 @@ class TrainAndScore:
         self._key: str | None = None
         self._prepared: tuple[str, Path] | None = None
         self.cache = cache if cache is not None else BaseCache()
+        self.residency: Any = None  # loratune.residency.policy.Residency, chosen by check()
 
     def check(self, config: Config) -> None:
-        """Every model on this machine (or the hub, online) and every metric backend's options, loading nothing."""
+        """Every model on this machine (or the hub, online) and every metric backend's options, loading nothing;
+        then the device memory estimate (printed) and the residency it leads to, or a stop when nothing fits."""
+        import sys
+
         from loratune.evaluation import check_evaluation, check_models
+        from loratune.residency.policy import preflight
 
         check_models(config)
         check_evaluation(config)
+        self.residency = preflight(config, say=lambda line: print(line, file=sys.stderr, flush=True))
 
     def evaluator(self, config: Config, run_dir: Path | None = None) -> Any:
         """The worker's evaluator; with ``run_dir``, the run's base-model samples are its identity negatives."""
@@ -76,8 +82,8 @@ class TrainAndScore:
     def prepare(self, config: Config, run_dir: Path) -> list[str]:
         """Before a worker's first trial: the base model's own samples (drawn once per run; the report's "no LoRA"
         row and the identity scorer's negatives) and the scorers, loaded with them. Returns what the identity
-        scorer learned (its threshold and how well it tells the character from the base model's images), which
-        also goes to ``RUN/identity.json``."""
+        scorer learned (its threshold and how well it tells the character from the base model's images) and what the
+        quality check found, which also go to ``RUN/scorer-checks.json``."""
         from loratune.atomic import atomic_write_json
         from loratune.evaluation import identity_calibration, quality_check
         from loratune.sampling import BASE_SAMPLES, render_base_samples
@@ -87,10 +93,14 @@ class TrainAndScore:
         if self._prepared == key:
             return []
         if config.train.sample_checkpoints:
+            if self.residency is not None:
+                self.residency.enter("sample")
             precision = training_precision(config.train)
             with self.cache.borrow(config, precision) as base:
                 render_base_samples(config, base.models, precision, run_dir / BASE_SAMPLES)
         evaluator = self.evaluator(config, run_dir)
+        if self.residency is not None:
+            self.residency.enter("score")
         evaluator.load()
         calibration, quality = identity_calibration(evaluator), quality_check(evaluator)
         self._prepared = key
@@ -109,6 +119,8 @@ class TrainAndScore:
     def _score(self, config: Config, samples: list[Any], epoch: int, lora: Path | None, samples_dir: Path | None,
                out_dir: Path, validation_loss: float | None = None) -> EpochScore:
         evaluator = self.evaluator(config, RunFolder.of_trial(out_dir).root)
+        if self.residency is not None:
+            self.residency.enter("score")
         result = evaluator.score(samples)
         result.write(out_dir / "scores" / f"epoch-{epoch:04d}")
         risk = result.copy_risk if result.copy_risk is not None and not result.copy_risk.stand_in else None
@@ -131,16 +143,18 @@ class TrainAndScore:
             on_epoch(self._score(config, info.samples, info.epoch, info.kohya_path, samples_dir, out_dir,
                                  info.validation_loss))
 
-        train(config, out_dir, on_checkpoint=on_checkpoint, cache=self.cache, base_samples=run_dir / BASE_SAMPLES)
+        train(config, out_dir, on_checkpoint=on_checkpoint, cache=self.cache, base_samples=run_dir / BASE_SAMPLES,
+              residency=self.residency)
 
     def score_lora(self, config: Config, lora: Path, out_dir: Path) -> EpochScore:
         from loratune.sampling import sample_loras
 
         # Drawn as the trials' epochs were (loratune.sampling.render_samples), on the same loaded base.
+        if self.residency is not None:
+            self.residency.enter("sample")
         samples = next(iter(sample_loras(config, [lora], out_dir / "samples", cache=self.cache).values()))
         samples_dir = Path(samples[0].path).parent if samples else None
         return self._score(config, samples, 0, lora, samples_dir, out_dir)
-
 
     def score_finalist(self, config: Config, lora: Path, earlier: Path | None, out_dir: Path) -> EpochScore:
         """A finalist (``loratune.search.finalists``): ``config``'s fresh seeds drawn into ``out_dir`` and scored
@@ -149,6 +163,8 @@ class TrainAndScore:
         from loratune.manifest import SAMPLES_MANIFEST
         from loratune.sampling import sample_loras
 
+        if self.residency is not None:
+            self.residency.enter("sample")
         fresh = next(iter(sample_loras(config, [lora], out_dir / "samples", cache=self.cache).values()))
         before = collect_samples(earlier, earlier / SAMPLES_MANIFEST) if earlier is not None else []
         return self._score(config, before + fresh, 0, lora, Path(fresh[0].path).parent, out_dir)

@@ -74,6 +74,9 @@ def tiny_config() -> dict[str, Any]:
             "seed": 0,
             "output_name": "tiny",
         },
+        # The tagger: instant on a CPU. The prose captioners: `--set caption.backend=florence2 --set
+        # caption.model=florence2`, or `--set caption.backend=vlm --set caption.model=vlm`.
+        "caption": {"backend": "wd14", "model": "tagger"},
         "search": {
             "n_trials": 6,
             "sampler": "tpe",

@@ -18,7 +18,7 @@ from loratune.families import DEFAULT_FAMILY, FAMILIES
 from loratune.modelref import write_stand_in_marker
 
 # Bump when anything the factory writes changes: cached builds of another version are rebuilt.
-FACTORY_VERSION = 5
+FACTORY_VERSION = 7
 MANIFEST = "loratune-tiny.json"
 CONFIG_NAME = "loratune.yaml"
 SEED = 0
@@ -33,6 +33,8 @@ def config_name(family: str) -> str:
 # the scorers, the dataset and the configs.
 LAYOUT: dict[str, str] = {
     **{family: family for family in FAMILIES},
+    "sd15_file": "single_file/sd15.safetensors",
+    "sdxl_file": "single_file/sdxl.safetensors",
     "open_clip": "open_clip",
     "hf_clip": "hf_clip",
     "aesthetic": "aesthetic/aesthetic.pth",
@@ -41,6 +43,8 @@ LAYOUT: dict[str, str] = {
     "vlm": "vlm",
     "imagereward": "imagereward",
     "hpsv2": "hpsv2",
+    "florence2": "florence2",
+    "tagger": "tagger",
     "dataset": "dataset/train",
     "references": "dataset/references",
     "config": CONFIG_NAME,
@@ -60,6 +64,8 @@ class TinyModels:
     root: Path
     bases: dict[str, Path]
     configs: dict[str, Path]
+    sd15_file: Path  # the SD1.5 pipeline as one LDM-layout checkpoint (model.base: sd15.safetensors, model.config: sd15)
+    sdxl_file: Path
     open_clip: Path
     hf_clip: Path
     aesthetic: Path
@@ -68,6 +74,8 @@ class TinyModels:
     vlm: Path
     imagereward: Path  # THUDM/ImageReward's layout: ImageReward.pt + med_config.json (+ a tiny BERT vocab.txt)
     hpsv2: Path  # open_clip folder whose weights file is HPSv2's {"state_dict": ...} checkpoint
+    florence2: Path  # prose captioner: Florence2ForConditionalGeneration + Florence2Processor
+    tagger: Path  # WD14-style tagger: model.onnx + selected_tags.csv
     dataset: Path
     references: Path
     config: Path
@@ -134,6 +142,8 @@ def _build_all(tmp: Path, say: Progress) -> None:
     from loratune.tiny.dataset import make_character_dataset
     from loratune.tiny.face_detector import build_face_detector
     from loratune.tiny.preference import build_hpsv2, build_imagereward
+    from loratune.tiny.florence import build_florence2
+    from loratune.tiny.tagger import build_tagger
     from loratune.tiny.vlm import build_vlm
 
     paths = TinyModels.at(tmp)
@@ -154,11 +164,19 @@ def _build_all(tmp: Path, say: Progress) -> None:
         ("InternVL vision-language model", paths.vlm, lambda: build_vlm(paths.vlm, SEED)),
         ("ImageReward BLIP reward model", paths.imagereward, lambda: build_imagereward(paths.imagereward, SEED)),
         ("HPSv2 preference CLIP", paths.hpsv2, lambda: build_hpsv2(paths.hpsv2, SEED)),
+        ("Florence-2 prose captioner", paths.florence2, lambda: build_florence2(paths.florence2, SEED)),
+        ("WD14-style ONNX tagger", paths.tagger, lambda: build_tagger(paths.tagger, SEED)),
     ]
     for what, folder, build in steps:
         say(what)
         build()
         write_stand_in_marker(folder, f"tiny {what}")
+    from loratune.singlefile.ldm import write_single_file
+
+    for family, folder, file in (("sd15", paths.sd15, paths.sd15_file), ("sdxl", paths.sdxl, paths.sdxl_file)):
+        say(f"{family} as one checkpoint file (original layout)")
+        write_single_file(folder, file, family)
+    write_stand_in_marker(paths.sd15_file.parent, "tiny SD1.5 and SDXL pipelines as single files")
     say("procedural two-character dataset")
     make_character_dataset(paths.dataset.parent, n_per_character=8, size=64, seed=SEED)
 

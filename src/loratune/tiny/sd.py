@@ -110,7 +110,9 @@ def build_sdxl(folder: Path, seed: int = 0) -> None:
     from transformers import CLIPTextModel, CLIPTextModelWithProjection
 
     torch.manual_seed(seed)
-    hidden_1, hidden_2, projection_2, time_dim = 32, 32, 32, 8
+    # The encoders differ in width, as in the real model (768 / 1280): diffusers' single-file loader tells them apart
+    # by it, so the one-file copy of this pipeline loads back right.
+    hidden_1, hidden_2, projection_2, time_dim = 32, 48, 32, 8
     unet = UNet2DConditionModel(
         **_UNET_BLOCKS,
         attention_head_dim=(2, 4),

@@ -145,6 +145,9 @@ def build_vlm(folder: Path, seed: int = 0) -> None:
     )
     torch.manual_seed(seed)
     model = InternVLForConditionalGeneration(config).eval()
+    # For the VLM captioner: a random decoder tends to end at once or repeat one token.
+    model.generation_config.min_new_tokens = 6
+    model.generation_config.no_repeat_ngram_size = 1
     model.save_pretrained(str(folder), safe_serialization=True)
     # The real -hf checkpoints' preprocessing: 448-px tiles, ImageNet normalisation, up to 12 tiles (+ thumbnail).
     image_processor = GotOcr2ImageProcessor(

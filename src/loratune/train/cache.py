@@ -54,10 +54,11 @@ class BaseCache:
         if self._lent:
             raise RuntimeError("BaseCache: the base is already lent (one run at a time per cache)")
         m = config.model
-        key = (m.base, m.family, m.variant, m.quantize, str(precision.device), precision.mixed)
+        key = (m.base, m.family, m.variant, m.quantize, m.config, str(precision.device), precision.mixed)
         if self._base is None or self._key != key:
             self._base = self._key = None  # let the old base go before the new one loads
-            models = self.loader(m.base, m.family, m.variant, m.quantize)
+            # model.config only when set (a one-file base's configs): loaders of the four-argument form keep working.
+            models = self.loader(m.base, m.family, m.variant, m.quantize, *((m.config,) if m.config else ()))
             place(models, precision)
             self._base, self._key = Base(models), key
         base = self._base

@@ -11,6 +11,7 @@ from typing import Any
 
 from loratune.atomic import atomic_dir, atomic_write_json
 from loratune.errors import LoratuneError
+from loratune.lora.diffusers_twin import portable_config, portable_layers
 from loratune.train.model import Models, lora_config_dict, state_dict
 
 DIFFUSERS_FILE = "pytorch_lora_weights.safetensors"
@@ -47,9 +48,13 @@ def save_checkpoint(
     alpha = float(models.denoiser.peft_config["default"].lora_alpha)
     target = checkpoint_dir(out_dir, epoch)
     with atomic_dir(target) as tmp:
+        # The twin carries its scale inside B so that diffusers releases that ignore its metadata read it right.
+        te_configs = {i: lora_config_dict(models.text_encoders[i]) for i in te_sds}
         family.save_diffusers_lora(
-            tmp, DIFFUSERS_FILE, denoiser_sd, lora_config_dict(models.denoiser),
-            {i: (sd, lora_config_dict(models.text_encoders[i])) for i, sd in te_sds.items()},
+            tmp, DIFFUSERS_FILE, portable_layers(denoiser_sd, alpha),
+            portable_config(lora_config_dict(models.denoiser)),
+            {i: (portable_layers(sd, te_configs[i]["lora_alpha"], text_encoder=True), portable_config(te_configs[i]))
+             for i, sd in te_sds.items()},
         )
         encoders = tuple(te_sds.get(i, {}) for i in range(max(te_sds, default=-1) + 1))
         tensors = family.to_kohya(denoiser_sd, alpha, encoders, models.denoiser.config)

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 from loratune.atomic import atomic_write_json, atomic_write_text
 from loratune.config import Config
 from loratune.errors import LoratuneError
+from loratune.residency.policy import Residency
 from loratune.sampling import BASE_SAMPLES
 from loratune.train.data import Item
 from loratune.train.epochs import count_steps, epoch_batches
@@ -91,6 +92,7 @@ def train(
     progress: Callable[[dict[str, Any]], None] | None = None,
     cache: BaseCache | None = None,
     base_samples: str | Path | None = None,
+    residency: Residency | None = None,
 ) -> TrainResult:
     """Train a LoRA on ``config.dataset`` into ``out_dir``; see the module docstring.
 
@@ -100,6 +102,7 @@ def train(
     the base is loaded for this run only.
     ``base_samples``: where the base model's own samples (no LoRA) go, drawn once before training when checkpoints
     are sampled and kept if already there (default ``out_dir/samples/base``; a search passes one folder per run).
+    ``residency``: the device policy a search runs under (``loratune.residency.policy``), told of each phase.
     """
     items = prepare(config)
     out_dir = Path(out_dir)
@@ -115,7 +118,7 @@ def train(
     accelerator = _accelerator(precision.mixed, cpu=precision.device.type == "cpu")
     with (cache or BaseCache()).borrow(config, precision) as base, closing(StepLogger(config, out_dir)) as step_log:
         return _train(config, items, out_dir, base, precision, accelerator, on_checkpoint, resume, progress, step_log,
-                      Path(base_samples) if base_samples is not None else None)
+                      Path(base_samples) if base_samples is not None else None, residency or Residency("keep", None))
 
 
 def _train(
@@ -130,6 +133,7 @@ def _train(
     progress: Callable[[dict[str, Any]], None] | None,
     step_log: StepLogger,
     base_samples: Path | None,
+    residency: Residency,
 ) -> TrainResult:
     import torch
     from accelerate.utils import set_seed
@@ -190,6 +194,7 @@ def _train(
     # Prepared by accelerate so that fp16's gradient scaler unscales before clipping and skips overflowing steps.
     optimizer = accelerator.prepare_optimizer(build_optimizer(t, param_groups()))
     lr_scheduler = build_scheduler(t, optimizer, total_steps)
+    residency.enter("train", models, optimizer)
 
     def rebuild_optimizer(replaced: dict[int, Any]) -> None:
         nonlocal optimizer, lr_scheduler
@@ -310,6 +315,7 @@ def _train(
         last = epoch == t.epochs or bool(t.max_steps and step >= t.max_steps)
         if epoch % t.save_every_epochs and not last:
             continue
+        residency.enter("sample", models, optimizer)
         info = _save(
             config, out_dir, models, run, strategies, epoch, step, optimizer, lr_scheduler, generator, precision,
             items, len(batches), started,
@@ -325,6 +331,7 @@ def _train(
             except StopTraining:
                 stopped = True
                 break
+        residency.enter("train", models, optimizer)
     return TrainResult(out_dir, checkpoints, step, epochs_done, stopped_early=stopped, final_loss=loss_value)
 
 

@@ -60,6 +60,10 @@ def checkpoint_metadata(config: Config, models: Any, out_dir: Path, rank: int, r
         "ss_output_name": t.output_name,
     }
     extra |= dataset_metadata(items, config.model.base)
+    from loratune.singlefile.load import base_model_hashes, is_single_file
+
+    if is_single_file(config.model.base):  # sd-scripts hashes a base model that is a file
+        extra |= base_model_hashes(config.model.base)
     for strategy in strategies:
         extra |= strategy.metadata()
     extra |= models.family.kohya_extra(t)

@@ -36,11 +36,13 @@ class Models:
     quantize: str | None = None  # model.quantize: the denoiser's weights stay in their 8- or 4-bit storage
 
 
-def load_models(base: str, family: str, variant: str | None = None, quantize: str | None = None) -> Models:
-    """All parts in float32 on the CPU (a quantised denoiser in its own storage); the trainer moves and casts them."""
+def load_models(base: str, family: str, variant: str | None = None, quantize: str | None = None,
+                config: str | None = None) -> Models:
+    """All parts in float32 on the CPU (a quantised denoiser in its own storage); the trainer moves and casts them.
+    ``base`` may be one checkpoint file, whose parts take their configs from ``config`` (``model.config``)."""
     from loratune.families import get_family
 
-    return get_family(family).load(base, variant, quantize)
+    return get_family(family).load(base, variant, quantize, config)
 
 
 @dataclass(frozen=True)

@@ -3,6 +3,8 @@
 Writes::
 
     DIR/base/                        the pre-trained world pipeline (StableDiffusionPipeline.from_pretrained)
+    DIR/base.safetensors             the same base as one file in the original (LDM) layout, as model sites ship
+                                     them (``model.base: base.safetensors`` with ``model.config: base``)
     DIR/dataset/10_lucaboy/*.png+.txt   kohya dataset of one target character across all scenes
     DIR/references/lucaboy/*.png     held-out references (other poses/positions; never in the dataset)
     DIR/scorers/open_clip/           the world-trained CLIP (CLIPScore and CLIP-I; ``loratune.world.scorers``)
@@ -147,6 +149,9 @@ def write_world(out_dir: str | Path, target: str = "lucaboy") -> World:
         tmp.chmod(0o755)
         shutil.copytree(WEIGHTS / "base", tmp / "base")
         write_tokenizer(tmp / "base" / "tokenizer")
+        from loratune.singlefile.ldm import write_single_file
+
+        write_single_file(tmp / "base", tmp / "base.safetensors", "sd15")
         _write_images(tmp, target)
         _write_scorers(tmp / "scorers")
         header = (

@@ -1,0 +1,146 @@
+"""The estimated peak device memory of each phase of a trial — training, sampling, scoring — with everything kept on
+the device (``keep``) and with the phases taking turns (``swap``).
+
+Weights are exact: every model is built on the meta device from its config (``components``) and counted in the dtype
+it runs in (the base's UNet and text encoders in the training precision, the VAE in float32, the LoRA, its gradients
+and the optimizer's state in float32, the scorers in ``evaluation.dtype``). Activations are rough: per-image constants
+at each family's native size, scaled by the pixels and the batch; ``benchmarks/gpu_memory.py`` measures the real
+peaks beside this estimate on a CUDA machine, to check and recalibrate them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from loratune.residency.components import Part, base_configs, build_part, lora_numel, part, scorer_parts
+
+if TYPE_CHECKING:
+    from loratune.config import Config
+
+GIB = 1024**3
+PHASES = ("train", "sample", "score")
+# Optimizer state per trained element (bytes): AdamW/Prodigy keep float32 moments (Prodigy two more vectors), Lion one,
+# bitsandbytes' AdamW8bit two 8-bit moments.
+OPTIMIZER_STATE_BYTES = {"adamw": 8, "prodigy": 16, "lion": 4, "adamw8bit": 2}
+# Activations per image at the family's native size (sd15 512 px, sdxl 1024 px): rough, from published LoRA training
+# reports (SD1.5 LoRA ~4 GiB of activations at batch 1 without checkpointing, ~1 GiB with; SDXL ~14 / ~4 GiB), and
+# for sampling the VAE's float32 decode, which dominates (~1.5 / ~5 GiB). Scaled by (pixels / native pixels).
+NATIVE = {"sd15": 512, "sdxl": 1024}
+TRAIN_ACT = {"sd15": (4.0 * GIB, 1.0 * GIB), "sdxl": (14.0 * GIB, 4.0 * GIB)}  # (plain, gradient checkpointing)
+SAMPLE_ACT = {"sd15": 1.5 * GIB, "sdxl": 5.0 * GIB}
+SCORE_ACT_PER_IMAGE = 0.25 * GIB  # a VLM forward on a few 448-px tiles without a KV cache, bf16
+
+
+@dataclass
+class Estimate:
+    """Bytes per phase; ``parts`` lists every model counted."""
+
+    base: list[Part]
+    lora: list[Part]
+    scorers: list[Part]
+    activations: dict[str, int]
+    not_estimated: list[str] = field(default_factory=list)
+
+    def weights(self, group: str) -> int:
+        return sum(p.bytes for p in getattr(self, group))
+
+    def phase(self, phase: str, residency: str) -> int:
+        """Peak of ``phase`` under ``keep`` (everything resident) or ``swap`` (only what the phase needs)."""
+        base, lora, scorers = self.weights("base"), self.weights("lora"), self.weights("scorers")
+        if residency == "keep":
+            return base + lora + scorers + self.activations[phase]
+        needs = {
+            "train": base + lora,
+            "sample": base + sum(p.bytes for p in self.lora if p.name == "LoRA weights"),
+            "score": scorers,
+        }[phase]
+        return needs + self.activations[phase]
+
+    def peak(self, residency: str) -> int:
+        return max(self.phase(p, residency) for p in PHASES)
+
+
+def dtype_bytes(name: str) -> int:
+    return {"float32": 4, "bf16": 2, "fp16": 2, "bfloat16": 2, "float16": 2, "no": 4}[name]
+
+
+def estimate(config: Config, device_type: str = "cuda") -> Estimate:
+    """The estimate for ``config`` as it would run on a ``device_type`` device (``auto`` precisions resolved for it).
+
+    >>> e = estimate(load_config("examples/sd15.yaml"))  # doctest: +SKIP
+    >>> e.peak("swap") / 2**30  # doctest: +SKIP
+    6.1
+    """
+    t, family = config.train, config.model.family
+    mixed = t.mixed_precision if t.mixed_precision != "auto" else ("bf16" if device_type == "cuda" else "no")
+    weight = dtype_bytes(mixed)
+    ev_dtype = config.evaluation.dtype
+    scorer_bytes = 2 if (ev_dtype == "auto" and device_type == "cuda") else dtype_bytes(
+        "float32" if ev_dtype == "auto" else ev_dtype)
+
+    configs, source = base_configs(config.model.base, family, config.model.config)
+    base: list[Part] = []
+    lora = 0
+    for sub, (cls, conf) in configs.items():
+        model = build_part(cls, conf)
+        base.append(part(sub, model, 4 if sub == "vae" else weight, source))
+        if sub == "unet":
+            lora += lora_numel(model, t.target_modules, t.rank)
+        elif sub.startswith("text_encoder") and t.train_text_encoder:
+            lora += lora_numel(model, t.text_encoder_target_modules, t.rank)
+    state = OPTIMIZER_STATE_BYTES[t.optimizer]
+    lora_parts = [Part("LoRA weights", lora, 4, "target modules × rank"),
+                  Part("LoRA gradients", lora, 4, "target modules × rank"),
+                  Part(f"{t.optimizer} state", lora, state, "per trained element")]
+    scorers, skipped = scorer_parts(config, scorer_bytes)
+
+    scale = (config.dataset.resolution / NATIVE[family]) ** 2
+    plain, checkpointed = TRAIN_ACT[family]
+    train_act = int(t.batch_size * scale * (checkpointed if t.gradient_checkpointing else plain)
+                    * weight / 2)
+    sample_scale = (config.sampling.width * config.sampling.height) / NATIVE[family] ** 2
+    sample_act = int(max(1, len(config.sampling.seeds)) * sample_scale * SAMPLE_ACT[family])
+    score_act = int(config.evaluation.batch_size * SCORE_ACT_PER_IMAGE * scorer_bytes / 2)
+    return Estimate(base, lora_parts, scorers, {"train": train_act, "sample": sample_act, "score": score_act},
+                    skipped)
+
+
+def gib(n: int | float) -> str:
+    return f"{n / GIB:.1f} GiB" if n >= 0.1 * GIB else f"{n / 2**20:.1f} MiB"
+
+
+def describe(e: Estimate) -> list[str]:
+    """The lines printed before the first trial."""
+    lines = ["estimated peak device memory (weights exact from the configs, activations rough):",
+             f"  {'phase':<8}{'keep':>10}{'swap':>10}"]
+    lines += [f"  {p:<8}{gib(e.phase(p, 'keep')):>10}{gib(e.phase(p, 'swap')):>10}" for p in PHASES]
+    for part in [*e.base, *e.lora, *e.scorers]:
+        lines.append(f"  {part.name}: {part.numel / 1e6:,.1f} M × {part.dtype_bytes} B = {gib(part.bytes)}"
+                     + (f" [{part.source}]" if "published" in part.source else ""))
+    if e.not_estimated:
+        lines.append(f"  not estimated: {', '.join(e.not_estimated)}")
+    return lines
+
+
+def choose(e: Estimate, residency: str, free: int | None) -> tuple[str, str | None]:
+    """(the residency to use, None or the one-line reason to stop): ``auto`` keeps everything when it fits in
+    ``free`` bytes (None: no limit, e.g. the CPU), else swaps; a stop when even ``swap`` does not fit."""
+    if free is None:
+        return ("keep" if residency == "auto" else residency), None
+    chosen = residency if residency != "auto" else ("keep" if e.peak("keep") <= free else "swap")
+    if e.peak(chosen) > free:
+        hint = "" if chosen == "swap" else " (evaluation.residency: swap would need " + gib(e.peak("swap")) + ")"
+        return chosen, (f"estimated peak device memory {gib(e.peak(chosen))} with evaluation.residency {chosen} "
+                        f"exceeds the {gib(free)} free{hint}; lower train.batch_size or dataset.resolution, turn "
+                        "on train.gradient_checkpointing, or choose smaller scorers")
+    return chosen, None
+
+
+def free_memory(device: Any) -> int | None:
+    """Free bytes on a CUDA device; None elsewhere (no limit the estimate could act on)."""
+    import torch
+
+    if getattr(device, "type", str(device)) != "cuda" or not torch.cuda.is_available():
+        return None
+    return int(torch.cuda.mem_get_info(device)[0])
