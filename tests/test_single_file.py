@@ -15,6 +15,7 @@ from PIL import Image
 
 from loratune.cli import main
 from loratune.config import load_config
+from loratune.families import get_family
 from loratune.errors import LoratuneError
 
 
@@ -26,7 +27,7 @@ def test_the_ldm_file_loads_back_through_diffusers_with_every_tensor_of_the_fold
     folder, file = getattr(tiny_models, family), getattr(tiny_models, f"{family}_file")
     assert detect_family(file) == family
     ours, theirs = load_models(str(file), family, config=str(folder)), load_models(str(folder), family)
-    for name in ("unet", "vae"):
+    for name in ("denoiser", "vae"):
         a, b = getattr(ours, name).state_dict(), getattr(theirs, name).state_dict()
         assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), name
     for a_model, b_model in zip(ours.text_encoders, theirs.text_encoders):
@@ -71,7 +72,7 @@ def test_bad_single_files_are_refused_with_one_line(tiny_models, tmp_path, capsy
     state = load_file(tiny_models.sd15_file)
     safe = tmp_path / "weights.ckpt"
     torch.save({"state_dict": state}, safe)
-    assert load_pipeline(safe, "sd15", str(tiny_models.sd15)).unet is not None  # weights only: loads
+    assert load_pipeline(safe, get_family("sd15"), str(tiny_models.sd15)).unet is not None  # weights only: loads
 
     class Payload:  # what a malicious .ckpt carries: an object whose unpickling runs code
         def __reduce__(self):  # type: ignore[no-untyped-def]

@@ -93,7 +93,7 @@ class ModelSection(Strict):
             if "family" not in self.model_fields_set:
                 object.__setattr__(self, "family", found)
             elif found != self.family:
-                raise ValueError(f"model.family is {self.family} but {Path(self.base).name} is a {found} checkpoint")
+                raise ValueError(f"model.family is {self.family} but {Path(self.base).name} is an {found} checkpoint")
         return self
 
     @model_validator(mode="before")

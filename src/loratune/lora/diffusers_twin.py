@@ -15,14 +15,14 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from loratune.lora.kohya import _module_weights
+from loratune.lora.kohya import peft_modules
 
 
 def portable_layers(state_dict: Mapping[str, Any], alpha: float, text_encoder: bool = False) -> dict[str, Any]:
     """peft LoRA tensors with every B scaled by ``alpha`` / its rank (and, for a text encoder, keys under
     ``text_model.``)."""
     out: dict[str, Any] = {}
-    for module, weights in _module_weights(state_dict).items():
+    for module, weights in peft_modules(state_dict).items():
         rank = weights["A"].shape[0]
         path = "text_model." + module.removeprefix("text_model.") if text_encoder else module
         out[f"{path}.lora_A.weight"] = weights["A"]

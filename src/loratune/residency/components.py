@@ -111,14 +111,21 @@ def build_part(cls: str, config: dict[str, Any]) -> Any:
     return on_meta(lambda: klass(conf))
 
 
-def lora_numel(module: Any, targets: list[str], rank: int) -> int:
-    """Elements of a peft LoRA of ``rank`` on ``module``'s Linear layers named by ``targets`` (peft's suffix match):
-    A is rank × in, B is out × rank."""
+def lora_numel(module: Any, targets: list[str] | str, rank: int) -> int:
+    """Elements of a peft LoRA of ``rank`` on ``module``'s Linear layers named by ``targets`` (peft's rules: a list
+    matches name suffixes, a string is a regex the whole name must match): A is rank × in, B is out × rank."""
+    import re
+
     import torch
+
+    def targeted(name: str) -> bool:
+        if isinstance(targets, str):
+            return re.fullmatch(targets, name) is not None
+        return any(name == t or name.endswith("." + t) for t in targets)
 
     total = 0
     for name, sub in module.named_modules():
-        if isinstance(sub, torch.nn.Linear) and any(name == t or name.endswith("." + t) for t in targets):
+        if isinstance(sub, torch.nn.Linear) and targeted(name):
             total += rank * (sub.in_features + sub.out_features)
     return total
 

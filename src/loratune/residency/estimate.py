@@ -72,6 +72,8 @@ def estimate(config: Config, device_type: str = "cuda") -> Estimate:
     >>> e.peak("swap") / 2**30  # doctest: +SKIP
     6.1
     """
+    from loratune.families import get_family
+
     t, family = config.train, config.model.family
     mixed = t.mixed_precision if t.mixed_precision != "auto" else ("bf16" if device_type == "cuda" else "no")
     weight = dtype_bytes(mixed)
@@ -86,7 +88,7 @@ def estimate(config: Config, device_type: str = "cuda") -> Estimate:
         model = build_part(cls, conf)
         base.append(part(sub, model, 4 if sub == "vae" else weight, source))
         if sub == "unet":
-            lora += lora_numel(model, t.target_modules, t.rank)
+            lora += lora_numel(model, t.target_modules or get_family(family).lora_targets, t.rank)
         elif sub.startswith("text_encoder") and t.train_text_encoder:
             lora += lora_numel(model, t.text_encoder_target_modules, t.rank)
     state = OPTIMIZER_STATE_BYTES[t.optimizer]
