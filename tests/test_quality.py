@@ -142,3 +142,18 @@ def test_piqe_rates_a_clean_flat_shaded_render_worst_and_its_grainy_copy_better(
     grainy = Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8))
     _, result = _score("piqe", [smooth, grainy])
     assert result.per_image[0] == pytest.approx(100.0) and result.per_image[1] < 50
+
+
+def test_noise_level_reads_the_noise_in_grey_levels_and_not_flat_shading() -> None:
+    from loratune.world.scene import CHARACTERS, SCENES, Jitter, render
+
+    image, _ = render(CHARACTERS["lucaboy"], SCENES["beach"], Jitter.draw(0))
+    smooth = Image.fromarray(image).resize((256, 256), Image.Resampling.BICUBIC)
+    rng = np.random.default_rng(0)
+    noisy = [Image.fromarray(np.clip(np.asarray(smooth, dtype=np.float64) + rng.normal(0, s, (256, 256, 3)), 0, 255)
+                             .astype(np.uint8)) for s in (4, 12)]
+    backend, result = _score("noise", [smooth, *noisy])
+    clean, grain, heavy = result.per_image
+    assert clean < 0.5 and grain == pytest.approx(4, rel=0.15) and heavy == pytest.approx(12, rel=0.15)
+    assert not backend.spec.higher_is_better and not result.stand_in and "BSD" in backend.spec.licence
+    assert backend.normalisation().apply(clean) > backend.normalisation().apply(heavy)

@@ -136,6 +136,12 @@ _SPECS = [
         False, False, "PolyForm Noncommercial 1.0.0 + NTU S-Lab 1.0, non-commercial (pyiqa's implementation)", None,
         "PIQE (Venkatanath et al. 2015): weight-free blockwise distortion estimate, lower is better; works offline",
     ),
+    BackendSpec(
+        "noise", "quality", "loratune.metrics.noise:NoiseLevel", (0.0, 255.0), False, (0.0, 5.0),
+        False, False, "BSD-3-Clause (scikit-image)", None,
+        "noise level: the wavelet (Donoho) estimate of the noise's standard deviation in grey levels, weight-free; "
+        "does not penalise flat shading (stylised characters), does not see blur",
+    ),
     # --- diversity ------------------------------------------------------------------------------------------------
     BackendSpec(
         "lpips", "diversity", "loratune.metrics.diversity:LpipsDiversity", (0.0, 1.0), True, (0.0, 0.7),
