@@ -14,7 +14,7 @@ export OMP_WAIT_POLICY := PASSIVE
 # Every package and its hashes, for every platform and Python >= 3.10 (uv's universal resolution); `make lock` writes it.
 LOCK := requirements/lock.txt
 # The extras `make` installs; the lock holds them all.
-EXTRAS := dev
+EXTRAS := dev postgres
 pin = $(or $(shell sed -n 's/^\($(1)==[^ ;]*\).*/\1/p' $(LOCK)),$(1))
 PIP_PIN := $(call pin,pip)
 
