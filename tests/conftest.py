@@ -55,3 +55,25 @@ def small_dataset_factory(tiny_models, tmp_path_factory):
         return made[per_character]
 
     return make
+
+
+@pytest.fixture(scope="session")
+def postgres_server():
+    """A throw-away PostgreSQL server for the session (tests/pg_cluster.py). CI must run the tests that use it: there a
+    missing server is a failure, not a skip."""
+    from pg_cluster import PgCluster, server_bin
+
+    bindir = server_bin()
+    if bindir is None:
+        if os.environ.get("CI"):
+            pytest.fail("PostgreSQL's initdb/pg_ctl not found (`make test` installs Debian's postgresql)")
+        pytest.skip("needs PostgreSQL's server (`make test` installs Debian's postgresql)")
+    cluster = PgCluster(bindir).start()
+    yield cluster
+    cluster.stop()
+
+
+@pytest.fixture
+def postgres_url(postgres_server) -> str:
+    """A fresh, empty database on the session's server: ``postgresql://loratune@127.0.0.1:PORT/NAME``."""
+    return postgres_server.create_database()
