@@ -4,6 +4,7 @@ Many workers on the tiny models, one of them killed: tests/test_search_scaleout.
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -17,6 +18,8 @@ from test_search_runner import BACKEND, TESTS, write_config
 from loratune.config import load_config
 from loratune.errors import LoratuneError
 from loratune.runfolder import RunFolder
+from loratune.search.phases import counted
+from loratune.search.recovery import lost_trials
 from loratune.search.claims import DatabaseLock, FileLock
 from loratune.search.config import SearchSection
 from loratune.search.runner import run_optimize
@@ -117,3 +120,79 @@ def _waiting_for_lock(lock: DatabaseLock) -> bool:
             "SELECT count(*) FROM pg_locks l JOIN pg_database d ON l.database = d.oid "
             "WHERE l.locktype = 'advisory' AND NOT l.granted AND d.datname = current_database()")).scalar())
 
+
+
+@pytest.mark.slow
+def test_three_workers_one_study_one_killed(tiny_models, small_dataset_factory, tmp_path, postgres_url) -> None:
+    """Three ``loratune optimize`` commands started together on a fresh database (one with ``--workers 2``), real
+    training on the tiny models. One is SIGKILLed in the middle of a trial: after the heartbeat's grace period another
+    worker fails that trial and runs it again. No trial runs twice, no folder is replaced, none is lost, and RUN/best
+    is the best of the folders that were published."""
+    run = tmp_path / "run"
+    args = [sys.executable, "-m", "loratune.cli", "optimize", str(tiny_models.config), "--run", str(run),
+            "--storage", postgres_url,
+            "--set", f"dataset.path={small_dataset_factory(2)}", "--set", "train.batch_size=2",
+            "--set", "sampling.steps=2", "--set", "train.epochs=2", "--set", "search.n_trials=4",
+            "--set", "search.heartbeat_interval=2", "--set", "search.grace_period=10",
+            "--set", "search.space={learning_rate: {type: float, low: 1.0e-4, high: 1.0e-2, log: true}, "
+                     "rank: {type: categorical, choices: [2, 4]}}",
+            "--set", "search.phases={refine_trials: 1, ensemble_top_k: 2, ensemble_method: svd, ensemble_rank: 4}"]
+    logs = [tmp_path / f"worker-{i}.log" for i in range(3)]
+    procs = [subprocess.Popen(args + extra, stdout=subprocess.PIPE, stderr=log.open("w"), text=True)
+             for extra, log in zip([[], [], ["--workers", "2"]], logs)]
+    try:
+        plain = {p.pid: p for p in procs[:2]}
+
+        def mid_trial() -> Path | None:  # a plain worker's trial with its first epoch scored
+            assert all(p.poll() is None for p in procs), [log.read_text()[-2000:] for log in logs]
+            return next((f for f in (run / "trials").glob(".*.*") if int(f.name.rsplit(".", 1)[1]) in plain
+                         and (f / "scores.json").is_file()), None) if (run / "trials").is_dir() else None
+
+        building = wait_for(mid_trial, 600, "a plain worker to score its trial's first epoch", poll=0.05)
+        victim = plain[int(building.name.rsplit(".", 1)[1])]
+        victim.kill()
+        outputs = {p.pid: p.communicate(timeout=600)[0] for p in procs}
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+    survivors = [p for p in procs if p is not victim]
+    assert victim.returncode == -9 and [p.returncode for p in survivors] == [0, 0], \
+        [log.read_text()[-2000:] for log in logs]
+    for p in survivors:  # each joined the one study and saw it through
+        assert outputs[p.pid].startswith("best: trial "), outputs[p.pid]
+
+    trials = pg_study(postgres_url).get_trials()
+    assert all(t.state.is_finished() for t in trials)
+    (killed,) = [t for t in trials if t.user_attrs.get("worker_pid") == victim.pid and t.state == TrialState.FAIL]
+    assert killed.user_attrs.get("fail_reason") is None  # a crash: its slot reopened, not a failure of the params
+    retried = [t for t in trials if t.user_attrs.get("retry_of") == killed.number]
+    assert len(retried) == 1 and retried[0].params == killed.params
+    assert retried[0].state in (TrialState.COMPLETE, TrialState.PRUNED) and retried[0].user_attrs["worker_pid"] != victim.pid
+    assert [p.name for p in (run / "trials" / "partial").iterdir()] == [f"{killed.number:04d}-{victim.pid}"]
+
+    # Nothing ran twice and no folder was replaced: one published folder per finished trial, holding that trial,
+    # trained once; the budget's trials all differ.
+    finished = [t for t in trials if t is not killed]
+    folders = sorted(p.name for p in (run / "trials").iterdir() if p.name.isdigit())
+    assert sorted(t.user_attrs["trial_dir"] for t in finished) == [f"trials/{name}" for name in folders]
+    duplicated = 0
+    for t in finished:
+        folder = run / t.user_attrs["trial_dir"]
+        recorded = json.loads((folder / "params.json").read_text())
+        header = "ensemble of" if t.user_attrs["phase"] == "ensemble" else f"trial {recorded['number']} ("
+        duplicated += recorded.get("number", t.number) != t.number or (folder / "log.txt").read_text().count(header) != 1
+    budget = [tuple(sorted(t.params.items())) for t in finished if counted(t) and t.user_attrs["phase"] != "ensemble"]
+    duplicated += len(budget) - len(set(budget))
+    lost = sum(lost_trials(trials).values())
+    assert duplicated == 0 and lost == 0 and len(budget) == 4
+    assert [t.state for t in finished if t.user_attrs["phase"] == "ensemble"] == [TrialState.COMPLETE]
+
+    # RUN/best: the best epoch among the published folders (every scored epoch is a candidate).
+    truth = max(((json.loads((run / "trials" / name / "scores.json").read_text())["composite"], int(name))
+                 for name in folders), key=lambda cv: (cv[0], -cv[1]))
+    best = json.loads((run / "best" / "best.json").read_text())
+    assert (best["composite"], best["trial"]) == truth
+    workers = {t.user_attrs["worker_pid"] for t in trials}
+    print(f"\nthree workers, one killed: {len(finished)} trials finished, {len(retried)} retried, "
+          f"{duplicated} duplicated, {lost} lost; {len(workers)} worker processes ran trials")

@@ -150,7 +150,9 @@ class Worker:
         frozen = next((t for t in trials if t.number == trial.number), None)
         history = list(frozen.system_attrs.get("retry_history", [])) if frozen is not None else []
         if history:
-            trial.set_user_attr("retry_of", frozen.system_attrs.get("failed_trial"))  # type: ignore[union-attr]
+            failed = frozen.system_attrs.get("failed_trial")  # type: ignore[union-attr]
+            trial.set_user_attr("retry_of", failed)
+            self.say(f"trial {trial.number} ({phase}): retry of trial {failed}, whose worker stopped")
             for number in reversed(history):
                 adopted = self._adopt(trial, phase, number)
                 if adopted is not None:

@@ -37,6 +37,7 @@ from loratune.errors import LoratuneError, first_line
 from loratune.runfolder import STUDY_NAME, RunFolder
 from loratune.search.claims import held
 from loratune.search.local import Worker
+from loratune.search.phases import Plan, next_action
 from loratune.search.recovery import recover
 from loratune.search.runner import finish_run, prepare_run, quiet_optuna
 from loratune.search.storage import open_storage, retry_callback
@@ -106,7 +107,10 @@ def run_ray(config: Config | None, run_dir: str | Path, resume: bool = False, ba
         if started:
             ray.shutdown()
     if errors:
-        raise LoratuneError(f"{len(errors)} Ray worker(s) stopped ({errors[0]}); resume with --resume")
+        if not _study_done(run_dir, config):
+            raise LoratuneError(f"{len(errors)} Ray worker(s) stopped ({errors[0]}); resume with --resume")
+        for error in errors:  # a node lost mid-study: its trial was retried elsewhere and the study finished
+            say(f"{error}; the other workers finished the study")
     with held(RunFolder(run_dir), config.search.storage):
         return finish_run(run_dir, config, say)
 
@@ -145,6 +149,11 @@ def _run_actors(run_dir: Path, config: Config, backend: str | None, n: int) -> l
         for actor in running.values():
             ray.kill(actor)
     return errors
+
+
+def _study_done(run_dir: Path, config: Config) -> bool:
+    study = optuna.load_study(study_name=STUDY_NAME, storage=open_storage(run_dir, config.search, heartbeat=False))
+    return next_action(study.get_trials(deepcopy=False), Plan.of(config.search), config.search) == "done"
 
 
 def _recover(config: Config, run_dir: Path) -> None:
