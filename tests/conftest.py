@@ -24,6 +24,21 @@ def sigint_default() -> None:
     import signal
 
     signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
+def wait_for(predicate, timeout: float, what: str, poll: float = 0.1):
+    """Poll ``predicate`` until it returns something truthy (returned); fail the test naming ``what`` after
+    ``timeout`` seconds."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {timeout:.0f} s waiting for {what}")
+        time.sleep(poll)
 TINY_CACHE = Path(os.environ.get("LORATUNE_TINY_CACHE", REPO / ".cache" / "tiny-models"))
 
 

@@ -15,7 +15,6 @@ import shutil
 import socket
 import subprocess
 import tempfile
-import time
 from pathlib import Path
 
 SUPERUSER = "loratune"
@@ -103,16 +102,3 @@ def _user_exists(name: str) -> bool:
         return False
     return True
 
-
-def wait_for(predicate, timeout: float, what: str, poll: float = 0.1):
-    """Poll ``predicate`` until it returns something truthy; fail the test with ``what`` after ``timeout`` s."""
-    import pytest
-
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout:.0f} s waiting for {what}")
-        time.sleep(poll)

@@ -1,6 +1,6 @@
 """A study in a real PostgreSQL server (tests/pg_cluster.py): the driver, one line for what is wrong, a study created
-once by workers started at the same instant, and waiting trials claimed through the database, not the run folder.
-Many workers on the tiny models, one of them killed: tests/test_search_scaleout.py."""
+once by workers started at the same instant, waiting trials claimed through the database, not the run folder, and
+three ``loratune optimize`` commands on the tiny models sharing one study while one of them is killed."""
 
 from __future__ import annotations
 
@@ -8,20 +8,22 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import optuna
 import pytest
+import sqlalchemy
+from conftest import wait_for
 from optuna.trial import TrialState
-from pg_cluster import wait_for
 from test_search_runner import BACKEND, TESTS, write_config
 
 from loratune.config import load_config
 from loratune.errors import LoratuneError
 from loratune.runfolder import RunFolder
-from loratune.search.phases import counted
-from loratune.search.recovery import lost_trials
 from loratune.search.claims import DatabaseLock, FileLock
 from loratune.search.config import SearchSection
+from loratune.search.phases import counted
+from loratune.search.recovery import lost_trials
 from loratune.search.runner import run_optimize
 from loratune.search.storage import open_storage
 from loratune.search.study import create_or_join
@@ -100,6 +102,8 @@ def test_a_waiting_trial_is_claimed_through_the_database_not_the_run_folder(tmp_
             wait_for(lambda: _waiting_for_lock(lock) or worker.poll() is not None, 120, "the worker to ask for the lock")
             assert worker.poll() is None
             assert [t.state for t in pg_study(postgres_url).get_trials()] == [TrialState.WAITING]
+            # The server would notice a vanished holder in seconds, not the system's two hours.
+            assert lock._conn.execute(sqlalchemy.text("SHOW tcp_keepalives_idle")).scalar() in ("10", "10s")
             lock.release()
             assert worker.wait(timeout=120) == 0, worker.stderr.read()
         finally:
@@ -113,8 +117,6 @@ def test_a_waiting_trial_is_claimed_through_the_database_not_the_run_folder(tmp_
 
 def _waiting_for_lock(lock: DatabaseLock) -> bool:
     """Whether another session waits for an advisory lock in this database (PostgreSQL's own lock table)."""
-    import sqlalchemy
-
     with sqlalchemy.create_engine(lock.url).connect() as conn:
         return bool(conn.execute(sqlalchemy.text(
             "SELECT count(*) FROM pg_locks l JOIN pg_database d ON l.database = d.oid "
@@ -134,8 +136,8 @@ def test_three_workers_one_study_one_killed(tiny_models, small_dataset_factory, 
             "--set", f"dataset.path={small_dataset_factory(2)}", "--set", "train.batch_size=2",
             "--set", "sampling.steps=2", "--set", "train.epochs=2", "--set", "search.n_trials=4",
             "--set", "search.heartbeat_interval=2", "--set", "search.grace_period=10",
-            "--set", "search.space={learning_rate: {type: float, low: 1.0e-4, high: 1.0e-2, log: true}, "
-                     "rank: {type: categorical, choices: [2, 4]}}",
+            "--set", ("search.space={learning_rate: {type: float, low: 1.0e-4, high: 1.0e-2, log: true}, "
+                      "rank: {type: categorical, choices: [2, 4]}}"),
             "--set", "search.phases={refine_trials: 1, ensemble_top_k: 2, ensemble_method: svd, ensemble_rank: 4}"]
     logs = [tmp_path / f"worker-{i}.log" for i in range(3)]
     procs = [subprocess.Popen(args + extra, stdout=subprocess.PIPE, stderr=log.open("w"), text=True)

@@ -12,8 +12,8 @@ import sys
 
 import psutil
 import pytest
+from conftest import wait_for
 from optuna.trial import TrialState
-from pg_cluster import wait_for
 from ray_cluster import RayCluster
 from test_search_postgres import pg_study
 from test_search_runner import BACKEND, TESTS, write_config

@@ -10,8 +10,8 @@ Where the study lives decides where the lock lives:
   ``SELECT … FOR UPDATE``, so without it two resumers could both take the same waiting retry.
 - PostgreSQL (many machines): a session-level advisory lock in the study's database. Network filesystems do not
   honour ``flock`` reliably, so a lock on the shared run folder would not keep two machines apart; the database does,
-  and drops the lock the moment the holder's connection closes (its process died or its machine went away), as the
-  kernel drops a dead process's ``flock``.
+  and drops the lock when the holder's connection closes (its process died) or stops answering (its machine went
+  away: ``KEEPALIVES``), as the kernel drops a dead process's ``flock``.
 - MySQL: the run folder's ``flock`` still, and Optuna's own ``SELECT … FOR UPDATE`` when a waiting trial is taken.
 """
 
@@ -32,19 +32,15 @@ class StudyLock(Protocol):
 
     def release(self) -> None: ...
 
-    def __enter__(self) -> StudyLock: ...
-
-    def __exit__(self, *exc: object) -> None: ...
-
     def close(self) -> None: ...
 
 
 class _Held:
     """``with lock:`` holds it for the block."""
 
-    def __enter__(self) -> StudyLock:
+    def __enter__(self) -> Any:
         self.acquire()  # type: ignore[attr-defined]
-        return self  # type: ignore[return-value]
+        return self
 
     def __exit__(self, *exc: object) -> None:
         self.release()  # type: ignore[attr-defined]
@@ -73,6 +69,9 @@ class FileLock(_Held):
     close = release
 
 
+KEEPALIVES = {"tcp_keepalives_idle": 10, "tcp_keepalives_interval": 5, "tcp_keepalives_count": 4}
+
+
 def advisory_key(study_name: str = STUDY_NAME) -> int:
     """The advisory lock's number: a signed 64-bit hash of the study's name (advisory locks are per database)."""
     return int.from_bytes(hashlib.sha256(f"loratune/{study_name}".encode()).digest()[:8], "big", signed=True)
@@ -99,6 +98,10 @@ class DatabaseLock(_Held):
             if self._engine is None:
                 self._engine = sqlalchemy.create_engine(self.url, poolclass=NullPool)
             self._conn = self._engine.connect().execution_options(isolation_level="AUTOCOMMIT")
+            # A machine that vanishes closes no connection: the server's TCP keepalives find it gone within ~30 s
+            # (the system's default waits two hours) and end its session, which drops the lock it held.
+            for name, value in KEEPALIVES.items():
+                self._conn.execute(sqlalchemy.text(f"SET {name} = {int(value)}"))
         return self._conn
 
     def acquire(self) -> None:
@@ -135,10 +138,8 @@ class DatabaseLock(_Held):
 
     def _close(self) -> None:
         if self._conn is not None:
-            try:
+            with contextlib.suppress(Exception):  # a dead connection may fail to close; it is dropped either way
                 self._conn.close()
-            except Exception:  # noqa: BLE001 - a dead connection may fail to close; it is dropped either way
-                pass
             self._conn = None
 
     def close(self) -> None:
