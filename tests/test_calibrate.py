@@ -191,13 +191,14 @@ def test_a_resumed_search_keeps_the_calibrated_best(taught):
 
     run, _, _ = taught
     top = apply_calibration(run).best
+    own = json.loads((run / "calibration.json").read_text())["ranking_default"][0]
     said: list[str] = []
-    search_best = finish_run(run, load_config(run / "config.yaml"), said.append)
+    best_trial = finish_run(run, load_config(run / "config.yaml"), said.append)
     best = json.loads((run / "best" / "best.json").read_text())
-    assert (best["trial"], best["best_epoch"]) == (top["trial"], top["epoch"])
-    assert search_best.number != top["trial"] and best["calibrated"]["answers"] == 40
+    assert (best["trial"], best["best_epoch"]) == (top["trial"], top["epoch"]) and best_trial.number == top["trial"]
+    assert own["trial"] != top["trial"] and best["calibrated"]["answers"] == 40
     assert f"RUN/best by your taste (calibrated weights, 40 answers): trial {top['trial']}" in said[-1]
-    assert f"the search's own winner is trial {search_best.number}" in said[-1]
+    assert f"the search's own winner is trial {own['trial']} epoch {own['epoch']}" in said[-1]
 
 
 def test_apply_without_answers_and_a_non_run_are_one_line_errors(tmp_path, capsys):

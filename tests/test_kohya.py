@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from loratune.lora.kohya import checkpoint_epoch, kohya_metadata, read_metadata, save_kohya, sgm_unet_path, to_kohya
+from loratune.families.sdxl import sgm_unet_path
+from loratune.lora.kohya import checkpoint_epoch, kohya_metadata, read_metadata, save_kohya, to_kohya
 
 
 def _pair(r: int = 4, n: int = 8) -> dict[str, torch.Tensor]:

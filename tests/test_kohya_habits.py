@@ -14,6 +14,7 @@ from safetensors.torch import save_file
 
 from loratune.config import dump_config, load_config
 from loratune.errors import LoratuneError
+from loratune.families import get_family
 from loratune.lora.kohya import (
     dataset_metadata,
     modelspec_metadata,
@@ -21,6 +22,7 @@ from loratune.lora.kohya import (
     safetensors_hashes,
     save_kohya,
 )
+from loratune.train.config import TrainSection
 from loratune.train.data import Item, balance_regularisation, read_kohya_toml, scan_dataset
 
 
@@ -184,11 +186,14 @@ def test_dataset_and_modelspec_metadata(tmp_path: Path) -> None:
     assert json.loads(meta["ss_reg_dataset_dirs"]) == {"reg": {"n_repeats": 20, "img_count": 1}}
     assert json.loads(meta["ss_tag_frequency"]) == {"10_luca": {"luca boy": 2, "beach": 1, "red shirt": 1}}
     assert meta["ss_sd_model_name"] == "stable-diffusion-v1-5"
-    spec = modelspec_metadata("sdxl", "luca", 1024, "epsilon", 0)
+    # With train.prediction_type set the family reads nothing from the model.
+    spec = modelspec_metadata(get_family("sdxl").modelspec(None, TrainSection(prediction_type="epsilon")), "luca", 1024, 0)
     assert spec["modelspec.architecture"] == "stable-diffusion-xl-v1-base/lora"
     assert spec["modelspec.implementation"] == "https://github.com/Stability-AI/generative-models"
     assert spec["modelspec.resolution"] == "1024x1024" and spec["modelspec.sai_model_spec"] == "1.0.0"
-    assert modelspec_metadata("sd15", "luca", 512, "v_prediction", 0)["modelspec.prediction_type"] == "v"
+    assert spec["modelspec.prediction_type"] == "epsilon"
+    v = get_family("sd15").modelspec(None, TrainSection(prediction_type="v_prediction"))
+    assert modelspec_metadata(v, "luca", 512, 0)["modelspec.prediction_type"] == "v"
 
 
 @pytest.mark.slow

@@ -127,3 +127,18 @@ def test_registry_rows_agree_with_pyiqa(name: str, metric: str) -> None:
     assert (spec.score_range, spec.higher_is_better) == pyiqa_metric_info(metric)
     assert metadata("pyiqa")["License-Expression"] == "PolyForm-Noncommercial-1.0.0"
     assert "PolyForm Noncommercial 1.0.0" in spec.licence and "non-commercial" in spec.licence
+
+
+
+def test_piqe_rates_a_clean_flat_shaded_render_worst_and_its_grainy_copy_better() -> None:
+    """Why PIQE inverts on flat-shaded styles (the known-truth world, cel shading): it scores only "active" blocks
+    and gives an image without any the worst score, exactly as it does a blurred photo — and mild grain activates
+    every block. PIQE cannot tell clean-and-smooth from blurred; the study's quality check flags it (``quality_check``)."""
+    from loratune.world.scene import CHARACTERS, SCENES, Jitter, render
+
+    image, _ = render(CHARACTERS["lucaboy"], SCENES["beach"], Jitter.draw(0))
+    smooth = Image.fromarray(image).resize((512, 512), Image.Resampling.BICUBIC)
+    pixels = np.asarray(smooth, dtype=np.float64) + np.random.default_rng(0).normal(0, 4, (512, 512, 3))
+    grainy = Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8))
+    _, result = _score("piqe", [smooth, grainy])
+    assert result.per_image[0] == pytest.approx(100.0) and result.per_image[1] < 50

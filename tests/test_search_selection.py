@@ -17,10 +17,14 @@ from loratune.records import EpochScore
 from loratune.search.config import ParamSpec, SearchSection
 from loratune.search.phases import refine_space
 from loratune.search.runner import run_optimize
+from loratune.search.runner import finish_run
 from loratune.search.selection import ranked
 
 # Trial number -> composite per epoch; None: the trainer diverges at that epoch.
 CURVES: dict[int, list[float | None]] = {}
+# (trial, epoch) -> composite on all of a finalist's samples; the calls made.
+FINALISTS: dict[tuple[int, int], float] = {}
+FINALIST_CALLS: list[tuple[int, int, list[int], Path]] = []
 
 
 class ScriptedBackend:
@@ -47,6 +51,15 @@ class ScriptedBackend:
 
     def score_lora(self, config, lora, out_dir):  # pragma: no cover - no ensemble in these studies
         raise AssertionError("not used")
+
+    def score_finalist(self, config, lora, earlier, out_dir):
+        """A finalist's score on its fresh samples and its search-time ones: ``FINALISTS`` by (trial, epoch)."""
+        trial, epoch = int(lora.parts[-4]), int(lora.parent.name[6:])
+        FINALIST_CALLS.append((trial, epoch, list(config.sampling.seeds), earlier.relative_to(lora.parents[2])))
+        (out_dir / "samples").mkdir(parents=True)
+        (out_dir / "samples" / "fresh.txt").write_text("fresh")
+        value = FINALISTS.get((trial, epoch), CURVES[trial][epoch - 1])  # unlisted: the search saw it right
+        return EpochScore(0, value, {"alignment": value}, lora, out_dir / "samples")
 
 
 sys.modules[__name__].make = ScriptedBackend
@@ -139,3 +152,40 @@ def test_multi_objective_ranking_puts_the_pareto_front_first(directions) -> None
 
     dominated, front_a, front_b = trial(0, 0.5, 0.5), trial(1, 0.6, 0.9), trial(2, 0.8, 0.6)
     assert [t.number for t in ranked([dominated, front_a, front_b], search)] == [2, 1, 0]
+
+
+def test_finalists_are_scored_again_and_the_lucky_epoch_loses(tmp_path) -> None:
+    # Trial 0's epoch 2 is a lucky draw (0.9 among 0.5s); on fresh samples it falls to 0.55. Trial 1 holds at 0.8.
+    FINALISTS.clear()
+    FINALIST_CALLS.clear()
+    FINALISTS.update({(0, 2): 0.55, (1, 2): 0.8, (2, 1): 0.1})
+    run, trials = _run(tmp_path, {0: [0.5, 0.9, 0.5], 1: [0.8, 0.85, 0.8], 2: [0.2, 0.1, 0.1]}, epochs=3,
+                       pruner="none", finalists=2)
+    assert [c[:2] for c in FINALIST_CALLS] == [(0, 2), (1, 2)]  # the top two by search-time score, nothing else
+    assert FINALIST_CALLS[0][2] == [2, 3, 4, 5, 6, 7, 8, 9]  # fresh seeds: 4 x sampling.seeds [0, 1], none reused
+    assert FINALIST_CALLS[0][3] == Path("samples/epoch-0002")  # scored together with the epoch's own samples
+    best = json.loads((run / "best" / "best.json").read_text())
+    assert (best["trial"], best["best_epoch"], best["composite"]) == (1, 2, 0.8)
+    assert best["finalist"]["search_composite"] == 0.85 and best["ranked_by"].startswith("finalist")
+    assert (run / "best" / "finalist" / "samples" / "fresh.txt").is_file()
+    listed = json.loads((run / "finalists.json").read_text())
+    assert [(f["trial"], f["epoch"], f["composite"], f["search_composite"]) for f in listed["finalists"]] == [
+        (0, 2, 0.55, 0.9), (1, 2, 0.8, 0.85)]
+    # A resumed run re-scores nobody it has scored: the pick is the same, and no call is made.
+    config = load_config(run / "config.yaml")
+    assert finish_run(run, config, lambda m: None, ScriptedBackend()).number == 1 and len(FINALIST_CALLS) == 2
+
+
+def test_without_finalists_the_lucky_epoch_wins(tmp_path) -> None:
+    FINALIST_CALLS.clear()
+    run, _ = _run(tmp_path, {0: [0.5, 0.9, 0.5], 1: [0.8, 0.85, 0.8]}, epochs=3, pruner="none", finalists=0)
+    best = json.loads((run / "best" / "best.json").read_text())
+    assert (best["trial"], best["best_epoch"]) == (0, 2) and "finalist" not in best and not FINALIST_CALLS
+
+
+def test_the_runner_does_not_import_calibrate() -> None:
+    import subprocess
+
+    code = "import sys, loratune.search.runner; print([m for m in sys.modules if m.startswith('loratune.calibrate')])"
+    out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True, timeout=120)
+    assert out.stdout.strip() == "[]"

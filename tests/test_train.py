@@ -314,7 +314,7 @@ def test_a_trial_does_not_depend_on_the_trial_before(tiny_models, small_dataset,
     assert not any(k.startswith("lora_te") for k in after)  # B's text-encoder adapters are gone
     with cache.borrow(a, training_precision(a.train)) as base:
         assert base.models.noise_scheduler.config.prediction_type == "epsilon"
-        assert not any("lora_" in name for name, _ in base.models.unet.named_parameters())
+        assert not any("lora_" in name for name, _ in base.models.denoiser.named_parameters())
         assert len(base.latents) == 2 and len(base.texts) == 2  # two images, two captions: kept across trials
 
 
@@ -324,7 +324,7 @@ def test_a_new_base_or_precision_loads_again(tiny_models, small_dataset) -> None
     for overrides in [(), ("train.mixed_precision=bf16",), ("train.mixed_precision=bf16",), ()]:
         config = make_config(tiny_models, small_dataset, *overrides)
         with cache.borrow(config, training_precision(config.train)) as base:
-            assert base.models.unet.dtype == (torch.bfloat16 if overrides else torch.float32)
+            assert base.models.denoiser.dtype == (torch.bfloat16 if overrides else torch.float32)
     assert len(loader.calls) == 3
 
 

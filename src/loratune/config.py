@@ -14,6 +14,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from loratune.errors import LoratuneError, first_line
+from loratune.families import DEFAULT_FAMILY, FAMILIES, get_family
 from loratune.kohya_prompts import parse_kohya_prompts
 from loratune.learning.config import LearningSection, check_holdout
 from loratune.metrics.registry import BACKENDS, backends_for_axis
@@ -57,8 +58,15 @@ def resolve_model(value: str | None, info: ValidationInfo) -> str | None:
 
 class ModelSection(Strict):
     base: str = Field("stable-diffusion-v1-5/stable-diffusion-v1-5", description="diffusers hub id or local folder")
-    family: Literal["sd15", "sdxl"] = "sd15"
+    family: str = Field(DEFAULT_FAMILY, description=f"the base's model family: {', '.join(FAMILIES)}")
     variant: str | None = None
+
+    @field_validator("family")
+    @classmethod
+    def _known_family(cls, v: str) -> str:
+        if v not in FAMILIES:
+            raise ValueError(f"unknown family {v!r} (known: {', '.join(FAMILIES)})")
+        return v
 
     @model_validator(mode="before")
     @classmethod
@@ -129,8 +137,9 @@ class SamplingSection(Strict):
     prompts: list[Prompt] = Field(default_factory=list)
     negative_prompt: str = ""
     seeds: list[int] = Field(default_factory=lambda: [0, 1])
-    steps: int = Field(25, ge=1, le=500)
-    cfg: float = Field(7.0, ge=0.0, le=50.0)
+    steps: int | None = Field(None, ge=1, le=500, description="default: the family's (SD 25; Flux.1 dev 28, schnell 4)")
+    cfg: float | None = Field(None, ge=0.0, le=50.0, description="classifier-free guidance; Flux.1 dev's distilled "
+                                                              "guidance. Default: the family's (SD 7.0, Flux.1 3.5)")
     scheduler: Literal["default", "euler", "euler_a", "dpm++", "ddim", "pndm"] = "default"
     width: int = Field(512, ge=32, le=4096)
     height: int = Field(512, ge=32, le=4096)
@@ -228,6 +237,21 @@ def _default_backends() -> dict[str, BackendConfig | None]:
     }
 
 
+class IdentitySection(Strict):
+    """Identity as a rate (``loratune.metrics.identity_rate``)."""
+
+    rate: bool = Field(
+        True,
+        description="consistency = share of samples that pass a 'character present' threshold learned from the "
+        "references and the base model's own samples; false: the mean similarity to the references",
+    )
+    min_auc: float = Field(
+        0.8, ge=0.5, le=1.0,
+        description="below this separation of references from the base model's samples the study warns that the "
+        "identity scorer cannot see the character",
+    )
+
+
 class EvaluationSection(Strict):
     backends: dict[AxisName, BackendConfig | None] = Field(default_factory=_default_backends)
     weights: dict[AxisName, float] = Field(default_factory=lambda: dict(SEED_WEIGHTS))
@@ -240,6 +264,7 @@ class EvaluationSection(Strict):
     batch_size: int = Field(8, ge=1, le=1024)
     trust_remote_code: bool = Field(False, description="allow models whose code ships with the checkpoint")
     learning: LearningSection = Field(default_factory=LearningSection)
+    identity: IdentitySection = Field(default_factory=IdentitySection)
 
     @field_validator("backends", mode="before")
     @classmethod
@@ -293,6 +318,11 @@ class Config(Strict):
     evaluation: EvaluationSection = Field(default_factory=EvaluationSection)
     train: TrainSection = Field(default_factory=TrainSection)
     search: SearchSection = Field(default_factory=SearchSection)
+
+    @model_validator(mode="after")
+    def _family_settings(self) -> Config:
+        get_family(self.model.family).check(self)
+        return self
 
     @model_validator(mode="after")
     def _characters_known(self) -> Config:

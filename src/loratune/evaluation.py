@@ -143,11 +143,14 @@ def _version(dist: str) -> str | None:
         return None
 
 
-def load_references(config: Config, references_dir: str | Path | None = None) -> References:
+def load_references(config: Config, references_dir: str | Path | None = None,
+                    negatives_dir: str | Path | None = None) -> References:
     """Reference images per character from the config (``dataset.characters.*.references``) and ``--references``.
 
     A ``--references`` folder with one sub-folder per character name is split by character; otherwise its images
-    are references for every character.
+    are references for every character. ``negatives_dir``: the base model's own samples (a folder with the
+    ``samples.jsonl`` that sampling writes), each a negative of its prompt's character, from which identity backends
+    learn their threshold (unless ``evaluation.identity.rate`` is false).
     """
     from loratune.learning.holdout import holdout_references, training_and_holdout
 
@@ -172,7 +175,74 @@ def load_references(config: Config, references_dir: str | Path | None = None) ->
         else:
             refs.paths[None] = list_images(root, what="references folder")
     refs.images = {key: [load_image(p) for p in paths] for key, paths in refs.paths.items()}
+    if negatives_dir is not None and config.evaluation.identity.rate:
+        from loratune.manifest import SAMPLES_MANIFEST, read_manifest
+
+        folder = Path(negatives_dir)
+        for name, info in read_manifest(folder / SAMPLES_MANIFEST).items():
+            refs.negative_paths.setdefault(info.character, []).append(folder / Path(name).name)
+        refs.negatives = {key: [load_image(p) for p in paths] for key, paths in refs.negative_paths.items()}
     return refs
+
+
+def quality_check(evaluator: Evaluator) -> dict[str, Any] | None:
+    """The quality axis on the references and on the base model's own samples (the negatives), normalised. A
+    metric that rates the user's chosen references below an untrained base model's samples reads this style's
+    cleanliness as a defect (PIQE on flat-shaded art does: it cannot tell clean-and-smooth from blurred), so it is
+    said before the first trial. None without a quality backend, references or negatives."""
+    backend = evaluator.backends.get("quality")
+    refs = [img for imgs in evaluator.references.images.values() for img in imgs]
+    negatives = [img for imgs in evaluator.references.negatives.values() for img in imgs]
+    if backend is None or not refs or not negatives:
+        return None
+    norm = backend.producer().normalisation()
+
+    def mean_of(images: list[Any]) -> float | None:
+        backend.reset()
+        size = evaluator.runtime.batch_size
+        for start in range(0, len(images), size):
+            backend.update([EvalImage(Path(f"{start + i}.png"), img)
+                            for i, img in enumerate(images[start:start + size])])
+        return norm.apply(backend.compute().value)
+
+    on_refs, on_base = mean_of(refs), mean_of(negatives)
+    backend.reset()
+    check: dict[str, Any] = {"backend": backend.spec.name, "references": on_refs, "base_samples": on_base,
+                             "warnings": []}
+    if on_refs is not None and on_base is not None and on_refs < on_base:
+        check["warnings"].append(
+            f"quality ({backend.spec.name}) rates your references below the base model's own samples ({on_refs:.2f} "
+            f"vs {on_base:.2f}, normalised): on this style it reads what you want as a defect, so the quality axis "
+            "pulls away from your character; consider another evaluation.backends.quality or weight 0")
+    return check
+
+
+def identity_calibration(evaluator: Evaluator) -> dict[str, Any] | None:
+    """What the consistency backend learned from the references and the negatives: per character its threshold
+    and AUC, and a warning per character whose AUC is under ``evaluation.identity.min_auc``. None when the axis is
+    not a rate (no backend, no negatives, ``evaluation.identity.rate`` false)."""
+    backend = evaluator.backends.get("consistency")
+    producer = backend.producer() if backend is not None else None
+    if producer is None or not getattr(producer, "rated", False):
+        return None
+    min_auc = evaluator.config.evaluation.identity.min_auc
+    fitted = producer.thresholds  # type: ignore[attr-defined]
+    thresholds = {c: t for c, t in fitted.items() if t is not None}
+    name = producer.spec.name
+    warnings = [f"identity ({name}): the references of {c or 'the characters'!r} and the base model's own samples "
+                f"barely separate (AUC {t.auc:.2f} < evaluation.identity.min_auc {min_auc:g}); this scorer cannot see "
+                "the character, so its rate means little: try another consistency backend"
+                for c, t in thresholds.items() if t.auc < min_auc]
+    warnings += [f"identity ({name}): for {c or 'the characters'!r} it rates the references cut into shuffled tiles "
+                 f"(their colours without the character) about as high as the references themselves (structure AUC "
+                 f"{t.structure_auc:.2f}): it sees the palette, not the character, so an over-trained LoRA that paints "
+                 "the colours scores as the character; a structure-aware backend (dino with DINOv2, dreamsim, a "
+                 "face backend) sees more" for c, t in thresholds.items()
+                 if t.structure_auc is not None and t.structure_auc < min_auc]
+    warnings += [f"identity ({name}): {c or 'untied references'!r} has fewer than two usable references, so no "
+                 "threshold: its samples are left out of the consistency rate" for c, t in fitted.items() if t is None]
+    return {"backend": producer.spec.name, "min_auc": min_auc, "warnings": warnings,
+            "characters": {c or "": t.to_json() for c, t in thresholds.items()}}
 
 
 class Evaluator:
@@ -259,6 +329,8 @@ class Evaluator:
         warnings += [f"{axis} ({r.backend}) missing: {r.missing_reason}" for axis, r in results.items() if r.value is None]
         if copy_risk is not None and copy_risk.stand_in:
             warnings.append(f"copy risk ({copy_risk.embedder}) {STAND_IN_WARNING}")
+        calibration = identity_calibration(self)
+        warnings += calibration["warnings"] if calibration else []
         return EvaluationResult(
             samples=samples,
             axes=results,

@@ -36,6 +36,8 @@ class CheckpointInfo:
     rank: int | None = None
     resolution: int | None = None
     folder: Path | None = None
+    validation_loss: float | None = None  # ``loratune.train.validation``: same images, timesteps and noise each epoch
+    train_loss: float | None = None  # the mean training loss of the epoch's steps
 
 
 @dataclass
@@ -53,6 +55,7 @@ class EpochScore:
     copy_rate: float | None = None  # share of samples that copy a training image (loratune.learning.copy_risk)
     constraint: float | None = None  # copy_rate - max_copy_rate: feasible when <= 0 (None: not measured)
     cmmd: float | None = None  # CMMD of the samples to the held-out images
+    validation_loss: float | None = None  # the checkpoint's deterministic validation loss (``CheckpointInfo``)
 
     @property
     def feasible(self) -> bool:

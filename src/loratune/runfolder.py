@@ -10,7 +10,12 @@
     RUN/best/                the selected LoRA, its samples, scores and ``best.json``
     RUN/report.html  RUN/audit.json  RUN/.ask.lock (serialises taking a waiting trial)
     RUN/preferences.jsonl    ``loratune calibrate``'s answers; RUN/calibration.json and RUN/calibrated-weights.yaml
-                             what ``--apply`` wrote (both rankings; the weights as a config snippet)
+                             what ``--apply`` wrote (both rankings; the weights as a config snippet): the
+                             calibrated weights then rank the run (``search.selection.read_ranking``)
+    RUN/samples/base/        the base model's own samples (no LoRA): the report's first row, the identity negatives
+    RUN/scorer-checks.json   the identity threshold learned from references and those samples (per character),
+                             and the quality axis on the references against the same samples
+    RUN/finalists/NNNN-eEEEE/  a finalist's fresh samples and scores; RUN/finalists.json lists them all
 
 Importing it is light: no optuna, no torch.
 """
@@ -76,6 +81,21 @@ class RunFolder:
     @property
     def calibrated_weights(self) -> Path:
         return self.root / "calibrated-weights.yaml"
+
+    @property
+    def finalists(self) -> Path:
+        """The finalists' fresh samples and scores, one folder each (``NNNN-eEEEE``)."""
+        return self.root / "finalists"
+
+    @property
+    def finalists_file(self) -> Path:
+        return self.root / "finalists.json"
+
+    @property
+    def scorer_checks(self) -> Path:
+        """What the scorers showed before the first trial: the identity threshold and AUC per character, and how
+        the quality axis rates the references against the base model's own samples."""
+        return self.root / "scorer-checks.json"
 
     @property
     def ask_lock(self) -> Path:

@@ -27,6 +27,7 @@ if TYPE_CHECKING:
 
 # Where a run keeps the base model's own samples (no LoRA; same prompts and seeds): the report's comparison row.
 BASE_SAMPLES = Path("samples") / "base"
+NO_LORA = "no-lora"  # ``rank_loras``: the base model's own samples beside the LoRAs' folders
 
 _SCHEDULERS = {
     "euler": "EulerDiscreteScheduler",
@@ -61,26 +62,8 @@ def sampling_scheduler(config: Config) -> Any:
 
 
 def pipeline_from_models(config: Config, models: Models) -> Any:
-    """A text-to-image pipeline over the loaded parts (no second copy of the weights)."""
-    from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
-
-    parts = {
-        "vae": models.vae,
-        "unet": models.unet,
-        "scheduler": sampling_scheduler(config),
-        "text_encoder": models.text_encoders[0],
-        "tokenizer": models.tokenizers[0],
-    }
-    if models.family == "sdxl":
-        pipe = StableDiffusionXLPipeline(
-            **parts, text_encoder_2=models.text_encoders[1], tokenizer_2=models.tokenizers[1]
-        )
-    else:
-        pipe = StableDiffusionPipeline(
-            **parts, safety_checker=None, feature_extractor=None, requires_safety_checker=False
-        )
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
+    """A text-to-image pipeline over the loaded parts (no second copy of the weights), as the family builds it."""
+    return models.family.pipeline(models, sampling_scheduler(config))
 
 
 def render_samples(
@@ -93,15 +76,15 @@ def render_samples(
     to the compute dtype alike before any matmul, so the two ways give the same images to the bit.
     """
     pipe = pipeline_from_models(config, models)
-    modules = [models.unet, *models.text_encoders]
+    modules = [models.denoiser, *models.text_encoders]
     modes = [m.training for m in modules]
     for module in modules:
         module.eval()
     try:
         if lora is not None:
-            apply_lora(pipe, lora)
+            apply_lora(pipe, lora, models)
         with precision.autocast():
-            return render(pipe, config, out_dir)
+            return render(pipe, config, out_dir, models)
     finally:
         if lora is not None:
             pipe.unload_lora_weights()
@@ -126,8 +109,13 @@ def render_base_samples(config: Config, models: Models, precision: Precision, ou
     return render_samples(config, models, precision, out_dir, lora=None)
 
 
-def render(pipe: Any, config: Config, out_dir: str | Path, lora_scale: float | None = None) -> list[Sample]:
-    """Render every prompt × seed into ``out_dir`` (PNG files + ``samples.jsonl``), returning the records."""
+def render(
+    pipe: Any, config: Config, out_dir: str | Path, models: Models, lora_scale: float | None = None
+) -> list[Sample]:
+    """Render every prompt × seed into ``out_dir`` (PNG files + ``samples.jsonl``), returning the records.
+
+    Steps and cfg left unset take the family's defaults for this base (``Family.sampling_defaults``).
+    """
     import torch
 
     from loratune.modelref import is_stand_in
@@ -136,24 +124,24 @@ def render(pipe: Any, config: Config, out_dir: str | Path, lora_scale: float | N
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     scale = sampling.lora_scale if lora_scale is None else lora_scale
+    default_steps, default_cfg = models.family.sampling_defaults(models)
     samples: list[Sample] = []
     for index, prompt in enumerate(sample_prompts(config)):
         # A prompt's own settings (imported from a kohya prompt file) override the section's.
         seeds = [prompt.seed] if prompt.seed is not None else sampling.seeds
         width, height = prompt.width or sampling.width, prompt.height or sampling.height
         negative = sampling.negative_prompt if prompt.negative_prompt is None else prompt.negative_prompt
-        extra: dict[str, Any] = {"cross_attention_kwargs": {"scale": scale}}
-        if config.model.family == "sdxl":
-            extra["original_size"] = extra["target_size"] = (height, width)
+        extra = models.family.call_kwargs(models, lora_scale=scale, width=width, height=height,
+                                          negative_prompt=negative)
+        cfg = next(c for c in (prompt.cfg, sampling.cfg, default_cfg) if c is not None)
         generators = [torch.Generator("cpu").manual_seed(seed) for seed in seeds]
         with torch.no_grad():
             images = pipe(
                 prompt=prompt.text,
-                negative_prompt=negative or None,
                 num_images_per_prompt=len(seeds),
                 generator=generators,
-                num_inference_steps=prompt.steps or sampling.steps,
-                guidance_scale=sampling.cfg if prompt.cfg is None else prompt.cfg,
+                num_inference_steps=prompt.steps or sampling.steps or default_steps,
+                guidance_scale=cfg,
                 width=width,
                 height=height,
                 **extra,
@@ -193,13 +181,12 @@ def find_lora_files(paths: list[str | Path]) -> list[Path]:
     return found
 
 
-def apply_lora(pipe: Any, path: str | Path, name: str = "loratune") -> None:
-    """Load a LoRA file of either format onto ``pipe`` (replacing any loaded before)."""
+def apply_lora(pipe: Any, path: str | Path, models: Models, name: str = "loratune") -> None:
+    """Load a LoRA file of either format onto ``pipe`` (replacing any loaded before), as the family reads it."""
     pipe.unload_lora_weights()
     path = Path(path)
     try:
-        # Folder + file name: diffusers 0.35 reads a lone file path as a hub id and refuses it offline.
-        pipe.load_lora_weights(str(path.parent), weight_name=path.name, adapter_name=name)
+        models.family.load_lora(pipe, path, name)
     except (OSError, ValueError, KeyError, RuntimeError) as err:
         raise LoratuneError(f"{path}: not a LoRA for this base model ({first_line(err)})") from None
 
@@ -253,11 +240,23 @@ def rank_loras(
     """
     from loratune.evaluation import Evaluator, load_references
     from loratune.lora.kohya import checkpoint_epoch
+    from loratune.modelref import check_model_ref
+    from loratune.train.cache import BaseCache
+    from loratune.train.model import training_precision
 
     evaluator = Evaluator(config, show_progress=show_progress)  # backend and option errors before any rendering
-    evaluator.references = load_references(config, references)
+    cache = BaseCache()
+    negatives = None
+    if config.evaluation.identity.rate and config.evaluation.backends.get("consistency") is not None:
+        # The base model's own samples of the same prompts: what the identity threshold is learned against.
+        negatives = Path(out_dir) / NO_LORA
+        check_model_ref(config.model.base, "model.base")
+        precision = training_precision(config.train)
+        with cache.borrow(config, precision) as base:
+            render_base_samples(config, base.models, precision, negatives)
+    evaluator.references = load_references(config, references, negatives_dir=negatives)
     ranked = []
-    for path, samples in sample_loras(config, lora_paths, out_dir).items():
+    for path, samples in sample_loras(config, lora_paths, out_dir, cache=cache).items():
         folder = Path(samples[0].path).parent
         result = evaluator.score(samples)
         result.write(folder)

@@ -16,7 +16,7 @@ import yaml
 from loratune.atomic import atomic_write_json, atomic_write_text
 from loratune.calibrate.fit import as_dict
 from loratune.calibrate.preferences import now
-from loratune.calibrate.session import Session, best_per_trial
+from loratune.calibrate.session import Session
 from loratune.errors import LoratuneError
 from loratune.runfolder import RunFolder
 
@@ -31,52 +31,47 @@ class Applied:
     report: Path
 
 
-def search_ranking(session: Session) -> list[dict[str, Any]]:
-    """The run's ranking by the search's own rule (``loratune.search.selection``): each trial at its best epoch."""
-    from loratune.report.page import run_search
-    from loratune.search.selection import ranked
-
-    run = session.candidates.run
-    return [{"trial": t.number, "epoch": t.user_attrs.get("best_epoch"), "composite": t.user_attrs.get("composite")}
-            for t in ranked([info.trial for info in run.trials], run_search(run))]
+def _rows(candidates: list[Any]) -> list[dict[str, Any]]:
+    return [{"trial": c.number, "epoch": c.epoch, "composite": round(c.composite, 6)} for c in candidates]
 
 
 def apply_calibration(run_dir: str | Path) -> Applied:
+    """Write the calibrated weights into the run folder, where they become an input of the run's one ranking rule
+    (``loratune.search.selection.pick``), then refill RUN/best by that rule and rewrite the report."""
+    from loratune.config import load_config
     from loratune.report import build_report
-    from loratune.search.runner import write_best
+    from loratune.report.page import run_search
+    from loratune.search.runner import copy_best
+    from loratune.search.selection import Ranking, pick, read_ranking
 
     session = Session(run_dir, who="")
     if not session.answers:
         raise LoratuneError(f"{session.path}: no answers yet; run `loratune calibrate {run_dir}` first")
     cands = session.candidates
     run = RunFolder(cands.run.run_dir)
-    calibrated = [{"trial": r.trial, "epoch": r.epoch, "composite": round(r.composite, 6)}
-                  for r in best_per_trial(cands, session.weights, need_lora=True)]
-    if not calibrated:
-        raise LoratuneError(f"{run.root}: no scored checkpoint has its LoRA file on disk; nothing to re-rank")
-    default = search_ranking(session)
     weights, default_weights = as_dict(cands.axes, session.weights), as_dict(cands.axes, cands.prior)
     held = session.held_out
     when = now()
-    atomic_write_json(run.calibration, {
+    record: dict[str, Any] = {
         "applied": when, "answers": len(session.answers), "who": sorted({a.who for a in session.answers}),
         "weights": weights, "default_weights": default_weights,
         "agreement": {"fitted": held.fitted, "default": held.default, "answers": held.answers},
-        "ranking": calibrated, "ranking_default": default,
-    })
+    }
+    atomic_write_json(run.calibration, record)  # from here on the weights rank this run
+    trials, search = [info.trial for info in cands.run.trials], run_search(cands.run)
+    ranking = read_ranking(run.root, trials)
+    calibrated = _rows(pick(trials, search, ranking))
+    if not calibrated:
+        run.calibration.unlink()
+        raise LoratuneError(f"{run.root}: no scored checkpoint has its LoRA file on disk; nothing to re-rank")
+    default = _rows(pick(trials, search, Ranking(finalists=ranking.finalists)))
+    atomic_write_json(run.calibration, {**record, "ranking": calibrated, "ranking_default": default})
     atomic_write_text(run.calibrated_weights, (
         f"# Composite weights fitted by `loratune calibrate` to {len(session.answers)} answers ({when}).\n"
         "# Put them in the next study's config (they replace the seed weights).\n"
         + yaml.safe_dump({"evaluation": {"weights": weights}}, sort_keys=False)))
-    top = calibrated[0]
-    ckpt = cands.checkpoints[cands.index(f"{top['trial']}/{top['epoch']}")]  # type: ignore[index]
-    info = next(i for i in cands.run.trials if i.number == ckpt.trial)
-    write_best(run, ckpt.trial_dir, ckpt.lora, ckpt.images[0].path.parent, ckpt.epoch, {  # type: ignore[arg-type]
-        "trial": ckpt.trial, "state": info.trial.state.name.lower(), "phase": info.attrs.get("phase"),
-        "composite": top["composite"], "best_epoch": ckpt.epoch, "params": info.trial.params, "axes": ckpt.axes,
-        "stand_in": info.attrs.get("stand_in"), "calibrated": {"weights": weights, "answers": len(session.answers)},
-    })
+    copy_best(run.root, load_config(run.config))
     report = build_report(run.root).path
     order = [(r["trial"], r["epoch"]) for r in calibrated]
     moved = order != [(r["trial"], r["epoch"]) for r in default][:len(order)]
-    return Applied(weights, default_weights, len(session.answers), top, moved, report)
+    return Applied(weights, default_weights, len(session.answers), calibrated[0], moved, report)

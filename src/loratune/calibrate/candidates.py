@@ -15,6 +15,7 @@ import numpy as np
 from loratune.errors import LoratuneError
 from loratune.metrics.registry import AXES
 from loratune.report.rundir import RunData, SampleImage, load_run
+from loratune.search.trial import epoch_lora
 
 _ENDED = ("COMPLETE", "PRUNED", "FAIL")
 
@@ -59,21 +60,6 @@ def run_weights(config: dict[str, Any]) -> dict[str, float]:
         return dict(EvaluationSection.model_validate({"weights": evaluation.get("weights") or {}}).weights)
     except ValidationError:
         return dict(SEED_WEIGHTS)
-
-
-def epoch_lora(trial_dir: Path, epoch: int, attrs: dict[str, Any]) -> Path | None:
-    """The epoch's kohya LoRA: the trial's recorded file for its best epoch, else the checkpoint layouts the trainers
-    write (``checkpoints/epoch-NNNN/<name>.safetensors`` beside the diffusers file, or ``checkpoints/epoch-NNNN.safetensors``)."""
-    from loratune.train.checkpoint import DIFFUSERS_FILE
-
-    if attrs.get("best_epoch") == epoch and attrs.get("lora") and (trial_dir / attrs["lora"]).is_file():
-        return trial_dir / attrs["lora"]
-    folder = trial_dir / "checkpoints" / f"epoch-{epoch:04d}"
-    found = sorted(p for p in folder.glob("*.safetensors") if p.name != DIFFUSERS_FILE) if folder.is_dir() else []
-    if found:
-        return found[0]
-    single = folder.with_suffix(".safetensors")
-    return single if single.is_file() else None
 
 
 def load_candidates(run_dir: str | Path) -> Candidates:

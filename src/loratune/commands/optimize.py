@@ -60,10 +60,10 @@ def command(
     else:
         state = "" if best.state.name == "COMPLETE" else f", {best.state.name.lower()} trial"
         held = json.loads((Path(run) / "best" / "best.json").read_text())
-        where = f"-> {Path(run) / 'best'}" if not held.get("calibrated") else \
-            f"(RUN/best holds trial {held['trial']} epoch {held['best_epoch']}, the best by your taste)"
-        print(f"best: trial {best.number} ({best.user_attrs.get('phase')}{state}) composite "
-              f"{best.user_attrs.get('composite')} at epoch {best.user_attrs.get('best_epoch')} {where}")
+        how = " on its finalist samples" if held.get("finalist") else ""
+        taste = ", by your calibrated weights" if held.get("calibrated") else ""
+        print(f"best: trial {best.number} ({best.user_attrs.get('phase')}{state}) epoch {held['best_epoch']}, "
+              f"composite {held['composite']:.4f}{how}{taste} -> {Path(run) / 'best'}")
 
 
 def resumed_backend(run: Path, backend: str | None) -> str:

@@ -10,10 +10,17 @@ import typer
 
 def command(
     out_dir: Annotated[Path, typer.Argument(metavar="OUT_DIR", help="folder to write the models, dataset and loratune.yaml into")],
+    family: Annotated[str, typer.Option("--family", help="the model family whose config the `config:` line names "
+                                                         "(every family's pipeline and config are built)")] = "sd15",
     force: Annotated[bool, typer.Option("--force", help="rebuild even when a complete build is there")] = False,
 ) -> None:
-    """Build tiny random-weight models (SD1.5, SDXL, CLIP, aesthetic MLP, ArcFace, InternVL) and a dataset, offline."""
+    """Build tiny random-weight models (a pipeline per model family, CLIP, aesthetic MLP, ArcFace, InternVL) and a
+    dataset, offline."""
     import time
+
+    from loratune.families import get_family
+
+    get_family(family)  # an unknown family is an error before minutes of building
 
     from rich.console import Console
     from rich.table import Table
@@ -37,6 +44,7 @@ def command(
         if name != "root":
             table.add_row(name, path)
     Console().print(table)
-    # Plain lines (no wrapping) so scripts can pick the configs out.
-    typer.echo(f"config: {models.config}")
-    typer.echo(f"config (SDXL): {models.config_sdxl}")
+    # Plain lines (no wrapping) so scripts can pick the configs out: `config:` is the chosen family's.
+    typer.echo(f"config: {models.configs[family]}")
+    for name, path in models.configs.items():
+        typer.echo(f"config ({get_family(name).label}): {path}")

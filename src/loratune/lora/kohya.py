@@ -1,10 +1,11 @@
 """peft/diffusers LoRA state dicts -> kohya sd-scripts files (the format A1111, ComfyUI and kohya's tools load).
 
 kohya names a module ``lora_unet_<path with _>`` and, for the text encoder, ``lora_te_text_model_<path>`` (SD1.5) or
-``lora_te1_`` / ``lora_te2_`` (SDXL); each module has ``lora_down.weight`` (peft's A), ``lora_up.weight`` (B) and
-``alpha``, with scale = alpha / rank. SDXL UNet paths use the original SGM block names (``input_blocks_4_1_…``)
-that kohya itself writes. diffusers' ``convert_state_dict_to_kohya`` gets the SD1.5 text-encoder prefix and alpha
-wrong (see WORKSHOP-FACTS), hence this module.
+``lora_te1_`` / ``lora_te2_`` (SDXL, Flux's CLIP); each module has ``lora_down.weight`` (peft's A), ``lora_up.weight``
+(B) and ``alpha``, with scale = alpha / rank. The paths are the original model's names, which differ per family
+(SDXL's SGM blocks, Flux's fused QKV): each family names its modules (``Family.to_kohya``) with the helpers here.
+diffusers' ``convert_state_dict_to_kohya`` gets the SD1.5 text-encoder prefix and alpha wrong (see WORKSHOP-FACTS),
+hence this module.
 """
 
 from __future__ import annotations
@@ -16,12 +17,11 @@ from typing import Any
 
 from loratune.errors import LoratuneError
 
-BASE_MODEL_VERSION = {"sd15": "sd_v1", "sdxl": "sdxl_base_v1-0"}
 _LORA_KEY = re.compile(r"^(?P<module>.+)\.lora_(?P<which>A|B)(?:\.[^.]+)?\.weight$")
 _EPOCH_NAME = re.compile(r"-(\d{6})$")
 
 
-def _module_weights(state_dict: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+def peft_modules(state_dict: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
     """{module path: {"A": tensor, "B": tensor}} from peft keys (``….lora_A.weight`` or ``….lora_A.default.weight``)."""
     modules: dict[str, dict[str, Any]] = {}
     for key, value in state_dict.items():
@@ -29,61 +29,49 @@ def _module_weights(state_dict: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
         if match is None:
             raise ValueError(f"not a peft LoRA key: {key}")
         modules.setdefault(match["module"], {})[match["which"]] = value
+    for path, weights in modules.items():
+        if set(weights) != {"A", "B"}:
+            raise ValueError(f"{path}: needs both lora_A and lora_B")
     return modules
 
 
-def sgm_unet_path(path: str, layers_per_block: int) -> str:
-    """A diffusers SDXL UNet module path in SGM block names, e.g. ``down_blocks.1.attentions.0.x`` -> ``input_blocks.4.1.x``."""
-    parts = path.split(".")
-    if parts[0] == "down_blocks" and parts[2] == "attentions":
-        block = 1 + int(parts[1]) * (layers_per_block + 1) + int(parts[3])
-        return ".".join(["input_blocks", str(block), "1", *parts[4:]])
-    if parts[0] == "up_blocks" and parts[2] == "attentions":
-        block = int(parts[1]) * (layers_per_block + 1) + int(parts[3])
-        return ".".join(["output_blocks", str(block), "1", *parts[4:]])
-    if parts[0] == "mid_block" and parts[1] == "attentions":
-        return ".".join(["middle_block", str(1 + int(parts[2])), *parts[3:]])
-    raise ValueError(f"no SGM name for UNet module {path} (only attention blocks are mapped)")
+def kohya_module(name: str, down: Any, up: Any, alpha: float) -> dict[str, Any]:
+    """One kohya module's tensors; ``alpha`` is written as given, so scale = alpha / rank holds in every loader."""
+    import torch
+
+    return {
+        f"{name}.lora_down.weight": down.detach().contiguous(),
+        f"{name}.lora_up.weight": up.detach().contiguous(),
+        f"{name}.alpha": torch.tensor(float(alpha), dtype=down.dtype),
+    }
+
+
+def text_encoder_kohya(prefix: str, state_dict: Mapping[str, Any], alpha: float) -> dict[str, Any]:
+    """A CLIP text encoder's LoRA as ``{prefix}_text_model_…`` modules (kohya's names for SD1.5, SDXL and Flux)."""
+    out: dict[str, Any] = {}
+    for path, weights in peft_modules(state_dict).items():
+        # transformers 5 drops CLIPTextModel's ``text_model.`` level; kohya's names keep it.
+        path = "text_model." + path.removeprefix("text_model.")
+        out |= kohya_module(f"{prefix}_" + path.replace(".", "_"), weights["A"], weights["B"], alpha)
+    return out
 
 
 def to_kohya(
     family: str,
-    unet: Mapping[str, Any],
+    denoiser: Mapping[str, Any],
     alpha: float,
     text_encoders: tuple[Mapping[str, Any], ...] = (),
-    layers_per_block: int = 2,
+    denoiser_config: Any = None,
 ) -> dict[str, Any]:
-    """kohya tensors from peft LoRA state dicts (unprefixed module paths, as ``get_peft_model_state_dict`` gives).
+    """kohya tensors from peft LoRA state dicts (unprefixed module paths, as ``get_peft_model_state_dict`` gives),
+    named the way ``family``'s kohya files name them (see ``loratune.families``).
 
     ``alpha`` is the true lora_alpha of every module; it is written per module so that scale = alpha / rank holds.
+    ``denoiser_config``: the denoiser's config where names depend on it (SDXL's ``layers_per_block``).
     """
-    import torch
+    from loratune.families import get_family
 
-    if family not in BASE_MODEL_VERSION:
-        raise LoratuneError(f"model.family: unknown family {family!r} (sd15 or sdxl)")
-    out: dict[str, Any] = {}
-
-    def put(name: str, weights: dict[str, Any]) -> None:
-        if set(weights) != {"A", "B"}:
-            raise ValueError(f"{name}: needs both lora_A and lora_B")
-        out[f"{name}.lora_down.weight"] = weights["A"].detach().contiguous()
-        out[f"{name}.lora_up.weight"] = weights["B"].detach().contiguous()
-        out[f"{name}.alpha"] = torch.tensor(float(alpha), dtype=weights["A"].dtype)
-
-    for path, weights in _module_weights(unet).items():
-        path = path.removeprefix("unet.")
-        if family == "sdxl":
-            path = sgm_unet_path(path, layers_per_block)
-        put("lora_unet_" + path.replace(".", "_"), weights)
-    prefixes = ["lora_te"] if family == "sd15" else ["lora_te1", "lora_te2"]
-    if len(text_encoders) > len(prefixes):
-        raise ValueError(f"{family} has {len(prefixes)} text encoder(s), got {len(text_encoders)} state dicts")
-    for prefix, state_dict in zip(prefixes, text_encoders):
-        for path, weights in _module_weights(state_dict).items():
-            # transformers 5 drops CLIPTextModel's ``text_model.`` level; kohya's names keep it.
-            path = "text_model." + path.removeprefix("text_model.")
-            put(f"{prefix}_" + path.replace(".", "_"), weights)
-    return out
+    return get_family(family).to_kohya(dict(denoiser), alpha, tuple(dict(sd) for sd in text_encoders), denoiser_config)
 
 
 def kohya_metadata(
@@ -105,6 +93,8 @@ def kohya_metadata(
     """
     import json
 
+    from loratune.families import get_family
+
     size = (resolution, resolution) if isinstance(resolution, int) else resolution
     meta = {
         "ss_network_module": "networks.lora",
@@ -117,7 +107,7 @@ def kohya_metadata(
         "ss_optimizer": optimizer,
         "ss_seed": str(seed),
         "ss_resolution": str(tuple(size)) if isinstance(size, tuple) else str(size),
-        "ss_base_model_version": BASE_MODEL_VERSION[family],
+        "ss_base_model_version": get_family(family).kohya_model_version,
         "ss_v2": "False",
         "ss_sd_model_name": "",
     }
@@ -171,26 +161,23 @@ def dataset_metadata(items: list[Any], base_model: str) -> dict[str, str]:
     }
 
 
-# sd-scripts' ModelSpec values (``library/sai_model_spec.py``) for the two families loratune trains.
-_MODELSPEC_ARCH = {"sd15": "stable-diffusion-v1/lora", "sdxl": "stable-diffusion-xl-v1-base/lora"}
-_MODELSPEC_IMPL = {"sd15": "diffusers", "sdxl": "https://github.com/Stability-AI/generative-models"}
-
-
-def modelspec_metadata(family: str, title: str, resolution: int, prediction_type: str, timestamp: float,
+def modelspec_metadata(spec: Mapping[str, str], title: str, resolution: int, timestamp: float,
                        description: str | None = None) -> dict[str, str]:
     """The ``modelspec.*`` keys (Stability AI's model spec 1.0.0) that model sites and ComfyUI read, as
-    sd-scripts' ``build_metadata`` fills them for a LoRA."""
+    sd-scripts' ``build_metadata`` fills them for a LoRA; ``spec`` holds the family's ``architecture``,
+    ``implementation`` and (where it has one) ``prediction_type`` (``Family.modelspec``)."""
     import datetime
 
     meta = {
         "modelspec.sai_model_spec": "1.0.0",
-        "modelspec.architecture": _MODELSPEC_ARCH[family],
-        "modelspec.implementation": _MODELSPEC_IMPL[family],
+        "modelspec.architecture": spec["architecture"],
+        "modelspec.implementation": spec["implementation"],
         "modelspec.title": title,
         "modelspec.resolution": f"{resolution}x{resolution}",
         "modelspec.date": datetime.datetime.fromtimestamp(int(timestamp)).isoformat(),
-        "modelspec.prediction_type": "v" if prediction_type == "v_prediction" else "epsilon",
     }
+    if spec.get("prediction_type"):
+        meta["modelspec.prediction_type"] = spec["prediction_type"]
     if description:
         meta["modelspec.description"] = description
     return meta

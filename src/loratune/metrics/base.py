@@ -48,6 +48,10 @@ class References:
     paths: dict[str | None, list[Path]] = field(default_factory=dict)
     traits: dict[str, list[str]] = field(default_factory=dict)
     tokens: dict[str, str] = field(default_factory=dict)
+    # Images known not to show a character: the base model's own samples of its prompts (``None``: of prompts naming
+    # no character). With them, identity backends learn a "character present" threshold (``identity_rate``).
+    negatives: dict[str | None, list[Image.Image]] = field(default_factory=dict)
+    negative_paths: dict[str | None, list[Path]] = field(default_factory=dict)
 
     def for_character(self, character: str | None) -> list[Image.Image]:
         """The character's references, else the untied ones, else all of them."""
@@ -56,6 +60,16 @@ class References:
         if None in self.images:
             return self.images[None]
         return [img for imgs in self.images.values() for img in imgs]
+
+    def negatives_for(self, character: str | None) -> list[Image.Image]:
+        """What is not ``character``: the base model's samples of its prompts and of prompts naming no character,
+        and every other character's references. Empty when no base samples were given (no threshold is learned)."""
+        if not any(self.negatives.values()):
+            return []
+        if character is None:
+            return [img for imgs in self.negatives.values() for img in imgs]
+        others = [img for name, imgs in self.images.items() if name not in (None, character) for img in imgs]
+        return self.negatives.get(character, []) + self.negatives.get(None, []) + others
 
     def __bool__(self) -> bool:
         return any(self.images.values())
@@ -97,6 +111,7 @@ class Normalisation:
     hi: float
     higher_is_better: bool
     from_config: bool  # the range is the config's ``norm_range``, not the registry's
+    kind: str = "linear"  # "share": the value is already a share of images in [0, 1] (an identity rate)
 
     def apply(self, value: float | None) -> float | None:
         return normalise(value, self.lo, self.hi, self.higher_is_better)
@@ -104,10 +119,11 @@ class Normalisation:
     def describe(self) -> dict[str, Any]:
         return {
             "backend": self.backend,
-            "kind": "linear",
+            "kind": self.kind,
             "range": [self.lo, self.hi],
             "higher_is_better": self.higher_is_better,
-            "range_from": "config norm_range" if self.from_config else "registry",
+            "range_from": "config norm_range" if self.from_config else ("share of images" if self.kind == "share"
+                                                                        else "registry"),
         }
 
 

@@ -8,6 +8,11 @@ Two measurements per character, both cosine similarities of L2-normalised image 
   character form one group); the value when there are no references, and reported in the details either way.
 
 Reference embeddings are computed once per character (in ``setup`` for every character that has references).
+
+With negatives (``References.negatives``: the base model's samples of the same prompts) the axis is a **rate**: the
+share of generations whose similarity to the references passes the threshold learned per character from the
+references (leave-one-out) and the negatives (``loratune.metrics.identity_rate``). The mean similarity stays in the
+details. The choice is made in ``setup``, so every image set of a study is on the same scale.
 """
 
 from __future__ import annotations
@@ -17,8 +22,15 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import Field
 
-from loratune.metrics.base import AxisResult, Backend, EvalImage, References
+from loratune.metrics.base import AxisResult, Backend, EvalImage, Normalisation, References
 from loratune.metrics.embedding_cache import embed_images
+from loratune.metrics.identity_rate import (
+    IdentityThreshold,
+    fit_threshold,
+    leave_one_out_mean,
+    rate_details,
+    structure_probes,
+)
 from loratune.metrics.openclip_models import ImageEmbedder, load_clip_image, load_hf_vision, resolve_clip_image
 from loratune.metrics.timm_models import is_timm_folder, is_timm_name, load_timm
 from loratune.modelref import check_model_ref, is_stand_in
@@ -52,6 +64,8 @@ class _EmbeddingIdentity(Backend):
         super().__init__(*args, **kwargs)
         self.references = References()
         self._reference_embeddings: dict[str | None, torch.Tensor | None] = {}
+        self.thresholds: dict[str | None, IdentityThreshold | None] = {}
+        self.rated = False
         self.reset()
 
     @property
@@ -66,6 +80,31 @@ class _EmbeddingIdentity(Backend):
         self._reference_embeddings = {}
         for character in self.references.images:
             self._references_for(character)
+        self.thresholds = {}
+        if any(self.references.negatives.values()):
+            self.thresholds = {c: self.threshold_for(c) for c in self.references.images}
+        # A character without a threshold (one reference) is left out of the rate, and said; the others are rated.
+        self.rated = any(t is not None for t in self.thresholds.values())
+
+    def threshold_for(self, character: str | None) -> IdentityThreshold | None:
+        """The character's learned "is it there?" threshold (computed once), or None without negatives or with
+        fewer than two references."""
+        if character not in self.thresholds:
+            refs = self._references_for(character)
+            negatives = self.references.negatives_for(character)
+            fitted = None
+            if refs is not None and negatives:
+                positives = leave_one_out_mean(refs @ refs.T)
+                probes = structure_probes(self.references.for_character(character))
+                fitted = fit_threshold(positives, (self.embed(negatives) @ refs.T).mean(1).tolist(),
+                                       (self.embed(probes) @ refs.T).mean(1).tolist())
+            self.thresholds[character] = fitted
+        return self.thresholds[character]
+
+    def normalisation(self) -> Normalisation:
+        if self.rated:
+            return Normalisation(self.spec.name, 0.0, 1.0, True, False, kind="share")
+        return super().normalisation()
 
     def _references_for(self, character: str | None) -> torch.Tensor | None:
         if character not in self._reference_embeddings:
@@ -114,6 +153,13 @@ class _EmbeddingIdentity(Backend):
             "across_generations": mean_or_none(across_values),
             "per_character": per_character,
         }
+        if self.rated:  # the scale chosen in setup holds for every image set: a share, never a similarity
+            value, passes, rated = rate_details(self._to_references, self._characters, self.threshold_for)
+            details.update(rated, mode="rate: share of images whose mean similarity to the references passes the "
+                           "character's threshold (learned from the references and the base model's samples)")
+            if value is None:
+                return self.missing("no image could be rated against a threshold", per_image=passes, details=details)
+            return self.result(value, per_image=passes, details=details)
         if to_refs_all:
             details["mode"] = "similarity to reference images (mean over references); across generations in details"
             if len(to_refs_all) < len(self._to_references):

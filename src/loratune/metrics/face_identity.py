@@ -13,6 +13,11 @@ references and the config alone: every image set the backend scores afterwards (
 fallback's scale, normalised with the fallback's range, however many faces the generated images happen to show.
 ``details["identity_backend"]`` and ``describe()`` report the choice and the reference detection rates behind it.
 
+With negatives (the base model's samples of the same prompts) the axis is a rate, as in ``embedding_identity``: the
+share of faces whose similarity to the centroid passes the character's learned threshold (positives: each reference
+face against the centroid of the others; negatives: the faces found in the negatives). Images without a face are
+left out of the rate as they are out of the mean; ``face_detection_rate`` says how many that was.
+
 insightface: a model pack by name (``buffalo_l``, looked up under ``root/models/``) or folder, or a recogniser ONNX
 file by path plus a detector ONNX (``detector``); ``recogniser_only`` embeds the whole image resized to the
 recogniser's input (112 px) — meant for pre-cropped, aligned faces and for tests with a bare recogniser.
@@ -28,9 +33,10 @@ from typing import TYPE_CHECKING, Any
 from pydantic import Field, ValidationError, field_validator
 
 from loratune.errors import LoratuneError
-from loratune.metrics.base import AxisResult, Backend, EvalImage, References
+from loratune.metrics.base import AxisResult, Backend, EvalImage, Normalisation, References
 from loratune.metrics.cache import cached_model
 from loratune.metrics.embedding_identity import mean_or_none, mean_pairwise_cosine
+from loratune.metrics.identity_rate import IdentityThreshold, fit_threshold, rate_details, structure_probes
 from loratune.metrics.openclip_models import first_line
 from loratune.modelref import is_stand_in
 
@@ -76,6 +82,9 @@ class FaceIdentity(Backend):
         self.references = References()
         self.use_fallback = False
         self.decision: dict[str, Any] = {"backend": self.spec.name, "reason": "references not seen yet"}
+        self.faces: dict[str | None, list[torch.Tensor]] = {}
+        self.thresholds: dict[str | None, IdentityThreshold | None] = {}
+        self.rated = False
         self.reset()
 
     def _build_fallback(self) -> Backend | None:
@@ -114,15 +123,51 @@ class FaceIdentity(Backend):
     def setup(self, references: References) -> None:
 
         self.references = references or References()
-        self.centroids, self.reference_faces = {}, {}
+        self.centroids, self.reference_faces, self.faces = {}, {}, {}
         every_face: list[torch.Tensor] = []
         for character, images in self.references.images.items():
             faces = [e for e in self._normalised(self.embed_faces(images)) if e is not None]
             self.reference_faces[character or ""] = {"images": len(images), "with_face": len(faces)}
             self.centroids[character] = self._mean_direction(faces)
+            self.faces[character] = faces
             every_face += faces
         self.all_centroid = self._mean_direction(every_face)
         self._choose_backend()
+        self.thresholds = {}
+        if not self.use_fallback and any(self.references.negatives.values()):
+            self.thresholds = {c: self.threshold_for(c) for c in self.references.images}
+        # A character without a threshold (one reference) is left out of the rate, and said; the others are rated.
+        self.rated = any(t is not None for t in self.thresholds.values())
+
+    def threshold_for(self, character: str | None) -> IdentityThreshold | None:
+        """The character's learned threshold: each reference face against the centroid of the others (positives),
+        the negatives' faces against the centroid (negatives); None without two reference faces or negatives."""
+        import torch
+
+        if character not in self.thresholds:
+            key = character if character in self.faces else (None if None in self.faces else "*")
+            faces = self.faces.get(key) if key != "*" else [f for fs in self.faces.values() for f in fs]
+            centroid, fitted = self._centroid(character), None
+            negatives = self.references.negatives_for(character)
+            if faces and len(faces) >= 2 and centroid is not None and negatives:
+                total = torch.stack(faces).sum(0)
+                positives = [float(f @ torch.nn.functional.normalize(total - f, dim=0)) for f in faces]
+                found = [e for e in self._normalised(self.embed_faces(negatives)) if e is not None]
+                # Shuffled tiles rarely hold a face; those that do are palette-only look-alikes, negatives too.
+                probes = self._references_of(character)
+                shuffled = [e for e in self._normalised(self.embed_faces(structure_probes(probes))) if e is not None]
+                fitted = fit_threshold(positives, [float(e @ centroid) for e in found],
+                                       [float(e @ centroid) for e in shuffled])
+            self.thresholds[character] = fitted
+        return self.thresholds[character]
+
+    def _references_of(self, character: str | None) -> list[Image.Image]:
+        return self.references.for_character(character)
+
+    def normalisation(self) -> Normalisation:
+        if self.rated:
+            return Normalisation(self.spec.name, 0.0, 1.0, True, False, kind="share")
+        return super().normalisation()
 
     def _choose_backend(self) -> None:
         """Face embeddings or the fallback, for the backend's whole life: a function of the references and options."""
@@ -237,6 +282,14 @@ class FaceIdentity(Backend):
             to_reference_centroid=mean_or_none(scored),
             across_generations=mean_or_none(across_values),
         )
+        if self.rated:  # the scale chosen in setup holds for every image set
+            value, passes, rated = rate_details(per_image, [item.character for item in self.items], self.threshold_for)
+            details.update(rated, mode="rate: share of faces whose similarity to the reference centroid passes the "
+                           "character's threshold; images without a face left out")
+            if value is None:
+                return self.missing(f"faces found in {found} of {n} images; none could be rated", per_image=passes,
+                                    details=details)
+            return self.result(value, per_image=passes, details=details)
         if scored:
             details["mode"] = "cosine to the character's reference-face centroid; images without a face left out"
             return self.result(mean_or_none(scored), per_image=per_image, details=details)

@@ -99,6 +99,10 @@ def build_figures(run: RunData) -> list[Figure]:
     else:
         figures.append(_figure("parallel", "Parallel coordinates",
                                lambda: vis.plot_parallel_coordinate(study, target_name=names[0]) if completed else None))
+    figures.append(_figure("validation", "Validation loss per epoch", lambda: _validation(run),
+                           note="each trial's deterministic validation loss (the same images, timesteps and noise "
+                                "every epoch): rising while the composite still rises means the LoRA is leaving the "
+                                "data"))
     figures.append(_figure("loss", "Training loss per step", lambda: _losses(run),
                            note="each trial's loss per optimizer step (train_log.jsonl), with a moving mean; the "
                                 "full curves, lr and Prodigy's d are in each trial's logs/ folder for TensorBoard"))
@@ -129,6 +133,26 @@ def _per_epoch(run: RunData) -> go.Figure | None:
     epochs = sorted({e for info in rows for e in info.trial.intermediate_values})
     fig.update_layout(xaxis={"title": "epoch", "tickmode": "array", "tickvals": epochs},
                       yaxis_title="composite", showlegend=True, legend_title_text="trial")
+    return fig
+
+
+def _validation(run: RunData) -> go.Figure | None:
+    """Every trial's validation loss per epoch (``scores.json``), one line per trial."""
+    import plotly.graph_objects as go
+
+    fig = go.Figure()
+    epochs: set[int] = set()
+    for info in run.trials:
+        rows = [(e["epoch"], e["validation_loss"]) for e in (info.scores or {}).get("epochs") or []
+                if isinstance(e, dict) and isinstance(e.get("validation_loss"), (int, float))]
+        if rows:
+            epochs |= {e for e, _ in rows}
+            fig.add_trace(go.Scatter(x=[e for e, _ in rows], y=[v for _, v in rows], mode="lines+markers",
+                                     name=trial_label(info)))
+    if not epochs:
+        return None
+    fig.update_layout(xaxis={"title": "epoch", "tickmode": "array", "tickvals": sorted(epochs)},
+                      yaxis_title="validation loss", showlegend=True, legend_title_text="trial")
     return fig
 
 

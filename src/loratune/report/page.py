@@ -14,6 +14,7 @@ from loratune.report.calibration_section import calibrated_best, calibration_sec
 from loratune.report.figures import Figure, objective_names
 from loratune.report.format import fmt
 from loratune.report.oracle_section import oracle_section
+from loratune.report.pick_section import pick_section
 from loratune.report.rundir import RunData, TrialInfo
 from loratune.report.samples_section import samples_section
 from loratune.runfolder import RunFolder
@@ -166,6 +167,8 @@ def _summary(run: RunData, ranked: list[TrialInfo]) -> str:
             kpis.append(("its best epoch", _best_epoch(best)))
     if (calibrated := calibrated_best(run)) is not None:
         kpis.append(("RUN/best by your taste (calibrated)", calibrated))
+    elif (held := _held(run)) is not None:
+        kpis.append(("RUN/best", held))
     kpi_html = "".join(f'<div class="kpi"><div class="v">{v}</div><div class="k">{escape(k)}</div></div>' for k, v in kpis)
     directions = ", ".join(f"{n}: {d.name.lower()}" for n, d in zip(names, run.study.directions))
     phase_line = ", ".join(f"{escape(p)} {n}" for p, n in phases.items())
@@ -178,6 +181,17 @@ def _summary(run: RunData, ranked: list[TrialInfo]) -> str:
         f'<section class="card" id="summary"><h2>Summary</h2><div class="kpis">{kpi_html}</div>'
         f"<p class='muted'>Objectives: {escape(directions)}. Phases: {phase_line or '–'}.</p>{best_line}{params}</section>"
     )
+
+
+def _held(run: RunData) -> str | None:
+    """"#trial · epoch N" of what RUN/best holds (finalists may have picked another than the table's first)."""
+    import json
+
+    try:
+        best = json.loads((RunFolder(run.run_dir).best / "best.json").read_text(encoding="utf-8"))
+        return f"#{int(best['trial'])} · epoch {int(best['best_epoch'])}"
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
 
 
 def _best_epoch(info: TrialInfo) -> str:
@@ -333,12 +347,14 @@ def render_page(run: RunData, figures: list[Figure], plotly_js: str, thumb: int 
     oracle = oracle_section(run, best)
     when = _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     title = f"loratune report — {Path(run.run_dir).resolve().name}"
-    nav = "".join(f'<a href="#{i}">{n}</a>' for i, n in [("summary", "Summary"), ("plots", "Search"),
+    pick = pick_section(run)
+    nav = "".join(f'<a href="#{i}">{n}</a>' for i, n in [("summary", "Summary"), *([("pick", "Pick")] if pick else []),
+                                                         ("plots", "Search"),
                                                          ("trials", "Trials"),
                                                          *([("oracle", "Known truth")] if oracle else []),
                                                          ("samples", "Samples"),
                                                          ("audit", "Dataset audit"), ("models", "Models")])
-    body = "".join([_banner(run), _summary(run, ranked), calibration_section(run), _figures(figures),
+    body = "".join([_banner(run), _summary(run, ranked), pick, calibration_section(run), _figures(figures),
                     _table(run, ranked), oracle,
                     samples_section(ranked, thumb, all_epochs_for, max_images, page_dir or run.run_dir, run.base_samples),
                     audit_section(run), _models(run)])

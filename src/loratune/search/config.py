@@ -138,6 +138,13 @@ class SearchSection(_Strict):
     backend: Literal["local", "ray"] = "local"
     workers: int = Field(1, ge=1)
     ray: RaySection = Field(default_factory=RaySection)
+    finalists: int = Field(
+        3, ge=0, le=50,
+        description="before RUN/best is written, the top candidates sampled again with fresh seeds and picked on all "
+        "their samples (a search-time score is the maximum of noisy epochs); 0 = off",
+    )
+    finalist_samples: int = Field(
+        4, ge=1, le=64, description="fresh seeds per finalist, as a multiple of sampling.seeds (same prompts)")
 
     @field_validator("space")
     @classmethod

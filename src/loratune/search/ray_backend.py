@@ -89,7 +89,8 @@ def run_ray(config: Config | None, run_dir: str | Path, resume: bool = False, ba
     run_dir = Path(run_dir).resolve()
     say = say or (lambda msg: print(msg, file=sys.stderr, flush=True))
     quiet_optuna()
-    config = prepare_run(run_dir, config, resume, overrides, load_backend(backend))
+    trial_backend = load_backend(backend)
+    config = prepare_run(run_dir, config, resume, overrides, trial_backend)
     ray_cfg = config.search.ray
     started = False
     if not ray.is_initialized():
@@ -111,8 +112,8 @@ def run_ray(config: Config | None, run_dir: str | Path, resume: bool = False, ba
             raise LoratuneError(f"{len(errors)} Ray worker(s) stopped ({errors[0]}); resume with --resume")
         for error in errors:  # a node lost mid-study: its trial was retried elsewhere and the study finished
             say(f"{error}; the other workers finished the study")
-    with held(RunFolder(run_dir), config.search.storage):
-        return finish_run(run_dir, config, say)
+    with held(RunFolder(run_dir), config.search.storage):  # the finalists are sampled here, in the driver
+        return finish_run(run_dir, config, say, trial_backend)
 
 
 def _run_actors(run_dir: Path, config: Config, backend: str | None, n: int) -> list[str]:

@@ -31,7 +31,9 @@ from loratune.runfolder import CONFIG_FILE, STUDY_NAME, RunFolder
 from loratune.search.claims import held
 from loratune.search.local import Worker
 from loratune.search.recovery import lost_trials, recover, set_aside_partial_dirs
-from loratune.search.selection import ranked
+from loratune.search.finalists import score_finalists
+from loratune.search.selection import Ranking, pick, read_ranking
+from loratune.search.trial import epoch_lora, epoch_samples
 from loratune.search.space import check_space
 from loratune.search.storage import open_storage, study_exists
 from loratune.search.study import create_or_join, record_config
@@ -40,7 +42,8 @@ from loratune.search.trials import TrialBackend, check_backend, load_backend
 # Keys that ``--resume --set`` may change: how the study goes on, not what a finished trial's numbers mean.
 RESUMABLE_KEYS = ("search.n_trials", "search.workers", "search.heartbeat_interval", "search.grace_period",
                   "search.max_retry", "search.backend", "search.pruner", "search.patience", "search.phases.",
-                  "search.ray.", "evaluation.device", "evaluation.batch_size")
+                  "search.ray.", "search.finalists", "search.finalist_samples", "evaluation.device",
+                  "evaluation.batch_size")
 # Evaluation keys that may also change while no epoch has been scored yet (e.g. a mistyped backend that failed
 # every trial): no finished trial's value would change meaning.
 UNSCORED_KEYS = ("evaluation.",)
@@ -111,33 +114,52 @@ def _resume_overrides(run: RunFolder, stored: Config, overrides: list[str],
     return config
 
 
-def copy_best(run_dir: Path, config: Config) -> FrozenTrial | None:
-    """RUN/best/: the best candidate's best-epoch LoRA, samples, scores and params (replaced atomically). The
-    candidate may be a pruned trial, or one that failed after scoring: ``best.json`` says which state it ended in."""
+def copy_best(run_dir: Path, config: Config, say: Callable[[str], None] | None = None) -> FrozenTrial | None:
+    """RUN/best/: the first candidate of ``search.selection.pick`` under the run folder's ranking inputs (calibrated
+    weights, finalists), with its LoRA, samples, scores and params (replaced atomically). The candidate may be a
+    pruned trial, or one that failed after scoring: ``best.json`` says which state it ended in."""
     run = RunFolder(run_dir)
     study = optuna.load_study(study_name=STUDY_NAME, storage=open_storage(run_dir, config.search))
-    candidates = ranked(study.get_trials(deepcopy=False), config.search)
+    trials = study.get_trials(deepcopy=False)
+    ranking = read_ranking(run_dir, trials)
+    candidates = pick(trials, config.search, ranking)
     if not candidates:
         return None
-    best = candidates[0]
-    trial_dir = run.root / best.user_attrs["trial_dir"]
-    samples = trial_dir / best.user_attrs["samples"] if best.user_attrs.get("samples") else None
-    write_best(run, trial_dir, trial_dir / best.user_attrs["lora"], samples, best.user_attrs.get("best_epoch") or 0, {
-        "trial": best.number, "state": best.state.name.lower(), "phase": best.user_attrs.get("phase"),
-        "composite": best.user_attrs.get("composite"), "values": best.values,
-        "best_epoch": best.user_attrs.get("best_epoch"), "params": best.params,
-        "axes": best.user_attrs.get("axes"), "backends": best.user_attrs.get("backends"),
-        "stand_in": best.user_attrs.get("stand_in"), "members": best.user_attrs.get("members"),
-        "fail_reason": best.user_attrs.get("fail_reason"),
-    })
-    return best
+    best, t = candidates[0], candidates[0].trial
+    trial_dir = run.root / t.user_attrs["trial_dir"]
+    lora = epoch_lora(trial_dir, best.epoch, t.user_attrs) or trial_dir / t.user_attrs["lora"]
+    finalist = best.finalist
+    record: dict[str, Any] = {
+        "trial": t.number, "state": t.state.name.lower(), "phase": t.user_attrs.get("phase"),
+        "composite": best.composite, "values": t.values, "best_epoch": best.epoch, "params": t.params,
+        "axes": best.axes, "backends": t.user_attrs.get("backends"), "stand_in": t.user_attrs.get("stand_in"),
+        "members": t.user_attrs.get("members"), "fail_reason": t.user_attrs.get("fail_reason"),
+        "ranked_by": ("finalist score (search-time and fresh samples together)" if finalist
+                      else "search-time score"),
+        "weights": ranking.weights_source,
+    }
+    if finalist is not None:
+        record["finalist"] = {"search_composite": finalist.search_composite, "images": finalist.images,
+                              "seconds": finalist.seconds, "folder": finalist.folder}
+    if ranking.weights is not None:
+        record["calibrated"] = {"weights": ranking.weights, "answers": ranking.answers}
+    write_best(run, trial_dir, lora, epoch_samples(trial_dir, best.epoch, t.user_attrs), best.epoch, record,
+               run.root / finalist.folder if finalist is not None else None)
+    if say is not None and ranking.weights is not None:
+        own = pick(trials, config.search, Ranking(finalists=ranking.finalists))
+        say(f"RUN/best by your taste ({ranking.weights_source}): trial {t.number} epoch {best.epoch}; "
+            f"the search's own winner is trial {own[0].number} epoch {own[0].epoch}")
+    return t
 
 
 def write_best(run: RunFolder, trial_dir: Path, lora: Path, samples: Path | None, epoch: int,
-               record: dict[str, Any]) -> None:
+               record: dict[str, Any], finalist: Path | None = None) -> None:
     """Replace RUN/best/ atomically with one checkpoint: its LoRA, samples, the trial's params and scores, the
-    epoch's full scores and ``best.json`` (``record`` plus the LoRA's name)."""
+    epoch's full scores, the finalist's fresh samples and scores when it was one, and ``best.json`` (``record`` plus
+    the LoRA's name)."""
     with atomic_dir(run.best) as tmp:
+        if finalist is not None and finalist.is_dir():
+            shutil.copytree(finalist, tmp / "finalist")
         shutil.copy2(lora, tmp / lora.name)
         for name in ("params.json", "scores.json"):
             if (trial_dir / name).is_file():
@@ -209,6 +231,10 @@ def run_optimize(
     quiet_optuna()
     trial_backend = load_backend(backend)
     config = prepare_run(run_dir, config, resume, overrides, trial_backend)
+    prepare = getattr(trial_backend, "prepare", None)
+    if prepare is not None:  # what the identity scorer learned, said before the first trial
+        for line in prepare(config, run_dir):
+            say(line)
     n = workers or config.search.workers
     gpus = _gpu_ids() if n > 1 else []
     children: list[subprocess.Popen[bytes]] = []
@@ -232,12 +258,15 @@ def run_optimize(
         raise
     if any(codes):
         raise LoratuneError(f"{sum(1 for c in codes if c)} worker(s) exited with errors; resume with --resume")
-    with held(RunFolder(run_dir), config.search.storage):  # workers on other machines may be filling RUN/best too
-        return finish_run(run_dir, config, say)
+    # Workers on other machines may be finishing too: one at a time, each scoring only the finalists none has yet.
+    with held(RunFolder(run_dir), config.search.storage):
+        return finish_run(run_dir, config, say, trial_backend)
 
 
-def finish_run(run_dir: Path, config: Config, say: Callable[[str], None]) -> FrozenTrial | None:
-    """After the last trial: set leftovers aside, say what was lost and what pruning saved, fill RUN/best."""
+def finish_run(run_dir: Path, config: Config, say: Callable[[str], None],
+               backend: TrialBackend | None = None) -> FrozenTrial | None:
+    """After the last trial: set leftovers aside, say what was lost and what pruning saved, score the finalists
+    (with ``backend``, which samples), fill RUN/best."""
     storage = open_storage(run_dir, config.search)
     trials = optuna.load_study(study_name=STUDY_NAME, storage=storage).get_trials(deepcopy=False)
     set_aside_partial_dirs(RunFolder(run_dir), trials)
@@ -249,21 +278,5 @@ def finish_run(run_dir: Path, config: Config, say: Callable[[str], None]) -> Fro
     if copying:
         say(f"{len(copying)} trial(s) copy their training images at every epoch (copy rate over "
             f"evaluation.learning.max_copy_rate {config.evaluation.learning.max_copy_rate}): never RUN/best")
-    best = copy_best(run_dir, config)
-    if best is not None and RunFolder(run_dir).calibration.is_file():
-        keep_calibrated_best(run_dir, best, say)
-    return best
-
-
-def keep_calibrated_best(run_dir: Path, search_best: FrozenTrial, say: Callable[[str], None]) -> None:
-    """A run the user calibrated (``loratune calibrate --apply``) keeps RUN/best by their taste when it is resumed:
-    the new trials are ranked with the calibrated weights too, and the search's own winner is named beside it."""
-    from loratune.calibrate.apply import apply_calibration
-
-    try:
-        done = apply_calibration(run_dir)
-    except LoratuneError as err:  # the answers file was removed since: the search's ranking stands
-        say(f"calibration not re-applied ({err}); RUN/best is the search's winner")
-        return
-    say(f"RUN/best by your taste (calibrated weights, {done.answers} answers): trial {done.best['trial']} "
-        f"epoch {done.best['epoch']}; the search's own winner is trial {search_best.number}")
+    score_finalists(RunFolder(run_dir), config, backend, trials, say)
+    return copy_best(run_dir, config, say)

@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from optuna.trial import FrozenTrial, TrialState
@@ -81,3 +83,168 @@ def ranked(trials: Sequence[FrozenTrial], search: SearchSection) -> list[FrozenT
 
 def _dominates(a: list[float], b: list[float]) -> bool:
     return all(x >= y for x, y in zip(a, b)) and any(x > y for x, y in zip(a, b))
+
+
+# --- RUN/best: the pick, with the run's ranking weights and its finalists -----------------------------------------
+
+
+@dataclass(frozen=True)
+class Finalist:
+    """A top candidate sampled again with fresh seeds and scored on all of its samples (``RUN/finalists.json``)."""
+
+    trial: int
+    epoch: int
+    composite: float | None  # on the search-time samples and the fresh ones together
+    axes: dict[str, float | None]
+    search_composite: float | None  # what the search saw: one noisy maximum among many
+    images: int
+    seconds: float  # sampling + scoring the fresh samples
+    folder: str  # relative to the run folder
+
+    @classmethod
+    def from_json(cls, row: dict[str, Any]) -> Finalist:
+        return cls(int(row["trial"]), int(row["epoch"]), row.get("composite"), dict(row.get("axes") or {}),
+                   row.get("search_composite"), int(row.get("images") or 0), float(row.get("seconds") or 0.0),
+                   str(row.get("folder") or ""))
+
+
+@dataclass(frozen=True)
+class Ranking:
+    """What ranks a run's candidates for RUN/best besides the trials: the weights (None: the composite each epoch
+    was scored with, i.e. the config's ``evaluation.weights``; else the calibrated weights of ``loratune calibrate``),
+    the finalists, and — with other weights — every scored epoch's axes per trial (to find each trial's best epoch
+    under them). ``loratune.runfolder.read_ranking`` reads all of it from the run folder."""
+
+    weights: dict[str, float] | None = None
+    weights_source: str = "evaluation.weights"
+    finalists: tuple[Finalist, ...] = ()
+    epochs: dict[int, list[dict[str, Any]]] = field(default_factory=dict)
+    answers: int = 0  # the calibration's answers, when the weights come from one
+
+    def without_finalists(self) -> Ranking:
+        return Ranking(self.weights, self.weights_source, (), self.epochs, self.answers)
+
+    def with_finalists(self, finalists: Sequence[Finalist]) -> Ranking:
+        return Ranking(self.weights, self.weights_source, tuple(finalists), self.epochs, self.answers)
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One trial's entry in the pick: the epoch and the composite it is ranked by."""
+
+    trial: FrozenTrial
+    epoch: int
+    composite: float
+    axes: dict[str, float | None]
+    finalist: Finalist | None = None
+
+    @property
+    def number(self) -> int:
+        return self.trial.number
+
+
+def pick(trials: Sequence[FrozenTrial], search: SearchSection, ranking: Ranking | None = None) -> list[Candidate]:
+    """Candidates for RUN/best, best first — the rule every caller uses (runner, ``loratune calibrate --apply``,
+    report, benchmarks).
+
+    Each candidate trial (``candidate_values``) enters at its best epoch under the ranking's weights. Finalists come
+    first, ranked by their composite over the search-time and the fresh samples together; the other candidates follow
+    by their search-time composite, a maximum over noisy epochs that the finalists' numbers are not comparable with.
+    Multi-objective runs keep the Pareto order of ``ranked`` (no finalists, no weights).
+
+    >>> from optuna.trial import create_trial
+    >>> a = create_trial(value=0.7, user_attrs={"composite": 0.7, "lora": "a", "best_epoch": 3, "axes": {}})
+    >>> b = create_trial(value=0.6, user_attrs={"composite": 0.6, "lora": "b", "best_epoch": 2, "axes": {}})
+    >>> a._number, b._number = 0, 1
+    >>> fin = (Finalist(0, 3, 0.50, {}, 0.7, 80, 9.0, "finalists/0000-e0003"),
+    ...        Finalist(1, 2, 0.58, {}, 0.6, 80, 9.0, "finalists/0001-e0002"))
+    >>> [(c.number, c.epoch, c.composite) for c in pick([a, b], SearchSection(), Ranking(finalists=fin))]
+    [(1, 2, 0.58), (0, 3, 0.5)]
+    """
+    from loratune.metrics.composite import composite
+
+    ranking = ranking or Ranking()
+    order = ranked(trials, search)
+    if search.directions:
+        return [Candidate(t, int(t.user_attrs.get("best_epoch") or 0), float(t.user_attrs.get("composite") or 0.0),
+                          dict(t.user_attrs.get("axes") or {})) for t in order]
+
+    def value(axes: dict[str, float | None], recorded: float | None) -> float | None:
+        return recorded if ranking.weights is None else composite(axes, ranking.weights).value
+
+    finalists: dict[int, Candidate] = {}
+    for f in ranking.finalists:
+        t = next((t for t in order if t.number == f.trial), None)
+        v = value(f.axes, f.composite)
+        if t is not None and v is not None and (f.trial not in finalists or v > finalists[f.trial].composite):
+            finalists[f.trial] = Candidate(t, f.epoch, v, f.axes, f)
+    rest: list[Candidate] = []
+    for t in order:
+        if t.number in finalists:
+            continue
+        best = _best_epoch(t, ranking, value)
+        if best is not None:
+            rest.append(best)
+    head = sorted(finalists.values(), key=lambda c: (-c.composite, c.number, c.epoch))
+    return head + sorted(rest, key=lambda c: (-c.composite, c.number, c.epoch))
+
+
+def _best_epoch(t: FrozenTrial, ranking: Ranking, value: Any) -> Candidate | None:
+    """The trial's best feasible epoch under the ranking's weights (its recorded best epoch under the search's)."""
+    attrs = t.user_attrs
+    if ranking.weights is None or t.number not in ranking.epochs:
+        v = attrs.get("composite")
+        return None if v is None else Candidate(t, int(attrs.get("best_epoch") or 0), float(v),
+                                                dict(attrs.get("axes") or {}))
+    scored = []
+    for row in ranking.epochs[t.number]:
+        axes = row.get("axes") or {}
+        v = value(axes, row.get("composite"))
+        if v is not None and (row.get("constraint") or 0.0) <= 0:
+            scored.append(Candidate(t, int(row["epoch"]), float(v), dict(axes)))
+    return max(scored, key=lambda c: (c.composite, -c.epoch), default=None)
+
+
+def finalists_to_score(trials: Sequence[FrozenTrial], search: SearchSection, ranking: Ranking,
+                       count: int) -> list[Candidate]:
+    """The top ``count`` candidates by search-time scores (under the ranking's weights) that have no finalist score
+    yet: each is sampled again with fresh seeds before RUN/best is written."""
+    if count <= 0 or search.directions:
+        return []
+    done = {(f.trial, f.epoch) for f in ranking.finalists}
+    top = pick(trials, search, ranking.without_finalists())[:count]
+    return [c for c in top if (c.number, c.epoch) not in done]
+
+
+def read_ranking(run_dir: str | Path, trials: Sequence[FrozenTrial]) -> Ranking:
+    """The run folder's ranking inputs: the calibrated weights when ``loratune calibrate --apply`` wrote them
+    (``RUN/calibration.json``), the finalists (``RUN/finalists.json``) and, with calibrated weights, every scored
+    epoch whose LoRA file is still on disk."""
+    import json
+
+    from loratune.runfolder import RunFolder
+    from loratune.search.trial import epoch_lora
+
+    run = RunFolder(Path(run_dir))
+    weights, source, answers = None, "evaluation.weights", 0
+    if run.calibration.is_file():
+        data = json.loads(run.calibration.read_text(encoding="utf-8"))
+        if isinstance(data.get("weights"), dict):
+            weights = {str(k): float(v) for k, v in data["weights"].items()}
+            answers = int(data.get("answers") or 0)
+            source = f"calibrated weights, {answers} answers"
+    finalists: tuple[Finalist, ...] = ()
+    if run.finalists_file.is_file():
+        rows = json.loads(run.finalists_file.read_text(encoding="utf-8")).get("finalists") or []
+        finalists = tuple(Finalist.from_json(r) for r in rows if isinstance(r, dict))
+    epochs: dict[int, list[dict[str, Any]]] = {}
+    if weights is not None:
+        for t in trials:
+            folder = run.root / t.user_attrs["trial_dir"] if t.user_attrs.get("trial_dir") else None
+            scores = folder / "scores.json" if folder is not None else None
+            if scores is None or not scores.is_file():
+                continue
+            rows = json.loads(scores.read_text(encoding="utf-8")).get("epochs") or []
+            epochs[t.number] = [r for r in rows if isinstance(r, dict) and isinstance(r.get("epoch"), int)
+                                and epoch_lora(folder, r["epoch"], t.user_attrs) is not None]
+    return Ranking(weights, source, finalists, epochs, answers)

@@ -98,9 +98,33 @@ def record_scores(folder: Path, epochs: list[EpochScore], state: str | None = No
     atomic_write_json(folder / "scores.json", {
         **attrs, "state": state, "fail_reason": failure,
         "epochs": [{"epoch": e.epoch, "composite": e.composite, "axes": e.normalised, "copy_rate": e.copy_rate,
-                    "constraint": e.constraint, "cmmd": e.cmmd, "diagnosis": d} for e, d in zip(epochs, diagnoses)],
+                    "constraint": e.constraint, "cmmd": e.cmmd, "validation_loss": e.validation_loss, "diagnosis": d}
+                   for e, d in zip(epochs, diagnoses)],
     })
     return attrs
+
+
+def epoch_lora(trial_dir: Path, epoch: int, attrs: dict[str, Any]) -> Path | None:
+    """The epoch's kohya LoRA: the trial's recorded file for its best epoch, else the checkpoint layouts the trainers
+    write (``checkpoints/epoch-NNNN/<name>.safetensors`` beside the diffusers file, or ``checkpoints/epoch-NNNN.safetensors``)."""
+    from loratune.train.checkpoint import DIFFUSERS_FILE
+
+    if attrs.get("best_epoch") == epoch and attrs.get("lora") and (trial_dir / attrs["lora"]).is_file():
+        return trial_dir / attrs["lora"]
+    folder = trial_dir / "checkpoints" / f"epoch-{epoch:04d}"
+    found = sorted(p for p in folder.glob("*.safetensors") if p.name != DIFFUSERS_FILE) if folder.is_dir() else []
+    if found:
+        return found[0]
+    single = folder.with_suffix(".safetensors")
+    return single if single.is_file() else None
+
+
+def epoch_samples(trial_dir: Path, epoch: int, attrs: dict[str, Any]) -> Path | None:
+    """The folder of the epoch's samples: the recorded one for the best epoch, else the trainer's layout."""
+    if attrs.get("best_epoch") == epoch and attrs.get("samples") and (trial_dir / attrs["samples"]).is_dir():
+        return trial_dir / attrs["samples"]
+    folder = trial_dir / "samples" / f"epoch-{epoch:04d}"
+    return folder if folder.is_dir() else None
 
 
 def run_trial(backend: TrialBackend, config: Config, params: dict[str, Any], number: int, phase: str,

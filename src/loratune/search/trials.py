@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from loratune.config import Config
 from loratune.errors import LoratuneError
 from loratune.records import EpochScore
+from loratune.runfolder import RunFolder
 
 if TYPE_CHECKING:
     from loratune.train.cache import BaseCache
@@ -47,6 +48,7 @@ class TrainAndScore:
 
         self._evaluator: Any = None
         self._key: str | None = None
+        self._prepared: tuple[str, Path] | None = None
         self.cache = cache if cache is not None else BaseCache()
 
     def check(self, config: Config) -> None:
@@ -56,43 +58,80 @@ class TrainAndScore:
         check_models(config)
         check_evaluation(config)
 
-    def evaluator(self, config: Config) -> Any:
+    def evaluator(self, config: Config, run_dir: Path | None = None) -> Any:
+        """The worker's evaluator; with ``run_dir``, the run's base-model samples are its identity negatives."""
         from loratune.evaluation import Evaluator, load_references
+        from loratune.sampling import BASE_SAMPLES
 
+        negatives = run_dir / BASE_SAMPLES if run_dir is not None else None
         # Trials change only train.*; the evaluator (models, reference embeddings) is shared while these stay equal.
-        key = config.evaluation.model_dump_json(warnings=False) + config.dataset.model_dump_json(warnings=False)
+        key = (config.evaluation.model_dump_json(warnings=False) + config.dataset.model_dump_json(warnings=False)
+               + str(negatives))
         if self._evaluator is None or key != self._key:
-            self._evaluator = Evaluator(config, references=load_references(config), show_progress=False)
+            references = load_references(config, negatives_dir=negatives)
+            self._evaluator = Evaluator(config, references=references, show_progress=False)
             self._key = key
         return self._evaluator
 
+    def prepare(self, config: Config, run_dir: Path) -> list[str]:
+        """Before a worker's first trial: the base model's own samples (drawn once per run; the report's "no LoRA"
+        row and the identity scorer's negatives) and the scorers, loaded with them. Returns what the identity
+        scorer learned (its threshold and how well it tells the character from the base model's images), which
+        also goes to ``RUN/identity.json``."""
+        from loratune.atomic import atomic_write_json
+        from loratune.evaluation import identity_calibration, quality_check
+        from loratune.sampling import BASE_SAMPLES, render_base_samples
+        from loratune.train.model import training_precision
+
+        key = (config.model_dump_json(exclude={"train", "search"}, warnings=False), run_dir)
+        if self._prepared == key:
+            return []
+        if config.train.sample_checkpoints:
+            precision = training_precision(config.train)
+            with self.cache.borrow(config, precision) as base:
+                render_base_samples(config, base.models, precision, run_dir / BASE_SAMPLES)
+        evaluator = self.evaluator(config, run_dir)
+        evaluator.load()
+        calibration, quality = identity_calibration(evaluator), quality_check(evaluator)
+        self._prepared = key
+        lines: list[str] = []
+        if calibration is not None:
+            lines += [f"identity ({calibration['backend']}): {c or 'character'} present above similarity "
+                      f"{t['threshold']:.3f} (references vs the base model's samples: AUC {t['auc']:.2f}, "
+                      f"{t['positives']} vs {t['negatives']} images)" for c, t in calibration["characters"].items()]
+            lines += calibration["warnings"]
+        if quality is not None:
+            lines += quality["warnings"]
+        if calibration is not None or quality is not None:
+            atomic_write_json(RunFolder(run_dir).scorer_checks, {"identity": calibration, "quality": quality})
+        return lines
+
     def _score(self, config: Config, samples: list[Any], epoch: int, lora: Path | None, samples_dir: Path | None,
-               out_dir: Path) -> EpochScore:
-        evaluator = self.evaluator(config)
+               out_dir: Path, validation_loss: float | None = None) -> EpochScore:
+        evaluator = self.evaluator(config, RunFolder.of_trial(out_dir).root)
         result = evaluator.score(samples)
         result.write(out_dir / "scores" / f"epoch-{epoch:04d}")
         risk = result.copy_risk if result.copy_risk is not None and not result.copy_risk.stand_in else None
         return EpochScore(epoch, result.composite, dict(result.normalised), lora, samples_dir, result.stand_in, result,
                           dict(result.backends_used), copy_rate=risk.rate if risk else None,
                           constraint=risk.constraint if risk else None,
-                          cmmd=result.cmmd["value"] if result.cmmd else None)
+                          cmmd=result.cmmd["value"] if result.cmmd else None, validation_loss=validation_loss)
 
     def train(self, config: Config, out_dir: Path, on_epoch: Callable[[EpochScore], None]) -> None:
-        from loratune.runfolder import RunFolder
         from loratune.sampling import BASE_SAMPLES
         from loratune.train import CheckpointInfo, train
 
-        self.evaluator(config)  # load scorers before the first epoch, not in the middle of training
+        run_dir = RunFolder.of_trial(out_dir).root
+        self.prepare(config, run_dir)  # kept when done: the base samples and the loaded scorers
 
         def on_checkpoint(info: CheckpointInfo) -> None:
             if not info.samples:
                 raise LoratuneError("train.sample_checkpoints: must be true for a search (each epoch is scored)")
             samples_dir = Path(info.samples[0].path).parent
-            on_epoch(self._score(config, info.samples, info.epoch, info.kohya_path, samples_dir, out_dir))
+            on_epoch(self._score(config, info.samples, info.epoch, info.kohya_path, samples_dir, out_dir,
+                                 info.validation_loss))
 
-        # The base model's own samples (the report's "no LoRA" row) are drawn once per run, beside the trials.
-        base_samples = RunFolder.of_trial(out_dir).root / BASE_SAMPLES
-        train(config, out_dir, on_checkpoint=on_checkpoint, cache=self.cache, base_samples=base_samples)
+        train(config, out_dir, on_checkpoint=on_checkpoint, cache=self.cache, base_samples=run_dir / BASE_SAMPLES)
 
     def score_lora(self, config: Config, lora: Path, out_dir: Path) -> EpochScore:
         from loratune.sampling import sample_loras
@@ -101,6 +140,18 @@ class TrainAndScore:
         samples = next(iter(sample_loras(config, [lora], out_dir / "samples", cache=self.cache).values()))
         samples_dir = Path(samples[0].path).parent if samples else None
         return self._score(config, samples, 0, lora, samples_dir, out_dir)
+
+
+    def score_finalist(self, config: Config, lora: Path, earlier: Path | None, out_dir: Path) -> EpochScore:
+        """A finalist (``loratune.search.finalists``): ``config``'s fresh seeds drawn into ``out_dir`` and scored
+        together with the epoch's search-time samples from ``earlier``."""
+        from loratune.evaluation import collect_samples
+        from loratune.manifest import SAMPLES_MANIFEST
+        from loratune.sampling import sample_loras
+
+        fresh = next(iter(sample_loras(config, [lora], out_dir / "samples", cache=self.cache).values()))
+        before = collect_samples(earlier, earlier / SAMPLES_MANIFEST) if earlier is not None else []
+        return self._score(config, before + fresh, 0, lora, Path(fresh[0].path).parent, out_dir)
 
 
 def load_backend(spec: str | None) -> TrialBackend:

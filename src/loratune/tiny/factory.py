@@ -7,26 +7,32 @@ import fcntl
 import json
 import os
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
 
 from loratune.atomic import atomic_dir, atomic_write_text
 from loratune.errors import LoratuneError
+from loratune.families import DEFAULT_FAMILY, FAMILIES
 from loratune.modelref import write_stand_in_marker
 
 # Bump when anything the factory writes changes: cached builds of another version are rebuilt.
 FACTORY_VERSION = 4
 MANIFEST = "loratune-tiny.json"
 CONFIG_NAME = "loratune.yaml"
-SDXL_CONFIG_NAME = "loratune-sdxl.yaml"
 SEED = 0
 
-# Relative locations inside out_dir (also what the yaml refers to).
+
+def config_name(family: str) -> str:
+    """The tiny config of a family's pipeline: ``loratune.yaml`` for the default family, else ``loratune-<f>.yaml``."""
+    return CONFIG_NAME if family == DEFAULT_FAMILY else f"loratune-{family}.yaml"
+
+
+# Relative locations inside out_dir (also what the yaml refers to): a pipeline folder per registered family, then
+# the scorers, the dataset and the configs.
 LAYOUT: dict[str, str] = {
-    "sd15": "sd15",
-    "sdxl": "sdxl",
+    **{family: family for family in FAMILIES},
     "open_clip": "open_clip",
     "hf_clip": "hf_clip",
     "aesthetic": "aesthetic/aesthetic.pth",
@@ -38,17 +44,22 @@ LAYOUT: dict[str, str] = {
     "dataset": "dataset/train",
     "references": "dataset/references",
     "config": CONFIG_NAME,
-    "config_sdxl": SDXL_CONFIG_NAME,
+    **{f"config_{family}": config_name(family) for family in FAMILIES if family != DEFAULT_FAMILY},
 }
 
 
 @dataclass(frozen=True)
 class TinyModels:
-    """Absolute paths of everything ``build_tiny_models`` wrote."""
+    """Absolute paths of everything ``build_tiny_models`` wrote.
+
+    Each family's pipeline and config are ``bases[family]`` / ``configs[family]``, also readable as attributes:
+    ``tiny.sdxl`` (the pipeline folder) and ``tiny.config_sdxl`` (its config; ``tiny.config`` is the default
+    family's).
+    """
 
     root: Path
-    sd15: Path
-    sdxl: Path
+    bases: dict[str, Path]
+    configs: dict[str, Path]
     open_clip: Path
     hf_clip: Path
     aesthetic: Path
@@ -60,14 +71,27 @@ class TinyModels:
     dataset: Path
     references: Path
     config: Path
-    config_sdxl: Path  # the same config on the SDXL pipeline
 
     @classmethod
     def at(cls, root: Path) -> TinyModels:
-        return cls(root=root, **{name: root / rel for name, rel in LAYOUT.items()})
+        paths = {name: root / rel for name, rel in LAYOUT.items()}
+        bases = {family: paths.pop(family) for family in FAMILIES}
+        configs = {DEFAULT_FAMILY: paths["config"]}
+        configs |= {family: paths.pop(f"config_{family}") for family in FAMILIES if family != DEFAULT_FAMILY}
+        return cls(root=root, bases=bases, configs=configs, **paths)
+
+    def __getattr__(self, name: str) -> Path:
+        # Only reached for names that are not fields: a family's pipeline or config by name.
+        bases, configs = self.__dict__.get("bases", {}), self.__dict__.get("configs", {})
+        if name in bases:
+            return bases[name]
+        if name.startswith("config_") and name.removeprefix("config_") in configs:
+            return configs[name.removeprefix("config_")]
+        raise AttributeError(name)
 
     def as_dict(self) -> dict[str, str]:
-        return {f.name: str(getattr(self, f.name)) for f in fields(self)}
+        """Every path by its layout name (pipelines by family, configs as ``config`` / ``config_<family>``)."""
+        return {"root": str(self.root), **{name: str(self.root / rel) for name, rel in LAYOUT.items()}}
 
 
 Progress = Callable[[str], None]
@@ -110,13 +134,14 @@ def _build_all(tmp: Path, say: Progress) -> None:
     from loratune.tiny.dataset import make_character_dataset
     from loratune.tiny.face_detector import build_face_detector
     from loratune.tiny.preference import build_hpsv2, build_imagereward
-    from loratune.tiny.sd import build_sd15, build_sdxl
     from loratune.tiny.vlm import build_vlm
 
     paths = TinyModels.at(tmp)
     steps: list[tuple[str, Path, Callable[[], None]]] = [
-        ("SD1.5 pipeline", paths.sd15, lambda: build_sd15(paths.sd15, SEED)),
-        ("SDXL pipeline", paths.sdxl, lambda: build_sdxl(paths.sdxl, SEED)),
+        (f"{family.label} pipeline", paths.bases[name], lambda f=family, n=name: f.build_tiny(paths.bases[n], SEED))
+        for name, family in FAMILIES.items()
+    ]
+    steps += [
         ("open_clip CLIP", paths.open_clip, lambda: build_open_clip(paths.open_clip, SEED)),
         ("HF CLIPModel + CLIPProcessor", paths.hf_clip, lambda: build_hf_clip(paths.hf_clip, SEED)),
         (
@@ -154,11 +179,11 @@ def _config_texts(models: TinyModels) -> dict[Path, str]:
         "# Every model here has random weights: scores exercise the pipeline, they mean nothing.\n"
     )
     config = tiny_config()
-    sdxl = {**config, "model": {**config["model"], "base": LAYOUT["sdxl"], "family": "sdxl"}}
-    return {
-        models.config: header + yaml.safe_dump(config, sort_keys=False),
-        models.config_sdxl: header + yaml.safe_dump(sdxl, sort_keys=False),
-    }
+    texts = {}
+    for family, path in models.configs.items():
+        on_family = {**config, "model": {**config["model"], "base": LAYOUT[family], "family": family}}
+        texts[path] = header + yaml.safe_dump(on_family, sort_keys=False)
+    return texts
 
 
 def _write_config(models: TinyModels) -> None:

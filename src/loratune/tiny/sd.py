@@ -18,7 +18,7 @@ _BOS_ID, _EOS_ID = 49406, 49407
 _VOCAB = 49408
 
 
-def _text_config(hidden: int, projection_dim: int):
+def clip_text_config(hidden: int, projection_dim: int):
     from transformers import CLIPTextConfig
 
     return CLIPTextConfig(
@@ -75,7 +75,7 @@ def build_sd15(folder: Path, seed: int = 0) -> None:
         attention_head_dim=8,
     )
     vae = _vae()
-    text_encoder = CLIPTextModel(_text_config(32, 32))
+    text_encoder = CLIPTextModel(clip_text_config(32, 32))
     # SD1.5's own scheduler settings (scaled_linear betas, steps_offset=1, epsilon prediction).
     scheduler = DDPMScheduler(
         beta_start=0.00085,
@@ -122,8 +122,8 @@ def build_sdxl(folder: Path, seed: int = 0) -> None:
         cross_attention_dim=hidden_1 + hidden_2,
     )
     vae = _vae()
-    text_encoder = CLIPTextModel(_text_config(hidden_1, 32))
-    text_encoder_2 = CLIPTextModelWithProjection(_text_config(hidden_2, projection_2))
+    text_encoder = CLIPTextModel(clip_text_config(hidden_1, 32))
+    text_encoder_2 = CLIPTextModelWithProjection(clip_text_config(hidden_2, projection_2))
     scheduler = EulerDiscreteScheduler(
         beta_start=0.00085,
         beta_end=0.012,

@@ -1,5 +1,7 @@
-"""Checkpoint folders: ``checkpoints/epoch-NNNN/`` holding the LoRA in diffusers and kohya format, the resume state
-and ``info.json``, written as a whole (``atomic_dir``) so a crash never leaves half a checkpoint."""
+"""Checkpoint folders: ``checkpoints/epoch-NNNN/`` holding the LoRA in diffusers and kohya format (named by the
+family), the resume state and ``info.json``, written as a whole (``atomic_dir``) so a crash never leaves half a
+checkpoint. The resume state keeps the denoiser's LoRA under ``"unet"``, whatever the family, so older checkpoints
+resume."""
 
 from __future__ import annotations
 
@@ -9,7 +11,6 @@ from typing import Any
 
 from loratune.atomic import atomic_dir, atomic_write_json
 from loratune.errors import LoratuneError
-from loratune.lora.kohya import to_kohya
 from loratune.train.model import Models, lora_config_dict, state_dict
 
 DIFFUSERS_FILE = "pytorch_lora_weights.safetensors"
@@ -36,40 +37,29 @@ def save_checkpoint(
 ) -> tuple[Path, Path, Path]:
     """Write one checkpoint; returns (folder, diffusers file, kohya file)."""
     import torch
-    from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
+    from safetensors.torch import save_file
 
-    unet_sd = state_dict(models.unet)
+    from loratune.lora.kohya import with_hashes
+
+    family = models.family
+    denoiser_sd = state_dict(models.denoiser)
     te_sds = {i: state_dict(models.text_encoders[i]) for i in models.trained_text_encoders}
-    alpha = float(models.unet.peft_config["default"].lora_alpha)
+    alpha = float(models.denoiser.peft_config["default"].lora_alpha)
     target = checkpoint_dir(out_dir, epoch)
     with atomic_dir(target) as tmp:
-        kwargs: dict[str, Any] = {
-            "unet_lora_layers": unet_sd,
-            "unet_lora_adapter_metadata": lora_config_dict(models.unet),
-        }
-        names = ["text_encoder", "text_encoder_2"]
-        for i, sd in te_sds.items():
-            kwargs[f"{names[i]}_lora_layers"] = sd
-            kwargs[f"{names[i]}_lora_adapter_metadata"] = lora_config_dict(models.text_encoders[i])
-        pipeline = StableDiffusionXLPipeline if models.family == "sdxl" else StableDiffusionPipeline
-        pipeline.save_lora_weights(tmp, weight_name=DIFFUSERS_FILE, safe_serialization=True, **kwargs)
+        family.save_diffusers_lora(
+            tmp, DIFFUSERS_FILE, denoiser_sd, lora_config_dict(models.denoiser),
+            {i: (sd, lora_config_dict(models.text_encoders[i])) for i, sd in te_sds.items()},
+        )
         encoders = tuple(te_sds.get(i, {}) for i in range(max(te_sds, default=-1) + 1))
-        tensors = to_kohya(models.family, unet_sd, alpha, encoders, layers_per_block=_layers_per_block(models.unet))
-        from safetensors.torch import save_file
-
-        from loratune.lora.kohya import with_hashes
-
+        tensors = family.to_kohya(denoiser_sd, alpha, encoders, models.denoiser.config)
         save_file(tensors, str(tmp / kohya_name(output_name, epoch)), metadata=with_hashes(tensors, metadata))
         torch.save(
-            training_state | {"lora": {"unet": unet_sd, **{f"te{i}": sd for i, sd in te_sds.items()}}}, tmp / STATE_FILE
+            training_state | {"lora": {"unet": denoiser_sd, **{f"te{i}": sd for i, sd in te_sds.items()}}},
+            tmp / STATE_FILE,
         )
         atomic_write_json(tmp / INFO_FILE, info)
     return target, target / DIFFUSERS_FILE, target / kohya_name(output_name, epoch)
-
-
-def _layers_per_block(unet: Any) -> int:
-    value = unet.config.layers_per_block
-    return int(value if isinstance(value, int) else value[0])
 
 
 def latest_checkpoint(out_dir: Path) -> Path | None:

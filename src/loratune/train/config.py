@@ -48,7 +48,10 @@ class TrainSection(BaseModel):
 
     rank: int = Field(16, ge=1, le=1024)
     alpha: float | None = Field(None, gt=0, description="LoRA alpha; default = rank")
-    target_modules: list[str] = Field(default_factory=lambda: ["to_q", "to_k", "to_v", "to_out.0"], min_length=1)
+    target_modules: list[str] | str | None = Field(
+        None, description="the denoiser's modules that get a LoRA: peft target names (suffixes) or one regex over "
+        "module paths; default: the family's set (SD: to_q, to_k, to_v, to_out.0; Flux: kohya's)"
+    )
     learning_rate: float | None = Field(
         None, gt=0, le=10, description="default: 1.0 with prodigy (its convention), else 1e-4"
     )
@@ -84,6 +87,12 @@ class TrainSection(BaseModel):
     caption_separator: str = ","
     save_every_epochs: int = Field(1, ge=1)
     sample_checkpoints: bool = True
+    validation_images: int = Field(
+        8, ge=0, le=256,
+        description="images for the per-epoch validation loss: the held-out ones (dataset.holdout) when there are "
+                    "any, else this many training images picked by seed; 0 = off",
+    )
+    validation_timesteps: int = Field(4, ge=1, le=64, description="stratified timesteps per validation image")
     output_name: str = Field("lora", pattern=r"^[A-Za-z0-9][\w.-]*$")
     curriculum: dict[int, int] = Field(
         default_factory=dict, description="epoch -> training resolution from that epoch on, e.g. {1: 256, 3: 512}"
@@ -99,6 +108,13 @@ class TrainSection(BaseModel):
     @classmethod
     def _yaml_no(cls, v: object) -> object:
         return "no" if v is False else v  # YAML 1.1 reads an unquoted ``no`` as false
+
+    @field_validator("target_modules")
+    @classmethod
+    def _targets(cls, v: list[str] | str | None) -> list[str] | str | None:
+        if v is not None and not v:
+            raise ValueError("name at least one module (or leave it unset for the family's set)")
+        return v
 
     @field_validator("curriculum")
     @classmethod

@@ -1,4 +1,4 @@
-"""Turning captions and images into what the UNet reads, with the caches used when the encoders are frozen."""
+"""Turning captions and images into what the denoiser reads, with the caches used when the encoders are frozen."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from loratune.train.model import Models
 
 @dataclass
 class TextCondition:
-    """UNet text conditioning for a batch: hidden states, plus SDXL's pooled embedding."""
+    """Text conditioning for a batch: hidden states, plus a pooled embedding where the family uses one (SDXL, Flux)."""
 
     hidden: Any
     pooled: Any | None = None
@@ -24,19 +24,8 @@ def tokenize(tokenizer: Any, captions: list[str]) -> Any:
 
 
 def encode_text(models: Models, captions: list[str], device: Any) -> TextCondition:
-    """SD1.5: the text encoder's last hidden state. SDXL: both encoders' penultimate states side by side + pooled."""
-    import torch
-
-    if models.family == "sd15":
-        ids = tokenize(models.tokenizers[0], captions).to(device)
-        return TextCondition(models.text_encoders[0](ids)[0])
-    hidden, pooled = [], None
-    for tokenizer, encoder in zip(models.tokenizers, models.text_encoders):
-        out = encoder(tokenize(tokenizer, captions).to(device), output_hidden_states=True)
-        hidden.append(out.hidden_states[-2])
-        if hasattr(out, "text_embeds"):  # the second encoder (with projection) gives SDXL's pooled embedding
-            pooled = out.text_embeds
-    return TextCondition(torch.cat(hidden, dim=-1), pooled)
+    """The family's text conditioning for ``captions`` (``Family.encode_text``)."""
+    return models.family.encode_text(models, captions, device)
 
 
 class TextCache:
@@ -87,9 +76,16 @@ def load_pixels(item: Item, bucket: tuple[int, int], flip: bool) -> Any:
 
 
 def encode_images(vae: Any, pixels: Any, sample: bool, generator: Any | None = None) -> Any:
-    """VAE latents scaled for the UNet; ``sample`` draws from the posterior (uncached), else takes its mean."""
+    """VAE latents as the denoiser reads them; ``sample`` draws from the posterior (uncached), else takes its mean.
+
+    Shifted then scaled, as the pipelines undo it when decoding (``latents / scaling + shift``); SD's VAEs have no
+    shift, Flux's has one.
+    """
     dist = vae.encode(pixels).latent_dist
     latents = dist.sample(generator) if sample else dist.mean
+    shift = getattr(vae.config, "shift_factor", None)
+    if shift is not None:
+        latents = latents - shift
     return latents * vae.config.scaling_factor
 
 

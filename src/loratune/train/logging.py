@@ -19,7 +19,8 @@ from loratune.errors import LoratuneError
 LOG_DIR = "logs"
 # kohya's tag names (train_network.py ``generate_step_logs``), so a TensorBoard holding runs of both lines them up.
 TAGS = {"loss": "loss/current", "loss_average": "loss/average", "lr": "lr/unet", "text_encoder_lr": "lr/textencoder",
-        "d*lr": "lr/d*lr", "d": "prodigy/d"}
+        "d*lr": "lr/d*lr", "d": "prodigy/d", "validation": "loss/validation/epoch_average",
+        "divergence": "loss/validation/epoch_divergence", "epoch_average": "loss/epoch_average"}
 
 
 def check_loggers(config: Config) -> None:
@@ -75,6 +76,19 @@ class StepLogger:
                 self._writer.add_scalar(TAGS[key], value, record["step"])
         if self._wandb is not None:
             self._wandb.log({TAGS[k]: v for k, v in values.items()} | {"epoch": record["epoch"]}, step=record["step"])
+
+    def epoch(self, epoch: int, step: int, validation: float | None, train_average: float | None) -> None:
+        """An epoch's end: its mean training loss and the validation loss, whose difference kohya calls the
+        divergence (validation minus training; growing as the LoRA fits its training images and not the others)."""
+        values = {"epoch_average": train_average, "validation": validation}
+        if validation is not None and train_average is not None:
+            values["divergence"] = validation - train_average
+        present = {k: v for k, v in values.items() if v is not None}
+        if self._writer is not None:
+            for key, value in present.items():
+                self._writer.add_scalar(TAGS[key], value, step)
+        if self._wandb is not None and present:
+            self._wandb.log({TAGS[k]: v for k, v in present.items()} | {"epoch": epoch}, step=step)
 
     def flush(self) -> None:
         if self._writer is not None:

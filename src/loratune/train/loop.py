@@ -60,7 +60,7 @@ class _Run:
         from loratune.train.model import grow_rank
 
         replaced: dict[int, Any] = {}
-        for index, module in enumerate([self.models.unet, *self.models.text_encoders]):
+        for index, module in enumerate([self.models.denoiser, *self.models.text_encoders]):
             if index == 0 or index - 1 in self.models.trained_text_encoders:
                 replaced |= grow_rank(module, rank, seed=self.config.train.seed + 7919 * rank + index)
         self.rank = rank
@@ -164,7 +164,7 @@ def _train(
     )
     # The new LoRA weights go the base's way (device, dtype), then the trained ones back to fp32.
     place(models, precision)
-    modules = [models.unet, *(models.text_encoders[i] for i in models.trained_text_encoders)]
+    modules = [models.denoiser, *(models.text_encoders[i] for i in models.trained_text_encoders)]
     for module in modules:
         upcast_lora(module)
     if t.gradient_checkpointing:
@@ -174,12 +174,13 @@ def _train(
     text_cache = TextCache(models, device, None if t.shuffle_captions else base.texts) if frozen_text else None
     latent_cache = LatentCache(models.vae, items, device, torch.float32, base.latents) if t.cache_latents else None
 
+    validation = _validation(config, models, items, device, weight_dtype, accelerator)
     curriculum = CurriculumResolution(t.curriculum, config.dataset.resolution)
     strategies = [curriculum, ProgressiveRank(t.rank_schedule, t.rank)]
     total_steps = count_steps(config, items, curriculum)
 
     def param_groups() -> list[dict[str, Any]]:
-        groups = [{"params": trainable_parameters(models.unet), "lr": t.effective_learning_rate}]
+        groups = [{"params": trainable_parameters(models.denoiser), "lr": t.effective_learning_rate}]
         for i in models.trained_text_encoders:
             groups.append(
                 {"params": trainable_parameters(models.text_encoders[i]), "lr": t.effective_text_encoder_lr}
@@ -212,7 +213,7 @@ def _train(
         state = ckpt.load_training_state(folder)
         if state["rank"] > run.rank:
             run.grow_rank(state["rank"])
-        load_state_dict(models.unet, state["lora"]["unet"])
+        load_state_dict(models.denoiser, state["lora"]["unet"])
         for i in models.trained_text_encoders:
             load_state_dict(models.text_encoders[i], state["lora"][f"te{i}"])
         optimizer.load_state_dict(state["optimizer"])
@@ -234,6 +235,7 @@ def _train(
     for epoch in range(start_epoch, t.epochs + 1):
         if t.max_steps and step >= t.max_steps:
             break
+        epoch_losses: list[float] = []
         for strategy in strategies:
             strategy.on_epoch_start(epoch, run)
         for module in modules:
@@ -280,6 +282,7 @@ def _train(
             optimizer.zero_grad(set_to_none=True)
             step += 1
             loss_value = float(loss.item())
+            epoch_losses.append(loss_value)
             record = {
                 "epoch": epoch,
                 "step": step,
@@ -311,6 +314,9 @@ def _train(
             config, out_dir, models, run, strategies, epoch, step, optimizer, lr_scheduler, generator, precision,
             items, len(batches), started,
         )
+        info.train_loss = sum(epoch_losses) / len(epoch_losses) if epoch_losses else None
+        info.validation_loss = validation() if validation is not None else None
+        step_log.epoch(epoch, step, info.validation_loss, info.train_loss)
         checkpoints.append(info)
         step_log.flush()  # a search may stop the trial at this checkpoint: its curve is complete on disk by then
         if on_checkpoint is not None:
@@ -320,6 +326,19 @@ def _train(
                 stopped = True
                 break
     return TrainResult(out_dir, checkpoints, step, epochs_done, stopped_early=stopped, final_loss=loss_value)
+
+
+def _validation(config: Config, models: Any, items: list[Item], device: Any, dtype: Any,
+                accelerator: Any) -> Callable[[], float] | None:
+    """The run's deterministic validation loss (``loratune.train.validation``), or None when it is off."""
+    from loratune.train.validation import ValidationLoss, validation_images
+
+    from loratune.families.base import Family
+
+    images = validation_images(config, items)
+    if images is None or type(models.family).validation_loss is Family.validation_loss:  # the family has none
+        return None
+    return ValidationLoss(config, models, images, device, dtype, accelerator.autocast)
 
 
 def _save(
@@ -343,7 +362,7 @@ def _save(
     from loratune.train.metadata import checkpoint_metadata
 
     t = config.train
-    alpha = float(models.unet.peft_config["default"].lora_alpha)
+    alpha = float(models.denoiser.peft_config["default"].lora_alpha)
     now = time.time()
     metadata = checkpoint_metadata(config, models, out_dir, run.rank, run.resolution, strategies, epoch, step, items,
                                    batches_per_epoch, started, now, precision.mixed)

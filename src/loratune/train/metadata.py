@@ -19,7 +19,7 @@ def checkpoint_metadata(config: Config, models: Any, out_dir: Path, rank: int, r
                         mixed_precision: str) -> dict[str, str]:
     """The kohya file's metadata for the checkpoint at ``epoch`` / ``step`` of a run started at ``started``."""
     t, ds = config.train, config.dataset
-    alpha = float(models.unet.peft_config["default"].lora_alpha)
+    alpha = float(models.denoiser.peft_config["default"].lora_alpha)
     # The keys sd-scripts' train_network.py writes that A1111, Forge, ComfyUI and model sites show; values as it
     # writes them (str() of the Python value).
     extra: dict[str, Any] = {
@@ -62,8 +62,8 @@ def checkpoint_metadata(config: Config, models: Any, out_dir: Path, rank: int, r
     extra |= dataset_metadata(items, config.model.base)
     for strategy in strategies:
         extra |= strategy.metadata()
-    prediction = t.prediction_type or models.noise_scheduler.config.prediction_type
-    extra |= modelspec_metadata(config.model.family, t.output_name, resolution, prediction, now,
+    extra |= models.family.kohya_extra(t)
+    extra |= modelspec_metadata(models.family.modelspec(models, t), t.output_name, resolution, now,
                                 description="trained with loratune")
     return kohya_metadata(
         config.model.family,

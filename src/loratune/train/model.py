@@ -1,9 +1,10 @@
 """The base model's parts for training: loading, placement (``Precision``), LoRA injection and removal (back to the
 pristine base), and the state dicts a checkpoint saves.
 
-Loaded part by part with diffusers/transformers ``from_pretrained`` (hub id or local folder alike). The UNet gets its
-adapter through diffusers' ``add_adapter``; text encoders through ``peft.inject_adapter_in_model`` because
-transformers 5's ``add_adapter`` wants a peft newer than the registry has.
+Loaded part by part with diffusers/transformers ``from_pretrained`` (hub id or local folder alike), as the family
+declares its parts (``loratune.families``). The denoiser (UNet or transformer) gets its adapter through diffusers'
+``add_adapter``; text encoders through ``peft.inject_adapter_in_model`` because transformers 5's ``add_adapter``
+wants a peft newer than the registry has.
 """
 
 from __future__ import annotations
@@ -12,9 +13,10 @@ from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from loratune.errors import LoratuneError, first_line
+from loratune.errors import LoratuneError
 
 if TYPE_CHECKING:
+    from loratune.families import Family
     from loratune.train.config import TrainSection
 
 ADAPTER = "default"
@@ -22,8 +24,10 @@ ADAPTER = "default"
 
 @dataclass
 class Models:
-    family: str
-    unet: Any
+    """A loaded base: its family and parts; ``denoiser`` is the network the LoRA trains (UNet or transformer)."""
+
+    family: Family
+    denoiser: Any
     vae: Any
     text_encoders: list[Any]
     tokenizers: list[Any]
@@ -33,37 +37,16 @@ class Models:
 
 def load_models(base: str, family: str, variant: str | None = None) -> Models:
     """All parts in float32 on the CPU; the trainer moves and casts them."""
-    from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
-    from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
+    from loratune.families import get_family
 
-    def part(loader: Any, subfolder: str, **kwargs: Any) -> Any:
-        try:
-            return loader.from_pretrained(base, subfolder=subfolder, **kwargs)
-        except (OSError, ValueError) as err:
-            raise LoratuneError(
-                f"model.base: cannot load {subfolder} from {base}: {first_line(err)}"
-            ) from None
-
-    kwargs = {"variant": variant} if variant else {}
-    unet = part(UNet2DConditionModel, "unet", **kwargs)
-    vae = part(AutoencoderKL, "vae", **kwargs)
-    tokenizers = [part(CLIPTokenizer, "tokenizer")]
-    encoders = [part(CLIPTextModel, "text_encoder", **kwargs)]
-    if family == "sdxl":
-        tokenizers.append(part(CLIPTokenizer, "tokenizer_2"))
-        encoders.append(part(CLIPTextModelWithProjection, "text_encoder_2", **kwargs))
-    # Training always samples noise with DDPM's schedule, whatever sampler the pipeline ships (SDXL: Euler).
-    noise_scheduler = part(DDPMScheduler, "scheduler")
-    for module in [unet, vae, *encoders]:
-        module.requires_grad_(False)
-    return Models(family, unet, vae, encoders, tokenizers, noise_scheduler)
+    return get_family(family).load(base, variant)
 
 
 @dataclass(frozen=True)
 class Precision:
     """Where and in what precision the base model runs, for training and for every sample drawn of a LoRA.
 
-    Frozen weights (UNet, text encoders) in the compute dtype, the VAE in float32 (it overflows in fp16), trained LoRA
+    Frozen weights (denoiser, text encoders) in the compute dtype, the VAE in float32 (it overflows in fp16), trained LoRA
     weights in float32, and autocast to the compute dtype under mixed precision.
     """
 
@@ -97,11 +80,11 @@ def training_precision(train: TrainSection) -> Precision:
 
 
 def place(models: Models, precision: Precision) -> None:
-    """Move the parts onto the device; UNet and text encoders in the compute dtype, the VAE in float32."""
+    """Move the parts onto the device; denoiser and text encoders in the compute dtype, the VAE in float32."""
     import torch
 
     models.vae.to(precision.device)
-    for module in [models.unet, *models.text_encoders]:
+    for module in [models.denoiser, *models.text_encoders]:
         # dtype only when it changes: diffusers warns on every dtype cast, even a no-op one
         if precision.weight_dtype == torch.float32:
             module.to(precision.device)
@@ -117,12 +100,12 @@ def upcast_lora(module: Any) -> None:
 
 
 def enable_checkpointing(models: Models) -> None:
-    """Gradient checkpointing on the UNet and on the text encoders being trained.
+    """Gradient checkpointing on the denoiser and on the text encoders being trained.
 
     Text encoders use non-reentrant checkpointing: with reentrant checkpointing (transformers 4.x's default) the
     frozen embeddings' output needs no grad, so the checkpointed layers -- and the LoRA inside them -- get none.
     """
-    models.unet.enable_gradient_checkpointing()
+    models.denoiser.enable_gradient_checkpointing()
     kwargs = {"use_reentrant": False}
     for i in models.trained_text_encoders:
         encoder = models.text_encoders[i]
@@ -136,11 +119,11 @@ def remove_lora(models: Models) -> None:
     """Back to the pristine base: adapters removed, checkpointing off, eval mode, every weight frozen."""
     from diffusers.utils import recurse_remove_peft_layers
 
-    unet = models.unet
-    if getattr(unet, "peft_config", None):
-        unet.unload_lora()
-    if unet.is_gradient_checkpointing:
-        unet.disable_gradient_checkpointing()
+    denoiser = models.denoiser
+    if getattr(denoiser, "peft_config", None):
+        denoiser.unload_lora()
+    if denoiser.is_gradient_checkpointing:
+        denoiser.disable_gradient_checkpointing()
     for encoder in models.text_encoders:
         recurse_remove_peft_layers(encoder)
         for attr in ("peft_config", "_hf_peft_config_loaded"):
@@ -154,23 +137,31 @@ def remove_lora(models: Models) -> None:
         if hook is not None:  # transformers adds it when checkpointing starts; it would make frozen text build graphs
             hook.remove()
             del encoder._require_grads_hook
-    for module in [unet, models.vae, *models.text_encoders]:
+    for module in [denoiser, models.vae, *models.text_encoders]:
         module.eval()
         module.requires_grad_(False)
     models.trained_text_encoders.clear()
 
 
 def add_lora(
-    models: Models, rank: int, alpha: float, unet_targets: list[str], text_encoder_targets: list[str] | None
+    models: Models,
+    rank: int,
+    alpha: float,
+    targets: list[str] | str | None,
+    text_encoder_targets: list[str] | None,
 ) -> None:
-    """Inject LoRA adapters (B = 0, so the model is unchanged); text encoders only when targets are given."""
+    """Inject LoRA adapters (B = 0, so the model is unchanged): on the denoiser's ``targets`` (peft target names or
+    one regex; None: the family's default set), and on the family's trainable text encoders when targets are given."""
     from peft import LoraConfig, inject_adapter_in_model
 
-    models.unet.add_adapter(
-        LoraConfig(r=rank, lora_alpha=alpha, init_lora_weights="gaussian", target_modules=list(unet_targets))
+    targets = models.family.lora_targets if targets is None else targets
+    models.denoiser.add_adapter(
+        LoraConfig(r=rank, lora_alpha=alpha, init_lora_weights="gaussian",
+                   target_modules=targets if isinstance(targets, str) else list(targets))
     )
     if text_encoder_targets:
-        for index, encoder in enumerate(models.text_encoders):
+        for index in models.family.trainable_text_encoders:
+            encoder = models.text_encoders[index]
             config = LoraConfig(
                 r=rank, lora_alpha=alpha, init_lora_weights="gaussian", target_modules=list(text_encoder_targets)
             )
