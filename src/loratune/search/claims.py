@@ -160,7 +160,6 @@ def study_lock(run: RunFolder, storage: str | None) -> StudyLock:
     return DatabaseLock(url) if is_postgres(url) else FileLock(run.ask_lock)
 
 
-
 @contextlib.contextmanager
 def held(run: RunFolder, storage: str | None) -> Iterator[None]:
     """Hold the run's study lock for a block (creating the study, a resume's repairs, filling RUN/best)."""
