@@ -14,11 +14,11 @@ export OMP_WAIT_POLICY := PASSIVE
 # Every package and its hashes, for every platform and Python >= 3.10 (uv's universal resolution); `make lock` writes it.
 LOCK := requirements/lock.txt
 # The extras `make` installs; the lock holds them all.
-EXTRAS := dev
+EXTRAS := dev postgres
 pin = $(or $(shell sed -n 's/^\($(1)==[^ ;]*\).*/\1/p' $(LOCK)),$(1))
 PIP_PIN := $(call pin,pip)
 
-.PHONY: demo test install lock clean browser
+.PHONY: demo test install lock clean browser postgres
 
 # One line per step: pip runs quiet and the big step takes minutes, so say what is happening and how long it takes.
 # The lock is installed as it is (hash-checked, nothing resolved), then loratune itself without dependencies.
@@ -40,7 +40,7 @@ demo: $(STAMP)
 	@echo "running: loratune demo (the known-truth world, offline)"
 	$(BIN)/loratune demo
 
-test: $(STAMP) browser
+test: $(STAMP) browser postgres
 	$(BIN)/python -m pytest -q
 
 # Debian's chromium + chromedriver for the report's browser test (tests/test_browser.py skips without them).
@@ -48,6 +48,13 @@ browser:
 	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || \
 		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null) || \
 		echo "warning: could not install chromium + chromium-driver; the browser test will be skipped"
+
+# Debian's PostgreSQL server for the many-workers tests: each test session starts a throw-away one of its own
+# (tests/pg_cluster.py); the package's own cluster is not used. Its programs live in /usr/lib/postgresql/<version>/bin.
+postgres:
+	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || command -v initdb >/dev/null || \
+		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null) || \
+		echo "warning: could not install postgresql; the PostgreSQL tests will be skipped (and fail under CI)"
 
 # Re-resolve the lock after a change to pyproject.toml's dependencies or requirements/lock.in: pins that still fit are
 # kept. `make lock UPGRADE=1` moves every package to its newest release within the ranges (then run `make test`).

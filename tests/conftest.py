@@ -24,6 +24,21 @@ def sigint_default() -> None:
     import signal
 
     signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
+def wait_for(predicate, timeout: float, what: str, poll: float = 0.1):
+    """Poll ``predicate`` until it returns something truthy (returned); fail the test naming ``what`` after
+    ``timeout`` seconds."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {timeout:.0f} s waiting for {what}")
+        time.sleep(poll)
 TINY_CACHE = Path(os.environ.get("LORATUNE_TINY_CACHE", REPO / ".cache" / "tiny-models"))
 
 
@@ -55,3 +70,25 @@ def small_dataset_factory(tiny_models, tmp_path_factory):
         return made[per_character]
 
     return make
+
+
+@pytest.fixture(scope="session")
+def postgres_server():
+    """A throw-away PostgreSQL server for the session (tests/pg_cluster.py). CI must run the tests that use it: there a
+    missing server is a failure, not a skip."""
+    from pg_cluster import PgCluster, server_bin
+
+    bindir = server_bin()
+    if bindir is None:
+        if os.environ.get("CI"):
+            pytest.fail("PostgreSQL's initdb/pg_ctl not found (`make test` installs Debian's postgresql)")
+        pytest.skip("needs PostgreSQL's server (`make test` installs Debian's postgresql)")
+    cluster = PgCluster(bindir).start()
+    yield cluster
+    cluster.stop()
+
+
+@pytest.fixture
+def postgres_url(postgres_server) -> str:
+    """A fresh, empty database on the session's server: ``postgresql://loratune@127.0.0.1:PORT/NAME``."""
+    return postgres_server.create_database()

@@ -102,6 +102,9 @@ class RaySection(_Strict):
     cpus_per_trial: float = Field(1.0, gt=0)
     gpus_per_trial: float = Field(0.0, ge=0, description="fractional GPUs share one card between trials")
     max_concurrent: int = Field(2, ge=1, description="Ray workers (actors), each running one trial at a time")
+    resources: dict[str, float] = Field(
+        default_factory=dict, description="custom Ray resources each worker asks for, e.g. {trainer: 1}: only nodes "
+        "started with them (ray start --resources) run trials")
 
     @model_validator(mode="before")
     @classmethod

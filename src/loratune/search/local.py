@@ -1,11 +1,11 @@
 """A local worker: one process's share of the study. It asks Optuna for trials until the plan is done and runs each
 through ``loratune.search.trial``.
 
-Taking a trial is serialised across the run's processes by a file lock (``RUN/.ask.lock``), held from before
-``study.ask()`` until the objective starts: SQLite ignores ``SELECT … FOR UPDATE``, so without it two resumers could
-both take the same waiting retry. A finished trial folder is renamed into place only where none exists
-(``runfolder.publish``), and a retry whose original trial's folder was published before a kill records that folder
-as its result instead of training again.
+Taking a trial is serialised across the run's processes, on one machine or many, by the study lock
+(``loratune.search.claims``: a ``flock`` on ``RUN/.ask.lock`` for SQLite, an advisory lock in the database for
+PostgreSQL), held from before ``study.ask()`` until the objective starts. A finished trial folder is renamed into
+place only where none exists (``runfolder.publish``), and a retry whose original trial's folder was published before
+a kill records that folder as its result instead of training again.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -26,6 +27,7 @@ from loratune.config import Config
 from loratune.errors import LoratuneError
 from loratune.records import EpochScore
 from loratune.runfolder import STUDY_NAME, RunFolder, publish
+from loratune.search.claims import study_lock
 from loratune.search.phases import (
     Plan,
     assign_phase,
@@ -44,35 +46,7 @@ from loratune.search.trials import TrialBackend
 
 MAX_CONSECUTIVE_FAILURES = 3
 # A retry copies its dead trial's user attrs: these must not survive into the new attempt.
-_INHERITED = ("fail_reason", "trial_dir", "adopted_from", "epochs_planned", *BEST_ATTRS)
-
-
-class AskLock:
-    """An exclusive ``flock`` on a file in the run: released by the kernel when its process dies."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self._fd: int | None = None
-
-    def acquire(self) -> None:
-        import fcntl
-
-        if self._fd is None:
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
-            fcntl.flock(fd, fcntl.LOCK_EX)
-            self._fd = fd
-
-    def release(self) -> None:
-        if self._fd is not None:
-            os.close(self._fd)  # closing the descriptor drops the lock
-            self._fd = None
-
-    def __enter__(self) -> AskLock:
-        self.acquire()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.release()
+_INHERITED = ("fail_reason", "trial_dir", "adopted_from", "epochs_planned", "ray_node", *BEST_ATTRS)
 
 
 def fault_point(name: str) -> None:
@@ -85,7 +59,7 @@ class Worker:
     """Asks for trials until the plan is done; ``say`` gets one line per finished trial."""
 
     def __init__(self, run_dir: Path, config: Config, backend: TrialBackend, index: int = 0,
-                 say: Callable[[str], None] | None = None) -> None:
+                 say: Callable[[str], None] | None = None, node: str | None = None) -> None:
         self.folder = RunFolder(run_dir)
         self.config = config
         self.search = config.search
@@ -96,11 +70,20 @@ class Worker:
         self.storage = open_storage(run_dir, self.search)
         self.study = optuna.load_study(study_name=STUDY_NAME, storage=self.storage,
                                        pruner=make_pruner(self.search, max_epochs(config)))
-        self.lock = AskLock(self.folder.ask_lock)
+        self.lock = study_lock(self.folder, self.search.storage)
+        # Who runs a trial, in its user attrs: a pid alone is ambiguous once several machines share the study.
+        self.host = socket.gethostname()
+        self.node = node  # a Ray node's id, for actors
         self.consecutive_failures = 0
 
     # -- the loop -------------------------------------------------------------------------------------------------
     def run(self) -> None:
+        try:
+            self._loop()
+        finally:
+            self.lock.close()
+
+    def _loop(self) -> None:
         while True:
             optuna.storages.fail_stale_trials(self.study)
             action = next_action(self.study.get_trials(deepcopy=False), self.plan, self.search)
@@ -125,7 +108,8 @@ class Worker:
             self._count_failures()
 
     def _count_failures(self) -> None:
-        mine = [t for t in self.study.get_trials(deepcopy=False) if t.user_attrs.get("worker_pid") == os.getpid()]
+        mine = [t for t in self.study.get_trials(deepcopy=False)
+                if t.user_attrs.get("worker_pid") == os.getpid() and t.user_attrs.get("worker_host") == self.host]
         if not mine:
             return
         last = mine[-1]
@@ -157,13 +141,18 @@ class Worker:
             if trial.user_attrs.get(key) is not None:
                 trial.set_user_attr(key, None)
         trial.set_user_attr("worker_pid", os.getpid())
+        trial.set_user_attr("worker_host", self.host)
+        if self.node:
+            trial.set_user_attr("ray_node", self.node)
         trials = self.study.get_trials(deepcopy=False)
         phase = trial.user_attrs.get("phase") or assign_phase(trials, trial.number, self.plan)
         trial.set_user_attr("phase", phase)
         frozen = next((t for t in trials if t.number == trial.number), None)
         history = list(frozen.system_attrs.get("retry_history", [])) if frozen is not None else []
         if history:
-            trial.set_user_attr("retry_of", frozen.system_attrs.get("failed_trial"))  # type: ignore[union-attr]
+            failed = frozen.system_attrs.get("failed_trial")  # type: ignore[union-attr]
+            trial.set_user_attr("retry_of", failed)
+            self.say(f"trial {trial.number} ({phase}): retry of trial {failed}, whose worker stopped")
             for number in reversed(history):
                 adopted = self._adopt(trial, phase, number)
                 if adopted is not None:

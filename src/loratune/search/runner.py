@@ -28,13 +28,15 @@ from loratune.atomic import atomic_dir, atomic_write_json, atomic_write_text
 from loratune.config import Config, apply_override, dump_config, load_config, validate_config
 from loratune.errors import LoratuneError
 from loratune.runfolder import CONFIG_FILE, STUDY_NAME, RunFolder
-from loratune.search.local import AskLock, Worker, enqueue_baseline
+from loratune.search.claims import held
+from loratune.search.local import Worker
 from loratune.search.recovery import lost_trials, recover, set_aside_partial_dirs
 from loratune.search.finalists import score_finalists
 from loratune.search.selection import Ranking, pick, read_ranking
 from loratune.search.trial import epoch_lora, epoch_samples
 from loratune.search.space import check_space
-from loratune.search.storage import directions, open_storage, study_exists
+from loratune.search.storage import open_storage, study_exists
+from loratune.search.study import create_or_join, record_config
 from loratune.search.trials import TrialBackend, check_backend, load_backend
 
 # Keys that ``--resume --set`` may change: how the study goes on, not what a finished trial's numbers mean.
@@ -68,25 +70,18 @@ def prepare_run(run_dir: Path, config: Config | None, resume: bool, overrides: S
         if not study_exists(storage):
             raise LoratuneError(f"{run_dir}: no study in {stored.search.storage or run.sqlite.name}; nothing to resume")
         study = optuna.load_study(study_name=STUDY_NAME, storage=storage)
-        with AskLock(run.ask_lock):  # two resumers started together repair the study once
+        with held(run, stored.search.storage):  # two resumers started together repair the study once
             config = _resume_overrides(run, stored, list(overrides), study.get_trials(deepcopy=False))
+            if config is not stored:
+                record_config(study, config)
             _check_before_trials(config, backend)
             recover(study, run, config)
         return config
     if config is None:
         raise LoratuneError("optimize: a CONFIG is needed to start a new run")
-    if run.config.exists():
-        raise LoratuneError(f"{run_dir}: already holds a run; pass --resume to continue it (or choose another --run)")
     _check_before_trials(config, backend)
     run_dir.mkdir(parents=True, exist_ok=True)
-    storage = open_storage(run_dir, config.search)
-    if study_exists(storage):
-        raise LoratuneError(f"search.storage: a study named {STUDY_NAME!r} already exists there; use --resume")
-    study = optuna.create_study(storage=storage, study_name=STUDY_NAME, directions=directions(config.search))
-    study.set_user_attr("directions", config.search.directions or {"composite": "maximize"})
-    if config.search.phases.baseline:
-        enqueue_baseline(study, config)
-    atomic_write_text(run.config, dump_config(config))
+    create_or_join(run, config)
     return config
 
 
@@ -263,7 +258,9 @@ def run_optimize(
         raise
     if any(codes):
         raise LoratuneError(f"{sum(1 for c in codes if c)} worker(s) exited with errors; resume with --resume")
-    return finish_run(run_dir, config, say, trial_backend)
+    # Workers on other machines may be finishing too: one at a time, each scoring only the finalists none has yet.
+    with held(RunFolder(run_dir), config.search.storage):
+        return finish_run(run_dir, config, say, trial_backend)
 
 
 def finish_run(run_dir: Path, config: Config, say: Callable[[str], None],

@@ -2,8 +2,12 @@
 
 Both are Optuna ``RDBStorage``s with heartbeats: a trial whose process died stops beating, is marked FAIL after
 ``grace_period`` and Optuna's retry callback (``retry_callback``) enqueues a copy with the same params (crash detection works
-with RDB storages only, not the journal file). Create the study once, then start workers: two processes creating one
-fresh SQLite study at once collide (``table studies already exists``).
+with RDB storages only, not the journal file). A fresh database gets its tables from the first ``RDBStorage``; two
+made at once collide (``table studies already exists``, or PostgreSQL's duplicate ``pg_type`` key), so the study's
+creator opens it under the study lock (``loratune.search.study``).
+
+SQLAlchemy 2.1 maps ``postgresql://`` to psycopg 3 (``pip install 'loratune[postgres]'``) and ``mysql://`` to
+mysqlclient; ``postgresql+psycopg2://`` and ``mysql+pymysql://`` name other drivers.
 """
 
 from __future__ import annotations
@@ -12,7 +16,6 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-import optuna
 from optuna.exceptions import ExperimentalWarning
 from optuna.storages import RDBStorage
 
@@ -50,12 +53,32 @@ def open_storage(run_dir: str | Path, search: SearchSection, heartbeat: bool = T
                 grace_period=(search.grace_period or 2 * search.heartbeat_interval) if heartbeat else None,
                 **{_CALLBACK_ARG: retry_callback(search) if heartbeat else None},
             )
-    except ImportError as err:  # a database driver (psycopg2, PyMySQL) is missing
-        raise LoratuneError(f"search.storage: {err}") from None
+    except ImportError as err:  # the database's driver is missing
+        raise database_error(url, err) from None
     except Exception as err:  # sqlalchemy's OperationalError etc.: the server is unreachable or the URL wrong
         if type(err).__module__.startswith("sqlalchemy"):
-            raise LoratuneError(f"search.storage: cannot open {url}: {first_line(err)}") from None
+            raise database_error(url, err) from None
         raise
+
+
+def database_error(url: str, err: BaseException) -> LoratuneError:
+    """One line for a study database that cannot be opened: which driver to install, or what the server said."""
+    if isinstance(err, ImportError):
+        if url.split("://", 1)[0] in ("postgresql", "postgresql+psycopg"):
+            return LoratuneError("search.storage: postgresql:// needs the PostgreSQL driver psycopg 3: "
+                                 "pip install 'loratune[postgres]'")
+        return LoratuneError(f"search.storage: {redact(url)} needs a database driver that is not installed ({err})")
+    return LoratuneError(f"search.storage: cannot open {redact(url)}: {first_line(err)}")
+
+
+def redact(url: str) -> str:
+    """The URL without its password, for messages."""
+    from sqlalchemy.engine import make_url
+
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:  # noqa: BLE001 - an unparsable URL shows as given: there is no password to find in it
+        return url
 
 
 def retry_callback(search: SearchSection) -> Any:
@@ -70,4 +93,8 @@ def directions(search: SearchSection) -> list[str]:
 
 
 def study_exists(storage: RDBStorage) -> bool:
-    return any(s.study_name == STUDY_NAME for s in optuna.get_all_study_summaries(storage))
+    try:
+        storage.get_study_id_from_name(STUDY_NAME)
+    except KeyError:
+        return False
+    return True
