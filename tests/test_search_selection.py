@@ -22,6 +22,8 @@ from loratune.search.selection import ranked
 
 # Trial number -> composite per epoch; None: the trainer diverges at that epoch.
 CURVES: dict[int, list[float | None]] = {}
+# Trial number -> validation loss per epoch (none: not measured).
+VALIDATION: dict[int, list[float | None]] = {}
 # (trial, epoch) -> composite on all of a finalist's samples; the calls made.
 FINALISTS: dict[tuple[int, int], float] = {}
 FINALIST_CALLS: list[tuple[int, int, list[int], Path]] = []
@@ -45,7 +47,8 @@ class ScriptedBackend:
             samples = out_dir / "samples" / f"epoch-{epoch:04d}"
             samples.mkdir(parents=True)
             try:
-                on_epoch(EpochScore(epoch, value, {"alignment": value}, lora, samples))
+                on_epoch(EpochScore(epoch, value, {"alignment": value}, lora, samples,
+                                    validation_loss=VALIDATION.get(number, [None] * 9)[epoch - 1]))
             except StopTraining:
                 return
 
@@ -189,3 +192,19 @@ def test_the_runner_does_not_import_calibrate() -> None:
     code = "import sys, loratune.search.runner; print([m for m in sys.modules if m.startswith('loratune.calibrate')])"
     out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True, timeout=120)
     assert out.stdout.strip() == "[]"
+
+
+def test_an_epoch_whose_validation_loss_rose_is_no_candidate(tmp_path) -> None:
+    # Trial 1 peaks at epoch 3, where its validation loss is 25% above its best: the LoRA is leaving the data.
+    VALIDATION.clear()
+    VALIDATION.update({1: [0.040, 0.041, 0.050]})
+    try:
+        run, trials = _run(tmp_path, {0: [0.5, 0.6, 0.6], 1: [0.55, 0.7, 0.95]}, epochs=3, pruner="none", finalists=0)
+    finally:
+        VALIDATION.clear()
+    assert trials[1].user_attrs["best_epoch"] == 2 and trials[1].value == 0.7
+    scores = json.loads((run / "trials" / "0001" / "scores.json").read_text())
+    assert scores["epochs"][2]["diverged"].startswith("validation loss rose 0.0400 -> 0.0500 (+25%")
+    assert scores["epochs"][2]["diagnosis"]["label"] == "overfit"
+    best = json.loads((run / "best" / "best.json").read_text())
+    assert (best["trial"], best["best_epoch"]) == (1, 2)

@@ -56,8 +56,10 @@ class EpochScore:
     constraint: float | None = None  # copy_rate - max_copy_rate: feasible when <= 0 (None: not measured)
     cmmd: float | None = None  # CMMD of the samples to the held-out images
     validation_loss: float | None = None  # the checkpoint's deterministic validation loss (``CheckpointInfo``)
+    diverged: str | None = None  # why its validation loss says it is leaving the data (``learning.diagnosis``)
 
     @property
     def feasible(self) -> bool:
-        """Within the copy constraint (or not measured): only a feasible epoch can be a trial's best or RUN/best."""
-        return self.constraint is None or self.constraint <= 0
+        """Within the copy constraint (or not measured) and not diverging: only a feasible epoch can be a trial's
+        best or RUN/best."""
+        return (self.constraint is None or self.constraint <= 0) and self.diverged is None

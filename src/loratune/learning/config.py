@@ -70,6 +70,10 @@ class LearningSection(BaseModel):
     overfit_drop: float = Field(0.05, ge=0.0, le=1.0,
                                 description="alignment or diversity this far below its best earlier epoch, while "
                                             "consistency still rises: the epoch is overfit")
+    validation_rise: float | None = Field(
+        0.10, gt=0.0, le=10.0,
+        description="validation loss this share above the trial's lowest earlier one: the LoRA is leaving the data; "
+                    "the epoch is overfit and no candidate for RUN/best (null: off)")
 
     @field_validator("copy_embedder", mode="before")
     @classmethod

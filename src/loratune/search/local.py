@@ -251,7 +251,8 @@ class Worker:
         for key in BEST_ATTRS:
             trial.set_user_attr(key, scores.get(key))
         epochs = [EpochScore(int(e["epoch"]), e.get("composite"), e.get("axes") or {}, copy_rate=e.get("copy_rate"),
-                             constraint=e.get("constraint"), cmmd=e.get("cmmd")) for e in scores.get("epochs", [])]
+                             constraint=e.get("constraint"), cmmd=e.get("cmmd"), validation_loss=e.get("validation_loss"),
+                             diverged=e.get("diverged")) for e in scores.get("epochs", [])]
         if not self.search.directions:
             for e in epochs:
                 if e.composite is not None:

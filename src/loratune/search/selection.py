@@ -200,7 +200,7 @@ def _best_epoch(t: FrozenTrial, ranking: Ranking, value: Any) -> Candidate | Non
     for row in ranking.epochs[t.number]:
         axes = row.get("axes") or {}
         v = value(axes, row.get("composite"))
-        if v is not None and (row.get("constraint") or 0.0) <= 0:
+        if v is not None and (row.get("constraint") or 0.0) <= 0 and not row.get("diverged"):
             scored.append(Candidate(t, int(row["epoch"]), float(v), dict(axes)))
     return max(scored, key=lambda c: (c.composite, -c.epoch), default=None)
 

@@ -21,7 +21,7 @@ from loratune.atomic import atomic_write_json, atomic_write_text
 from loratune.config import Config
 from loratune.errors import LoratuneError, first_line
 from loratune.learning.config import LearningSection
-from loratune.learning.diagnosis import EpochMeasures, diagnose
+from loratune.learning.diagnosis import EpochMeasures, diagnose, diverged
 from loratune.records import EpochScore
 from loratune.search.trials import TrialBackend
 
@@ -56,20 +56,22 @@ class TrialOutcome:
 
 
 def best_epoch(epochs: list[EpochScore]) -> EpochScore | None:
-    """The feasible epoch (within the copy constraint) with the highest composite, the earliest on ties. When every
-    scored epoch copies, the one that copies least (Optuna's order: feasible by value, infeasible by violation): the
-    trial then reports an infeasible best and is no candidate. None when no epoch was scored."""
+    """The feasible epoch (within the copy constraint, not diverging) with the highest composite, the earliest on
+    ties. When no scored epoch is feasible, the one that copies least (Optuna's order: feasible by value, infeasible
+    by violation), a diverging one before a copying one: the trial then reports that best, and a copying best is no
+    candidate. None when no epoch was scored."""
     scored = [e for e in epochs if e.composite is not None]
     feasible = [e for e in scored if e.feasible]
     if feasible:
         return max(feasible, key=lambda e: e.composite)  # type: ignore[arg-type,return-value]
-    return min(scored, key=lambda e: (e.constraint, -e.composite), default=None)  # type: ignore[arg-type,operator]
+    return min(scored, key=lambda e: (e.constraint or 0.0, -e.composite), default=None)  # type: ignore[operator]
 
 
 def epoch_diagnoses(epochs: list[EpochScore], learning: LearningSection) -> list[dict[str, Any]]:
     """Each epoch's diagnosis (``loratune.learning.diagnosis``) as written to ``scores.json``."""
-    rows = [EpochMeasures(e.epoch, e.normalised, e.copy_rate) for e in epochs]
-    return [d.to_json() for d in diagnose(rows, learning.identity_low, learning.overfit_drop, learning.max_copy_rate)]
+    rows = [EpochMeasures(e.epoch, e.normalised, e.copy_rate, e.validation_loss) for e in epochs]
+    return [d.to_json() for d in diagnose(rows, learning.identity_low, learning.overfit_drop, learning.max_copy_rate,
+                                          learning.validation_rise)]
 
 
 def record_scores(folder: Path, epochs: list[EpochScore], state: str | None = None,
@@ -98,7 +100,8 @@ def record_scores(folder: Path, epochs: list[EpochScore], state: str | None = No
     atomic_write_json(folder / "scores.json", {
         **attrs, "state": state, "fail_reason": failure,
         "epochs": [{"epoch": e.epoch, "composite": e.composite, "axes": e.normalised, "copy_rate": e.copy_rate,
-                    "constraint": e.constraint, "cmmd": e.cmmd, "validation_loss": e.validation_loss, "diagnosis": d}
+                    "constraint": e.constraint, "cmmd": e.cmmd, "validation_loss": e.validation_loss,
+                    "diverged": e.diverged, "diagnosis": d}
                    for e, d in zip(epochs, diagnoses)],
     })
     return attrs
@@ -142,6 +145,8 @@ def run_trial(backend: TrialBackend, config: Config, params: dict[str, Any], num
     learning = config.evaluation.learning
 
     def hook(score: EpochScore) -> None:
+        score.diverged = diverged(score.validation_loss, [e.validation_loss for e in outcome.epochs],
+                                  learning.validation_rise)
         outcome.epochs.append(score)
         outcome.attrs = record_scores(folder, outcome.epochs, learning=learning)
         diagnosis = epoch_diagnoses(outcome.epochs, learning)[-1]

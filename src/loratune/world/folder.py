@@ -80,7 +80,7 @@ def world_config(target: str) -> dict[str, Any]:
             "height": 64,
         },
         "evaluation": {
-            # World-trained CLIP for alignment and consistency, weight-free PIQE; the aesthetic MLP is a stand-in.
+            # World-trained CLIP for alignment and consistency, the weight-free noise level; the aesthetic MLP is a stand-in.
             "backends": {
                 "alignment": {"name": "clipscore", "model": "scorers/open_clip", "norm_range": norm["clipscore"]},
                 "consistency": {"name": "clip_i", "model": "scorers/open_clip", "norm_range": norm["clip_i"]},
@@ -89,7 +89,9 @@ def world_config(target: str) -> dict[str, Any]:
                     "model": "scorers/aesthetic/aesthetic.pth",
                     "clip_model": "scorers/open_clip",
                 },
-                "quality": {"name": "piqe"},
+                # The world is flat-shaded: PIQE rates its clean images below the base model's grainy ones (the
+                # scorer check says so), so its quality is the noise level, which reads grain and not flat colour.
+                "quality": {"name": "noise"},
                 "diversity": {"name": "lpips", "pretrained_backbone": False, "size": 64},
             },
             # a random-weight MLP's number means nothing: shown, but kept out of the composite
@@ -157,7 +159,8 @@ def write_world(out_dir: str | Path, target: str = "lucaboy") -> World:
         header = (
             "# loratune config for the known-truth world written by `loratune world`.\n"
             "# World-trained: the base model, and the CLIP behind alignment (clipscore) and consistency (clip_i).\n"
-            "# Still random-weight stand-ins: the aesthetics MLP and the LPIPS backbone (diversity); PIQE needs none.\n"
+            "# Still random-weight stand-ins: the aesthetics MLP and the LPIPS backbone (diversity); the noise level\n"
+            "# (quality) needs none.\n"
         )
         (tmp / "loratune.yaml").write_text(header + yaml.safe_dump(world_config(target), sort_keys=False))
         info = json.loads((WEIGHTS / "base.json").read_text())
