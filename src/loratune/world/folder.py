@@ -80,7 +80,8 @@ def world_config(target: str) -> dict[str, Any]:
             "height": 64,
         },
         "evaluation": {
-            # World-trained CLIP for alignment and consistency, the weight-free noise level; the aesthetic MLP is a stand-in.
+            # World-trained CLIP for alignment and consistency, the weight-free noise level; the aesthetic MLP
+            # is a stand-in.
             "backends": {
                 "alignment": {"name": "clipscore", "model": "scorers/open_clip", "norm_range": norm["clipscore"]},
                 "consistency": {"name": "clip_i", "model": "scorers/open_clip", "norm_range": norm["clip_i"]},
