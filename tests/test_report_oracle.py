@@ -38,7 +38,7 @@ def _world_run(tmp_path):
 def test_no_section_without_a_world(tmp_path):
     data = load_run(make_run(tmp_path / "run"))
     assert find_world(data.base_model) is None
-    assert oracle_section(data, 4) == ""
+    assert oracle_section(data, (4, 2)) == ""
 
 
 def test_oracle_judges_every_sampled_epoch(tmp_path):
@@ -64,9 +64,9 @@ def test_section_headline_and_table(tmp_path):
     run = _world_run(tmp_path)
     _draw_target(run / "trials" / "0004" / "samples" / "epoch-0002", list(SCENES))
     data = load_run(run)
-    best = rank_trials(data)[0].number
-    html = oracle_section(data, best)
-    assert best == 4 and 'id="oracle"' in html
+    best = rank_trials(data)[0]
+    html = oracle_section(data, (best.number, best.best_epoch))  # what RUN/best holds: best.json's trial and epoch
+    assert (best.number, best.best_epoch) == (4, 2) and 'id="oracle"' in html
     headline = re.search(r"id='oracle-headline'.*?</table>", html, re.S).group(0)
     assert "base model, no LoRA" in headline and "baseline trial #0" in headline
     assert re.search(r"RUN/best: trial #4, epoch 2</td><td class='num'>1\.00</td>", headline)

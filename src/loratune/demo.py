@@ -276,17 +276,15 @@ def run_demo(out_dir: str | Path = "demo-run", console: Console | None = None,
 def _truth(run_dir: Path) -> list[tuple[str, float | None, float]]:
     """The oracle's reading of the base model, the baseline trial and RUN/best, as the report's headline shows it."""
     from loratune.report.oracle_section import headline, oracle_rows, oracle_score, run_world
-    from loratune.report.page import rank_trials
+    from loratune.report.pick_section import held
     from loratune.report.rundir import load_run
 
     run = load_run(run_dir)
     world = run_world(run)
     if world is None:
         return []
-    ranked = rank_trials(run)
-    best = ranked[0].number if ranked and ranked[0].attrs.get("lora") else None
     rows = oracle_rows(run, str(world["target"]))
-    return [(name, row.identity, oracle_score(row)) for name, row in headline(run, rows, best)]
+    return [(name, row.identity, oracle_score(row)) for name, row in headline(run, rows, held(run_dir))]
 
 
 def print_summary(result: DemoResult, console: Console | None = None) -> None:

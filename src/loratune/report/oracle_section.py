@@ -109,8 +109,9 @@ def spearman(rows: list[OracleRow]) -> float | None:
     return float(spearmanr(*zip(*pairs)).statistic)
 
 
-def headline(run: RunData, rows: list[OracleRow], best_trial: int | None) -> list[tuple[str, OracleRow]]:
-    """The comparisons a user asks first: the base model, the baseline trial and RUN/best, each at its best epoch."""
+def headline(run: RunData, rows: list[OracleRow], held: tuple[int, int] | None) -> list[tuple[str, OracleRow]]:
+    """The comparisons a user asks first: the base model, the baseline trial at its best epoch, and what RUN/best
+    holds (``held``: its trial and epoch, from ``best.json``)."""
     def best_of(trial: int | None) -> OracleRow | None:
         return next((r for r in rows if r.trial == trial and r.best), None)
 
@@ -121,15 +122,15 @@ def headline(run: RunData, rows: list[OracleRow], best_trial: int | None) -> lis
     baseline = next((i.number for i in run.trials if i.phase == "baseline"), None)
     if baseline is not None and (row := best_of(baseline)) is not None:
         parts.append((f"baseline trial #{baseline}, epoch {row.epoch}", row))
-    if best_trial is not None and (row := best_of(best_trial)) is not None:
-        parts.append((f"RUN/best: trial #{best_trial}, epoch {row.epoch}", row))
+    if held is not None and (row := next((r for r in rows if (r.trial, r.epoch) == held), None)) is not None:
+        parts.append((f"RUN/best: trial #{held[0]}, epoch {held[1]}", row))
     return parts
 
 
-def _headline(run: RunData, rows: list[OracleRow], best_trial: int | None) -> str:
+def _headline(run: RunData, rows: list[OracleRow], held: tuple[int, int] | None) -> str:
     cells = "".join(f"<tr><td>{escape(name)}</td><td class='num'>{_rate(r.identity)}</td>"
                     f"<td class='num'>{_rate(r.scene)}</td><td class='num'>{_rate(oracle_score(r))}</td></tr>"
-                    for name, r in headline(run, rows, best_trial))
+                    for name, r in headline(run, rows, held))
     bests = [r for r in rows if r.best]
     if bests:
         median = statistics.median(oracle_score(r) for r in bests)
@@ -139,7 +140,7 @@ def _headline(run: RunData, rows: list[OracleRow], best_trial: int | None) -> st
             f"<th>scene accuracy</th><th>oracle score</th></tr></thead><tbody>{cells}</tbody></table>")
 
 
-def oracle_section(run: RunData, best_trial: int | None) -> str:
+def oracle_section(run: RunData, held: tuple[int, int] | None) -> str:
     """The section's HTML, or "" when the run is not on a world folder."""
     world = run_world(run)
     if world is None:
@@ -150,7 +151,7 @@ def oracle_section(run: RunData, best_trial: int | None) -> str:
         return ""
     rho = spearman(rows)
     body = "".join(
-        f"<tr{' class=best-row' if r.trial is not None and r.trial == best_trial and r.best else ''}>"
+        f"<tr{' class=best-row' if r.trial is not None and (r.trial, r.epoch) == held else ''}>"
         f"<td>{'—' if r.trial is None else f'#{r.trial}'}</td><td>{escape(r.phase)}</td>"
         f"<td class='num'>{_epoch(r)}{' ★' if r.best else ''}</td>"
         f"<td class='num'>{fmt(r.composite, 3)}</td><td class='num'>{_rate(r.identity)}</td>"
@@ -171,7 +172,7 @@ def oracle_section(run: RunData, best_trial: int | None) -> str:
         "<i>identity rate</i> is the share of samples showing the target with its shirt and hair, <i>traits</i> the "
         "share of its trait checks passed, <i>scene</i> the share drawn in the scene the prompt asked for, and the "
         "<i>oracle score</i> is identity rate × scene. ★ marks each trial's best epoch by the composite.</p>"
-        f"{_headline(run, rows, best_trial)}{agreement}"
+        f"{_headline(run, rows, held)}{agreement}"
         f"<div class='scroll'><table id='oracle-table'><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
         "</div></section>"
     )

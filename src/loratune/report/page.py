@@ -14,7 +14,7 @@ from loratune.report.calibration_section import calibrated_best, calibration_sec
 from loratune.report.figures import Figure, objective_names
 from loratune.report.format import fmt
 from loratune.report.oracle_section import oracle_section
-from loratune.report.pick_section import pick_section
+from loratune.report.pick_section import held, pick_section
 from loratune.report.rundir import RunData, TrialInfo
 from loratune.report.samples_section import samples_section
 from loratune.runfolder import RunFolder
@@ -185,13 +185,8 @@ def _summary(run: RunData, ranked: list[TrialInfo]) -> str:
 
 def _held(run: RunData) -> str | None:
     """"#trial · epoch N" of what RUN/best holds (finalists may have picked another than the table's first)."""
-    import json
-
-    try:
-        best = json.loads((RunFolder(run.run_dir).best / "best.json").read_text(encoding="utf-8"))
-        return f"#{int(best['trial'])} · epoch {int(best['best_epoch'])}"
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
+    pick = held(run.run_dir)
+    return None if pick is None else f"#{pick[0]} · epoch {pick[1]}"
 
 
 def _best_epoch(info: TrialInfo) -> str:
@@ -343,8 +338,7 @@ def render_page(run: RunData, figures: list[Figure], plotly_js: str, thumb: int 
                 max_images: int = 1500, page_dir: Path | None = None) -> str:
     """The page; ``page_dir`` is where it will be written (image links are relative to it; default: the run)."""
     ranked = rank_trials(run)
-    best = ranked[0].number if ranked and ranked[0].attrs.get("lora") else None
-    oracle = oracle_section(run, best)
+    oracle = oracle_section(run, held(run.run_dir))
     when = _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     title = f"loratune report — {Path(run.run_dir).resolve().name}"
     pick = pick_section(run)

@@ -21,6 +21,15 @@ def _read(path: Any) -> dict[str, Any] | None:
     return data if isinstance(data, dict) else None
 
 
+def held(run_dir: Any) -> tuple[int, int] | None:
+    """(trial, epoch) of what RUN/best holds, from its ``best.json``; None when there is none."""
+    best = _read(RunFolder(run_dir).best / "best.json")
+    try:
+        return (int(best["trial"]), int(best["best_epoch"])) if best else None
+    except (KeyError, TypeError, ValueError):
+        return None
+
+
 def _finalists(run: RunFolder, best: dict[str, Any] | None) -> str:
     data = _read(run.finalists_file)
     rows = [r for r in (data or {}).get("finalists") or [] if isinstance(r, dict)]
