@@ -265,6 +265,13 @@ class RankedLora:
     samples_dir: Path
 
 
+def _no_lora_left(skipped: list[SkippedLora]) -> None:
+    if len(skipped) == 1:
+        raise LoratuneError(skipped[0].reason)
+    raise LoratuneError(f"no LoRA could be ranked: all {len(skipped)} files were skipped (first: "
+                        f"{skipped[0].reason})")
+
+
 def rank_loras(
     config: Config,
     lora_paths: list[str | Path],
@@ -287,6 +294,10 @@ def rank_loras(
     from loratune.train.model import training_precision
 
     evaluator = Evaluator(config, show_progress=show_progress)  # backend and option errors before any rendering
+    # Unreadable files are found before anything is drawn or written: with none left, nothing is.
+    files = find_lora_files(lora_paths, skipped)
+    if not files and skipped:
+        _no_lora_left(skipped)
     cache = BaseCache()
     negatives = None
     if config.evaluation.identity.rate and config.evaluation.backends.get("consistency") is not None:
@@ -298,12 +309,9 @@ def rank_loras(
             render_base_samples(config, base.models, precision, negatives)
     evaluator.references = load_references(config, references, negatives_dir=negatives)
     ranked = []
-    drawn = sample_loras(config, lora_paths, out_dir, cache=cache, skipped=skipped)
+    drawn = sample_loras(config, files, out_dir, cache=cache, skipped=skipped)
     if not drawn and skipped:
-        if len(skipped) == 1:
-            raise LoratuneError(skipped[0].reason)
-        raise LoratuneError(f"no LoRA could be ranked: all {len(skipped)} files were skipped (first: "
-                            f"{skipped[0].reason})")
+        _no_lora_left(skipped)
     for path, samples in drawn.items():
         folder = Path(samples[0].path).parent
         result = evaluator.score(samples)

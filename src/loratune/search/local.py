@@ -102,7 +102,16 @@ class Worker:
                     continue  # another process took the last slot while this one waited for the lock
                 number = len(trials)
                 self.study.sampler = self._sampler(assign_phase(trials, number, self.plan), number, trials)
-                self.study.optimize(self.objective, n_trials=1, catch=(TrialFailed,), gc_after_trial=True)
+                try:
+                    self.study.optimize(self.objective, n_trials=1, catch=(TrialFailed,), gc_after_trial=True)
+                except ValueError as err:
+                    if "Cannot tell a" not in str(err):
+                        raise
+                    # The heartbeat check of another worker failed this trial while it ran (this process was
+                    # slower than search.grace_period allows): its retry takes over, adopting the published folder.
+                    self.say(f"trial {number}: failed by the heartbeat check while it ran (the machine is slower "
+                             f"than search.grace_period {self.search.grace_period or 2 * self.search.heartbeat_interval}"
+                             " s allows); its retry adopts its files")
             finally:
                 self.lock.release()
             self._count_failures()

@@ -51,18 +51,18 @@ class TrainAndScore:
         self._prepared: tuple[str, Path] | None = None
         self.cache = cache if cache is not None else BaseCache()
         self.residency: Any = None  # loratune.residency.policy.Residency, chosen by check()
+        self._estimate: list[str] = []  # check()'s memory estimate, not said yet
 
     def check(self, config: Config) -> None:
         """Every model on this machine (or the hub, online) and every metric backend's options, loading nothing;
         then the device memory estimate (printed) and the residency it leads to, or a stop when nothing fits."""
-        import sys
-
         from loratune.evaluation import check_evaluation, check_models
         from loratune.residency.policy import preflight
 
         check_models(config)
         check_evaluation(config)
-        self.residency = preflight(config, say=lambda line: print(line, file=sys.stderr, flush=True))
+        self._estimate = []  # said with what ``prepare`` learns, through the caller's console
+        self.residency = preflight(config, say=self._estimate.append)
 
     def evaluator(self, config: Config, run_dir: Path | None = None) -> Any:
         """The worker's evaluator; with ``run_dir``, the run's base-model samples are its identity negatives."""
@@ -104,7 +104,7 @@ class TrainAndScore:
         evaluator.load()
         calibration, quality = identity_calibration(evaluator), quality_check(evaluator)
         self._prepared = key
-        lines: list[str] = []
+        lines, self._estimate = self._estimate, []
         if calibration is not None:
             lines += [f"identity ({calibration['backend']}): {c or 'character'} present above similarity "
                       f"{t['threshold']:.3f} (references vs the base model's samples: AUC {t['auc']:.2f}, "
