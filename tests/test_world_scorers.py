@@ -93,3 +93,35 @@ def test_clip_i_finds_the_target_character(world, evaluator, tmp_path) -> None:
     target = similarity(world.target)
     others = {t: similarity(t) for t in CHARACTERS if t != world.target}
     assert target > max(others.values()), (target, others)
+
+
+@pytest.mark.slow
+def test_the_scorer_checks_name_what_the_worlds_scorers_cannot_see(world, tmp_path) -> None:
+    """The causes of a composite fooled at the top, found by the product's own checks before a first trial: the world
+    CLIP's identity similarity is the palette (the references cut into shuffled tiles score as high as the references
+    themselves), and PIQE rates the flat-shaded references below the base model's grainy samples."""
+    from loratune.config import load_config
+    from loratune.evaluation import Evaluator, identity_calibration, load_references, quality_check
+    from loratune.sampling import render_base_samples
+    from loratune.train.cache import BaseCache
+    from loratune.train.model import training_precision
+
+    config = load_config(world.config, ["evaluation.backends.quality={name: piqe}"])
+    precision = training_precision(config.train)
+    with BaseCache().borrow(config, precision) as base:
+        render_base_samples(config, base.models, precision, tmp_path / "base")
+    evaluator = Evaluator(config, references=load_references(config, negatives_dir=tmp_path / "base"),
+                          show_progress=False)
+    evaluator.load()
+    identity = identity_calibration(evaluator)
+    target = identity["characters"][world.target]
+    assert target["negatives"] == 8 + 8  # the base model's 4 prompts x 2 seeds, and 2 shuffles of each of 4 references
+    assert target["structure_auc"] < 0.5  # the palette without the character scores above the character
+    assert any("sees the palette, not the character" in w for w in identity["warnings"])
+    quality = quality_check(evaluator)
+    assert quality["references"] < quality["base_samples"] and "reads what you want as a defect" in quality["warnings"][0]
+    # The world's own quality backend (the noise level) rates the clean references above the base model's samples.
+    noise = Evaluator(load_config(world.config), references=evaluator.references, show_progress=False)
+    noise.load()
+    check = quality_check(noise)
+    assert check["references"] > check["base_samples"] and not check["warnings"]
