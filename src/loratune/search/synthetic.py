@@ -12,6 +12,7 @@ True
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -191,6 +192,22 @@ class SyntheticTrials:
                 on_epoch(EpochScore(epoch, value, axes, lora))
             except StopTraining:
                 return
+
+    def score_finalist(self, config: Any, lora: Path, earlier: Path | None, out_dir: Path) -> Any:
+        """A finalist on the surface: its search-time score's noise averaged with ``finalist_samples`` times as many
+        fresh samples, whose own noise is smaller by the square root of their number (seeded by the checkpoint)."""
+        from loratune.records import EpochScore
+
+        trial_dir = lora.parents[1]
+        number, epoch = int(trial_dir.name), int(lora.stem.split("-")[-1])
+        train = json.loads((trial_dir / "params.json").read_text())["train"]
+        point, k = Point.of(train), config.search.finalist_samples
+        searched = self.surface.observed(np.random.default_rng([config.search.seed, number]), point, epoch)[-1]
+        true = self.surface.true(point, epoch)
+        fresh_rng = np.random.default_rng([config.search.seed, number, epoch, 1])
+        fresh = true + float(fresh_rng.normal(0.0, math.hypot(self.surface.offset_sd, self.surface.ar_sd))) / math.sqrt(k)
+        value = (searched + k * fresh) / (1 + k)
+        return EpochScore(0, value, self.surface.axes(point, epoch), lora)
 
     def score_lora(self, config: Any, lora: Path, out_dir: Path) -> Any:
         raise LoratuneError("synthetic trials have no ensemble (set search.phases.ensemble_top_k: 0)")
