@@ -1,19 +1,30 @@
-"""Which sampler finds the truly best LoRA on the known-truth world, at equal budget: regret on the pixel oracle.
+"""Which LoRA the search hands back on the known-truth world, measured on the pixel oracle: regret, collapsed picks,
+and how the composite agrees with the truth.
 
-    OMP_WAIT_POLICY=PASSIVE python benchmarks/world_search.py measure   # ~25 min on 2 cores: real trainings
-    OMP_WAIT_POLICY=PASSIVE python benchmarks/world_search.py compare [--seeds 10] [--trials 8]
+    OMP_WAIT_POLICY=PASSIVE python benchmarks/world_search.py measure [--target lucaboy]   # ~60 min on 2 cores
+    OMP_WAIT_POLICY=PASSIVE python benchmarks/world_search.py score [--set KEY=VALUE ...]  # ~4 min
+    OMP_WAIT_POLICY=PASSIVE python benchmarks/world_search.py agreement
+    OMP_WAIT_POLICY=PASSIVE python benchmarks/world_search.py compare [--seeds 30] [--trials 8] [--set KEY=VALUE]
 
 ``measure`` trains a grid of real LoRAs on the world (``loratune world``'s folder and config; learning rate on a log
-grid x rank 4/8, 8 epochs, every epoch sampled: 4 prompts x 4 seeds) with loratune's own trainer, and records per epoch the composite and axes that
-``loratune.evaluation.Evaluator`` gives (what a study ranks by) and the oracle's verdict on the same samples (what is
-true). The table is written to ``benchmarks/data/world_grid.json`` after every grid point (a rerun resumes).
+grid x rank 4/8, 8 epochs) with loratune's own trainer and keeps, per epoch, the LoRA, its search-time samples
+(4 prompts x 4 seeds), four times as many fresh samples (what a finalist gets), the validation and training loss,
+and the base model's own samples, in ``benchmarks/out/world-grid/<target>/`` (not committed; a rerun resumes).
 
-``compare`` runs real ``loratune optimize`` studies (SQLite study, phases, pruning, RUN/best) whose trial backend
-replays that table: a trial's learning rate is snapped to the nearest grid value (log scale), its scores are the
-measured ones. Studies differ only by sampler and seed. Regret = the best oracle score anywhere in the table minus the
-oracle score of the (trial, epoch) the study copied to RUN/best — so where the composite disagrees with the truth, a
-sampler is misled exactly as it would be in a real run. Replaying a measured table is what makes >= 10 seeds per
-sampler affordable; each real world trial takes about a minute here.
+``score`` scores what ``measure`` kept with the product's evaluator as the world config sets it up (``--set`` switches
+a mechanism off: ``evaluation.identity.rate=false``, another quality backend, …), the base model's samples as the
+identity negatives: per epoch the composite a study sees, the finalist composite over all 80 samples, and the oracle
+on both sample sets. It writes the replay table (``benchmarks/data/world_grid.json`` is the committed one).
+``agreement`` prints how the table's composite agrees with the oracle (Spearman over all epochs, top-10 overlap, where
+the collapsed epochs rank, each axis, the validation loss).
+
+``compare`` runs real ``loratune optimize`` studies (SQLite study, phases, pruning, finalists, RUN/best) whose trial
+backend replays the table: a trial's learning rate is snapped to the nearest grid value (log scale), its scores and
+validation losses are the measured ones, a finalist's score is the measured finalist composite. Studies differ only by
+sampler, seed and ``--set`` overrides. Regret = the best oracle score anywhere in the table minus the oracle score of
+the (trial, epoch) the study copied to RUN/best, both read on all 80 samples of an epoch; a pick is *collapsed* when
+the oracle finds the target in fewer than one sample in four. Replaying a measured table is what makes 30 seeds per
+setting affordable; each real world trial takes about four minutes here.
 """
 
 from __future__ import annotations
