@@ -15,7 +15,8 @@ import math
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from loratune.families.base import NOISE_PREDICTION_SETTINGS, Component, Family, refuse_train_settings
+from loratune.families import published
+from loratune.families.base import GIB, NOISE_PREDICTION_SETTINGS, Component, Family, refuse_train_settings
 from loratune.families.flux_kohya import DEFAULT_TARGETS
 
 if TYPE_CHECKING:
@@ -74,6 +75,14 @@ class Flux(Family):
     modelspec_implementation = "https://github.com/black-forest-labs/flux"
     default_steps = 28
     default_cfg = 3.5
+    default_repo = "black-forest-labs/FLUX.1-dev"
+    published_configs = published.FLUX1_DEV
+    # Rough, from the transformer's shape at 1024 px (4,096 image + 512 text tokens at width 3072 through 57 blocks):
+    # ~0.5 GiB of saved activations per block without checkpointing, the blocks' inputs plus one block's recompute
+    # with it; sampling: the VAE's float32 decode (SDXL's decoder with 16 latent channels) plus a forward pass.
+    native_resolution = 1024
+    train_activation_bytes = (28.0 * GIB, 4.0 * GIB)
+    sample_activation_bytes = 5.5 * GIB
 
     @staticmethod
     def guidance_distilled(models: Models) -> bool:
