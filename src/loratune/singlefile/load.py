@@ -64,6 +64,19 @@ def checkpoint_keys(path: str | Path) -> list[str]:
     return list(load_ckpt(path))
 
 
+def read_checkpoint(path: str | Path) -> dict[str, Any]:
+    """Every tensor of a checkpoint file (a ``.ckpt`` through ``load_ckpt``)."""
+    path = Path(path)
+    if path.suffix.lower() != ".safetensors":
+        return load_ckpt(path)
+    from safetensors.torch import load_file
+
+    try:
+        return load_file(str(path))
+    except Exception as err:  # noqa: BLE001
+        raise LoratuneError(f"model.base: {path}: not a readable safetensors file ({first_line(err)})") from None
+
+
 def detect_family(path: str | Path) -> str:
     """The family whose ``single_file_keys`` the checkpoint has; anything else is one line naming what it is not."""
     from loratune.families import FAMILIES

@@ -18,7 +18,7 @@ from loratune.families import DEFAULT_FAMILY, FAMILIES
 from loratune.modelref import write_stand_in_marker
 
 # Bump when anything the factory writes changes: cached builds of another version are rebuilt.
-FACTORY_VERSION = 7
+FACTORY_VERSION = 8
 MANIFEST = "loratune-tiny.json"
 CONFIG_NAME = "loratune.yaml"
 SEED = 0
