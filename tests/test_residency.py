@@ -61,6 +61,24 @@ def test_published_configs_give_the_published_parameter_counts() -> None:
     assert round(module_numel(model) / 1e9, 2) == 8.08 and "published" in source
 
 
+def test_a_quantised_denoiser_is_estimated_as_stored(tiny_models) -> None:
+    """fp8 (diffusers' layerwise casting, which runs on a CPU too): the estimate equals the loaded tiny Flux's bytes;
+    nf4 (bitsandbytes needs a GPU to load) sits between 4 and 8 bits per element."""
+    import torch
+
+    from loratune.families import get_family
+    from loratune.residency.components import base_configs, build_part, module_numel, quantized_part
+
+    configs, source = base_configs(str(tiny_models.flux), "flux")
+    loaded = get_family("flux").load(str(tiny_models.flux), quantize="fp8").denoiser
+    fp8 = quantized_part("transformer", build_part(*configs["transformer"]), "fp8", source)
+    assert fp8.bytes == module_bytes(loaded) and fp8.name == "transformer (fp8)"
+    assert loaded.transformer_blocks[0].attn.to_q.weight.dtype == torch.float8_e4m3fn
+    model = build_part(*configs["transformer"])
+    nf4 = quantized_part("transformer", model, "nf4", source)
+    assert module_numel(model) / 2 < nf4.bytes < fp8.bytes
+
+
 def _estimate(train: float, sample: float, score: float, base: float = 4, scorers: float = 10) -> Estimate:
     gib = int(GIB)
     return Estimate([Part("unet", int(base * gib), 1, "")], [Part("LoRA weights", 0, 4, "")],

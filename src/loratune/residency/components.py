@@ -55,6 +55,29 @@ def part(name: str, module: Any, dtype_bytes: int, source: str) -> Part:
     return Part(name, module_numel(module), dtype_bytes, source, module_fixed_bytes(module))
 
 
+def quantized_part(name: str, module: Any, quantize: str, source: str) -> Part:
+    """The denoiser as ``model.quantize`` keeps it (``loratune.train.quantize``), from its meta-device build: ``fp8``
+    exactly, by applying the loader's own layerwise casting to it (float8 weights, the rest in bf16); ``nf4`` from
+    bitsandbytes' storage, 4 bits per Linear weight element plus a float32 scale per block of 64 (diffusers' default
+    has no double quantisation), everything else in bf16."""
+    import torch
+
+    from loratune.train.quantize import after_load
+
+    # What the loader's torch_dtype does (torch's own cast: diffusers' ModelMixin.to warns about casting after loading,
+    # which this never-run copy does not mind).
+    torch.nn.Module.to(module, torch.bfloat16)
+    if quantize == "fp8":
+        after_load(module, "fp8")
+        stored = module_bytes(module)
+    else:
+        linear = {id(m.weight) for m in module.modules() if isinstance(m, torch.nn.Linear)}
+        stored = sum(t.numel() // 2 + t.numel() // 64 * 4 if id(t) in linear else t.numel() * t.element_size()
+                     for t in _tensors(module))
+    # No single bytes-per-element: the whole stored size is the part's fixed bytes.
+    return Part(f"{name} ({quantize})", module_numel(module), 0, f"{source}; {quantize} storage", stored)
+
+
 def module_bytes(module: Any) -> int:
     """Bytes a loaded module's parameters and buffers take, in their own dtypes (what the estimate must equal)."""
     return sum(t.numel() * t.element_size() for t in _tensors(module))

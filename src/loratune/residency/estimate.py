@@ -14,7 +14,15 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from loratune.residency.components import Part, base_configs, build_part, lora_numel, part, scorer_parts
+from loratune.residency.components import (
+    Part,
+    base_configs,
+    build_part,
+    lora_numel,
+    part,
+    quantized_part,
+    scorer_parts,
+)
 
 if TYPE_CHECKING:
     from loratune.config import Config
@@ -24,6 +32,14 @@ PHASES = ("train", "sample", "score")
 # Optimizer state per trained element (bytes): AdamW/Prodigy keep float32 moments (Prodigy two more vectors), Lion one,
 # bitsandbytes' AdamW8bit two 8-bit moments.
 OPTIMIZER_STATE_BYTES = {"adamw": 8, "prodigy": 16, "lion": 4, "adamw8bit": 2}
+PHASE_VERBS = {"train": "training", "sample": "sampling", "score": "scoring"}
+# What lowers each phase's peak, for the line that stops a run.
+FIXES = {
+    "train": "lower train.batch_size or dataset.resolution, turn on train.gradient_checkpointing, or set "
+             "model.quantize (fp8 / nf4, CUDA)",
+    "sample": "draw fewer sampling.seeds at once or at a smaller sampling.width / height, or set model.quantize",
+    "score": "choose smaller scorers or a lower evaluation.batch_size",
+}
 SCORE_ACT_PER_IMAGE = 0.25 * GIB  # a VLM forward on a few 448-px tiles without a KV cache, bf16
 
 
@@ -84,6 +100,9 @@ def estimate(config: Config, device_type: str = "cuda") -> Estimate:
         model = build_part(component, conf)
         if sub == family.denoiser.subfolder:
             lora += lora_numel(model, t.target_modules or family.lora_targets, t.rank)
+            if config.model.quantize:
+                base.append(quantized_part(sub, model, config.model.quantize, source))
+                continue
         elif sub in trained_encoders and t.train_text_encoder:
             lora += lora_numel(model, t.text_encoder_target_modules, t.rank)
         base.append(part(sub, model, 4 if sub == family.vae.subfolder else weight, source))
@@ -114,7 +133,8 @@ def describe(e: Estimate) -> list[str]:
              f"  {'phase':<8}{'keep':>10}{'swap':>10}"]
     lines += [f"  {p:<8}{gib(e.phase(p, 'keep')):>10}{gib(e.phase(p, 'swap')):>10}" for p in PHASES]
     for part in [*e.base, *e.lora, *e.scorers]:
-        lines.append(f"  {part.name}: {part.numel / 1e6:,.1f} M × {part.dtype_bytes} B = {gib(part.bytes)}"
+        size = f"{part.numel / 1e6:,.1f} M" + (f" × {part.dtype_bytes} B" if part.dtype_bytes else " stored")
+        lines.append(f"  {part.name}: {size} = {gib(part.bytes)}"
                      + (f" [{part.source}]" if "published" in part.source else ""))
     if e.not_estimated:
         lines.append(f"  not estimated: {', '.join(e.not_estimated)}")
@@ -129,9 +149,10 @@ def choose(e: Estimate, residency: str, free: int | None) -> tuple[str, str | No
     chosen = residency if residency != "auto" else ("keep" if e.peak("keep") <= free else "swap")
     if e.peak(chosen) > free:
         hint = "" if chosen == "swap" else " (evaluation.residency: swap would need " + gib(e.peak("swap")) + ")"
+        phase = max(PHASES, key=lambda p: e.phase(p, chosen))
         return chosen, (f"estimated peak device memory {gib(e.peak(chosen))} with evaluation.residency {chosen} "
-                        f"exceeds the {gib(free)} free{hint}; lower train.batch_size or dataset.resolution, turn "
-                        "on train.gradient_checkpointing, or choose smaller scorers")
+                        f"exceeds the {gib(free)} free{hint}, at its highest while {PHASE_VERBS[phase]}; "
+                        f"{FIXES[phase]}")
     return chosen, None
 
 
