@@ -119,6 +119,21 @@ def test_our_flux_layout_is_the_inverse_of_diffusers_converter_at_flux1_width() 
     assert back.keys() == ours.keys() and all(torch.equal(back[k], ours[k]) for k in ours)
 
 
+def test_a_comfyui_all_in_one_flux_file_gives_its_transformer(tiny_models, tmp_path) -> None:
+    """ComfyUI's all-in-one files hold the transformer under model.diffusion_model. beside the VAE and encoders."""
+    from safetensors.torch import load_file, save_file
+
+    from loratune.singlefile.load import detect_family
+    from loratune.train.model import load_models
+
+    state = {f"model.diffusion_model.{k}": v for k, v in load_file(tiny_models.flux_file).items()}
+    save_file({**state, "vae.decoder.conv_in.weight": torch.zeros(1)}, tmp_path / "aio.safetensors")
+    assert detect_family(tmp_path / "aio.safetensors") == "flux"
+    ours = load_models(str(tmp_path / "aio.safetensors"), "flux", config=str(tiny_models.flux)).denoiser.state_dict()
+    theirs = load_models(str(tiny_models.flux), "flux").denoiser.state_dict()
+    assert ours.keys() == theirs.keys() and all(torch.equal(ours[k], theirs[k]) for k in ours)
+
+
 def test_bad_flux_files_are_refused_with_one_line(tiny_models, tmp_path, capsys) -> None:
     from safetensors.torch import load_file, save_file
 
