@@ -147,6 +147,9 @@ def test_bad_flux_files_are_refused_with_one_line(tiny_models, tmp_path, capsys)
     save_file({k: v for k, v in state.items() if not k.startswith("final_layer.")}, tmp_path / "cut.safetensors")
     with pytest.raises(LoratuneError, match="no final_layer.adaLN_modulation.1.weight in the file"):
         load_models(str(tmp_path / "cut.safetensors"), "flux", config=str(tiny_models.flux))
+    save_file({k: v for k, v in state.items() if not k.startswith("guidance_in.")}, tmp_path / "schnell.safetensors")
+    with pytest.raises(LoratuneError, match="is a FLUX.1-schnell transformer .* set model.config to a FLUX.1-schnell"):
+        load_models(str(tmp_path / "schnell.safetensors"), "flux", config=str(tiny_models.flux))
     wide = {**state, "img_in.weight": torch.zeros(64, 128)}
     save_file(wide, tmp_path / "wide.safetensors")
     with pytest.raises(LoratuneError, match=r"img_in.weight is \(64, 128\) in the file"):

@@ -117,10 +117,18 @@ def load_transformer(path: str | Path, folder: str) -> Any:
         config = FluxTransformer2DModel.load_config(folder, subfolder="transformer", local_files_only=True)
     except (OSError, ValueError) as err:
         raise LoratuneError(f"model.config: no Flux transformer config in {folder} ({first_line(err)})") from None
+    checkpoint = read_checkpoint(path)
+    # dev embeds the guidance value, schnell does not; their other parts differ too (schnell's scheduler has no
+    # resolution-dependent shift), so the config folder must be the file's variant, not patched to fit it.
+    variants = {True: "FLUX.1-dev", False: "FLUX.1-schnell"}
+    in_file = any(".guidance_in." in f".{k}" for k in checkpoint)
+    if in_file != bool(config.get("guidance_embeds", False)):
+        raise LoratuneError(f"model.base: {path} is a {variants[in_file]} transformer and the configs of {folder} are "
+                            f"{variants[not in_file]}'s: set model.config to a {variants[in_file]} diffusers folder")
     with init_empty_weights():  # parameters on the meta device: the file's tensors take their place
         transformer = FluxTransformer2DModel.from_config(config)
     try:
-        state = from_original(read_checkpoint(path), transformer)
+        state = from_original(checkpoint, transformer)
         transformer.load_state_dict({k: v.to(torch.float32) for k, v in state.items()}, strict=True, assign=True)
     except (ValueError, RuntimeError) as err:
         raise LoratuneError(f"model.base: cannot load {path} as a Flux.1 transformer with the config of {folder}: "
