@@ -13,23 +13,22 @@ from loratune.residency.components import Part, module_bytes
 from loratune.residency.estimate import GIB, Estimate, choose, estimate
 
 
-@pytest.mark.parametrize("family", ["sd15", "sdxl"])
+@pytest.mark.parametrize("family", ["sd15", "sdxl", "flux"])
 def test_estimated_weights_equal_the_loaded_tiny_models_bytes(tiny_models, family) -> None:
     from loratune.evaluation import Evaluator
     from loratune.residency.policy import scorer_modules
     from loratune.train.model import add_lora, load_models, state_dict
 
-    path = tiny_models.config if family == "sd15" else tiny_models.config_sdxl
-    config = load_config(path, ["train.train_text_encoder=true", "train.rank=4"])
+    config = load_config(tiny_models.configs[family], ["train.train_text_encoder=true", "train.rank=4"])
     found = estimate(config, "cpu")
     models = load_models(config.model.base, family)
-    loaded = {"unet": models.denoiser, "vae": models.vae, "text_encoder": models.text_encoders[0]}
-    if family == "sdxl":
-        loaded["text_encoder_2"] = models.text_encoders[1]
+    f = models.family
+    loaded = {f.denoiser.subfolder: models.denoiser, f.vae.subfolder: models.vae}
+    loaded |= {c.subfolder: m for c, m in zip(f.text_encoders, models.text_encoders)}
     assert {p.name: p.bytes for p in found.base} == {k: module_bytes(m) for k, m in loaded.items()}
     add_lora(models, 4, 4.0, config.train.target_modules, config.train.text_encoder_target_modules)
     lora = sum(t.numel() for t in state_dict(models.denoiser).values()) + sum(
-        t.numel() for m in models.text_encoders for t in state_dict(m).values())
+        t.numel() for i in models.trained_text_encoders for t in state_dict(models.text_encoders[i]).values())
     assert found.lora[0].numel == lora and found.lora[0].bytes == 4 * lora
 
     if family == "sd15":  # the scorers, as the evaluator loads them (shared open_clip counted once)
@@ -44,20 +43,40 @@ def test_estimated_weights_equal_the_loaded_tiny_models_bytes(tiny_models, famil
 
 def test_published_configs_give_the_published_parameter_counts() -> None:
     """Built on the meta device offline: SD1.5's UNet 859.5 M, VAE 83.7 M, CLIP-L text 123.1 M; SDXL's UNet
-    2.567 B and OpenCLIP-bigG text 694.7 M; InternVL2-8B 8.08 B."""
+    2.567 B and OpenCLIP-bigG text 694.7 M; FLUX.1-dev's transformer 11.90 B (11,901,408,320), its VAE 83.8 M and
+    T5-XXL's encoder 4.76 B; InternVL2-8B 8.08 B."""
+    from loratune.families import get_family
     from loratune.residency.components import base_configs, build_part, build_vlm, module_numel
-    from loratune.residency.published import DEFAULT_REPOS
 
     millions = {}
-    for family in ("sd15", "sdxl"):
-        configs, source = base_configs(DEFAULT_REPOS[family], family)
+    for family in ("sd15", "sdxl", "flux"):
+        configs, source = base_configs(get_family(family).default_repo, family)
         assert "published" in source
         millions[family] = {sub: round(module_numel(build_part(cls, conf)) / 1e6, 1)
                             for sub, (cls, conf) in configs.items()}
     assert millions["sd15"] == {"unet": 859.5, "vae": 83.7, "text_encoder": 123.1}
     assert millions["sdxl"] == {"unet": 2567.5, "vae": 83.7, "text_encoder": 123.1, "text_encoder_2": 694.7}
+    assert millions["flux"] == {"transformer": 11901.4, "vae": 83.8, "text_encoder": 123.1, "text_encoder_2": 4762.3}
     model, source = build_vlm("OpenGVLab/InternVL2-8B")
     assert round(module_numel(model) / 1e9, 2) == 8.08 and "published" in source
+
+
+def test_a_quantised_denoiser_is_estimated_as_stored(tiny_models) -> None:
+    """fp8 (diffusers' layerwise casting, which runs on a CPU too): the estimate equals the loaded tiny Flux's bytes;
+    nf4 (bitsandbytes needs a GPU to load) sits between 4 and 8 bits per element."""
+    import torch
+
+    from loratune.families import get_family
+    from loratune.residency.components import base_configs, build_part, module_numel, quantized_part
+
+    configs, source = base_configs(str(tiny_models.flux), "flux")
+    loaded = get_family("flux").load(str(tiny_models.flux), quantize="fp8").denoiser
+    fp8 = quantized_part("transformer", build_part(*configs["transformer"]), "fp8", source)
+    assert fp8.bytes == module_bytes(loaded) and fp8.name == "transformer (fp8)"
+    assert loaded.transformer_blocks[0].attn.to_q.weight.dtype == torch.float8_e4m3fn
+    model = build_part(*configs["transformer"])
+    nf4 = quantized_part("transformer", model, "nf4", source)
+    assert module_numel(model) / 2 < nf4.bytes < fp8.bytes
 
 
 def _estimate(train: float, sample: float, score: float, base: float = 4, scorers: float = 10) -> Estimate:

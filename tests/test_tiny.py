@@ -282,3 +282,9 @@ def test_each_family_loads_every_part_it_declares_from_its_tiny_folder(tiny_mode
     for component, part in zip(family.components(), loaded):
         assert isinstance(part, component.load_class()), (component.subfolder, type(part))
     assert not any(p.requires_grad for m in [models.denoiser, models.vae, *models.text_encoders] for p in m.parameters())
+    # What the memory estimate builds offline is exactly the parts with weights; the one-file twin is the family's.
+    assert set(family.published_configs) == {c.subfolder for c in family.components() if c.weights}
+    if family.single_file_keys:
+        from loratune.singlefile.load import detect_family
+
+        assert detect_family(tiny_models.files[name]) == name

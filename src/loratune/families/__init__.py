@@ -1,9 +1,11 @@
 """Model families: one module per family behind one interface (``base.Family``), and the registry of them.
 
-Train, sampling, export, metadata and the tiny models ask ``get_family(config.model.family)``; nothing else branches
-on the family. A new family is a module here that subclasses ``Family`` (its parts as ``Component`` rows, its text
-conditioning, training objective, pipeline call arguments, kohya names, modelspec values, the settings it refuses,
-a tiny stand-in), one entry in ``FAMILIES`` and its tests.
+Train, sampling, export, metadata, the tiny models, one-file bases (``loratune.singlefile``) and the memory estimate
+(``loratune.residency``) ask ``get_family(config.model.family)``; nothing else branches on the family. A new family is
+a module here that subclasses ``Family`` (its parts as ``Component`` rows, its text conditioning, training objective,
+pipeline call arguments, kohya names, modelspec values, the settings it refuses, its reference repository and its
+published configs, its one-file layout, its activation constants, a tiny stand-in), one entry in ``FAMILIES`` and its
+tests; the README's "Adding a model family" lists each attribute and method.
 
 >>> sorted(FAMILIES)
 ['flux', 'sd15', 'sdxl']

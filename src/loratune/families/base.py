@@ -23,6 +23,8 @@ if TYPE_CHECKING:
     from loratune.train.encode import TextCondition
     from loratune.train.model import Models
 
+GIB = 2**30
+
 
 @dataclass(frozen=True)
 class Component:
@@ -73,6 +75,25 @@ class Family(ABC):
     default_steps: ClassVar[int]
     default_cfg: ClassVar[float]
 
+    # The reference model: where a one-file base's component configs, tokenizers and scheduler come from (its Hugging
+    # Face cache) unless model.config names a folder, and the shape the memory estimate assumes for it offline.
+    default_repo: ClassVar[str]
+    # {subfolder: config} of default_repo's parts with weights, as published (``families/published.py``): the memory
+    # estimate builds them on the meta device when the configs themselves are not on this machine.
+    published_configs: ClassVar[dict[str, dict[str, Any]]]
+    # What of default_repo a one-file base reads (``hf download --include`` patterns): configs and tokenizers for a
+    # file that holds every part, also the other parts' weights for one that holds the denoiser only.
+    single_file_fetch: ClassVar[tuple[str, ...]] = ("*.json", "*.txt")
+    # Key prefixes only this family's original-layout checkpoint has (any one identifies it); empty: the family takes
+    # no one-file base.
+    single_file_keys: ClassVar[tuple[str, ...]] = ()
+
+    # The memory estimate's activations (``loratune.residency.estimate``): rough per-image bytes at the native size in
+    # bf16, scaled there by pixels, batch and precision; ``benchmarks/gpu_memory.py`` measures them on a CUDA machine.
+    native_resolution: ClassVar[int]
+    train_activation_bytes: ClassVar[tuple[float, float]]  # (plain, with gradient checkpointing)
+    sample_activation_bytes: ClassVar[float]
+
     def __repr__(self) -> str:
         return f"<family {self.name}>"
 
@@ -90,7 +111,6 @@ class Family(ABC):
         (``model.quantize``, CUDA only) keeps the denoiser's weights in 8 or 4 bits (``loratune.train.quantize``).
         ``base`` may be one checkpoint file, whose parts take their configs from ``config`` (``model.config``)."""
         from loratune.singlefile.load import is_single_file
-        from loratune.train.model import Models
         from loratune.train.quantize import after_load, load_kwargs
 
         if is_single_file(base):
@@ -99,17 +119,24 @@ class Family(ABC):
             return self.load_single_file(base, config)
         denoiser = self.denoiser.load(base, variant, **load_kwargs(quantize))
         after_load(denoiser, quantize)
-        vae = self.vae.load(base, variant)
-        encoders = [c.load(base, variant) for c in self.text_encoders]
-        tokenizers = [c.load(base) for c in self.tokenizers]
-        scheduler = self.noise_scheduler.load(base)
+        return self.around(denoiser, base, variant, quantize)
+
+    def around(self, denoiser: Any, folder: str, variant: str | None = None, quantize: str | None = None) -> Models:
+        """The loaded ``denoiser`` with every other part from the diffusers folder (or hub id) ``folder``; frozen."""
+        from loratune.train.model import Models
+
+        vae = self.vae.load(folder, variant)
+        encoders = [c.load(folder, variant) for c in self.text_encoders]
+        tokenizers = [c.load(folder) for c in self.tokenizers]
+        scheduler = self.noise_scheduler.load(folder)
         for module in [denoiser, vae, *encoders]:
             module.requires_grad_(False)
         return Models(self, denoiser, vae, encoders, tokenizers, scheduler, quantize=quantize)
 
     def load_single_file(self, path: str, config: str | None) -> Models:
-        """Every part from one checkpoint file in the original layout, through the family pipeline's
-        ``from_single_file`` (``loratune.singlefile.load``); the training noise schedule from the config folder."""
+        """Every part from one checkpoint file in the original layout (``single_file_keys``), through the family
+        pipeline's ``from_single_file`` (``loratune.singlefile.load``); the training noise schedule from the config
+        folder. A family whose files hold the denoiser only overrides this."""
         from loratune.singlefile.load import config_folder, load_pipeline
         from loratune.train.model import Models
 
@@ -121,6 +148,11 @@ class Family(ABC):
         for module in [denoiser, vae, *encoders]:
             module.requires_grad_(False)
         return Models(self, denoiser, vae, encoders, tokenizers, scheduler)
+
+    def single_file_tensors(self, folder: Path) -> dict[str, Any]:
+        """Every tensor of a diffusers folder of this family under its name in the family's original one-file layout,
+        the file ``load_single_file`` reads (``tiny-models`` and ``world`` write their bases this way)."""
+        raise NotImplementedError(f"{self.label} has no one-file layout")
 
     def pipeline(self, models: Models, scheduler: Any) -> Any:
         """The diffusers text-to-image pipeline over the loaded parts (no second copy of the weights)."""

@@ -15,7 +15,8 @@ import math
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from loratune.families.base import NOISE_PREDICTION_SETTINGS, Component, Family, refuse_train_settings
+from loratune.families import published
+from loratune.families.base import GIB, NOISE_PREDICTION_SETTINGS, Component, Family, refuse_train_settings
 from loratune.families.flux_kohya import DEFAULT_TARGETS
 
 if TYPE_CHECKING:
@@ -74,6 +75,21 @@ class Flux(Family):
     modelspec_implementation = "https://github.com/black-forest-labs/flux"
     default_steps = 28
     default_cfg = 3.5
+    default_repo = "black-forest-labs/FLUX.1-dev"
+    published_configs = published.FLUX1_DEV
+    # BFL's flux1-dev.safetensors and the fine-tunes on model sites hold the transformer only; ComfyUI's all-in-one
+    # files hold it under model.diffusion_model.
+    single_file_keys = ("double_blocks.", "model.diffusion_model.double_blocks.")
+    # A one-file base is the transformer: the other parts' weights come from the repository too (not its 24 GB
+    # transformer).
+    single_file_fetch = ("model_index.json", "scheduler/*", "tokenizer/*", "tokenizer_2/*", "text_encoder/*",
+                         "text_encoder_2/*", "vae/*", "transformer/config.json")
+    # Rough, from the transformer's shape at 1024 px (4,096 image + 512 text tokens at width 3072 through 57 blocks):
+    # ~0.5 GiB of saved activations per block without checkpointing, the blocks' inputs plus one block's recompute
+    # with it; sampling: the VAE's float32 decode (SDXL's decoder with 16 latent channels) plus a forward pass.
+    native_resolution = 1024
+    train_activation_bytes = (28.0 * GIB, 4.0 * GIB)
+    sample_activation_bytes = 5.5 * GIB
 
     @staticmethod
     def guidance_distilled(models: Models) -> bool:
@@ -212,6 +228,23 @@ class Flux(Family):
             "ss_model_prediction_type": "raw",
             "ss_discrete_flow_shift": str(train.discrete_flow_shift or DISCRETE_FLOW_SHIFT),
         }
+
+    def load_single_file(self, path: str, config: str | None) -> Models:
+        """The transformer from the file (the original layout, ``flux_original``), every other part from
+        ``model.config`` or FLUX.1-dev in the Hugging Face cache: files on model sites hold the transformer alone
+        (an all-in-one file's VAE and encoders are FLUX.1's own, read from there too)."""
+        from loratune.families.flux_original import load_transformer
+        from loratune.singlefile.load import config_folder
+
+        folder = config_folder(self.name, config)
+        return self.around(load_transformer(path, folder), folder)
+
+    def single_file_tensors(self, folder: Path) -> dict[str, Any]:
+        """The transformer alone in BFL's layout, as ``flux1-dev.safetensors`` holds it."""
+        from loratune.families.flux_original import to_original
+        from loratune.singlefile.write import folder_config, folder_weights
+
+        return to_original(folder_weights(folder, "transformer"), folder_config(folder, "transformer"))
 
     def build_tiny(self, folder: Path, seed: int) -> None:
         from loratune.tiny.flux import build_flux

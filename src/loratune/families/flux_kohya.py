@@ -56,8 +56,8 @@ _OUTER: dict[str, str] = {
     "proj_out": "final_layer.linear",
     "norm_out.linear": "final_layer.adaLN_modulation.1",
 }
-_SWAPPED = "final_layer.adaLN_modulation.1"
-_BLOCK = re.compile(r"^(?P<kind>transformer_blocks|single_transformer_blocks)\.(?P<i>\d+)\.(?P<rest>.+)$")
+SWAPPED_HALVES = "final_layer.adaLN_modulation.1"  # (shift, scale) where diffusers has (scale, shift)
+BLOCK_PATH = re.compile(r"^(?P<kind>transformer_blocks|single_transformer_blocks)\.(?P<i>\d+)\.(?P<rest>.+)$")
 _PARTS = {"qkv": 3, "linear1": 4}  # how many diffusers modules a fused original one holds
 
 # kohya's default Flux set (networks/lora_flux.py: every Linear of DoubleStreamBlock and SingleStreamBlock), as one
@@ -74,7 +74,7 @@ def original_name(path: str) -> tuple[str, int | None]:
     >>> original_name("single_transformer_blocks.3.proj_mlp")
     ('single_blocks.3.linear1', 3)
     """
-    match = _BLOCK.match(path)
+    match = BLOCK_PATH.match(path)
     if match:
         table, prefix = (_DOUBLE, "double_blocks") if match["kind"] == "transformer_blocks" else (_SINGLE, "single_blocks")
         if match["rest"] in table:
@@ -113,7 +113,7 @@ def to_kohya(modules: Mapping[str, Mapping[str, Any]], alpha: float, config: Map
         key = "lora_unet_" + name.replace(".", "_")
         if None in parts:
             up = parts[None]["B"]
-            if name == _SWAPPED:
+            if name == SWAPPED_HALVES:
                 up = torch.cat(up.chunk(2, dim=0)[::-1])
             out |= kohya_module(key, parts[None]["A"], up, alpha)
             continue
@@ -163,7 +163,7 @@ def from_kohya(tensors: Mapping[str, Any], transformer: Any, text_encoder: Any =
         alpha = tensors.get(f"{key}.alpha")
         up = up * (float(alpha) if alpha is not None else down.shape[0]) / down.shape[0]
         name, modules = targets[key]
-        if name == _SWAPPED:
+        if name == SWAPPED_HALVES:
             up = torch.cat(up.chunk(2, dim=0)[::-1])
         sizes = part_sizes(name, transformer.config) if _parts(name) > 1 else [up.shape[0]]
         for prefix, part in modules:

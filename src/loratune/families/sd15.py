@@ -9,7 +9,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from loratune.families.base import FLOW_MATCHING_SETTINGS, Component, Family, refuse_train_settings
+from loratune.families import published
+from loratune.families.base import FLOW_MATCHING_SETTINGS, GIB, Component, Family, refuse_train_settings
 
 if TYPE_CHECKING:
     from loratune.config import Config
@@ -35,6 +36,15 @@ class SD15(Family):
     modelspec_architecture = "stable-diffusion-v1/lora"  # sd-scripts' sai_model_spec values
     default_steps = 25
     default_cfg = 7.0
+    default_repo = "stable-diffusion-v1-5/stable-diffusion-v1-5"
+    published_configs = published.SD15
+    # The CLIP-L text encoder under cond_stage_model; SD2's OpenCLIP under cond_stage_model.model is another family.
+    single_file_keys = ("cond_stage_model.transformer.",)
+    # Activations from published LoRA training reports: ~4 GiB per image at 512 px without checkpointing, ~1 GiB
+    # with; sampling is dominated by the VAE's float32 decode.
+    native_resolution = 512
+    train_activation_bytes = (4.0 * GIB, 1.0 * GIB)
+    sample_activation_bytes = 1.5 * GIB
 
     def pipeline_extras(self) -> dict[str, Any]:
         return {"safety_checker": None, "feature_extractor": None, "requires_safety_checker": False}
@@ -125,6 +135,14 @@ class SD15(Family):
             "implementation": self.modelspec_implementation,
             "prediction_type": "v" if prediction == "v_prediction" else "epsilon",
         }
+
+    def single_file_tensors(self, folder: Path) -> dict[str, Any]:
+        """The LDM layout: UNet and VAE as the SD families store them, CLIP-L under its transformers names."""
+        from loratune.singlefile.ldm import clip_to_ldm, unet_vae_to_ldm
+        from loratune.singlefile.write import folder_weights
+
+        return unet_vae_to_ldm(folder) | clip_to_ldm(folder_weights(folder, "text_encoder"),
+                                                     "cond_stage_model.transformer.")
 
     def build_tiny(self, folder: Path, seed: int) -> None:
         from loratune.tiny.sd import build_sd15

@@ -6,7 +6,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from loratune.families.base import Component
+from loratune.families import published
+from loratune.families.base import GIB, Component
 from loratune.families.sd15 import SD15
 
 if TYPE_CHECKING:
@@ -45,6 +46,13 @@ class SDXL(SD15):
     kohya_text_prefixes = ("lora_te1", "lora_te2")
     modelspec_implementation = "https://github.com/Stability-AI/generative-models"
     modelspec_architecture = "stable-diffusion-xl-v1-base/lora"
+    default_repo = "stabilityai/stable-diffusion-xl-base-1.0"
+    published_configs = published.SDXL
+    single_file_keys = ("conditioner.embedders.1.model.",)  # the OpenCLIP bigG encoder
+    # ~14 GiB per image at 1024 px without checkpointing, ~4 GiB with; the VAE's decode at 1024 px ~5 GiB.
+    native_resolution = 1024
+    train_activation_bytes = (14.0 * GIB, 4.0 * GIB)
+    sample_activation_bytes = 5.0 * GIB
 
     def pipeline_extras(self) -> dict[str, Any]:
         return {}
@@ -80,6 +88,16 @@ class SDXL(SD15):
     def kohya_unet_path(self, path: str, denoiser_config: Any) -> str:
         value = (denoiser_config or {}).get("layers_per_block", 2)
         return sgm_unet_path(path, int(value if isinstance(value, int) else value[0]))
+
+    def single_file_tensors(self, folder: Path) -> dict[str, Any]:
+        """The SGM layout: UNet and VAE as SD1.5's, CLIP-L under conditioner.embedders.0 (transformers names),
+        OpenCLIP bigG under conditioner.embedders.1 (OpenCLIP names)."""
+        from loratune.singlefile.ldm import clip_to_ldm, openclip_to_ldm, unet_vae_to_ldm
+        from loratune.singlefile.write import folder_weights
+
+        return (unet_vae_to_ldm(folder)
+                | clip_to_ldm(folder_weights(folder, "text_encoder"), "conditioner.embedders.0.transformer.")
+                | openclip_to_ldm(folder_weights(folder, "text_encoder_2"), "conditioner.embedders.1.model."))
 
     def build_tiny(self, folder: Path, seed: int) -> None:
         from loratune.tiny.sd import build_sdxl

@@ -1,9 +1,9 @@
 """Every model a trial puts on the device, built on the meta device from its config: parameter (and buffer) counts
 exact, no weight read or downloaded.
 
-Configs come from where the loaders would read them: a local folder, the Hugging Face cache, or, for the default
-models, their published values (``published``). Family-specific parts are small functions keyed by family, to move
-into the family modules when those land.
+Configs come from where the loaders would read them: a local folder, the Hugging Face cache, or, for a family's
+default model, its published values (``Family.published_configs``; the scorers' in ``published``). Which parts a base
+has and which class builds each, the family says (``Family.components``).
 """
 
 from __future__ import annotations
@@ -17,6 +17,9 @@ from loratune.residency import published
 
 if TYPE_CHECKING:
     from loratune.config import Config
+    from loratune.families import Component
+
+    PartConfigs = dict[str, tuple[Component, dict[str, Any]]]  # {subfolder: (part, its config)}
 
 
 @dataclass(frozen=True)
@@ -52,6 +55,29 @@ def part(name: str, module: Any, dtype_bytes: int, source: str) -> Part:
     return Part(name, module_numel(module), dtype_bytes, source, module_fixed_bytes(module))
 
 
+def quantized_part(name: str, module: Any, quantize: str, source: str) -> Part:
+    """The denoiser as ``model.quantize`` keeps it (``loratune.train.quantize``), from its meta-device build: ``fp8``
+    exactly, by applying the loader's own layerwise casting to it (float8 weights, the rest in bf16); ``nf4`` from
+    bitsandbytes' storage, 4 bits per Linear weight element plus a float32 scale per block of 64 (diffusers' default
+    has no double quantisation), everything else in bf16."""
+    import torch
+
+    from loratune.train.quantize import after_load
+
+    # What the loader's torch_dtype does (torch's own cast: diffusers' ModelMixin.to warns about casting after loading,
+    # which this never-run copy does not mind).
+    torch.nn.Module.to(module, torch.bfloat16)
+    if quantize == "fp8":
+        after_load(module, "fp8")
+        stored = module_bytes(module)
+    else:
+        linear = {id(m.weight) for m in module.modules() if isinstance(m, torch.nn.Linear)}
+        stored = sum(t.numel() // 2 + t.numel() // 64 * 4 if id(t) in linear else t.numel() * t.element_size()
+                     for t in _tensors(module))
+    # No single bytes-per-element: the whole stored size is the part's fixed bytes.
+    return Part(f"{name} ({quantize})", module_numel(module), 0, f"{source}; {quantize} storage", stored)
+
+
 def module_bytes(module: Any) -> int:
     """Bytes a loaded module's parameters and buffers take, in their own dtypes (what the estimate must equal)."""
     return sum(t.numel() * t.element_size() for t in _tensors(module))
@@ -65,33 +91,26 @@ def on_meta(build: Callable[[], Any]) -> Any:
 
 
 # --- the base model -------------------------------------------------------------------------------------------------
-def base_configs(base: str, family: str, config: str | None = None) -> tuple[dict[str, tuple[str, dict[str, Any]]], str]:
-    """{subfolder: (class name, config)} of ``base`` and where they came from: the folder or the hub cache (a one-file
-    base: its config folder), else the family's published configs when ``base`` is the family's default
-    repository."""
-    import diffusers
-
+def base_configs(base: str, family: str, config: str | None = None) -> tuple[PartConfigs, str]:
+    """{subfolder: (component, config)} of ``base``'s parts with weights and where the configs came from: the folder or
+    the hub cache (a one-file base: its config folder), else the family's published configs when ``base`` is the
+    family's default repository."""
+    from loratune.families import get_family
     from loratune.singlefile.load import config_folder, is_single_file
 
+    found = get_family(family)
     if is_single_file(base):
         try:
             base = config_folder(family, config)
         except LoratuneError:
-            base = published.DEFAULT_REPOS[family]  # the family's shape: a derivative does not change it
-    layout = published.BASES[family]
-    found: dict[str, tuple[str, dict[str, Any]]] = {}
+            base = found.default_repo  # the family's shape: a derivative does not change it
+    parts = [c for c in found.components() if c.weights]
     try:
-        for sub, (cls, _) in layout.items():
-            if cls.startswith("CLIP"):
-                from transformers import AutoConfig
-
-                found[sub] = (cls, AutoConfig.from_pretrained(base, subfolder=sub).to_dict())
-            else:
-                found[sub] = (cls, dict(getattr(diffusers, cls).load_config(base, subfolder=sub)))
-        return found, base
+        return {c.subfolder: (c, read_config(c, base)) for c in parts}, base
     except Exception as err:  # noqa: BLE001  (not a folder, not cached, offline)
-        if base == published.DEFAULT_REPOS[family]:
-            return layout, f"published config of {base} (built here)"
+        if base == found.default_repo:
+            return ({c.subfolder: (c, found.published_configs[c.subfolder]) for c in parts},
+                    f"published config of {base} (built here)")
         from loratune.modelref import looks_like_hub_id
 
         fix = f"download it (`hf download {base}`)" if looks_like_hub_id(base) else "check the folder"
@@ -99,15 +118,22 @@ def base_configs(base: str, family: str, config: str | None = None) -> tuple[dic
                             f"{fix}") from None
 
 
-def build_part(cls: str, config: dict[str, Any]) -> Any:
-    import diffusers
-    import transformers
+def read_config(component: Component, base: str) -> dict[str, Any]:
+    """A part's config as a dict, read the way its library reads it (diffusers ``load_config``, transformers
+    ``AutoConfig``)."""
+    if component.loader.startswith("diffusers."):
+        return dict(component.load_class().load_config(base, subfolder=component.subfolder))
+    from transformers import AutoConfig
 
-    if hasattr(diffusers, cls) and not cls.startswith("CLIP"):
-        klass = getattr(diffusers, cls)
+    return AutoConfig.from_pretrained(base, subfolder=component.subfolder).to_dict()
+
+
+def build_part(component: Component, config: dict[str, Any]) -> Any:
+    """The part on the meta device from its config."""
+    klass = component.load_class()
+    if component.loader.startswith("diffusers."):
         return on_meta(lambda: klass.from_config({k: v for k, v in config.items() if not k.startswith("_")}))
-    klass = getattr(transformers, cls)
-    conf = getattr(transformers, cls.replace("WithProjection", "").replace("Model", "Config"))(**config)
+    conf = klass.config_class(**config)
     return on_meta(lambda: klass(conf))
 
 

@@ -2,10 +2,11 @@
 the device (``keep``) and with the phases taking turns (``swap``).
 
 Weights are exact: every model is built on the meta device from its config (``components``) and counted in the dtype
-it runs in (the base's UNet and text encoders in the training precision, the VAE in float32, the LoRA, its gradients
-and the optimizer's state in float32, the scorers in ``evaluation.dtype``). Activations are rough: per-image constants
-at each family's native size, scaled by the pixels and the batch; ``benchmarks/gpu_memory.py`` measures the real
-peaks beside this estimate on a CUDA machine, to check and recalibrate them.
+it runs in (the base's denoiser and text encoders in the training precision, the VAE in float32, the LoRA, its
+gradients and the optimizer's state in float32, the scorers in ``evaluation.dtype``). Activations are rough: the
+family's per-image constants at its native size (``Family.train_activation_bytes`` & co.), scaled by the pixels and
+the batch; ``benchmarks/gpu_memory.py`` measures the real peaks beside this estimate on a CUDA machine, to check and
+recalibrate them.
 """
 
 from __future__ import annotations
@@ -13,7 +14,15 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from loratune.residency.components import Part, base_configs, build_part, lora_numel, part, scorer_parts
+from loratune.residency.components import (
+    Part,
+    base_configs,
+    build_part,
+    lora_numel,
+    part,
+    quantized_part,
+    scorer_parts,
+)
 
 if TYPE_CHECKING:
     from loratune.config import Config
@@ -23,12 +32,14 @@ PHASES = ("train", "sample", "score")
 # Optimizer state per trained element (bytes): AdamW/Prodigy keep float32 moments (Prodigy two more vectors), Lion one,
 # bitsandbytes' AdamW8bit two 8-bit moments.
 OPTIMIZER_STATE_BYTES = {"adamw": 8, "prodigy": 16, "lion": 4, "adamw8bit": 2}
-# Activations per image at the family's native size (sd15 512 px, sdxl 1024 px): rough, from published LoRA training
-# reports (SD1.5 LoRA ~4 GiB of activations at batch 1 without checkpointing, ~1 GiB with; SDXL ~14 / ~4 GiB), and
-# for sampling the VAE's float32 decode, which dominates (~1.5 / ~5 GiB). Scaled by (pixels / native pixels).
-NATIVE = {"sd15": 512, "sdxl": 1024}
-TRAIN_ACT = {"sd15": (4.0 * GIB, 1.0 * GIB), "sdxl": (14.0 * GIB, 4.0 * GIB)}  # (plain, gradient checkpointing)
-SAMPLE_ACT = {"sd15": 1.5 * GIB, "sdxl": 5.0 * GIB}
+PHASE_VERBS = {"train": "training", "sample": "sampling", "score": "scoring"}
+# What lowers each phase's peak, for the line that stops a run.
+FIXES = {
+    "train": "lower train.batch_size or dataset.resolution, turn on train.gradient_checkpointing, or set "
+             "model.quantize (fp8 / nf4, CUDA)",
+    "sample": "draw fewer sampling.seeds at once or at a smaller sampling.width / height, or set model.quantize",
+    "score": "choose smaller scorers or a lower evaluation.batch_size",
+}
 SCORE_ACT_PER_IMAGE = 0.25 * GIB  # a VLM forward on a few 448-px tiles without a KV cache, bf16
 
 
@@ -74,35 +85,39 @@ def estimate(config: Config, device_type: str = "cuda") -> Estimate:
     """
     from loratune.families import get_family
 
-    t, family = config.train, config.model.family
+    t, family = config.train, get_family(config.model.family)
     mixed = t.mixed_precision if t.mixed_precision != "auto" else ("bf16" if device_type == "cuda" else "no")
     weight = dtype_bytes(mixed)
     ev_dtype = config.evaluation.dtype
     scorer_bytes = 2 if (ev_dtype == "auto" and device_type == "cuda") else dtype_bytes(
         "float32" if ev_dtype == "auto" else ev_dtype)
 
-    configs, source = base_configs(config.model.base, family, config.model.config)
+    configs, source = base_configs(config.model.base, family.name, config.model.config)
+    trained_encoders = {family.text_encoders[i].subfolder for i in family.trainable_text_encoders}
     base: list[Part] = []
     lora = 0
-    for sub, (cls, conf) in configs.items():
-        model = build_part(cls, conf)
-        base.append(part(sub, model, 4 if sub == "vae" else weight, source))
-        if sub == "unet":
-            lora += lora_numel(model, t.target_modules or get_family(family).lora_targets, t.rank)
-        elif sub.startswith("text_encoder") and t.train_text_encoder:
+    for sub, (component, conf) in configs.items():
+        model = build_part(component, conf)
+        if sub == family.denoiser.subfolder:
+            lora += lora_numel(model, t.target_modules or family.lora_targets, t.rank)
+            if config.model.quantize:
+                base.append(quantized_part(sub, model, config.model.quantize, source))
+                continue
+        elif sub in trained_encoders and t.train_text_encoder:
             lora += lora_numel(model, t.text_encoder_target_modules, t.rank)
+        base.append(part(sub, model, 4 if sub == family.vae.subfolder else weight, source))
     state = OPTIMIZER_STATE_BYTES[t.optimizer]
     lora_parts = [Part("LoRA weights", lora, 4, "target modules × rank"),
                   Part("LoRA gradients", lora, 4, "target modules × rank"),
                   Part(f"{t.optimizer} state", lora, state, "per trained element")]
     scorers, skipped = scorer_parts(config, scorer_bytes)
 
-    scale = (config.dataset.resolution / NATIVE[family]) ** 2
-    plain, checkpointed = TRAIN_ACT[family]
-    train_act = int(t.batch_size * scale * (checkpointed if t.gradient_checkpointing else plain)
-                    * weight / 2)
-    sample_scale = (config.sampling.width * config.sampling.height) / NATIVE[family] ** 2
-    sample_act = int(max(1, len(config.sampling.seeds)) * sample_scale * SAMPLE_ACT[family])
+    native = family.native_resolution
+    plain, checkpointed = family.train_activation_bytes
+    train_act = int(t.batch_size * (config.dataset.resolution / native) ** 2
+                    * (checkpointed if t.gradient_checkpointing else plain) * weight / 2)
+    sample_scale = (config.sampling.width * config.sampling.height) / native**2
+    sample_act = int(max(1, len(config.sampling.seeds)) * sample_scale * family.sample_activation_bytes)
     score_act = int(config.evaluation.batch_size * SCORE_ACT_PER_IMAGE * scorer_bytes / 2)
     return Estimate(base, lora_parts, scorers, {"train": train_act, "sample": sample_act, "score": score_act},
                     skipped)
@@ -118,7 +133,8 @@ def describe(e: Estimate) -> list[str]:
              f"  {'phase':<8}{'keep':>10}{'swap':>10}"]
     lines += [f"  {p:<8}{gib(e.phase(p, 'keep')):>10}{gib(e.phase(p, 'swap')):>10}" for p in PHASES]
     for part in [*e.base, *e.lora, *e.scorers]:
-        lines.append(f"  {part.name}: {part.numel / 1e6:,.1f} M × {part.dtype_bytes} B = {gib(part.bytes)}"
+        size = f"{part.numel / 1e6:,.1f} M" + (f" × {part.dtype_bytes} B" if part.dtype_bytes else " stored")
+        lines.append(f"  {part.name}: {size} = {gib(part.bytes)}"
                      + (f" [{part.source}]" if "published" in part.source else ""))
     if e.not_estimated:
         lines.append(f"  not estimated: {', '.join(e.not_estimated)}")
@@ -133,9 +149,10 @@ def choose(e: Estimate, residency: str, free: int | None) -> tuple[str, str | No
     chosen = residency if residency != "auto" else ("keep" if e.peak("keep") <= free else "swap")
     if e.peak(chosen) > free:
         hint = "" if chosen == "swap" else " (evaluation.residency: swap would need " + gib(e.peak("swap")) + ")"
+        phase = max(PHASES, key=lambda p: e.phase(p, chosen))
         return chosen, (f"estimated peak device memory {gib(e.peak(chosen))} with evaluation.residency {chosen} "
-                        f"exceeds the {gib(free)} free{hint}; lower train.batch_size or dataset.resolution, turn "
-                        "on train.gradient_checkpointing, or choose smaller scorers")
+                        f"exceeds the {gib(free)} free{hint}, at its highest while {PHASE_VERBS[phase]}; "
+                        f"{FIXES[phase]}")
     return chosen, None
 
 

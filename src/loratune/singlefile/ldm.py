@@ -1,12 +1,12 @@
-"""A diffusers pipeline folder -> one checkpoint file in the original (LDM / SGM) layout, as model sites ship SD1.5 and
-SDXL derivatives and A1111, ComfyUI and kohya read them.
+"""The Stable Diffusion families' original (LDM / SGM) one-file layout, as model sites ship SD1.5 and SDXL derivatives
+and A1111, ComfyUI and kohya read them: a diffusers folder's parts under their LDM names.
 
 The key names are the inverse of what diffusers' single-file loader converts (``diffusers.loaders.single_file_utils``),
 with the block numbering derived from the UNet's and VAE's configs, so the tiny models (two levels) convert as the real
 ones do; ``tests/test_single_file.py`` loads the file back through ``from_single_file`` and gets every tensor of the
-folder back. Layout: ``model.diffusion_model.`` (UNet), ``first_stage_model.`` (VAE), and the text encoders under
-``cond_stage_model.transformer.`` (SD1.5) or ``conditioner.embedders.0.transformer.`` (CLIP-L, transformers names) and
-``conditioner.embedders.1.model.`` (OpenCLIP names: fused q/k/v, transposed projection) for SDXL.
+folder back. Layout: ``model.diffusion_model.`` (UNet), ``first_stage_model.`` (VAE); each text encoder under the
+prefix its family gives (``Family.single_file_tensors``), in transformers' names (CLIP-L) or OpenCLIP's (fused q/k/v,
+transposed projection).
 """
 
 from __future__ import annotations
@@ -17,8 +17,6 @@ from typing import Any
 
 UNET_PREFIX = "model.diffusion_model."
 VAE_PREFIX = "first_stage_model."
-TEXT_PREFIXES = {"sd15": ("cond_stage_model.transformer.",),
-                 "sdxl": ("conditioner.embedders.0.transformer.", "conditioner.embedders.1.model.")}
 _RESNET = (("norm1", "in_layers.0"), ("conv1", "in_layers.2"), ("norm2", "out_layers.0"), ("conv2", "out_layers.3"),
            ("time_emb_proj", "emb_layers.1"), ("conv_shortcut", "skip_connection"))
 
@@ -156,37 +154,9 @@ def openclip_to_ldm(state_dict: Mapping[str, Any], prefix: str) -> dict[str, Any
     return out
 
 
-def pipeline_to_ldm(folder: str | Path, family: str) -> dict[str, Any]:
-    """Every tensor of a diffusers SD1.5/SDXL folder (UNet, VAE, text encoders) under its LDM name."""
-    import json
+def unet_vae_to_ldm(folder: str | Path) -> dict[str, Any]:
+    """A diffusers SD folder's UNet and VAE under their LDM names."""
+    from loratune.singlefile.write import folder_config, folder_weights
 
-    from safetensors.torch import load_file
-
-    root = Path(folder)
-
-    def weights(sub: str) -> dict[str, Any]:
-        files = sorted((root / sub).glob("*.safetensors"))
-        return {k: v for f in files for k, v in load_file(f).items()}
-
-    def config(sub: str) -> dict[str, Any]:
-        return json.loads((root / sub / "config.json").read_text())
-
-    out = unet_to_ldm(weights("unet"), config("unet"))
-    out |= vae_to_ldm(weights("vae"), config("vae"))
-    prefixes = TEXT_PREFIXES[family]
-    out |= clip_to_ldm(weights("text_encoder"), prefixes[0])
-    if family == "sdxl":
-        out |= openclip_to_ldm(weights("text_encoder_2"), prefixes[1])
-    return out
-
-
-def write_single_file(folder: str | Path, target: str | Path, family: str) -> Path:
-    """Write ``folder``'s pipeline as one LDM-layout safetensors file (atomically)."""
-    from safetensors.torch import save_file
-
-    from loratune.atomic import atomic_path
-
-    tensors = {k: v.contiguous() for k, v in pipeline_to_ldm(folder, family).items()}
-    with atomic_path(target) as tmp:
-        save_file(tensors, str(tmp))
-    return Path(target)
+    return (unet_to_ldm(folder_weights(folder, "unet"), folder_config(folder, "unet"))
+            | vae_to_ldm(folder_weights(folder, "vae"), folder_config(folder, "vae")))

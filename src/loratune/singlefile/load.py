@@ -5,8 +5,8 @@ writes them into a LoRA's metadata.
 The file holds weights only; the parts' configs, tokenizers and scheduler come from ``model.config`` (a local diffusers
 folder of the same family) or, when that is not set, from the family's default repository in the Hugging Face cache.
 A ``.ckpt`` is read only through ``torch.load(weights_only=True)``: one that needs unpickling arbitrary objects is
-refused with the reason. Family-specific knowledge is in small tables keyed by family (``FAMILY_KEYS``,
-``published.DEFAULT_REPOS``), to move into the family modules.
+refused with the reason. What differs between families (the keys that identify one, its default repository, what of
+it a one-file base reads, how the file loads) the family says (``loratune.families``).
 """
 
 from __future__ import annotations
@@ -14,15 +14,18 @@ from __future__ import annotations
 import functools
 import hashlib
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from loratune.errors import LoratuneError, first_line
 
+if TYPE_CHECKING:
+    from loratune.families import Family
+
 SUFFIXES = (".safetensors", ".ckpt", ".pt", ".pth")
-# A key only each family's original layout has: SDXL's second (OpenCLIP) text encoder, SD1.5's CLIP-L under
-# cond_stage_model; SD2's OpenCLIP under cond_stage_model.model is named to be refused clearly.
-FAMILY_KEYS = (("conditioner.embedders.1.model.", "sdxl"), ("cond_stage_model.transformer.", "sd15"),
-               ("cond_stage_model.model.", "sd2"))
+# Layouts that look like a family's but are not one loratune trains, named so that they are refused clearly (checked
+# first: a FLUX.2 file has FLUX.1's double_blocks too). Prefixes as diffusers' own single-file detection reads them.
+NOT_TRAINED = (("cond_stage_model.model.", "a Stable Diffusion 2"),
+               ("single_stream_modulation.", "a FLUX.2"), ("model.diffusion_model.single_stream_modulation.", "a FLUX.2"))
 
 
 def is_single_file(ref: str | Path | None) -> bool:
@@ -61,41 +64,66 @@ def checkpoint_keys(path: str | Path) -> list[str]:
     return list(load_ckpt(path))
 
 
+def read_checkpoint(path: str | Path) -> dict[str, Any]:
+    """Every tensor of a checkpoint file (a ``.ckpt`` through ``load_ckpt``)."""
+    path = Path(path)
+    if path.suffix.lower() != ".safetensors":
+        return load_ckpt(path)
+    from safetensors.torch import load_file
+
+    try:
+        return load_file(str(path))
+    except Exception as err:  # noqa: BLE001
+        raise LoratuneError(f"model.base: {path}: not a readable safetensors file ({first_line(err)})") from None
+
+
 def detect_family(path: str | Path) -> str:
-    """``sd15`` or ``sdxl`` from the checkpoint's keys; anything else is one line naming what it is not."""
+    """The family whose ``single_file_keys`` the checkpoint has; anything else is one line naming what it is not."""
+    from loratune.families import FAMILIES
+
     keys = checkpoint_keys(path)
-    for prefix, family in FAMILY_KEYS:
-        if any(k.startswith(prefix) for k in keys):
-            if family == "sd2":
-                raise LoratuneError(f"model.base: {path} is a Stable Diffusion 2 checkpoint; loratune trains SD1.5 "
-                                    "and SDXL")
-            return family
-    raise LoratuneError(f"model.base: {path} is not an SD1.5 or SDXL checkpoint in the original layout (no text "
-                        "encoder keys: cond_stage_model.transformer / conditioner.embedders)")
+
+    def has(prefixes: tuple[str, ...]) -> bool:
+        return any(k.startswith(prefixes) for k in keys)
+
+    for prefix, what in NOT_TRAINED:
+        if has((prefix,)):
+            raise LoratuneError(f"model.base: {path} is {what} checkpoint; loratune trains "
+                                f"{', '.join(f.label for f in FAMILIES.values())}")
+    found = [name for name, family in FAMILIES.items() if family.single_file_keys and has(family.single_file_keys)]
+    if len(found) == 1:
+        return found[0]
+    expected = "; ".join(f"{f.label}: {' / '.join(f.single_file_keys)}" for f in FAMILIES.values()
+                         if f.single_file_keys)
+    raise LoratuneError(f"model.base: {path} is not a checkpoint of one known family in the original layout "
+                        f"(keys starting with {expected}{'; it has several' if found else ''})")
 
 
 def config_folder(family: str, config: str | None) -> str:
-    """Where the single file's component configs, tokenizers and scheduler come from: ``model.config``, else the
-    family's default repository in the Hugging Face cache; one line saying what to do when neither is there."""
-    from loratune.residency.published import DEFAULT_REPOS
+    """Where the single file's component configs, tokenizers and scheduler (and the parts it does not hold) come
+    from: ``model.config``, else the family's default repository in the Hugging Face cache; one line saying what to do
+    when neither is there."""
+    from loratune.families import get_family
 
     if config:
         if not (Path(config) / "model_index.json").is_file():
             raise LoratuneError(f"model.config: {config} is not a diffusers pipeline folder (no model_index.json)")
         return config
-    repo = DEFAULT_REPOS[family]
+    found = get_family(family)
     from huggingface_hub import snapshot_download
 
     try:
-        return snapshot_download(repo, local_files_only=True, allow_patterns=["*.json", "*.txt"])
+        return snapshot_download(found.default_repo, local_files_only=True,
+                                 allow_patterns=list(found.single_file_fetch))
     except Exception:  # noqa: BLE001  (not cached)
+        patterns = " ".join(f"'{p}'" for p in found.single_file_fetch)
         raise LoratuneError(
             f"model.base is one file, and its {family} component configs are neither in model.config nor in the "
-            f"Hugging Face cache of {repo}: set model.config to a diffusers folder of the same family, or fetch the "
-            f"configs once with `hf download {repo} --include '*.json' '*.txt'`") from None
+            f"Hugging Face cache of {found.default_repo}: set model.config to a diffusers folder of the same family, "
+            f"or fetch them once with `hf download {found.default_repo} --include {patterns}`") from None
 
 
-def load_pipeline(path: str | Path, family: Any, config: str | None) -> Any:
+def load_pipeline(path: str | Path, family: Family, config: str | None) -> Any:
     """The family's pipeline from the one file (float32, on the CPU), parts configured by ``config_folder``."""
     import diffusers
 

@@ -4,7 +4,9 @@
 
     out_dir/sd15/          StableDiffusionPipeline.from_pretrained(path)
     out_dir/sdxl/          StableDiffusionXLPipeline.from_pretrained(path)
-    out_dir/single_file/sd15.safetensors, sdxl.safetensors   the same pipelines as one LDM-layout checkpoint each
+    out_dir/flux/          FluxPipeline.from_pretrained(path)
+    out_dir/single_file/sd15.safetensors, sdxl.safetensors, flux.safetensors   the same pipelines as one checkpoint
+                           each in the family's original layout (LDM/SGM; Flux: BFL's transformer alone)
                            (model.base: single_file/sd15.safetensors, model.config: sd15)
     out_dir/open_clip/     open_clip.create_model_and_transforms(f"local-dir:{path}")
     out_dir/hf_clip/       CLIPModel.from_pretrained(path), CLIPProcessor.from_pretrained(path)

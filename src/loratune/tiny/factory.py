@@ -18,7 +18,7 @@ from loratune.families import DEFAULT_FAMILY, FAMILIES
 from loratune.modelref import write_stand_in_marker
 
 # Bump when anything the factory writes changes: cached builds of another version are rebuilt.
-FACTORY_VERSION = 7
+FACTORY_VERSION = 8
 MANIFEST = "loratune-tiny.json"
 CONFIG_NAME = "loratune.yaml"
 SEED = 0
@@ -29,12 +29,14 @@ def config_name(family: str) -> str:
     return CONFIG_NAME if family == DEFAULT_FAMILY else f"loratune-{family}.yaml"
 
 
-# Relative locations inside out_dir (also what the yaml refers to): a pipeline folder per registered family, then
-# the scorers, the dataset and the configs.
+# The families whose pipeline is also written as one checkpoint file in their original layout.
+ONE_FILE = [name for name, family in FAMILIES.items() if family.single_file_keys]
+
+# Relative locations inside out_dir (also what the yaml refers to): a pipeline folder per registered family and its
+# one-file twin, then the scorers, the dataset and the configs.
 LAYOUT: dict[str, str] = {
     **{family: family for family in FAMILIES},
-    "sd15_file": "single_file/sd15.safetensors",
-    "sdxl_file": "single_file/sdxl.safetensors",
+    **{f"{family}_file": f"single_file/{family}.safetensors" for family in ONE_FILE},
     "open_clip": "open_clip",
     "hf_clip": "hf_clip",
     "aesthetic": "aesthetic/aesthetic.pth",
@@ -56,16 +58,16 @@ LAYOUT: dict[str, str] = {
 class TinyModels:
     """Absolute paths of everything ``build_tiny_models`` wrote.
 
-    Each family's pipeline and config are ``bases[family]`` / ``configs[family]``, also readable as attributes:
-    ``tiny.sdxl`` (the pipeline folder) and ``tiny.config_sdxl`` (its config; ``tiny.config`` is the default
-    family's).
+    Each family's pipeline, config and one-file twin are ``bases[family]`` / ``configs[family]`` / ``files[family]``,
+    also readable as attributes: ``tiny.sdxl`` (the pipeline folder), ``tiny.config_sdxl`` (its config;
+    ``tiny.config`` is the default family's) and ``tiny.sdxl_file`` (the pipeline as one checkpoint in the family's
+    original layout: ``model.base: single_file/sdxl.safetensors``, ``model.config: sdxl``).
     """
 
     root: Path
     bases: dict[str, Path]
     configs: dict[str, Path]
-    sd15_file: Path  # the SD1.5 pipeline as one LDM-layout checkpoint (model.base: sd15.safetensors, model.config: sd15)
-    sdxl_file: Path
+    files: dict[str, Path]
     open_clip: Path
     hf_clip: Path
     aesthetic: Path
@@ -86,15 +88,19 @@ class TinyModels:
         bases = {family: paths.pop(family) for family in FAMILIES}
         configs = {DEFAULT_FAMILY: paths["config"]}
         configs |= {family: paths.pop(f"config_{family}") for family in FAMILIES if family != DEFAULT_FAMILY}
-        return cls(root=root, bases=bases, configs=configs, **paths)
+        files = {family: paths.pop(f"{family}_file") for family in ONE_FILE}
+        return cls(root=root, bases=bases, configs=configs, files=files, **paths)
 
     def __getattr__(self, name: str) -> Path:
-        # Only reached for names that are not fields: a family's pipeline or config by name.
+        # Only reached for names that are not fields: a family's pipeline, config or one file by name.
         bases, configs = self.__dict__.get("bases", {}), self.__dict__.get("configs", {})
+        files = self.__dict__.get("files", {})
         if name in bases:
             return bases[name]
         if name.startswith("config_") and name.removeprefix("config_") in configs:
             return configs[name.removeprefix("config_")]
+        if name.endswith("_file") and name.removesuffix("_file") in files:
+            return files[name.removesuffix("_file")]
         raise AttributeError(name)
 
     def as_dict(self) -> dict[str, str]:
@@ -171,12 +177,14 @@ def _build_all(tmp: Path, say: Progress) -> None:
         say(what)
         build()
         write_stand_in_marker(folder, f"tiny {what}")
-    from loratune.singlefile.ldm import write_single_file
+    from loratune.singlefile.write import write_single_file
 
-    for family, folder, file in (("sd15", paths.sd15, paths.sd15_file), ("sdxl", paths.sdxl, paths.sdxl_file)):
-        say(f"{family} as one checkpoint file (original layout)")
-        write_single_file(folder, file, family)
-    write_stand_in_marker(paths.sd15_file.parent, "tiny SD1.5 and SDXL pipelines as single files")
+    for name, file in paths.files.items():
+        say(f"{FAMILIES[name].label} as one checkpoint file (original layout)")
+        write_single_file(paths.bases[name], file, name)
+    if paths.files:
+        labels = ", ".join(FAMILIES[name].label for name in paths.files)
+        write_stand_in_marker(next(iter(paths.files.values())).parent, f"tiny {labels} pipelines as single files")
     say("procedural two-character dataset")
     make_character_dataset(paths.dataset.parent, n_per_character=8, size=64, seed=SEED)
 

@@ -152,7 +152,7 @@ def write_world(out_dir: str | Path, target: str = "lucaboy") -> World:
         tmp.chmod(0o755)
         shutil.copytree(WEIGHTS / "base", tmp / "base")
         write_tokenizer(tmp / "base" / "tokenizer")
-        from loratune.singlefile.ldm import write_single_file
+        from loratune.singlefile.write import write_single_file
 
         write_single_file(tmp / "base", tmp / "base.safetensors", "sd15")
         _write_images(tmp, target)
