@@ -4,7 +4,7 @@ One short training (``--steps`` optimizer steps, one checkpoint) under the chose
 scored as a search does; ``torch.cuda.max_memory_allocated`` is read and reset at every phase boundary, so each
 phase's peak is its own. The table gives the estimate, the measurement and their ratio (estimate / measured: above
 1 the estimate is safe, below 1 it is short). Weights in the estimate are exact; a ratio far from 1 means the
-activation constants in ``loratune/residency/estimate.py`` need recalibrating.
+activation constants (each family's ``train_activation_bytes`` and ``sample_activation_bytes``) need recalibrating.
 
     .venv/bin/python benchmarks/gpu_memory.py -c examples/sd15.yaml --dataset my-character/train [--residency swap]
     .venv/bin/python benchmarks/gpu_memory.py            # the tiny models (checks the script, measures nothing real)
