@@ -83,7 +83,9 @@ def test_clip_i_rate_is_the_share_above_the_threshold_learned_from_references_an
     expected = fit_threshold(positives, negatives, probes)
     fitted = backend.threshold_for("luca")
     assert fitted.threshold == pytest.approx(expected.threshold, abs=1e-5)
-    assert fitted.negatives == 5 + 6 and fitted.structure_auc == pytest.approx(auc(positives, probes), abs=1e-6)
+    assert (fitted.negatives, fitted.probes) == (5, 6)
+    assert fitted.auc == pytest.approx(auc(positives, negatives), abs=1e-6)
+    assert fitted.structure_auc == pytest.approx(auc(positives, probes), abs=1e-6)
     sims = [float((g @ r.T).mean()) for g in embed([img.image for img in images])]
     passes = [float(s >= expected.threshold) for s in sims]
     assert result.per_image == passes and result.value == pytest.approx(sum(passes) / 6)

@@ -115,8 +115,9 @@ def test_the_scorer_checks_name_what_the_worlds_scorers_cannot_see(world, tmp_pa
     evaluator.load()
     identity = identity_calibration(evaluator)
     target = identity["characters"][world.target]
-    assert target["negatives"] == 8 + 8  # the base model's 4 prompts x 2 seeds, and 2 shuffles of each of 4 references
-    assert target["structure_auc"] < 0.5  # the palette without the character scores above the character
+    assert (target["negatives"], target["probes"]) == (8, 8)  # 4 prompts x 2 seeds; 2 shuffles of each of 4 refs
+    assert target["auc"] == 1.0  # the base model's samples are told apart from the references ...
+    assert target["structure_auc"] < 0.5  # ... but the palette without the character scores above the character
     assert any("sees the palette, not the character" in w for w in identity["warnings"])
     quality = quality_check(evaluator)
     assert quality["references"] < quality["base_samples"] and "reads what you want as a defect" in quality["warnings"][0]

@@ -43,8 +43,9 @@ class IdentityThreshold:
     positive_mean: float
     negative_mean: float
     true_positive_rate: float  # share of positives at or above the threshold
-    false_positive_rate: float  # share of negatives at or above it
-    structure_auc: float | None = None  # positives against the shuffled-tile references only
+    false_positive_rate: float  # share of negatives and probes at or above it
+    structure_auc: float | None = None  # positives against the shuffled-tile references (the probes) only
+    probes: int = 0
 
     def to_json(self) -> dict[str, Any]:
         return {k: round(v, 6) if isinstance(v, float) else v for k, v in asdict(self).items()}
@@ -59,7 +60,8 @@ def auc(positives: Sequence[float], negatives: Sequence[float]) -> float:
 def fit_threshold(positives: Sequence[float], negatives: Sequence[float],
                   probes: Sequence[float] = ()) -> IdentityThreshold | None:
     """The similarity threshold with the largest Youden's J; None with too few of either set. ``probes`` (the
-    shuffled-tile references) count as negatives too, and their own AUC is ``structure_auc``.
+    shuffled-tile references) count as negatives for the threshold; ``auc`` is the positives against the negatives,
+    ``structure_auc`` against the probes.
 
     Candidates are the midpoints between adjacent distinct scores (and the ends), so a sample passes with
     ``similarity >= threshold``. Ties in J: the widest gap between a positive and a negative wins, then the
@@ -67,8 +69,11 @@ def fit_threshold(positives: Sequence[float], negatives: Sequence[float],
     """
     if len(positives) < MIN_POSITIVES or len(negatives) < MIN_NEGATIVES:
         return None
+    separation = float(auc(positives, negatives))
     structure = float(auc(positives, probes)) if probes else None
-    negatives = [*negatives, *probes]
+    negative_mean = float(sum(negatives) / len(negatives))
+    count = len(negatives)
+    negatives = [*negatives, *probes]  # the threshold keeps the palette out too
     values = sorted(set(positives) | set(negatives))
     cuts = [values[0] - 1e-6] + [(a + b) / 2 for a, b in zip(values, values[1:])] + [values[-1] + 1e-6]
 
@@ -85,10 +90,9 @@ def fit_threshold(positives: Sequence[float], negatives: Sequence[float],
     best = max(cuts, key=key)
     tpr, fpr = rates(best)
     return IdentityThreshold(
-        threshold=float(best), auc=float(auc(positives, negatives)), positives=len(positives),
-        negatives=len(negatives), positive_mean=float(sum(positives) / len(positives)),
-        negative_mean=float(sum(negatives) / len(negatives)), true_positive_rate=tpr, false_positive_rate=fpr,
-        structure_auc=structure,
+        threshold=float(best), auc=separation, positives=len(positives), negatives=count,
+        positive_mean=float(sum(positives) / len(positives)), negative_mean=negative_mean, true_positive_rate=tpr,
+        false_positive_rate=fpr, structure_auc=structure, probes=len(probes),
     )
 
 

@@ -66,7 +66,8 @@ def _checks(run: RunFolder) -> str:
         rows = "".join(
             f"<tr><td>{escape(c or '(all)')}</td><td class='num'>{fmt(t.get('threshold'), 3)}</td><td class='num'>"
             f"{fmt(t.get('auc'), 3)}</td><td class='num'>{fmt(t.get('positive_mean'), 3)}</td><td class='num'>"
-            f"{fmt(t.get('negative_mean'), 3)}</td><td class='num'>{t.get('positives')} / {t.get('negatives')}</td>"
+            f"{fmt(t.get('negative_mean'), 3)}</td><td class='num'>{fmt(t.get('structure_auc'), 3)}</td>"
+            f"<td class='num'>{t.get('positives')} / {t.get('negatives')} / {t.get('probes', 0)}</td>"
             "</tr>" for c, t in (identity.get("characters") or {}).items())
         parts.append(
             f"<p>Identity ({escape(str(identity.get('backend')))}) is a rate: a sample counts when its similarity to "
@@ -74,7 +75,8 @@ def _checks(run: RunFolder) -> str:
             "and the base model's own samples of the same prompts, which never show the character. AUC is how well "
             "the two sets separate (1 = perfectly).</p><table id='identity-threshold' style='width:auto'><thead><tr>"
             "<th>character</th><th>threshold</th><th>AUC</th><th>references' mean</th><th>base samples' mean</th>"
-            f"<th>images</th></tr></thead><tbody>{rows}</tbody></table>")
+            "<th>structure AUC (vs shuffled tiles)</th><th>references / negatives / tiles</th></tr></thead>"
+            f"<tbody>{rows}</tbody></table>")
     quality = data.get("quality") if isinstance(data.get("quality"), dict) else None
     if quality:
         parts.append(f"<p class='muted'>Quality ({escape(str(quality.get('backend')))}) on the references "

@@ -108,7 +108,8 @@ class TrainAndScore:
         if calibration is not None:
             lines += [f"identity ({calibration['backend']}): {c or 'character'} present above similarity "
                       f"{t['threshold']:.3f} (references vs the base model's samples: AUC {t['auc']:.2f}, "
-                      f"{t['positives']} vs {t['negatives']} images)" for c, t in calibration["characters"].items()]
+                      f"{t['positives']} vs {t['negatives']} images; vs their own shuffled tiles: AUC "
+                      f"{t['structure_auc']:.2f})" for c, t in calibration["characters"].items()]
             lines += calibration["warnings"]
         if quality is not None:
             lines += quality["warnings"]
