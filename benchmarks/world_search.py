@@ -101,13 +101,15 @@ def measure(store: Path, epochs: int, seeds: int, target: str) -> None:
                     shutil.copy2(info.kohya_path, folder / "lora.safetensors")
                     shutil.copytree(Path(info.samples[0].path).parent, folder / "search", dirs_exist_ok=True)
                     losses.append({"epoch": info.epoch, "validation_loss": info.validation_loss,
-                                   "train_loss": info.train_loss})
+                                   "train_loss": info.train_loss, "seconds": info.seconds, "device": info.device})
 
                 train(load_config(world.config, overrides), run, on_checkpoint=on_checkpoint, cache=cache)
                 point_fresh = load_config(world.config, [*overrides, f"sampling.seeds={fresh_seeds}"])
                 for epoch in range(1, epochs + 1):
                     folder = point / f"epoch-{epoch:04d}"
+                    fresh_started = time.perf_counter()
                     sample_loras(point_fresh, [folder / "lora.safetensors"], folder / "fresh-tmp", cache=cache)
+                    losses[epoch - 1]["seconds"]["fresh_sample"] = round(time.perf_counter() - fresh_started, 3)
                     shutil.rmtree(folder / "fresh", ignore_errors=True)
                     (folder / "fresh-tmp" / "lora").rename(folder / "fresh")
                     shutil.rmtree(folder / "fresh-tmp")
