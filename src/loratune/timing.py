@@ -16,6 +16,10 @@ from __future__ import annotations
 import time
 from typing import Any
 
+# Where a trial's seconds go, in the order ``scores.json`` and the report list them; ``search`` is the search's own
+# work between epochs (records, the study, the pruner).
+KINDS = ("setup", "train", "validation", "sample", "score", "search")
+
 
 class Stopwatch:
     """Named laps: ``lap(name)`` adds the seconds since the previous lap (or since the watch started) to ``name``."""

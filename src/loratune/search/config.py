@@ -92,6 +92,19 @@ class PhasesSection(_Strict):
     ensemble_rank: int | None = Field(None, ge=1, description="target rank for svd; default the largest member rank")
 
 
+class GatingSection(_Strict):
+    """Which epochs are sampled and scored (``loratune.search.gating``); an epoch not scored is no candidate."""
+
+    every: int = Field(1, ge=1, description="sample and score every k-th epoch (the last always)")
+    skip_diverged: bool = Field(
+        False, description="no samples for an epoch whose validation loss rose over evaluation.learning.validation_rise "
+        "(it is no candidate for RUN/best whatever it scores)")
+    stop_diverged: bool = Field(False, description="stop the trial at such an epoch (the pruner on the cheap signal)")
+    seeds: int | None = Field(
+        None, ge=1, description="sample a searched epoch with only the first k of sampling.seeds (finalists keep "
+        "search.finalist_samples x all of them)")
+
+
 # The ASHA settings of the Ray Tune backend, with the defaults every run folder written then holds in config.yaml.
 _ASHA_DEFAULTS = {"grace_period": 1, "reduction_factor": 3}
 
@@ -145,6 +158,7 @@ class SearchSection(_Strict):
     )
     finalist_samples: int = Field(
         4, ge=1, le=64, description="fresh seeds per finalist, as a multiple of sampling.seeds (same prompts)")
+    gating: GatingSection = Field(default_factory=GatingSection)
 
     @field_validator("space")
     @classmethod

@@ -228,6 +228,10 @@ class Worker:
             self.say(f"{label} failed: {outcome.failure}")
             raise TrialFailed(outcome.failure)
         best = outcome.best
+        if best is None and outcome.pruned:  # stopped on the cheap signal before any epoch was scored: no candidate
+            self.say(f"{label} pruned after epoch {outcome.epochs[-1].epoch} before any epoch was scored "
+                     f"({outcome.epochs[-1].skipped or outcome.epochs[-1].diverged})")
+            raise optuna.TrialPruned()
         assert best is not None  # run_trial turns "nothing scored" into a failure
         if best.constraint is not None:  # TPE and GP learn to avoid the region that copies
             trial.set_constraint("copy_rate", best.constraint)
@@ -261,7 +265,8 @@ class Worker:
             trial.set_user_attr(key, scores.get(key))
         epochs = [EpochScore(int(e["epoch"]), e.get("composite"), e.get("axes") or {}, copy_rate=e.get("copy_rate"),
                              constraint=e.get("constraint"), cmmd=e.get("cmmd"), validation_loss=e.get("validation_loss"),
-                             diverged=e.get("diverged")) for e in scores.get("epochs", [])]
+                             diverged=e.get("diverged"), seconds=e.get("seconds") or {}, device=e.get("device"),
+                             skipped=e.get("skipped")) for e in scores.get("epochs", [])]
         if not self.search.directions:
             for e in epochs:
                 if e.composite is not None:

@@ -1,0 +1,99 @@
+"""The report's "Cost" section: where the study's seconds went (per phase: setup, training, validation, sampling,
+scoring, and the finalists' re-scoring), on which devices, and what the epoch gate skipped.
+
+Read from each trial's ``scores.json`` (``seconds``: the trial's totals and wall time; ``epochs[].skipped``),
+and ``RUN/finalists.json`` (each finalist's seconds).
+"""
+
+from __future__ import annotations
+
+import json
+from html import escape
+from pathlib import Path
+from typing import Any
+
+from loratune.report.format import fmt
+from loratune.report.rundir import RunData
+from loratune.runfolder import RunFolder
+from loratune.timing import KINDS
+
+_LABELS = {"setup": "setup", "train": "training", "validation": "validation", "sample": "sampling",
+           "score": "scoring", "search": "search bookkeeping"}
+
+
+def time_table(run: RunData) -> tuple[list[dict[str, Any]], list[str]] | None:
+    """Rows per phase (trials, epochs trained and scored, seconds per kind, total) and a ``finalists`` row; the
+    devices. None when no trial recorded its seconds (a run from before loratune kept them)."""
+    rows: dict[str, dict[str, Any]] = {}
+    devices: set[str] = set()
+    for info in run.trials:
+        seconds = (info.scores or {}).get("seconds")
+        if not isinstance(seconds, dict):
+            continue
+        row = rows.setdefault(info.phase, {"phase": info.phase, "trials": 0, "epochs": 0, "scored": 0,
+                                           **{k: 0.0 for k in KINDS}})
+        row["trials"] += 1
+        row["epochs"] += int(seconds.get("scored_epochs") or 0) + int(seconds.get("skipped_epochs") or 0)
+        row["scored"] += int(seconds.get("scored_epochs") or 0)
+        for kind in KINDS:
+            row[kind] += float(seconds.get(kind) or 0.0)
+        devices.update(str(d) for d in seconds.get("devices") or [])
+    if not rows:
+        return None
+    finalists = _finalist_rows(run.run_dir)
+    if finalists:
+        rows["finalists"] = {"phase": "finalists", "trials": len(finalists), "epochs": None, "scored": len(finalists),
+                             **{k: 0.0 for k in KINDS},
+                             "sample+score": sum(float(r.get("seconds") or 0.0) for r in finalists)}
+    out = list(rows.values())
+    for row in out:
+        row["total"] = sum(row[k] for k in KINDS) + row.get("sample+score", 0.0)
+    return out, sorted(devices)
+
+
+def _finalist_rows(run_dir: Path) -> list[dict[str, Any]]:
+    path = RunFolder(run_dir).finalists_file
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return []
+    return [r for r in (data.get("finalists") or []) if isinstance(r, dict)] if isinstance(data, dict) else []
+
+
+def _time(run: RunData) -> str:
+    found = time_table(run)
+    if found is None:
+        return ""
+    rows, devices = found
+    total = sum(r["total"] for r in rows) or 1.0
+    body = []
+    for r in rows:
+        cells = "".join(f"<td class='num'>{fmt(r[k], 3) if r[k] else '–'}</td>" for k in KINDS)
+        if r["phase"] == "finalists":
+            cells = ("<td class='num'>–</td>" * 3
+                     + f"<td class='num' colspan='2'>{fmt(r['sample+score'], 3)} (sampling + scoring)</td>"
+                     + "<td class='num'>–</td>")
+        epochs = "–" if r["epochs"] is None else f"{r['epochs']} ({r['scored']} scored)"
+        body.append(f"<tr><td>{escape(str(r['phase']))}</td><td class='num'>{r['trials']}</td>"
+                    f"<td class='num'>{epochs}</td>{cells}<td class='num'>{fmt(r['total'], 3)}</td>"
+                    f"<td class='num'>{r['total'] / total:.0%}</td></tr>")
+    sums = {k: sum(r[k] for r in rows) for k in KINDS}
+    sums["sample"] += sum(r.get("sample+score", 0.0) for r in rows)  # the finalists' share, shown with sampling
+    kinds = ", ".join(f"{_LABELS[k]} {sums[k] / total:.0%}" for k in KINDS if sums[k])
+    head = "".join(f"<th>{_LABELS[k]} (s)</th>" for k in KINDS)
+    skipped = sum((r["epochs"] or 0) - r["scored"] for r in rows if r["phase"] != "finalists")
+    gate = (f" The epoch gate (<code>search.gating</code>) left {skipped} trained epoch{'s' * (skipped != 1)} "
+            "unsampled and unscored: no candidates for RUN/best." if skipped else "")
+    where = f" on {escape(', '.join(devices))}" if devices else ""
+    return (f"<h3>Where the time went</h3><p class='muted'>{fmt(total, 4)} s in all{where}: {escape(kinds)}."
+            f"{gate}</p><table id='time-table' style='width:auto'><thead><tr><th>phase</th><th>trials</th>"
+            f"<th>epochs</th>{head}<th>total (s)</th><th>share</th></tr></thead><tbody>{''.join(body)}</tbody>"
+            "</table>")
+
+
+def cost_section(run: RunData) -> str:
+    """The section, or "" for a run that recorded no seconds."""
+    time = _time(run)
+    if not time:
+        return ""
+    return f"<section class='card' id='cost'><h2>Cost</h2>{time}</section>"
