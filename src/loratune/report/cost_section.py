@@ -1,8 +1,9 @@
 """The report's "Cost" section: where the study's seconds went (per phase: setup, training, validation, sampling,
-scoring, and the finalists' re-scoring), on which devices, and what the epoch gate skipped.
+scoring, and the finalists' re-scoring), on which devices, what the epoch gate skipped, and which earlier runs a
+warm start learned from.
 
 Read from each trial's ``scores.json`` (``seconds``: the trial's totals and wall time; ``epochs[].skipped``),
-and ``RUN/finalists.json`` (each finalist's seconds).
+``RUN/finalists.json`` (each finalist's seconds) and the study's ``warm_start`` user attr.
 """
 
 from __future__ import annotations
@@ -91,9 +92,26 @@ def _time(run: RunData) -> str:
             "</table>")
 
 
-def cost_section(run: RunData) -> str:
-    """The section, or "" for a run that recorded no seconds."""
-    time = _time(run)
-    if not time:
+def _warm(run: RunData) -> str:
+    record = run.study.user_attrs.get("warm_start")
+    if not isinstance(record, dict):
         return ""
-    return f"<section class='card' id='cost'><h2>Cost</h2>{time}</section>"
+    items = []
+    for s in record.get("sources") or []:
+        skipped = "; ".join(f"{n} skipped: {escape(str(why))}" for why, n in (s.get("skipped") or {}).items())
+        items.append(f"<li><code>{escape(str(s.get('run')))}</code> ({escape(str(s.get('family')))}): "
+                     f"{s.get('used')} of {s.get('trials')} trials{' — ' + skipped if skipped else ''}</li>")
+    seeded = [f"#{info.number} ({escape(str(info.attrs['warm_from']))})" for info in run.trials
+              if info.attrs.get("warm_from")]
+    first = f" Tried first: {', '.join(seeded)}." if seeded else ""
+    return ("<h3>Warm start</h3><p>This study started from earlier runs: their trials, ranked within their own run, "
+            "were the sampler's first picture of the space (never trials of this run: not counted, never RUN/best)."
+            f"{first}</p><ul id='warm-sources'>{''.join(items)}</ul>")
+
+
+def cost_section(run: RunData) -> str:
+    """The section, or "" for a run that recorded no seconds and had no warm start."""
+    time, warm = _time(run), _warm(run)
+    if not (time or warm):
+        return ""
+    return f"<section class='card' id='cost'><h2>Cost</h2>{time}{warm}</section>"

@@ -87,6 +87,9 @@ class PhasesSection(_Strict):
     refine_width: float = Field(0.25, gt=0, le=1, description="narrowed range as a fraction of the original width")
     # One-exchange moves: the search benchmark's regret went from 0.044 to 0.039 (0.040 to 0.038 on a second seed set).
     refine_moves: bool = Field(True, description="refine trials after the first move one categorical to a neighbour")
+    warm_trials: int = Field(
+        2, ge=0, description="with search.warm_start: the earlier runs' best distinct settings tried first (in the "
+        "search phase's budget)")
     ensemble_top_k: int = Field(3, ge=0, description="merge the best k trials into one more trial (0 or 1: off)")
     ensemble_method: Literal["avg", "concat", "svd"] = "svd"
     ensemble_rank: int | None = Field(None, ge=1, description="target rank for svd; default the largest member rank")
@@ -159,6 +162,9 @@ class SearchSection(_Strict):
     finalist_samples: int = Field(
         4, ge=1, le=64, description="fresh seeds per finalist, as a multiple of sampling.seeds (same prompts)")
     gating: GatingSection = Field(default_factory=GatingSection)
+    warm_start: list[str] = Field(
+        default_factory=list, description="earlier run folders (same model family) whose finished trials seed this "
+        "study: their settings mapped into this space, their outcomes as ranks within their own run")
 
     @field_validator("space")
     @classmethod

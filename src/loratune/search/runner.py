@@ -38,6 +38,7 @@ from loratune.search.space import check_space
 from loratune.search.storage import open_storage, study_exists
 from loratune.search.study import create_or_join, record_config
 from loratune.search.trials import TrialBackend, check_backend, load_backend
+from loratune.search.warm import read_sources
 
 # Keys that ``--resume --set`` may change: how the study goes on, not what a finished trial's numbers mean.
 RESUMABLE_KEYS = ("search.n_trials", "search.workers", "search.heartbeat_interval", "search.grace_period",
@@ -56,9 +57,9 @@ def quiet_optuna() -> None:
 
 
 def prepare_run(run_dir: Path, config: Config | None, resume: bool, overrides: Sequence[str] = (),
-                backend: TrialBackend | None = None) -> Config:
+                backend: TrialBackend | None = None, say: Callable[[str], None] | None = None) -> Config:
     """Create (or reopen for ``resume``) the run directory and its study; returns the run's config. ``backend``'s
-    pre-flight check runs before the study is touched."""
+    pre-flight check runs before the study is touched; ``say`` hears what a warm start took in."""
     run = RunFolder(run_dir)
     if run_dir.exists() and not run_dir.is_dir():
         raise LoratuneError(f"{run_dir}: not a directory (--run names the run directory)")
@@ -79,9 +80,10 @@ def prepare_run(run_dir: Path, config: Config | None, resume: bool, overrides: S
         return config
     if config is None:
         raise LoratuneError("optimize: a CONFIG is needed to start a new run")
+    sources = read_sources(config) if config.search.warm_start else []  # a bad source is one line, before any model
     _check_before_trials(config, backend)
     run_dir.mkdir(parents=True, exist_ok=True)
-    create_or_join(run, config)
+    create_or_join(run, config, say, sources)
     return config
 
 
@@ -230,7 +232,7 @@ def run_optimize(
     say = say or (lambda msg: print(msg, file=sys.stderr, flush=True))
     quiet_optuna()
     trial_backend = load_backend(backend)
-    config = prepare_run(run_dir, config, resume, overrides, trial_backend)
+    config = prepare_run(run_dir, config, resume, overrides, trial_backend, say)
     prepare = getattr(trial_backend, "prepare", None)
     if prepare is not None:  # what the identity scorer learned, said before the first trial
         for line in prepare(config, run_dir):

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from typing import Any
 
 import optuna
+from optuna.trial import FrozenTrial
 
 from loratune.config import Config
 from loratune.search.config import ParamSpec, SearchSection
@@ -42,10 +44,12 @@ def _grid(space: dict[str, ParamSpec]) -> dict[str, list[Any]]:
 
 
 def make_sampler(search: SearchSection, phase: str, number: int, n_startup: int,
-                 fixed: dict[str, Any] | None = None) -> optuna.samplers.BaseSampler:
+                 fixed: dict[str, Any] | None = None,
+                 warm: Sequence[FrozenTrial] = ()) -> optuna.samplers.BaseSampler:
     """The sampler for trial ``number``, seeded by it so resumed runs and parallel workers draw fresh suggestions;
     ``fixed`` pins the refine phase's categorical choices. Model-based samplers see pruned trials at their best
-    epoch (``ScoredTrialsSampler``): GP would otherwise never leave its start-up phase under pruning."""
+    epoch (``ScoredTrialsSampler``): GP would otherwise never leave its start-up phase under pruning; and the
+    warm-start trials (``warm.warm_trials``), which also count towards their start-up trials."""
     seed = search.seed + number
     base: optuna.samplers.BaseSampler
     if search.sampler == "grid" and phase == "search":
@@ -54,14 +58,14 @@ def make_sampler(search: SearchSection, phase: str, number: int, n_startup: int,
         base = optuna.samplers.NSGAIISampler(seed=seed) if search.sampler != "random" else \
             optuna.samplers.RandomSampler(seed=seed)
     elif search.sampler == "gp":
-        base = ScoredTrialsSampler(optuna.samplers.GPSampler(seed=seed, n_startup_trials=n_startup))
+        base = ScoredTrialsSampler(optuna.samplers.GPSampler(seed=seed, n_startup_trials=n_startup), warm)
     elif search.sampler == "random":
         base = optuna.samplers.RandomSampler(seed=seed)
     else:
         # multivariate + group: the space is conditional (lr for adamw/lion, d_coef for prodigy) and its dimensions
         # interact (the best lr depends on rank and alpha).
         base = ScoredTrialsSampler(optuna.samplers.TPESampler(seed=seed, n_startup_trials=n_startup,
-                                                               multivariate=True, group=True))
+                                                               multivariate=True, group=True), warm)
     if phase == "refine" and fixed:
         return optuna.samplers.PartialFixedSampler(fixed, base)
     return base
