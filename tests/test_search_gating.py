@@ -4,6 +4,7 @@ unscored epoch is (no candidate), and the pruner acting on the validation loss a
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable
 from pathlib import Path
 
@@ -85,7 +86,11 @@ def test_unscored_epochs_are_no_candidates_and_a_diverging_trial_stops_on_its_va
         "search.phases.ensemble_top_k=0", "search.finalists=0", "search.pruner=none", "train.epochs=5",
         "search.heartbeat_interval=60", "search.space={learning_rate: {type: categorical, choices: [1.0e-4, 1.0e-3]}}",
         "search.gating={every: 2, stop_diverged: true}"])
-    run_optimize(config, tmp_path / "run", backend="test_search_gating:make", say=lambda line: None)
+    lines: list[str] = []
+    run_optimize(config, tmp_path / "run", backend="test_search_gating:make", say=lines.append)
+    said = re.compile(r"time: 1\d s: training \d+%, validation \d+%, sampling \d+%, scoring \d+%, search "
+                      r"bookkeeping \d+%; 4 of 8 epochs not sampled \(search.gating\)")
+    assert any(said.fullmatch(line) for line in lines), lines
     study = optuna.load_study(study_name="loratune", storage=f"sqlite:///{tmp_path / 'run' / 'study.db'}")
     slow, fast = sorted(study.trials, key=lambda t: t.params["learning_rate"])
     # lr 1e-4: epochs 2 and 4 on the stride, and the last; its best composite (0.90 at epoch 3) was never measured.

@@ -16,40 +16,22 @@ from typing import Any
 from loratune.report.format import fmt
 from loratune.report.rundir import RunData
 from loratune.runfolder import RunFolder
-from loratune.timing import KINDS
+from loratune.timing import KINDS, by_phase, summary
 
 _LABELS = {"setup": "setup", "train": "training", "validation": "validation", "sample": "sampling",
            "score": "scoring", "search": "search bookkeeping"}
 
 
-def time_table(run: RunData) -> tuple[list[dict[str, Any]], list[str]] | None:
-    """Rows per phase (trials, epochs trained and scored, seconds per kind, total) and a ``finalists`` row; the
-    devices. None when no trial recorded its seconds (a run from before loratune kept them)."""
-    rows: dict[str, dict[str, Any]] = {}
-    devices: set[str] = set()
-    for info in run.trials:
-        seconds = (info.scores or {}).get("seconds")
-        if not isinstance(seconds, dict):
-            continue
-        row = rows.setdefault(info.phase, {"phase": info.phase, "trials": 0, "epochs": 0, "scored": 0,
-                                           **{k: 0.0 for k in KINDS}})
-        row["trials"] += 1
-        row["epochs"] += int(seconds.get("scored_epochs") or 0) + int(seconds.get("skipped_epochs") or 0)
-        row["scored"] += int(seconds.get("scored_epochs") or 0)
-        for kind in KINDS:
-            row[kind] += float(seconds.get(kind) or 0.0)
-        devices.update(str(d) for d in seconds.get("devices") or [])
-    if not rows:
+def time_table(run: RunData) -> tuple[dict[str, dict[str, float]], list[str]] | None:
+    """Seconds per phase (``timing.by_phase``), the finalists a row of their own; the devices. None when no trial
+    recorded its seconds (a run from before loratune kept them)."""
+    timed = [(info.phase, info.scores["seconds"]) for info in run.trials
+             if isinstance((info.scores or {}).get("seconds"), dict)]
+    if not timed:
         return None
-    finalists = _finalist_rows(run.run_dir)
-    if finalists:
-        rows["finalists"] = {"phase": "finalists", "trials": len(finalists), "epochs": None, "scored": len(finalists),
-                             **{k: 0.0 for k in KINDS},
-                             "sample+score": sum(float(r.get("seconds") or 0.0) for r in finalists)}
-    out = list(rows.values())
-    for row in out:
-        row["total"] = sum(row[k] for k in KINDS) + row.get("sample+score", 0.0)
-    return out, sorted(devices)
+    finalists = sum(float(r.get("seconds") or 0.0) for r in _finalist_rows(run.run_dir))
+    devices = sorted({str(d) for _, seconds in timed for d in seconds.get("devices") or []})
+    return by_phase(timed, finalists), devices
 
 
 def _finalist_rows(run_dir: Path) -> list[dict[str, Any]]:
@@ -66,27 +48,25 @@ def _time(run: RunData) -> str:
     if found is None:
         return ""
     rows, devices = found
-    total = sum(r["total"] for r in rows) or 1.0
+    total = sum(r["total"] for r in rows.values()) or 1.0
     body = []
-    for r in rows:
+    for phase, r in rows.items():
         cells = "".join(f"<td class='num'>{fmt(r[k], 3) if r[k] else '–'}</td>" for k in KINDS)
-        if r["phase"] == "finalists":
+        epochs = f"{int(r['epochs'])} ({int(r['scored'])} scored)"
+        if phase == "finalists":
             cells = ("<td class='num'>–</td>" * 3
                      + f"<td class='num' colspan='2'>{fmt(r['sample+score'], 3)} (sampling + scoring)</td>"
                      + "<td class='num'>–</td>")
-        epochs = "–" if r["epochs"] is None else f"{r['epochs']} ({r['scored']} scored)"
-        body.append(f"<tr><td>{escape(str(r['phase']))}</td><td class='num'>{r['trials']}</td>"
+            epochs = "–"
+        body.append(f"<tr><td>{escape(phase)}</td><td class='num'>{int(r['trials']) or '–'}</td>"
                     f"<td class='num'>{epochs}</td>{cells}<td class='num'>{fmt(r['total'], 3)}</td>"
                     f"<td class='num'>{r['total'] / total:.0%}</td></tr>")
-    sums = {k: sum(r[k] for r in rows) for k in KINDS}
-    sums["sample"] += sum(r.get("sample+score", 0.0) for r in rows)  # the finalists' share, shown with sampling
-    kinds = ", ".join(f"{_LABELS[k]} {sums[k] / total:.0%}" for k in KINDS if sums[k])
     head = "".join(f"<th>{_LABELS[k]} (s)</th>" for k in KINDS)
-    skipped = sum((r["epochs"] or 0) - r["scored"] for r in rows if r["phase"] != "finalists")
+    skipped = int(sum(r["epochs"] - r["scored"] for r in rows.values()))
     gate = (f" The epoch gate (<code>search.gating</code>) left {skipped} trained epoch{'s' * (skipped != 1)} "
             "unsampled and unscored: no candidates for RUN/best." if skipped else "")
     where = f" on {escape(', '.join(devices))}" if devices else ""
-    return (f"<h3>Where the time went</h3><p class='muted'>{fmt(total, 4)} s in all{where}: {escape(kinds)}."
+    return (f"<h3>Where the time went</h3><p class='muted'>{escape(summary(rows))} ({fmt(total, 4)} s){where}."
             f"{gate}</p><table id='time-table' style='width:auto'><thead><tr><th>phase</th><th>trials</th>"
             f"<th>epochs</th>{head}<th>total (s)</th><th>share</th></tr></thead><tbody>{''.join(body)}</tbody>"
             "</table>")
