@@ -28,7 +28,8 @@ def make_pruner(search: SearchSection, epochs: int) -> optuna.pruners.BasePruner
         return optuna.pruners.HyperbandPruner(min_resource=1, max_resource=max(epochs, 1), reduction_factor=3)
     if search.pruner == "median":
         return optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=1)
-    return optuna.pruners.PatientPruner(None, patience=search.patience)
+    # search.patience counts epochs; Optuna's PatientPruner counts reported (scored) epochs: every k-th with a gate.
+    return optuna.pruners.PatientPruner(None, patience=math.ceil(search.patience / search.gating.every))
 
 
 def _grid(space: dict[str, ParamSpec]) -> dict[str, list[Any]]:
