@@ -25,7 +25,7 @@ QUIET_ENV = {
 VERBOSE_ENV = "LORATUNE_VERBOSE"
 # Loggers that set a level of their own (so the root's level does not reach them) or that we know speak on load.
 QUIET_LOGGERS = ("bitsandbytes", "timm", "open_clip", "pyiqa", "accelerate", "peft", "kernels", "diffusers",
-                 "transformers", "huggingface_hub", "onnxruntime", "insightface")
+                 "transformers", "huggingface_hub", "onnxruntime", "insightface", "optuna")
 
 
 def verbose() -> bool:
