@@ -25,7 +25,7 @@ QUIET_ENV = {
 VERBOSE_ENV = "LORATUNE_VERBOSE"
 # Loggers that set a level of their own (so the root's level does not reach them) or that we know speak on load.
 QUIET_LOGGERS = ("bitsandbytes", "timm", "open_clip", "pyiqa", "accelerate", "peft", "kernels", "diffusers",
-                 "transformers", "huggingface_hub", "onnxruntime", "insightface")
+                 "transformers", "huggingface_hub", "onnxruntime", "insightface", "optuna")
 
 
 def verbose() -> bool:
@@ -36,8 +36,9 @@ def verbose() -> bool:
 def quiet_libraries(*, all_warnings: bool = False) -> None:
     """Silence library chatter in this process (and, through the environment, in workers it starts).
 
-    ``all_warnings`` also drops Python warnings of every kind (the demo, whose live display they would tear up);
-    otherwise only FutureWarning, the libraries' notices about their own future APIs.
+    ``all_warnings`` also drops Python warnings raised from loratune's own modules (the demo, whose live display
+    they would tear up); otherwise every warning a library raises from its own code is dropped (torchvision's
+    "'pretrained' is deprecated" when lpips builds its backbone, say), and FutureWarnings wherever they point.
 
     >>> import logging
     >>> quiet_libraries()
@@ -52,4 +53,7 @@ def quiet_libraries(*, all_warnings: bool = False) -> None:
     for name in QUIET_LOGGERS:
         logging.getLogger(name).setLevel(logging.ERROR)
     logging.getLogger("loratune").setLevel(logging.WARNING)
-    warnings.filterwarnings("ignore", category=Warning if all_warnings else FutureWarning)
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    warnings.filterwarnings("ignore", module=r"(?!loratune\b)")  # a library's own modules: not loratune's
+    if all_warnings:
+        warnings.filterwarnings("ignore")

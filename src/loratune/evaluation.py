@@ -207,13 +207,14 @@ def quality_check(evaluator: Evaluator) -> dict[str, Any] | None:
 
     on_refs, on_base = mean_of(refs), mean_of(negatives)
     backend.reset()
-    check: dict[str, Any] = {"backend": backend.spec.name, "references": on_refs, "base_samples": on_base,
-                             "warnings": []}
+    check: dict[str, Any] = {"backend": backend.spec.name, "stand_in": backend.producer().stand_in,
+                             "references": on_refs, "base_samples": on_base, "warnings": []}
     if on_refs is not None and on_base is not None and on_refs < on_base:
         check["warnings"].append(
             f"quality ({backend.spec.name}) rates your references below the base model's own samples ({on_refs:.2f} "
             f"vs {on_base:.2f}, normalised): on this style it reads what you want as a defect, so the quality axis "
-            "pulls away from your character; consider another evaluation.backends.quality or weight 0")
+            "pulls away from your character; consider another evaluation.backends.quality or weight 0"
+            + (f" ({STAND_IN_WARNING})" if check["stand_in"] else ""))
     return check
 
 
@@ -241,7 +242,9 @@ def identity_calibration(evaluator: Evaluator) -> dict[str, Any] | None:
                  if t.structure_auc is not None and t.structure_auc < min_auc]
     warnings += [f"identity ({name}): {c or 'untied references'!r} has fewer than two usable references, so no "
                  "threshold: its samples are left out of the consistency rate" for c, t in fitted.items() if t is None]
-    return {"backend": producer.spec.name, "min_auc": min_auc, "warnings": warnings,
+    if producer.stand_in:
+        warnings = [f"{w} ({STAND_IN_WARNING})" for w in warnings]
+    return {"backend": producer.spec.name, "stand_in": producer.stand_in, "min_auc": min_auc, "warnings": warnings,
             "characters": {c or "": t.to_json() for c, t in thresholds.items()}}
 
 

@@ -6,6 +6,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from loratune import chatter
 from loratune.errors import LoratuneError
 
 
@@ -43,6 +44,10 @@ def build_report(run_dir: str | Path, out: str | Path | None = None, thumb_size:
         raise LoratuneError(f"--out: {out} is a directory; give the HTML file to write (e.g. {Path(out) / 'report.html'})")
     start = time.perf_counter()
     run = load_run(run_dir)
+    if not chatter.verbose():  # optuna's plots log "no complete trials" and the like at WARNING: not the reader's news
+        import optuna
+
+        optuna.logging.set_verbosity(optuna.logging.ERROR)
     figures = build_figures(run)
     target = Path(out) if out is not None else run.run_dir / "report.html"
     html = render_page(run, figures, get_plotlyjs(), thumb=thumb_size, all_epochs_for=all_epochs_for,

@@ -83,7 +83,7 @@ def build_figures(run: RunData) -> list[Figure]:
             lambda: _per_epoch(run),
             note="each line is a trial; every epoch's checkpoint is scored, pruned trials stop early (dashed)",
         ))
-        figures.append(_figure("best-axes", "Best trial: every axis per epoch", lambda: _best_axes(run),
+        figures.append(_figure("best-axes", "RUN/best's trial: every axis per epoch", lambda: _best_axes(run),
                                note="normalised 0–1; the composite is their weighted mean"))
     figures.append(_figure(
         "importances", "Parameter importances",
@@ -187,9 +187,11 @@ def _best_axes(run: RunData) -> go.Figure | None:
     import plotly.graph_objects as go
 
     from loratune.report.page import rank_trials
+    from loratune.report.pick_section import held
 
-    ranked = rank_trials(run)  # the search's own pick, which may be a pruned trial with a better best epoch
-    info = ranked[0] if ranked else None
+    ranked = rank_trials(run)  # the search's own order, which may put a pruned trial with a better epoch first
+    pick = held(run.run_dir)  # what RUN/best holds (finalists or calibrated weights may have chosen another)
+    info = next((i for i in ranked if pick is not None and i.number == pick[0]), ranked[0] if ranked else None)
     best_number = info.number if info is not None else None
     epochs = (info.scores or {}).get("epochs") if info is not None else None
     if not isinstance(epochs, list) or not epochs:

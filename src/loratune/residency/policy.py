@@ -101,9 +101,11 @@ def preflight(config: Any, say: Any = print) -> Residency:
         say(f"device memory not estimated ({first_line(err)}); evaluation.residency -> {mode}")
         return Residency(mode, device)
     chosen, stop = choose(found, config.evaluation.residency, free_memory(device))
+    free = free_memory(device)
+    if free is None and not stop:  # the CPU: no device memory to plan, nothing worth a screen of numbers
+        return Residency(chosen, device)
     for line in describe(found):
         say(line)
-    free = free_memory(device)
     say(f"evaluation.residency {config.evaluation.residency} -> {chosen}"
         + (f" ({free / 2**30:.1f} GiB free on {device})" if free is not None else f" (no device limit on {device})"))
     if stop:

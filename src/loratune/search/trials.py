@@ -113,10 +113,10 @@ class TrainAndScore:
         self._prepared = key
         lines, self._estimate = self._estimate, []
         if calibration is not None:
-            lines += [f"identity ({calibration['backend']}): {c or 'character'} present above similarity "
-                      f"{t['threshold']:.3f} (references vs the base model's samples: AUC {t['auc']:.2f}, "
-                      f"{t['positives']} vs {t['negatives']} images; vs their own shuffled tiles: AUC "
-                      f"{t['structure_auc']:.2f})" for c, t in calibration["characters"].items()]
+            label = f"identity ({calibration['backend']}{', stand-in weights' if calibration['stand_in'] else ''})"
+            lines += [f"{label}: {c or 'character'} above similarity {t['threshold']:.3f}; AUC {t['auc']:.2f} "
+                      f"against the base model's samples, {t['structure_auc']:.2f} against shuffled references"
+                      for c, t in calibration["characters"].items()]
             lines += calibration["warnings"]
         if quality is not None:
             lines += quality["warnings"]
