@@ -44,6 +44,19 @@ def _grid(space: dict[str, ParamSpec]) -> dict[str, list[Any]]:
     return grid
 
 
+def trial_seed(seed: int, number: int) -> int:
+    """The sampler seed of trial ``number`` in a study seeded ``seed``: a hash of both (NumPy's ``SeedSequence``).
+    ``seed + number`` would give study ``s``'s trial ``n`` the draws of study ``s + 1``'s trial ``n - 1``, so
+    studies with neighbouring seeds would search nearly the same points.
+
+    >>> trial_seed(0, 1) == trial_seed(1, 0)
+    False
+    """
+    import numpy as np
+
+    return int(np.random.SeedSequence([seed % 2**64, number]).generate_state(1)[0])
+
+
 def make_sampler(search: SearchSection, phase: str, number: int, n_startup: int,
                  fixed: dict[str, Any] | None = None,
                  warm: Sequence[FrozenTrial] = ()) -> optuna.samplers.BaseSampler:
@@ -51,7 +64,7 @@ def make_sampler(search: SearchSection, phase: str, number: int, n_startup: int,
     ``fixed`` pins the refine phase's categorical choices. Model-based samplers see pruned trials at their best
     epoch (``ScoredTrialsSampler``): GP would otherwise never leave its start-up phase under pruning; and the
     warm-start trials (``warm.warm_trials``), which also count towards their start-up trials."""
-    seed = search.seed + number
+    seed = trial_seed(search.seed, number)
     base: optuna.samplers.BaseSampler
     if search.sampler == "grid" and phase == "search":
         return optuna.samplers.GridSampler(_grid(search.space), seed=search.seed)
