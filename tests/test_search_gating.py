@@ -62,18 +62,20 @@ def make() -> CurveTrials:
 
 
 def test_the_gate_skips_off_stride_and_diverged_epochs_never_the_last() -> None:
-    gate = EpochGate(GatingSection(every=2, skip_diverged=True), last_epoch=6, validation_rise=0.10)
+    gate = EpochGate(GatingSection(every=2, skip_diverged=True, stop_diverged=False), last_epoch=6,
+                     validation_rise=0.10)
     losses = [0.050, 0.045, 0.047, 0.060, 0.044, 0.090]
     assert [gate.wants_samples(e, v, e == 6) for e, v in enumerate(losses, 1)] == \
         [False, True, False, False, False, True]  # epoch 6 diverged too, but it is the last
     assert gate.skipped[1] == "scored every 2 epochs"
     assert gate.skipped[4].startswith("diverged: validation loss rose 0.0450 -> 0.0600")
     assert gate.stop(4) is None  # skip_diverged alone only saves the sampling
-    stopping = EpochGate(GatingSection(stop_diverged=True), last_epoch=6, validation_rise=0.10)
+    assert GatingSection().stop_diverged  # the default (benchmarks/world_cost.py gating)
+    stopping = EpochGate(GatingSection(), last_epoch=6, validation_rise=0.10)
     assert [stopping.wants_samples(e, v, e == 6) for e, v in enumerate(losses[:4], 1)] == [True, True, True, False]
     assert stopping.stop(4) is not None and stopping.stop(3) is None
     # No validation loss (an external trainer, validation off): nothing to judge by, every epoch is sampled.
-    blind = EpochGate(GatingSection(skip_diverged=True), last_epoch=3, validation_rise=0.10)
+    blind = EpochGate(GatingSection(skip_diverged=True, stop_diverged=False), last_epoch=3, validation_rise=0.10)
     assert all(blind.wants_samples(e, None, e == 3) for e in (1, 2, 3))
 
 
