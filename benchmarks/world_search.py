@@ -9,12 +9,15 @@ and how the composite agrees with the truth.
 ``measure`` trains a grid of real LoRAs on the world (``loratune world``'s folder and config; learning rate on a log
 grid x rank 4/8, 8 epochs) with loratune's own trainer and keeps, per epoch, the LoRA, its search-time samples
 (4 prompts x 4 seeds), four times as many fresh samples (what a finalist gets), the validation and training loss,
-and the base model's own samples, in ``benchmarks/out/world-grid/<target>/`` (not committed; a rerun resumes).
+the seconds of training, validation and sampling, and the base model's own samples, in
+``benchmarks/out/world-grid/<target>/`` (not committed; a rerun resumes).
 
 ``score`` scores what ``measure`` kept with the product's evaluator as the world config sets it up (``--set`` switches
 a mechanism off: ``evaluation.identity.rate=false``, another quality backend, …), the base model's samples as the
 identity negatives: per epoch the composite a study sees, the finalist composite over all 80 samples, and the oracle
-on both sample sets. It writes the replay table (``benchmarks/data/world_grid.json`` is the committed one).
+on both sample sets; and, per ``--subset K``, the same with only the first K search-time seeds (``search.gating.seeds``),
+and the seconds each scoring took. It writes the replay table (``benchmarks/data/world_grid.json`` is the committed
+one).
 ``agreement`` prints how the table's composite agrees with the oracle (Spearman over all epochs, top-10 overlap, where
 the collapsed epochs rank, each axis, the validation loss).
 
@@ -47,6 +50,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 import numpy as np  # noqa: E402
 
 TABLE = Path(__file__).parent / "data" / "world_grid.json"
+COSTS = Path(__file__).parent / "data" / "world_costs.json"  # the replay's cost model (world_cost.py costs)
 LRS = tuple(float(f"{v:.1e}") for v in np.geomspace(1e-4, 3e-2, 8))  # 1e-4 .. 3e-2, ~2.3x apart
 RANKS = (4, 8)
 EPOCHS = 8
@@ -101,13 +105,15 @@ def measure(store: Path, epochs: int, seeds: int, target: str) -> None:
                     shutil.copy2(info.kohya_path, folder / "lora.safetensors")
                     shutil.copytree(Path(info.samples[0].path).parent, folder / "search", dirs_exist_ok=True)
                     losses.append({"epoch": info.epoch, "validation_loss": info.validation_loss,
-                                   "train_loss": info.train_loss})
+                                   "train_loss": info.train_loss, "seconds": info.seconds, "device": info.device})
 
                 train(load_config(world.config, overrides), run, on_checkpoint=on_checkpoint, cache=cache)
                 point_fresh = load_config(world.config, [*overrides, f"sampling.seeds={fresh_seeds}"])
                 for epoch in range(1, epochs + 1):
                     folder = point / f"epoch-{epoch:04d}"
+                    fresh_started = time.perf_counter()
                     sample_loras(point_fresh, [folder / "lora.safetensors"], folder / "fresh-tmp", cache=cache)
+                    losses[epoch - 1]["seconds"]["fresh_sample"] = round(time.perf_counter() - fresh_started, 3)
                     shutil.rmtree(folder / "fresh", ignore_errors=True)
                     (folder / "fresh-tmp" / "lora").rename(folder / "fresh")
                     shutil.rmtree(folder / "fresh-tmp")
@@ -117,7 +123,7 @@ def measure(store: Path, epochs: int, seeds: int, target: str) -> None:
                 print(f"lr {lr:.1e} rank {rank}: {time.perf_counter() - start:.0f} s", flush=True)
 
 
-def score(store: Path, table: Path, target: str, overrides: list[str]) -> None:
+def score(store: Path, table: Path, target: str, overrides: list[str], subsets: tuple[int, ...] = (2,)) -> None:
     """Score what ``measure`` kept with the product's current evaluator (``--set`` to switch a mechanism off): each
     epoch's search-time samples as a study scores them (the base model's samples of the same seeds as the identity
     negatives), and the finalist score on those and the fresh samples together; the oracle on both sets. Writes the
@@ -149,14 +155,27 @@ def score(store: Path, table: Path, target: str, overrides: list[str]) -> None:
                 search = collect_samples(folder / "search", folder / "search" / "samples.jsonl")
                 fresh = collect_samples(folder / "fresh", folder / "fresh" / "samples.jsonl")
                 at_search, at_finalist = evaluator.score(search), evaluator.score(search + fresh)
+                seeds: dict[str, Any] = {}
+                for k in subsets:
+                    few = [x for x in search if x.seed in first["search_seeds"][:k]]
+                    at_few, at_few_finalist = evaluator.score(few), evaluator.score(few + fresh)
+                    seeds[str(k)] = {"composite": at_few.composite, "axes": at_few.normalised, "images": len(few),
+                                     "score_seconds": round(at_few.seconds, 3),
+                                     "finalist": {"composite": at_few_finalist.composite,
+                                                  "axes": at_few_finalist.normalised,
+                                                  "images": len(few) + len(fresh),
+                                                  "score_seconds": round(at_few_finalist.seconds, 3)}}
                 rows.append({
                     "learning_rate": meta["learning_rate"], "rank": meta["rank"], "epoch": epoch_row["epoch"],
                     "composite": at_search.composite, "axes": at_search.normalised,
                     "validation_loss": epoch_row["validation_loss"], "train_loss": epoch_row["train_loss"],
                     "oracle": _judge(search, target).as_dict(),
                     "finalist": {"composite": at_finalist.composite, "axes": at_finalist.normalised,
-                                 "images": len(search) + len(fresh)},
+                                 "images": len(search) + len(fresh),
+                                 "score_seconds": round(at_finalist.seconds, 3)},
                     "oracle_all": _judge(search + fresh, target).as_dict(),
+                    "images": len(search), "score_seconds": round(at_search.seconds, 3),
+                    "seconds": epoch_row.get("seconds"), "device": epoch_row.get("device"), "seeds": seeds,
                 })
             print(f"{point.name}: scored ({time.perf_counter() - started:.0f} s)", flush=True)
     table.parent.mkdir(parents=True, exist_ok=True)
@@ -184,6 +203,16 @@ class Table:
         self.epochs = int(data["epochs"])
         self.rows = {(r["learning_rate"], r["rank"], r["epoch"]): r for r in data["rows"]}
         self.checks = data.get("scorer_checks")
+        self.seeds = int(data.get("seeds") or 4)  # search-time seeds per prompt
+
+    def scored_on(self, row: dict[str, Any], seeds: int | None) -> dict[str, Any]:
+        """The row's search-time scores on its first ``seeds`` seeds per prompt (``search.gating.seeds``; None:
+        all), with its ``finalist`` scores on those and the fresh samples together."""
+        if seeds is None or seeds >= self.seeds:
+            return row
+        if str(seeds) not in (row.get("seeds") or {}):
+            raise KeyError(f"the table has no scores on {seeds} seeds per prompt (`score --subset {seeds}`)")
+        return row["seeds"][str(seeds)]
 
     def snap(self, lr: float) -> float:
         return min(self.lrs, key=lambda v: abs(math.log(v / lr)))
@@ -201,11 +230,46 @@ class Table:
         return max(float(self.verdict(r)["score"]) for r in self.rows.values())
 
 
+class Costs:
+    """The replay's cost model (``world_cost.py costs`` fits it): seconds of setup (once per trial), training and
+    validation per epoch (by rank), sampling and scoring (a fixed part per call plus a part per image)."""
+
+    def __init__(self, data: dict[str, Any] | None) -> None:
+        self.data = data or {}
+
+    @classmethod
+    def load(cls) -> Costs:
+        path = Path(os.environ.get("LORATUNE_WORLD_COSTS", COSTS))
+        return cls(json.loads(path.read_text()) if path.is_file() else None)
+
+    def _line(self, kind: str, images: int) -> float:
+        line = self.data.get(kind) or {}
+        return float(line.get("fixed", 0.0)) + float(line.get("per_image", 0.0)) * images
+
+    def epoch(self, rank: int, first: bool, images: int | None) -> dict[str, float]:
+        """One epoch's seconds; ``images`` None: not sampled (the gate skipped it)."""
+        if not self.data:
+            return {}
+        out = {"train": float(self.data["train"][str(rank)]), "validation": float(self.data["validation"])}
+        if first:
+            out["setup"] = float(self.data["setup"])
+        if images is not None:
+            out["sample"], out["score"] = self._line("sample", images), self._line("score", images)
+        return out
+
+    def finalist(self, fresh: int, earlier: int) -> float:
+        """A finalist's seconds: its fresh samples drawn, then scored with the epoch's search-time ones."""
+        return self._line("sample", fresh) + self._line("score", fresh + earlier) if self.data else 0.0
+
+
 class TableTrials:
-    """A trial backend replaying the measured table (``--backend world_search:make``), finalists included."""
+    """A trial backend replaying the measured table (``--backend world_search:make``), finalists included; the
+    trial's gate (``search.gating``) is asked before each epoch is "sampled", and each epoch's seconds come from the
+    cost model (``Costs``)."""
 
     def __init__(self) -> None:
         self.table = Table(Path(os.environ.get("LORATUNE_WORLD_TABLE", TABLE)))
+        self.costs = Costs.load()
 
     def train(self, config: Any, out_dir: Path, on_epoch: Callable[[Any], None]) -> None:
         import torch
@@ -215,14 +279,23 @@ class TableTrials:
         from loratune.train import StopTraining
 
         lr, rank = self.table.snap(config.train.learning_rate), int(config.train.rank)
+        wants = getattr(on_epoch, "wants_samples", None)
+        images = len(config.sampling.prompts) * len(config.sampling.seeds)
         for epoch in range(1, config.train.epochs + 1):
             row = self.table.rows[lr, rank, epoch]
             lora = out_dir / "checkpoints" / f"epoch-{epoch:04d}.safetensors"
             lora.parent.mkdir(parents=True, exist_ok=True)
             save_file({"m.lora_down.weight": torch.zeros(1, 4)}, str(lora))
+            last, loss = epoch == config.train.epochs, row.get("validation_loss")
+            if wants is not None and not wants(epoch, loss, last):
+                score = EpochScore(epoch, None, lora=lora, validation_loss=loss,
+                                   seconds=self.costs.epoch(rank, epoch == 1, None), device="replay")
+            else:
+                scored = self.table.scored_on(row, config.search.gating.seeds)
+                score = EpochScore(epoch, scored["composite"], scored["axes"], lora, validation_loss=loss,
+                                   seconds=self.costs.epoch(rank, epoch == 1, images), device="replay")
             try:
-                on_epoch(EpochScore(epoch, row["composite"], row["axes"], lora,
-                                    validation_loss=row.get("validation_loss")))
+                on_epoch(score)
             except StopTraining:
                 return
 
@@ -232,7 +305,8 @@ class TableTrials:
         train = json.loads((lora.parents[1] / "params.json").read_text())["train"]
         epoch = int(lora.stem.split("-")[-1])
         row = self.table.rows[self.table.snap(train["learning_rate"]), int(train["rank"]), epoch]
-        finalist = row.get("finalist") or {"composite": row["composite"], "axes": row["axes"]}
+        scored = self.table.scored_on(row, config.search.gating.seeds)
+        finalist = scored.get("finalist") or {"composite": scored["composite"], "axes": scored["axes"]}
         return EpochScore(0, finalist["composite"], finalist["axes"], lora)
 
     def score_lora(self, config: Any, lora: Path, out_dir: Path) -> Any:
@@ -247,16 +321,18 @@ COLLAPSED = 0.25  # RUN/best draws the target in fewer than 1 sample in 4 (the o
 
 
 def one_study(root: Path, table: Table, sampler: str, pruner: str, seed: int, trials: int,
-              overrides: list[str]) -> dict[str, float]:
-    """Regret on the oracle, whether RUN/best collapsed, and what the study cost (epochs trained and scored,
-    finalist epochs re-scored) for one real study over the world's learning-rate x rank space."""
+              overrides: list[str], name: str | None = None, keep: bool = False) -> dict[str, Any]:
+    """Regret on the oracle, whether RUN/best collapsed, and what the study cost (epochs trained and scored, finalist
+    epochs re-scored, seconds by kind from the trials' ``scores.json`` and the finalists' from the cost model) for one
+    real study over the world's learning-rate x rank space; ``anytime``: the regret and cost had it stopped after each
+    trial (``prefix_picks``). ``keep`` leaves the run folder (``root/name``) for a warm start."""
     import optuna
 
     from loratune.config import load_config
     from loratune.runfolder import STUDY_NAME, RunFolder
     from loratune.search.runner import run_optimize
 
-    run = RunFolder(root / f"{sampler}-{pruner}-{seed}")
+    run = RunFolder(root / (name or f"{sampler}-{pruner}-{seed}"))
     world_config = Path(os.environ["LORATUNE_WORLD_CONFIG"])
     space = (f"search.space={{learning_rate: {{type: float, low: {min(table.lrs)}, high: {max(table.lrs)}, "
              f"log: true}}, rank: {{type: categorical, choices: {list(RANKS)}}}}}")
@@ -264,18 +340,54 @@ def one_study(root: Path, table: Table, sampler: str, pruner: str, seed: int, tr
                                         f"search.n_trials={trials}", "search.phases.ensemble_top_k=0",
                                         "search.phases.refine_trials=0", "search.heartbeat_interval=60",
                                         f"train.epochs={table.epochs}", "train.learning_rate=1e-4", space,
-                                        *overrides])
+                                        f"sampling.seeds={list(range(table.seeds))}", *overrides])
     run_optimize(config, run.root, backend="world_search:make", say=lambda m: None)
     best = json.loads((run.best / "best.json").read_text())
     params = json.loads((run.trial(best["trial"]) / "params.json").read_text())["train"]
     lr, rank, epoch = params["learning_rate"], int(params["rank"]), int(best["best_epoch"])
-    study = optuna.load_study(study_name=STUDY_NAME, storage=run.storage_url(None))
-    epochs = sum(len(t.intermediate_values) for t in study.get_trials(deepcopy=False))
+    done = sorted(optuna.load_study(study_name=STUDY_NAME, storage=run.storage_url(None)).get_trials(deepcopy=False),
+                  key=lambda t: t.number)
     finalists = json.loads(run.finalists_file.read_text())["finalists"] if run.finalists_file.is_file() else []
-    shutil.rmtree(run.root)
+    anytime = prefix_picks(run, config, table, done)
+    scores = [json.loads((run.root / t.user_attrs["trial_dir"] / "scores.json").read_text())
+              for t in done if t.user_attrs.get("trial_dir")]
+    from anytime import PAID
+
+    seconds = {k: sum(float(sc["seconds"].get(k) or 0.0) for sc in scores) for k in PAID}
+    seconds["finalists"] = anytime[-1]["finalist_seconds"]
+    if not keep:
+        shutil.rmtree(run.root)
     return {"regret": table.optimum() - table.truth(lr, rank, epoch),
-            "collapsed": float(table.identity(lr, rank, epoch) < COLLAPSED), "epochs": epochs,
-            "finalists": len(finalists)}
+            "collapsed": float(table.identity(lr, rank, epoch) < COLLAPSED),
+            "epochs": sum(len(sc["epochs"]) for sc in scores),
+            "scored": sum(1 for sc in scores for e in sc["epochs"] if not e.get("skipped")),
+            "finalists": len(finalists), "seconds": seconds, "cost": sum(seconds.values()),
+            "anytime": anytime, "prefix_agrees": anytime[-1]["regret"] == table.optimum() - table.truth(lr, rank, epoch),
+            "first_trials": [dict(t.params) for t in done[:3]]}
+
+
+def prefix_picks(run: Any, config: Any, table: Table, trials: list[Any]) -> list[dict[str, Any]]:
+    """``anytime.prefix_picks`` on the replayed world: finalists' scores and the truth from the table, a finalist's
+    seconds from the cost model (its fresh samples drawn, then scored with the epoch's search-time ones)."""
+    from anytime import prefix_picks as picks
+
+    search = config.search
+    fresh = search.finalist_samples * len(config.sampling.seeds) * len(config.sampling.prompts)
+    earlier = len(config.sampling.prompts) * (search.gating.seeds or len(config.sampling.seeds))
+
+    def row(trial: Any, epoch: int) -> dict[str, Any]:
+        train = json.loads((run.root / trial.user_attrs["trial_dir"] / "params.json").read_text())["train"]
+        return table.rows[table.snap(train["learning_rate"]), int(train["rank"]), epoch]
+
+    def finalist(trial: Any, epoch: int) -> tuple[float | None, dict[str, Any]]:
+        f = table.scored_on(row(trial, epoch), search.gating.seeds).get("finalist") or {}
+        return f.get("composite"), dict(f.get("axes") or {})
+
+    def truth(trial: Any, epoch: int) -> float:
+        r = row(trial, epoch)
+        return table.truth(r["learning_rate"], r["rank"], epoch)
+
+    return picks(run.root, search, trials, finalist, truth, Costs.load().finalist(fresh, earlier), table.optimum())
 
 
 def compare(table_path: Path, seeds: int, trials: int, samplers: list[str], pruners: list[str],
@@ -409,11 +521,13 @@ def main() -> None:
     parser.add_argument("--json", action="store_true", help="also print every study's regret as JSON")
     parser.add_argument("--set", dest="overrides", action="append", default=[],
                         help="`score`: a config override (e.g. evaluation.identity.rate=false)")
+    parser.add_argument("--subset", dest="subsets", action="append", type=int, default=[],
+                        help="`score`: also score each epoch on its first K search-time seeds (default 2)")
     args = parser.parse_args()
     if args.what == "measure":
         measure(args.store, args.epochs, args.sample_seeds, args.target)
     elif args.what == "score":
-        score(args.store, args.table, args.target, args.overrides)
+        score(args.store, args.table, args.target, args.overrides, tuple(args.subsets or [2]))
     elif args.what == "agreement":
         print(json.dumps(agreement(Table(args.table)), indent=1, default=float))
     else:

@@ -52,6 +52,13 @@ def test_optimize_three_phases_on_the_tiny_model(tiny_models, small_dataset, tmp
             continue
         # Every epoch was sampled and scored; the value is the best epoch's composite.
         assert [e["epoch"] for e in scores["epochs"]] == sorted(t.intermediate_values)
+        # Its seconds: each epoch's training, validation, sampling and scoring, on this CPU, and with the setup and
+        # the search's own work they account for the trial's wall time.
+        seconds = scores["seconds"]
+        assert all(e["seconds"][k] > 0 for e in scores["epochs"] for k in ("train", "validation", "sample", "score"))
+        assert seconds["devices"] == ["cpu"] and "setup" in scores["epochs"][0]["seconds"]
+        spent = sum(seconds[k] for k in ("setup", "train", "validation", "sample", "score", "search"))
+        assert abs(seconds["wall"] - spent) < 0.05 * seconds["wall"] + 0.1, seconds
         for e in scores["epochs"]:
             assert (folder / "samples" / f"epoch-{e['epoch']:04d}").is_dir()
             assert (folder / "scores" / f"epoch-{e['epoch']:04d}" / "scores.json").is_file()

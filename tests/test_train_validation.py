@@ -78,3 +78,25 @@ def test_each_epoch_has_a_validation_loss_on_the_held_out_images_in_tensorboard(
 def test_validation_can_be_off(tiny_models, small_dataset_factory, tmp_path) -> None:
     config = make_config(tiny_models, small_dataset_factory(1), "train.validation_images=0")
     assert train(config, tmp_path).last.validation_loss is None
+
+
+def test_the_gate_hears_each_validation_loss_before_sampling_and_the_last_epoch_is_always_sampled(
+        tiny_models, small_dataset_factory, tmp_path) -> None:
+    config = make_config(tiny_models, small_dataset_factory(2), "train.epochs=3", "train.learning_rate=2e-2",
+                         "train.sample_checkpoints=true")
+    heard: list[tuple[int, float | None, bool]] = []
+
+    def never(epoch: int, validation_loss: float | None, last: bool) -> bool:
+        heard.append((epoch, validation_loss, last))
+        return False
+
+    result = train(config, tmp_path, sample_when=never)
+    assert heard == [(c.epoch, c.validation_loss, False) for c in result.checkpoints[:2]]  # the last is not asked
+    assert [bool(c.samples) for c in result.checkpoints] == [False, False, True]
+    assert sorted(p.name for p in (tmp_path / "samples").iterdir() if p.name != "base") == ["epoch-0003"]
+    # Each checkpoint's seconds: the setup once, training and validation every epoch, sampling where it was drawn.
+    seconds = [c.seconds for c in result.checkpoints]
+    assert "setup" in seconds[0] and not any("setup" in s for s in seconds[1:])
+    assert all(s["train"] > 0 and s["validation"] > 0 for s in seconds)
+    assert [("sample" in s) for s in seconds] == [False, False, True] and seconds[2]["sample"] > 0
+    assert {c.device for c in result.checkpoints} == {"cpu"}

@@ -38,6 +38,10 @@ class CheckpointInfo:
     folder: Path | None = None
     validation_loss: float | None = None  # ``loratune.train.validation``: same images, timesteps and noise each epoch
     train_loss: float | None = None  # the mean training loss of the epoch's steps
+    # Seconds of this checkpoint's setup (the first only: loading, base samples), training (steps and the checkpoint's
+    # files), validation and sampling (``loratune.timing``), and the device they ran on.
+    seconds: dict[str, float] = field(default_factory=dict)
+    device: str | None = None
 
 
 @dataclass
@@ -57,6 +61,10 @@ class EpochScore:
     cmmd: float | None = None  # CMMD of the samples to the held-out images
     validation_loss: float | None = None  # the checkpoint's deterministic validation loss (``CheckpointInfo``)
     diverged: str | None = None  # why its validation loss says it is leaving the data (``learning.diagnosis``)
+    # The checkpoint's seconds (``CheckpointInfo.seconds``) plus ``score``; the device they ran on.
+    seconds: dict[str, float] = field(default_factory=dict)
+    device: str | None = None
+    skipped: str | None = None  # why the epoch was not sampled and scored (``loratune.search.gating``): no candidate
 
     @property
     def feasible(self) -> bool:

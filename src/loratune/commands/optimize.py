@@ -21,6 +21,9 @@ def command(
     storage: Annotated[Optional[str], typer.Option(help="postgresql:// or mysql:// URL shared by many machines")] = None,
     set_: Annotated[Optional[list[str]], typer.Option(
         "--set", metavar="KEY=VALUE", help="override a config key, e.g. search.n_trials=30 (with --resume: search settings only)")] = None,
+    warm_start: Annotated[Optional[list[Path]], typer.Option(
+        "--warm-start", metavar="RUN", help="an earlier run (same model family) whose trials seed this study; "
+        "repeat for several (search.warm_start)")] = None,
 ) -> None:
     """Search LoRA hyperparameters: every epoch is scored, weak trials are pruned, the best LoRA lands in RUN/best/."""
     from loratune.config import load_config
@@ -31,6 +34,10 @@ def command(
     overrides = list(set_ or [])
     if storage:
         overrides.append(f"search.storage={storage}")
+    if warm_start:
+        if resume:
+            raise LoratuneError("--warm-start: only when a run starts (a resumed study keeps the warm start it had)")
+        overrides.append("search.warm_start=" + json.dumps([str(p) for p in warm_start]))
     if resume:
         if run is None:
             raise LoratuneError("--resume: needs --run RUN_DIR")

@@ -11,6 +11,7 @@ from typing import Any
 from loratune.report import learning_section
 from loratune.report.audit_section import audit_section
 from loratune.report.calibration_section import calibrated_best, calibration_section
+from loratune.report.cost_section import cost_section
 from loratune.report.figures import Figure, objective_names
 from loratune.report.format import fmt
 from loratune.report.oracle_section import oracle_section
@@ -341,14 +342,15 @@ def render_page(run: RunData, figures: list[Figure], plotly_js: str, thumb: int 
     oracle = oracle_section(run, held(run.run_dir))
     when = _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     title = f"loratune report — {Path(run.run_dir).resolve().name}"
-    pick = pick_section(run)
+    pick, cost = pick_section(run), cost_section(run)
     nav = "".join(f'<a href="#{i}">{n}</a>' for i, n in [("summary", "Summary"), *([("pick", "Pick")] if pick else []),
+                                                         *([("cost", "Cost")] if cost else []),
                                                          ("plots", "Search"),
                                                          ("trials", "Trials"),
                                                          *([("oracle", "Known truth")] if oracle else []),
                                                          ("samples", "Samples"),
                                                          ("audit", "Dataset audit"), ("models", "Models")])
-    body = "".join([_banner(run), _summary(run, ranked), pick, calibration_section(run), _figures(figures),
+    body = "".join([_banner(run), _summary(run, ranked), pick, cost, calibration_section(run), _figures(figures),
                     _table(run, ranked), oracle,
                     samples_section(ranked, thumb, all_epochs_for, max_images, page_dir or run.run_dir, run.base_samples),
                     audit_section(run), _models(run)])

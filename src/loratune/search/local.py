@@ -43,6 +43,7 @@ from loratune.search.space import apply_params, baseline_params, suggest
 from loratune.search.storage import open_storage
 from loratune.search.trial import BEST_ATTRS, TrialFailed, TrialOutcome, epoch_diagnoses, run_ensemble, run_trial
 from loratune.search.trials import TrialBackend
+from loratune.search.warm import warm_trials
 
 MAX_CONSECUTIVE_FAILURES = 3
 # A retry copies its dead trial's user attrs: these must not survive into the new attempt.
@@ -75,6 +76,7 @@ class Worker:
         self.host = socket.gethostname()
         self.node = node  # a Ray node's id, for actors
         self.consecutive_failures = 0
+        self.warm = warm_trials(self.study, self.search.space)
 
     # -- the loop -------------------------------------------------------------------------------------------------
     def run(self) -> None:
@@ -132,7 +134,7 @@ class Worker:
 
     def _sampler(self, phase: str, number: int, trials: Sequence[FrozenTrial]) -> optuna.samplers.BaseSampler:
         fixed = refine_space(trials, self.search, number)[1] if phase == "refine" else None
-        return make_sampler(self.search, phase, number, self.plan.startup_trials, fixed)
+        return make_sampler(self.search, phase, number, self.plan.startup_trials, fixed, self.warm)
 
     # -- one trial ------------------------------------------------------------------------------------------------
     def objective(self, trial: optuna.Trial) -> float | list[float]:
@@ -175,7 +177,8 @@ class Worker:
         if phase == "refine":
             space, fixed = refine_space(trials, self.search, trial.number)
             if not trial.params:  # an enqueued/retried trial keeps its own params and sampler state
-                self.study.sampler = make_sampler(self.search, phase, trial.number, self.plan.startup_trials, fixed)
+                self.study.sampler = make_sampler(self.search, phase, trial.number, self.plan.startup_trials, fixed,
+                                                  self.warm)
         params = suggest(trial, space)
         return self._train(trial, phase, params)
 
@@ -228,6 +231,10 @@ class Worker:
             self.say(f"{label} failed: {outcome.failure}")
             raise TrialFailed(outcome.failure)
         best = outcome.best
+        if best is None and outcome.pruned:  # stopped on the cheap signal before any epoch was scored: no candidate
+            self.say(f"{label} pruned after epoch {outcome.epochs[-1].epoch} before any epoch was scored "
+                     f"({outcome.epochs[-1].skipped or outcome.epochs[-1].diverged})")
+            raise optuna.TrialPruned()
         assert best is not None  # run_trial turns "nothing scored" into a failure
         if best.constraint is not None:  # TPE and GP learn to avoid the region that copies
             trial.set_constraint("copy_rate", best.constraint)
@@ -261,7 +268,8 @@ class Worker:
             trial.set_user_attr(key, scores.get(key))
         epochs = [EpochScore(int(e["epoch"]), e.get("composite"), e.get("axes") or {}, copy_rate=e.get("copy_rate"),
                              constraint=e.get("constraint"), cmmd=e.get("cmmd"), validation_loss=e.get("validation_loss"),
-                             diverged=e.get("diverged")) for e in scores.get("epochs", [])]
+                             diverged=e.get("diverged"), seconds=e.get("seconds") or {}, device=e.get("device"),
+                             skipped=e.get("skipped")) for e in scores.get("epochs", [])]
         if not self.search.directions:
             for e in epochs:
                 if e.composite is not None:

@@ -90,7 +90,7 @@ def run_ray(config: Config | None, run_dir: str | Path, resume: bool = False, ba
     say = say or (lambda msg: print(msg, file=sys.stderr, flush=True))
     quiet_optuna()
     trial_backend = load_backend(backend)
-    config = prepare_run(run_dir, config, resume, overrides, trial_backend)
+    config = prepare_run(run_dir, config, resume, overrides, trial_backend, say)
     ray_cfg = config.search.ray
     started = False
     if not ray.is_initialized():

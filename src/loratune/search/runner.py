@@ -29,15 +29,16 @@ from loratune.config import Config, apply_override, dump_config, load_config, va
 from loratune.errors import LoratuneError
 from loratune.runfolder import CONFIG_FILE, STUDY_NAME, RunFolder
 from loratune.search.claims import held
+from loratune.search.finalists import score_finalists
 from loratune.search.local import Worker
 from loratune.search.recovery import lost_trials, recover, set_aside_partial_dirs
-from loratune.search.finalists import score_finalists
 from loratune.search.selection import Ranking, pick, read_ranking
-from loratune.search.trial import epoch_lora, epoch_samples
 from loratune.search.space import check_space
 from loratune.search.storage import open_storage, study_exists
 from loratune.search.study import create_or_join, record_config
+from loratune.search.trial import epoch_lora, epoch_samples
 from loratune.search.trials import TrialBackend, check_backend, load_backend
+from loratune.search.warm import read_sources
 
 # Keys that ``--resume --set`` may change: how the study goes on, not what a finished trial's numbers mean.
 RESUMABLE_KEYS = ("search.n_trials", "search.workers", "search.heartbeat_interval", "search.grace_period",
@@ -56,9 +57,9 @@ def quiet_optuna() -> None:
 
 
 def prepare_run(run_dir: Path, config: Config | None, resume: bool, overrides: Sequence[str] = (),
-                backend: TrialBackend | None = None) -> Config:
+                backend: TrialBackend | None = None, say: Callable[[str], None] | None = None) -> Config:
     """Create (or reopen for ``resume``) the run directory and its study; returns the run's config. ``backend``'s
-    pre-flight check runs before the study is touched."""
+    pre-flight check runs before the study is touched; ``say`` hears what a warm start took in."""
     run = RunFolder(run_dir)
     if run_dir.exists() and not run_dir.is_dir():
         raise LoratuneError(f"{run_dir}: not a directory (--run names the run directory)")
@@ -79,9 +80,10 @@ def prepare_run(run_dir: Path, config: Config | None, resume: bool, overrides: S
         return config
     if config is None:
         raise LoratuneError("optimize: a CONFIG is needed to start a new run")
+    sources = read_sources(config) if config.search.warm_start else []  # a bad source is one line, before any model
     _check_before_trials(config, backend)
     run_dir.mkdir(parents=True, exist_ok=True)
-    create_or_join(run, config)
+    create_or_join(run, config, say, sources)
     return config
 
 
@@ -230,7 +232,7 @@ def run_optimize(
     say = say or (lambda msg: print(msg, file=sys.stderr, flush=True))
     quiet_optuna()
     trial_backend = load_backend(backend)
-    config = prepare_run(run_dir, config, resume, overrides, trial_backend)
+    config = prepare_run(run_dir, config, resume, overrides, trial_backend, say)
     prepare = getattr(trial_backend, "prepare", None)
     if prepare is not None:  # what the identity scorer learned, said before the first trial
         for line in prepare(config, run_dir):
@@ -279,4 +281,33 @@ def finish_run(run_dir: Path, config: Config, say: Callable[[str], None],
         say(f"{len(copying)} trial(s) copy their training images at every epoch (copy rate over "
             f"evaluation.learning.max_copy_rate {config.evaluation.learning.max_copy_rate}): never RUN/best")
     score_finalists(RunFolder(run_dir), config, backend, trials, say)
+    spent = time_spent(RunFolder(run_dir), trials)
+    if spent:
+        say(f"time: {spent}")
     return copy_best(run_dir, config, say)
+
+
+def time_spent(run: RunFolder, trials: Sequence[FrozenTrial]) -> str | None:
+    """Where the study's seconds went (``timing.summary``), finalists included, and what the epoch gate skipped;
+    None for a run whose trials recorded no seconds."""
+    import json
+
+    from loratune.timing import by_phase, summary
+
+    timed = []
+    for t in trials:
+        scores = run.root / str(t.user_attrs.get("trial_dir") or "-") / "scores.json"
+        if scores.is_file():
+            seconds = json.loads(scores.read_text(encoding="utf-8")).get("seconds")
+            if isinstance(seconds, dict):
+                timed.append((str(t.user_attrs.get("phase")), seconds))
+    if not timed:
+        return None
+    finalists = 0.0
+    if run.finalists_file.is_file():
+        rows = json.loads(run.finalists_file.read_text(encoding="utf-8")).get("finalists") or []
+        finalists = sum(float(r.get("seconds") or 0.0) for r in rows if isinstance(r, dict))
+    rows = by_phase(timed, finalists)
+    skipped = int(sum(r["epochs"] - r["scored"] for r in rows.values()))
+    epochs = int(sum(r["epochs"] for r in rows.values()))
+    return summary(rows) + (f"; {skipped} of {epochs} epochs not sampled (search.gating)" if skipped else "")

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from typing import Any
 
 import optuna
+from optuna.trial import FrozenTrial
 
 from loratune.config import Config
 from loratune.search.config import ParamSpec, SearchSection
@@ -26,7 +28,8 @@ def make_pruner(search: SearchSection, epochs: int) -> optuna.pruners.BasePruner
         return optuna.pruners.HyperbandPruner(min_resource=1, max_resource=max(epochs, 1), reduction_factor=3)
     if search.pruner == "median":
         return optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=1)
-    return optuna.pruners.PatientPruner(None, patience=search.patience)
+    # search.patience counts epochs; Optuna's PatientPruner counts reported (scored) epochs: every k-th with a gate.
+    return optuna.pruners.PatientPruner(None, patience=math.ceil(search.patience / search.gating.every))
 
 
 def _grid(space: dict[str, ParamSpec]) -> dict[str, list[Any]]:
@@ -41,12 +44,27 @@ def _grid(space: dict[str, ParamSpec]) -> dict[str, list[Any]]:
     return grid
 
 
+def trial_seed(seed: int, number: int) -> int:
+    """The sampler seed of trial ``number`` in a study seeded ``seed``: a hash of both (NumPy's ``SeedSequence``).
+    ``seed + number`` would give study ``s``'s trial ``n`` the draws of study ``s + 1``'s trial ``n - 1``, so
+    studies with neighbouring seeds would search nearly the same points.
+
+    >>> trial_seed(0, 1) == trial_seed(1, 0)
+    False
+    """
+    import numpy as np
+
+    return int(np.random.SeedSequence([seed % 2**64, number]).generate_state(1)[0])
+
+
 def make_sampler(search: SearchSection, phase: str, number: int, n_startup: int,
-                 fixed: dict[str, Any] | None = None) -> optuna.samplers.BaseSampler:
+                 fixed: dict[str, Any] | None = None,
+                 warm: Sequence[FrozenTrial] = ()) -> optuna.samplers.BaseSampler:
     """The sampler for trial ``number``, seeded by it so resumed runs and parallel workers draw fresh suggestions;
     ``fixed`` pins the refine phase's categorical choices. Model-based samplers see pruned trials at their best
-    epoch (``ScoredTrialsSampler``): GP would otherwise never leave its start-up phase under pruning."""
-    seed = search.seed + number
+    epoch (``ScoredTrialsSampler``): GP would otherwise never leave its start-up phase under pruning; and the
+    warm-start trials (``warm.warm_trials``), which also count towards their start-up trials."""
+    seed = trial_seed(search.seed, number)
     base: optuna.samplers.BaseSampler
     if search.sampler == "grid" and phase == "search":
         return optuna.samplers.GridSampler(_grid(search.space), seed=search.seed)
@@ -54,14 +72,14 @@ def make_sampler(search: SearchSection, phase: str, number: int, n_startup: int,
         base = optuna.samplers.NSGAIISampler(seed=seed) if search.sampler != "random" else \
             optuna.samplers.RandomSampler(seed=seed)
     elif search.sampler == "gp":
-        base = ScoredTrialsSampler(optuna.samplers.GPSampler(seed=seed, n_startup_trials=n_startup))
+        base = ScoredTrialsSampler(optuna.samplers.GPSampler(seed=seed, n_startup_trials=n_startup), warm)
     elif search.sampler == "random":
         base = optuna.samplers.RandomSampler(seed=seed)
     else:
         # multivariate + group: the space is conditional (lr for adamw/lion, d_coef for prodigy) and its dimensions
         # interact (the best lr depends on rank and alpha).
         base = ScoredTrialsSampler(optuna.samplers.TPESampler(seed=seed, n_startup_trials=n_startup,
-                                                               multivariate=True, group=True))
+                                                               multivariate=True, group=True), warm)
     if phase == "refine" and fixed:
         return optuna.samplers.PartialFixedSampler(fixed, base)
     return base

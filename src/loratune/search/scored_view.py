@@ -6,6 +6,10 @@ In loratune a trial's value is its best epoch, and a pruned trial has one: it is
 one, so a region whose runs peak early and are stopped looks bad however high they peaked. ``ScoredTrialsSampler``
 wraps any sampler and hands it a view of the study in which a pruned trial with a scored epoch reads as COMPLETE with
 that epoch's composite. The study itself, the pruner, the report and the savings still see PRUNED.
+
+With a warm start (``loratune.search.warm``) the view also holds the earlier runs' trials, numbered below 0 and valued
+at their quantile within their own run; this run's scored trials are then shown at their quantile among themselves,
+so both are on one scale (ranks within a run) whatever character or scorers each run had.
 """
 
 from __future__ import annotations
@@ -31,11 +35,29 @@ def as_scored(trial: FrozenTrial) -> FrozenTrial:
     return seen
 
 
-class _StudyView:
-    """The study with pruned trials read through ``as_scored``; everything else is the study's own."""
+def on_run_scale(trials: list[FrozenTrial]) -> list[FrozenTrial]:
+    """This run's completed trials valued at their quantile among themselves (``warm.quantiles``), the scale of
+    warm-start trials."""
+    from loratune.search.warm import quantiles
 
-    def __init__(self, study: optuna.Study) -> None:
+    done = [t for t in trials if t.state == TrialState.COMPLETE and t.values is not None]
+    ranks = dict(zip((t.number for t in done), quantiles([float(t.values[0]) for t in done])))
+    out = []
+    for t in trials:
+        if t.number in ranks:
+            t = copy.copy(t)
+            t.values = [ranks[t.number]]
+        out.append(t)
+    return out
+
+
+class _StudyView:
+    """The study with pruned trials read through ``as_scored`` and the warm-start trials added; everything else
+    is the study's own."""
+
+    def __init__(self, study: optuna.Study, warm: Sequence[FrozenTrial] = ()) -> None:
         self._study = study
+        self._warm = list(warm)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._study, name)
@@ -43,6 +65,8 @@ class _StudyView:
     def _get_trials(self, deepcopy: bool = True, states: Container[TrialState] | None = None,
                     use_cache: bool = False) -> list[FrozenTrial]:
         trials = [as_scored(t) for t in self._study._get_trials(deepcopy=deepcopy, states=None, use_cache=use_cache)]
+        if self._warm:
+            trials = self._warm + on_run_scale(trials)
         return [t for t in trials if states is None or t.state in states]
 
     def get_trials(self, deepcopy: bool = True, states: Container[TrialState] | None = None) -> list[FrozenTrial]:
@@ -54,22 +78,26 @@ class _StudyView:
 
 
 class ScoredTrialsSampler(BaseSampler):
-    """``base`` sampling over a view where pruned trials count with their best epoch (single objective only)."""
+    """``base`` sampling over a view where pruned trials count with their best epoch (single objective only), and
+    ``warm`` (``warm.warm_trials``) count as earlier trials."""
 
-    def __init__(self, base: BaseSampler) -> None:
+    def __init__(self, base: BaseSampler, warm: Sequence[FrozenTrial] = ()) -> None:
         self.base = base
+        self.warm = list(warm)
+
+    def _view(self, study: optuna.Study) -> optuna.Study:
+        return _StudyView(study, self.warm)  # type: ignore[return-value]
 
     def infer_relative_search_space(self, study: optuna.Study, trial: FrozenTrial) -> dict[str, BaseDistribution]:
-        return self.base.infer_relative_search_space(_StudyView(study), trial)  # type: ignore[arg-type]
+        return self.base.infer_relative_search_space(self._view(study), trial)
 
     def sample_relative(self, study: optuna.Study, trial: FrozenTrial,
                         search_space: dict[str, BaseDistribution]) -> dict[str, Any]:
-        return self.base.sample_relative(_StudyView(study), trial, search_space)  # type: ignore[arg-type]
+        return self.base.sample_relative(self._view(study), trial, search_space)
 
     def sample_independent(self, study: optuna.Study, trial: FrozenTrial, param_name: str,
                            param_distribution: BaseDistribution) -> Any:
-        return self.base.sample_independent(_StudyView(study), trial, param_name,  # type: ignore[arg-type]
-                                            param_distribution)
+        return self.base.sample_independent(self._view(study), trial, param_name, param_distribution)
 
     def before_trial(self, study: optuna.Study, trial: FrozenTrial) -> None:
         self.base.before_trial(study, trial)

@@ -10,6 +10,7 @@ as before (``--resume`` continues a run, ``--workers N`` adds workers).
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import optuna
@@ -28,8 +29,11 @@ def is_server(search_storage: str | None) -> bool:
     return bool(search_storage) and not str(search_storage).startswith("sqlite")
 
 
-def create_or_join(run: RunFolder, config: Config) -> bool:
-    """Create the run's study, or join the one a worker started with the same config; True when it joined."""
+def create_or_join(run: RunFolder, config: Config, say: Callable[[str], None] | None = None,
+                   sources: Sequence[Mapping[str, Any]] = ()) -> bool:
+    """Create the run's study, or join the one a worker started with the same config; True when it joined. A new
+    study takes in its warm-start ``sources`` (``search.warm_start``'s runs, ``warm.read_sources``: their best
+    settings enqueued before the baseline)."""
     server = is_server(config.search.storage)
     if not server and run.config.exists():
         raise LoratuneError(f"{run.root}: already holds a run; pass --resume to continue it (or choose another --run)")
@@ -46,6 +50,10 @@ def create_or_join(run: RunFolder, config: Config) -> bool:
         study = optuna.create_study(storage=storage, study_name=STUDY_NAME, directions=directions(config.search))
         study.set_user_attr("directions", config.search.directions or {"composite": "maximize"})
         record_config(study, config)
+        if sources:
+            from loratune.search.warm import seed_study
+
+            seed_study(study, config, sources, say)
         if config.search.phases.baseline:
             from loratune.search.local import enqueue_baseline
 

@@ -17,7 +17,7 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -166,7 +166,11 @@ class LoraSurface:
 
 class SyntheticTrials:
     """A trial backend on ``LoraSurface`` (``--backend loratune.search.synthetic:make``): no model, a 1 kB LoRA file
-    per epoch so the selection has checkpoints to pick; scores seeded by (``search.seed``, trial number)."""
+    per epoch so the selection has checkpoints to pick; scores seeded by (``search.seed``, trial number). Each epoch
+    costs ``COST`` (in units of one training epoch: sampling and scoring a checkpoint cost about as much as training
+    an epoch on SD1.5); an epoch the trial's gate skips costs its training only."""
+
+    COST: ClassVar[dict[str, float]] = {"train": 1.0, "sample": 0.5, "score": 0.5}
 
     def __init__(self, surface: LoraSurface | None = None) -> None:
         self.surface = surface or LoraSurface()
@@ -182,14 +186,19 @@ class SyntheticTrials:
         number = building_number(out_dir) or 0
         point = Point.of(config.train.model_dump(mode="json"))
         rng = np.random.default_rng([config.search.seed, number])
+        wants = getattr(on_epoch, "wants_samples", None)
         for epoch, value in enumerate(self.surface.observed(rng, point, config.train.epochs), 1):
             lora = out_dir / "checkpoints" / f"epoch-{epoch:04d}.safetensors"
             lora.parent.mkdir(parents=True, exist_ok=True)
             save_file({"m.lora_down.weight": torch.zeros(1, 4), "m.lora_up.weight": torch.zeros(4, 1),
                        "m.alpha": torch.tensor(1.0)}, str(lora))
-            axes = self.surface.axes(point, epoch)
+            last = epoch == config.train.epochs
+            if wants is not None and not wants(epoch, None, last):
+                score = EpochScore(epoch, None, lora=lora, seconds={"train": self.COST["train"]})
+            else:
+                score = EpochScore(epoch, value, self.surface.axes(point, epoch), lora, seconds=dict(self.COST))
             try:
-                on_epoch(EpochScore(epoch, value, axes, lora))
+                on_epoch(score)
             except StopTraining:
                 return
 
@@ -214,4 +223,9 @@ class SyntheticTrials:
 
 
 def make() -> SyntheticTrials:
-    return SyntheticTrials()
+    """The backend on the default surface, or on one with the fields of ``$LORATUNE_SURFACE`` (JSON) changed: a
+    related task, e.g. ``{"lr_opt": 2.5e-4}`` (another character whose best step is larger)."""
+    import os
+
+    changes = json.loads(os.environ.get("LORATUNE_SURFACE") or "{}")
+    return SyntheticTrials(LoraSurface(**changes))

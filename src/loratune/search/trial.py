@@ -4,13 +4,17 @@ trial's files. The local worker and the Ray trainable both call ``run_trial``; o
 
 A trial folder holds ``params.json`` (the searched params and the full effective train config), ``scores.json``
 (rewritten after every epoch, so a pruned or crashed trial keeps its best epoch; its ``state`` says how the trial
-ended once it has), ``log.txt`` and the trainer's ``checkpoints/``, ``samples/`` and ``scores/``.
+ended once it has; each epoch's seconds of training, validation, sampling and scoring and the trial's totals beside
+its wall time), ``log.txt`` and the trainer's ``checkpoints/``, ``samples/`` and ``scores/``. Which epochs are sampled
+and scored is the trial's ``EpochGate``'s call (``search.gating``); an epoch it skips keeps its validation loss and
+says why it was skipped.
 """
 
 from __future__ import annotations
 
 import json
 import subprocess
+import time
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -23,7 +27,9 @@ from loratune.errors import LoratuneError, first_line
 from loratune.learning.config import LearningSection
 from loratune.learning.diagnosis import EpochMeasures, diagnose, diverged
 from loratune.records import EpochScore
+from loratune.search.gating import EpochGate, epoch_config
 from loratune.search.trials import TrialBackend
+from loratune.timing import KINDS
 
 NO_COMPOSITE = "no composite score (every axis missing)"
 # The user attrs that describe a trial's best epoch (from ``scores.json``); a retry starts without them.
@@ -45,6 +51,8 @@ class TrialOutcome:
     pruned: bool = False
     failure: str | None = None
     attrs: dict[str, Any] = field(default_factory=dict)  # the best epoch's user attrs (``record_scores``)
+    wall: float | None = None  # the trial's seconds from start to end
+    search: float = 0.0  # seconds of the search's own work between epochs (records, the study, the pruner)
 
     @property
     def state(self) -> str:
@@ -68,16 +76,35 @@ def best_epoch(epochs: list[EpochScore]) -> EpochScore | None:
 
 
 def epoch_diagnoses(epochs: list[EpochScore], learning: LearningSection) -> list[dict[str, Any]]:
-    """Each epoch's diagnosis (``loratune.learning.diagnosis``) as written to ``scores.json``."""
+    """Each epoch's diagnosis (``loratune.learning.diagnosis``) as written to ``scores.json``; an epoch the gate did
+    not score is ``unscored`` unless its validation loss alone says it diverged."""
     rows = [EpochMeasures(e.epoch, e.normalised, e.copy_rate, e.validation_loss) for e in epochs]
-    return [d.to_json() for d in diagnose(rows, learning.identity_low, learning.overfit_drop, learning.max_copy_rate,
-                                          learning.validation_rise)]
+    found = diagnose(rows, learning.identity_low, learning.overfit_drop, learning.max_copy_rate,
+                     learning.validation_rise)
+    return [{"label": "unscored", "rule": e.skipped} if e.skipped and not e.diverged else d.to_json()
+            for e, d in zip(epochs, found)]
+
+
+def trial_seconds(epochs: list[EpochScore], wall: float | None = None, search: float = 0.0) -> dict[str, Any]:
+    """The trial's seconds per kind (``loratune.timing.KINDS``) summed over its epochs, ``search``: the search's own
+    work between epochs (files, the study, the pruner), the device(s) they ran on, the epochs sampled and skipped, and
+    ``wall``: what the trial took from start to end."""
+    totals = {kind: round(sum(e.seconds.get(kind, 0.0) for e in epochs), 3) for kind in KINDS if kind != "search"}
+    out: dict[str, Any] = {**totals, "search": round(search, 3),
+                           "devices": sorted({e.device for e in epochs if e.device}),
+                           "scored_epochs": sum(1 for e in epochs if not e.skipped),
+                           "skipped_epochs": sum(1 for e in epochs if e.skipped)}
+    if wall is not None:
+        out["wall"] = round(wall, 3)
+    return out
 
 
 def record_scores(folder: Path, epochs: list[EpochScore], state: str | None = None,
-                  failure: str | None = None, learning: LearningSection | None = None) -> dict[str, Any]:
+                  failure: str | None = None, learning: LearningSection | None = None,
+                  wall: float | None = None, search: float = 0.0) -> dict[str, Any]:
     """Write the trial's ``scores.json``; returns the best epoch's user attrs (paths relative to ``folder``).
-    ``learning``: the diagnosis thresholds (default: ``evaluation.learning``'s defaults)."""
+    ``learning``: the diagnosis thresholds (default: ``evaluation.learning``'s defaults); ``wall``: the trial's
+    seconds from start to end, once it has ended; ``search``: its seconds of search bookkeeping (``trial_seconds``)."""
     best = best_epoch(epochs) or (epochs[-1] if epochs else None)
     diagnoses = epoch_diagnoses(epochs, learning or LearningSection())
 
@@ -98,10 +125,11 @@ def record_scores(folder: Path, epochs: list[EpochScore], state: str | None = No
         "diagnosis": diagnoses[epochs.index(best)] if best else None,
     }
     atomic_write_json(folder / "scores.json", {
-        **attrs, "state": state, "fail_reason": failure,
+        **attrs, "state": state, "fail_reason": failure, "seconds": trial_seconds(epochs, wall, search),
         "epochs": [{"epoch": e.epoch, "composite": e.composite, "axes": e.normalised, "copy_rate": e.copy_rate,
                     "constraint": e.constraint, "cmmd": e.cmmd, "validation_loss": e.validation_loss,
-                    "diverged": e.diverged, "diagnosis": d}
+                    "diverged": e.diverged, "diagnosis": d, "skipped": e.skipped, "seconds": e.seconds,
+                    "device": e.device}
                    for e, d in zip(epochs, diagnoses)],
     })
     return attrs
@@ -130,12 +158,30 @@ def epoch_samples(trial_dir: Path, epoch: int, attrs: dict[str, Any]) -> Path | 
     return folder if folder.is_dir() else None
 
 
+class EpochSink:
+    """What a trial hands its backend as ``on_epoch``: called with each epoch's score, and asked before each epoch
+    is sampled whether it should be (``wants_samples``, the trial's ``EpochGate``). A backend that never asks samples
+    and scores every epoch."""
+
+    def __init__(self, gate: EpochGate, receive: Callable[[EpochScore], None]) -> None:
+        self.gate = gate
+        self._receive = receive
+
+    def wants_samples(self, epoch: int, validation_loss: float | None, last: bool) -> bool:
+        return self.gate.wants_samples(epoch, validation_loss, last)
+
+    def __call__(self, score: EpochScore) -> None:
+        self._receive(score)
+
+
 def run_trial(backend: TrialBackend, config: Config, params: dict[str, Any], number: int, phase: str,
               folder: Path, on_epoch: EpochHook) -> TrialOutcome:
-    """Train ``config`` (the params already applied) into ``folder`` with every epoch scored and handed to
-    ``on_epoch``. A failure is returned, not raised (its best epoch so far stays a candidate); Ctrl-C propagates."""
+    """Train ``config`` (the params already applied) into ``folder``; each epoch the gate lets through is sampled
+    and scored, and every epoch is handed to ``on_epoch``. A failure is returned, not raised (its best epoch so far
+    stays a candidate); Ctrl-C propagates."""
     from loratune.train import StopTraining
 
+    started = time.perf_counter()
     folder.mkdir(parents=True, exist_ok=True)
     atomic_write_json(folder / "params.json", {"number": number, "phase": phase, "params": params,
                                                "train": config.train.model_dump(mode="json", warnings=False)})
@@ -143,24 +189,35 @@ def run_trial(backend: TrialBackend, config: Config, params: dict[str, Any], num
     log = [f"trial {number} ({phase}) params {json.dumps(params)}"]
     last_epoch = config.train.epochs
     learning = config.evaluation.learning
+    gate = EpochGate(config.search.gating, last_epoch, learning.validation_rise)
 
     def hook(score: EpochScore) -> None:
+        entered = time.perf_counter()
+        try:
+            record(score)
+        finally:
+            outcome.search += time.perf_counter() - entered
+
+    def record(score: EpochScore) -> None:
         score.diverged = diverged(score.validation_loss, [e.validation_loss for e in outcome.epochs],
                                   learning.validation_rise)
+        if score.result is None and score.composite is None and score.epoch in gate.skipped:
+            score.skipped = gate.skipped[score.epoch]
         outcome.epochs.append(score)
-        outcome.attrs = record_scores(folder, outcome.epochs, learning=learning)
+        outcome.attrs = record_scores(folder, outcome.epochs, learning=learning, search=outcome.search)
         diagnosis = epoch_diagnoses(outcome.epochs, learning)[-1]
         log.append(f"epoch {score.epoch}: composite {score.composite}, copy rate {score.copy_rate}, "
                    f"{diagnosis['label']} ({diagnosis['rule']})")
         atomic_write_text(folder / "log.txt", "\n".join(log) + "\n")
         last = score.epoch >= last_epoch
-        if on_epoch(score, outcome.attrs, last) and not last:
+        stop = gate.stop(score.epoch)
+        if (on_epoch(score, outcome.attrs, last) or stop) and not last:
             outcome.pruned = True
-            log.append(f"pruned after epoch {score.epoch}")
+            log.append(f"pruned after epoch {score.epoch}" + (f" ({stop})" if stop else ""))
             raise StopTraining(f"pruned at epoch {score.epoch}")
 
     try:
-        backend.train(config, folder, hook)
+        backend.train(epoch_config(config), folder, EpochSink(gate, hook))
     except KeyboardInterrupt:
         atomic_write_text(folder / "log.txt", "\n".join([*log, "interrupted"]) + "\n")
         raise
@@ -169,10 +226,13 @@ def run_trial(backend: TrialBackend, config: Config, params: dict[str, Any], num
     except Exception as err:  # noqa: BLE001 - any trial failure is recorded and the study goes on
         outcome.failure = describe_failure(err)
         log.append(f"failed: {outcome.failure}\n{traceback.format_exc()}")
-    if outcome.failure is None and outcome.best is None:
-        outcome.failure = NO_COMPOSITE if outcome.epochs else "no checkpoint was scored"
+    scored = any(not e.skipped for e in outcome.epochs)
+    if outcome.failure is None and outcome.best is None and not (outcome.pruned and not scored):
+        outcome.failure = NO_COMPOSITE if scored else "no checkpoint was scored"
     log.append(outcome.state if not outcome.failure else f"failed: {outcome.failure}")
-    outcome.attrs = record_scores(folder, outcome.epochs, outcome.state, outcome.failure, learning)
+    outcome.wall = time.perf_counter() - started
+    outcome.attrs = record_scores(folder, outcome.epochs, outcome.state, outcome.failure, learning, outcome.wall,
+                                  outcome.search)
     atomic_write_text(folder / "log.txt", "\n".join(log) + "\n")
     return outcome
 
@@ -184,6 +244,7 @@ def run_ensemble(backend: TrialBackend, config: Config, members: list[tuple[int,
     from loratune.lora.merge import merge_files
 
     phases = config.search.phases
+    started = time.perf_counter()
     folder.mkdir(parents=True, exist_ok=True)
     atomic_write_json(folder / "params.json", {
         "phase": "ensemble", "members": [n for n, _ in members], "method": phases.ensemble_method,
@@ -194,7 +255,7 @@ def run_ensemble(backend: TrialBackend, config: Config, members: list[tuple[int,
         lora = merge_files([p for _, p in members], folder / "checkpoints" / "ensemble.safetensors",
                            method=phases.ensemble_method,
                            rank=phases.ensemble_rank if phases.ensemble_method == "svd" else None)
-        outcome.epochs.append(backend.score_lora(config, lora, folder))
+        outcome.epochs.append(backend.score_lora(epoch_config(config), lora, folder))
         log.append(f"composite {outcome.epochs[0].composite}")
     except KeyboardInterrupt:
         raise
@@ -203,7 +264,9 @@ def run_ensemble(backend: TrialBackend, config: Config, members: list[tuple[int,
         log.append(f"failed: {outcome.failure}\n{traceback.format_exc()}")
     if outcome.failure is None and outcome.best is None:
         outcome.failure = NO_COMPOSITE
-    outcome.attrs = record_scores(folder, outcome.epochs, outcome.state, outcome.failure, config.evaluation.learning)
+    outcome.wall = time.perf_counter() - started
+    outcome.attrs = record_scores(folder, outcome.epochs, outcome.state, outcome.failure, config.evaluation.learning,
+                                  outcome.wall)
     atomic_write_text(folder / "log.txt", "\n".join(log) + "\n")
     return outcome
 

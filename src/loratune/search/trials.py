@@ -4,11 +4,18 @@ The runner only talks to a ``TrialBackend``: ``train(config, out_dir, on_epoch)`
 ``on_epoch(EpochScore)`` after each checkpoint is sampled and scored (``on_epoch`` may raise ``StopTraining`` to prune);
 ``score_lora(config, lora, out_dir)`` samples and scores one LoRA file (the ensemble trial). ``TrainAndScore`` is the
 real one: loratune's trainer and one ``Evaluator`` per worker process, so the scoring models load once.
+
+``on_epoch`` is also asked, before an epoch is sampled, whether it should be (``on_epoch.wants_samples(epoch,
+validation_loss, last)``: the trial's gate, ``loratune.search.gating``); a backend that asks hands a skipped epoch over
+unscored (composite None, its validation loss and seconds kept), one that never asks scores every epoch. Each
+``EpochScore`` carries its seconds per kind (``setup`` once, ``train``, ``validation``, ``sample``, ``score``) and the
+device, which ``scores.json`` keeps.
 """
 
 from __future__ import annotations
 
 import importlib
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
@@ -118,44 +125,60 @@ class TrainAndScore:
         return lines
 
     def _score(self, config: Config, samples: list[Any], epoch: int, lora: Path | None, samples_dir: Path | None,
-               out_dir: Path, validation_loss: float | None = None) -> EpochScore:
+               out_dir: Path, validation_loss: float | None = None,
+               seconds: dict[str, float] | None = None, device: str | None = None) -> EpochScore:
+        from loratune.timing import Stopwatch, device_label
+
         evaluator = self.evaluator(config, RunFolder.of_trial(out_dir).root)
+        watch = Stopwatch(evaluator.runtime.device)
         if self.residency is not None:
             self.residency.enter("score")
         result = evaluator.score(samples)
         result.write(out_dir / "scores" / f"epoch-{epoch:04d}")
+        watch.lap("score")
         risk = result.copy_risk if result.copy_risk is not None and not result.copy_risk.stand_in else None
         return EpochScore(epoch, result.composite, dict(result.normalised), lora, samples_dir, result.stand_in, result,
                           dict(result.backends_used), copy_rate=risk.rate if risk else None,
                           constraint=risk.constraint if risk else None,
-                          cmmd=result.cmmd["value"] if result.cmmd else None, validation_loss=validation_loss)
+                          cmmd=result.cmmd["value"] if result.cmmd else None, validation_loss=validation_loss,
+                          seconds={**(seconds or {}), **watch.take()},
+                          device=device or device_label(evaluator.runtime.device))
 
     def train(self, config: Config, out_dir: Path, on_epoch: Callable[[EpochScore], None]) -> None:
         from loratune.sampling import BASE_SAMPLES
         from loratune.train import CheckpointInfo, train
 
         run_dir = RunFolder.of_trial(out_dir).root
+        started = time.perf_counter()
         self.prepare(config, run_dir)  # kept when done: the base samples and the loaded scorers
+        prepared = time.perf_counter() - started  # a worker's first trial: its share of the setup
 
         def on_checkpoint(info: CheckpointInfo) -> None:
-            if not info.samples:
-                raise LoratuneError("train.sample_checkpoints: must be true for a search (each epoch is scored)")
+            if "setup" in info.seconds:
+                info.seconds["setup"] = round(info.seconds["setup"] + prepared, 3)
+            if not info.samples:  # the gate skipped it: its validation loss and seconds still count
+                on_epoch(EpochScore(info.epoch, None, lora=info.kohya_path, validation_loss=info.validation_loss,
+                                    seconds=info.seconds, device=info.device))
+                return
             samples_dir = Path(info.samples[0].path).parent
             on_epoch(self._score(config, info.samples, info.epoch, info.kohya_path, samples_dir, out_dir,
-                                 info.validation_loss))
+                                 info.validation_loss, info.seconds, info.device))
 
         train(config, out_dir, on_checkpoint=on_checkpoint, cache=self.cache, base_samples=run_dir / BASE_SAMPLES,
-              residency=self.residency)
+              residency=self.residency, sample_when=getattr(on_epoch, "wants_samples", None))
 
     def score_lora(self, config: Config, lora: Path, out_dir: Path) -> EpochScore:
         from loratune.sampling import sample_loras
+        from loratune.timing import Stopwatch
 
         # Drawn as the trials' epochs were (loratune.sampling.render_samples), on the same loaded base.
+        watch = Stopwatch(self.residency.device if self.residency is not None else None)
         if self.residency is not None:
             self.residency.enter("sample")
         samples = next(iter(sample_loras(config, [lora], out_dir / "samples", cache=self.cache).values()))
+        watch.lap("sample")
         samples_dir = Path(samples[0].path).parent if samples else None
-        return self._score(config, samples, 0, lora, samples_dir, out_dir)
+        return self._score(config, samples, 0, lora, samples_dir, out_dir, seconds=watch.take())
 
     def score_finalist(self, config: Config, lora: Path, earlier: Path | None, out_dir: Path) -> EpochScore:
         """A finalist (``loratune.search.finalists``): ``config``'s fresh seeds drawn into ``out_dir`` and scored

@@ -20,7 +20,8 @@ from typing import TYPE_CHECKING, Any
 
 from loratune.config import Config
 from loratune.errors import LoratuneError
-from loratune.train.records import CheckpointInfo, StopTraining, TrainResult
+from loratune.timing import Stopwatch
+from loratune.train.records import CheckpointInfo, SampleWhen, StopTraining, TrainResult
 
 if TYPE_CHECKING:
     from loratune.train.cache import BaseCache
@@ -119,10 +120,13 @@ def train_external(
     resume: bool = False,
     progress: Callable[[dict[str, Any]], None] | None = None,
     cache: BaseCache | None = None,
+    sample_when: SampleWhen | None = None,
 ) -> TrainResult:
     """Run ``config.train.external.command``; sample and report each per-epoch checkpoint it writes.
 
-    Samples are drawn on the base from ``cache`` (loaded at the first checkpoint when none is given).
+    Samples are drawn on the base from ``cache`` (loaded at the first checkpoint when none is given). The external
+    tool's own time between checkpoints counts as training (it trains while loratune samples, on the same device);
+    ``sample_when`` as in ``loratune.train.loop.train`` (no validation loss here, so a gate samples every epoch).
     """
     from loratune.modelref import check_model_ref
     from loratune.sampling import sample_prompts
@@ -150,6 +154,7 @@ def train_external(
     cache = cache or BaseCache()
     stopped = False
     start = time.monotonic()
+    watch = Stopwatch()
     with open(log_path, "ab") as log:
         try:
             proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, cwd=cwd, start_new_session=True)
@@ -158,13 +163,22 @@ def train_external(
         try:
             while True:
                 exited = proc.poll() is not None
-                for epoch, path in watcher.ready(final=exited):
-                    info = _sample_checkpoint(config, cache, out_dir, epoch, path)
+                ready = watcher.ready(final=exited)
+                for i, (epoch, path) in enumerate(ready):
+                    watch.lap("train")
+                    last = epoch >= config.train.epochs or (exited and i == len(ready) - 1)
+                    sample = last or sample_when is None or sample_when(epoch, None, last)
+                    info = _sample_checkpoint(config, cache, out_dir, epoch, path, sample)
+                    if info.samples:
+                        watch.lap("sample")
+                    info.seconds = watch.take()
                     checkpoints.append(info)
                     if progress is not None:
                         progress({"epoch": epoch, "step": None, "checkpoint": str(path)})
                     if on_checkpoint is not None:
                         on_checkpoint(info)
+                    watch.lap("checkpoint")  # scoring is the callback's to count
+                    watch.take()
                 if exited:
                     break
                 if ext.timeout_s is not None and time.monotonic() - start > ext.timeout_s:
@@ -195,14 +209,16 @@ def _group_alive(pgid: int) -> bool:
         return False
 
 
-def _sample_checkpoint(config: Config, cache: BaseCache, out_dir: Path, epoch: int, path: Path) -> CheckpointInfo:
+def _sample_checkpoint(config: Config, cache: BaseCache, out_dir: Path, epoch: int, path: Path,
+                      sample: bool = True) -> CheckpointInfo:
     from loratune.lora.kohya import read_metadata
     from loratune.sampling import render_samples
+    from loratune.timing import device_label
     from loratune.train.model import training_precision
 
     samples: list[Any] = []
-    if config.train.sample_checkpoints:
-        precision = training_precision(config.train)
+    precision = training_precision(config.train)
+    if config.train.sample_checkpoints and sample:
         with cache.borrow(config, precision) as base:
             samples = render_samples(
                 config, base.models, precision, out_dir / "samples" / f"epoch-{epoch:04d}", lora=path
@@ -211,7 +227,8 @@ def _sample_checkpoint(config: Config, cache: BaseCache, out_dir: Path, epoch: i
     rank = int(meta["ss_network_dim"]) if meta.get("ss_network_dim", "").isdigit() else None
     steps = int(meta["ss_steps"]) if meta.get("ss_steps", "").isdigit() else 0
     kohya = path if any(k.startswith("lora_unet_") for k in _keys(path)) else None
-    return CheckpointInfo(epoch, steps, None if kohya else path, kohya, samples, rank=rank, folder=path.parent)
+    return CheckpointInfo(epoch, steps, None if kohya else path, kohya, samples, rank=rank, folder=path.parent,
+                          device=device_label(precision.device))
 
 
 def _keys(path: Path) -> list[str]:

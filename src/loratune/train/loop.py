@@ -22,7 +22,15 @@ from loratune.sampling import BASE_SAMPLES
 from loratune.train.data import Item
 from loratune.train.epochs import count_steps, epoch_batches
 from loratune.train.loss import diffusion_loss
-from loratune.train.records import FAILED_MARKER, CheckpointInfo, StopTraining, TrainingDiverged, TrainResult
+from loratune.timing import Stopwatch, device_label
+from loratune.train.records import (
+    FAILED_MARKER,
+    CheckpointInfo,
+    SampleWhen,
+    StopTraining,
+    TrainingDiverged,
+    TrainResult,
+)
 from loratune.train.strategies import CurriculumResolution, ProgressiveRank
 
 if TYPE_CHECKING:
@@ -93,6 +101,7 @@ def train(
     cache: BaseCache | None = None,
     base_samples: str | Path | None = None,
     residency: Residency | None = None,
+    sample_when: SampleWhen | None = None,
 ) -> TrainResult:
     """Train a LoRA on ``config.dataset`` into ``out_dir``; see the module docstring.
 
@@ -103,7 +112,11 @@ def train(
     ``base_samples``: where the base model's own samples (no LoRA) go, drawn once before training when checkpoints
     are sampled and kept if already there (default ``out_dir/samples/base``; a search passes one folder per run).
     ``residency``: the device policy a search runs under (``loratune.residency.policy``), told of each phase.
+    ``sample_when(epoch, validation_loss, last)``: whether to sample this checkpoint (a search's cheap-signal gate,
+    ``loratune.search.gating``); the last checkpoint is always sampled. Each ``CheckpointInfo`` carries the seconds of
+    its setup (first one only), training, validation and sampling, and the device they ran on.
     """
+    watch = Stopwatch()
     items = prepare(config)
     out_dir = Path(out_dir)
     if not resume and (out_dir / "checkpoints").is_dir() and any((out_dir / "checkpoints").iterdir()):
@@ -117,8 +130,10 @@ def train(
     precision = training_precision(config.train)
     accelerator = _accelerator(precision.mixed, cpu=precision.device.type == "cpu")
     with (cache or BaseCache()).borrow(config, precision) as base, closing(StepLogger(config, out_dir)) as step_log:
+        watch.device = precision.device
         return _train(config, items, out_dir, base, precision, accelerator, on_checkpoint, resume, progress, step_log,
-                      Path(base_samples) if base_samples is not None else None, residency or Residency("keep", None))
+                      Path(base_samples) if base_samples is not None else None, residency or Residency("keep", None),
+                      watch, sample_when)
 
 
 def _train(
@@ -134,6 +149,8 @@ def _train(
     step_log: StepLogger,
     base_samples: Path | None,
     residency: Residency,
+    watch: Stopwatch,
+    sample_when: SampleWhen | None,
 ) -> TrainResult:
     import torch
     from accelerate.utils import set_seed
@@ -234,6 +251,8 @@ def _train(
 
     checkpoints: list[CheckpointInfo] = []
     started = time.time()
+    watch.lap("setup")
+    device_name = device_label(device)
     loss_value: float | None = None
     stopped = False
     epochs_done = start_epoch - 1
@@ -315,13 +334,23 @@ def _train(
         last = epoch == t.epochs or bool(t.max_steps and step >= t.max_steps)
         if epoch % t.save_every_epochs and not last:
             continue
-        residency.enter("sample", models, optimizer)
         info = _save(
             config, out_dir, models, run, strategies, epoch, step, optimizer, lr_scheduler, generator, precision,
             items, len(batches), started,
         )
+        watch.lap("train")
         info.train_loss = sum(epoch_losses) / len(epoch_losses) if epoch_losses else None
         info.validation_loss = validation() if validation is not None else None
+        if validation is not None:
+            watch.lap("validation")
+        # The cheap signal first: a gate that finds nothing to learn from this epoch saves its sampling and scoring.
+        if t.sample_checkpoints and (last or sample_when is None or sample_when(epoch, info.validation_loss, last)):
+            from loratune.sampling import render_samples
+
+            residency.enter("sample", models, optimizer)
+            info.samples = render_samples(config, models, precision, out_dir / "samples" / f"epoch-{epoch:04d}")
+            watch.lap("sample")
+        info.seconds, info.device = watch.take(), device_name
         step_log.epoch(epoch, step, info.validation_loss, info.train_loss)
         checkpoints.append(info)
         step_log.flush()  # a search may stop the trial at this checkpoint: its curve is complete on disk by then
@@ -332,6 +361,8 @@ def _train(
                 stopped = True
                 break
         residency.enter("train", models, optimizer)
+        watch.lap("checkpoint")  # the callback's time (scoring) is its own to count: not the next epoch's training
+        watch.take()
     return TrainResult(out_dir, checkpoints, step, epochs_done, stopped_early=stopped, final_loss=loss_value)
 
 
@@ -364,7 +395,7 @@ def _save(
     batches_per_epoch: int,
     started: float,
 ) -> CheckpointInfo:
-    """Write the epoch's checkpoint, then sample it with the run's fixed prompts and seeds."""
+    """Write the epoch's checkpoint (sampled by the caller, after its validation loss)."""
     from loratune.train import checkpoint as ckpt
     from loratune.train.metadata import checkpoint_metadata
 
@@ -396,13 +427,8 @@ def _save(
     folder, diffusers_path, kohya_path = ckpt.save_checkpoint(
         out_dir, models, epoch, t.output_name, info, metadata, state
     )
-    samples: list[Any] = []
-    if t.sample_checkpoints:
-        from loratune.sampling import render_samples
-
-        samples = render_samples(config, models, precision, out_dir / "samples" / f"epoch-{epoch:04d}")
     return CheckpointInfo(
-        epoch, step, diffusers_path, kohya_path, samples, rank=run.rank, resolution=run.resolution, folder=folder
+        epoch, step, diffusers_path, kohya_path, [], rank=run.rank, resolution=run.resolution, folder=folder
     )
 
 

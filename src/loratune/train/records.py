@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,7 +23,9 @@ class TrainingDiverged(RuntimeError):
 
 FAILED_MARKER = "FAILED.json"
 
-
+# sample_when(epoch, validation_loss, last) -> whether to sample this checkpoint (a search's gate; the trainer samples
+# its last checkpoint whatever the gate says).
+SampleWhen = Callable[[int, "float | None", bool], bool]
 
 
 @dataclass
