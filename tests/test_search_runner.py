@@ -189,7 +189,8 @@ class FailingBackend:
 
 def test_failed_trials_record_reason_and_study_goes_on(tmp_path) -> None:
     run = tmp_path / "run"
-    config = load_config(write_config(tmp_path / "c.yaml", n_trials=6, sampler="random",
+    # Seed 1: its six random draws have both failing ranks and no three failures in a row (which stops a run).
+    config = load_config(write_config(tmp_path / "c.yaml", n_trials=6, sampler="random", seed=1,
                                       phases={"refine_trials": 0, "ensemble_top_k": 0, "baseline": False}))
     sys.modules[__name__].make_failing = FailingBackend  # importable as test_search_runner:make_failing
     run_optimize(config, run, backend=f"{__name__}:make_failing", say=lambda m: None)
