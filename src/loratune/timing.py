@@ -78,6 +78,9 @@ def by_phase(trials: Iterable[tuple[str, dict[str, Any]]], finalists: float = 0.
         row["epochs"] += int(seconds.get("scored_epochs") or 0) + int(seconds.get("skipped_epochs") or 0)
         for kind in KINDS:
             row[kind] += float(seconds.get(kind) or 0.0)
+    # The phases in the order a study runs them (a warm start's first trials run before the baseline).
+    order = ("baseline", "search", "refine", "ensemble")
+    rows = dict(sorted(rows.items(), key=lambda kv: order.index(kv[0]) if kv[0] in order else len(order)))
     if finalists:
         rows["finalists"] = {"trials": 0, "epochs": 0, "scored": 0, **{k: 0.0 for k in KINDS},
                              "sample+score": finalists}
