@@ -96,7 +96,8 @@ def summary(rows: dict[str, dict[str, float]]) -> str:
     sums["sample"] += sum(r.get("sample+score", 0.0) for r in rows.values())  # the finalists', with sampling
     names = {"setup": "setup", "train": "training", "validation": "validation", "sample": "sampling",
              "score": "scoring", "search": "search bookkeeping"}
-    return f"{_duration(total)}: " + ", ".join(f"{names[k]} {sums[k] / total:.0%}" for k in KINDS if sums[k])
+    return f"{_duration(total)}: " + ", ".join(f"{names[k]} {sums[k] / total:.0%}" for k in KINDS
+                                               if sums[k] / total >= 0.005)  # "setup 0%" says nothing
 
 
 def _duration(seconds: float) -> str:
