@@ -39,3 +39,34 @@ def test_missing_axis_renormalises_instead_of_zero():
 def test_all_missing_gives_none():
     result = composite({"alignment": None}, {"alignment": 1.0})
     assert result.value is None and result.missing == ["alignment"]
+
+
+def test_composite_se_is_the_standard_error_of_the_per_image_composite() -> None:
+    # Linear normalisations (nothing clipped): the composite is the mean of per-image composites, so its standard
+    # error is their spread / sqrt(n) (the bootstrap's plug-in: the population spread).
+    import numpy as np
+
+    from loratune.metrics.composite import composite_se
+
+    rng = np.random.default_rng(3)
+    n = 16
+    raw = {"alignment": rng.uniform(20, 40, n), "consistency": (rng.random(n) < 0.6).astype(float),
+           "quality": rng.uniform(0, 10, n)}
+    norms = {"alignment": lambda v: None if v is None else (v - 10.0) / 40.0,
+             "consistency": lambda v: v,
+             "quality": lambda v: None if v is None else 1.0 - v / 20.0}
+    weights = {"alignment": 0.5, "consistency": 0.3, "quality": 0.2}
+    per_image = sum(w * np.array([norms[a](float(x)) for x in raw[a]]) for a, w in weights.items())
+    exact = per_image.std(ddof=0) / np.sqrt(n)
+    lists = {a: v.tolist() for a, v in raw.items()}
+    assert composite_se(lists, norms, weights, resamples=4000) == pytest.approx(exact, rel=0.05)
+    # deterministic: the same images give the same number
+    assert composite_se(lists, norms, weights) == composite_se(lists, norms, weights)
+    # an axis without per-image values (a set-level one) adds no spread; its weight still scales the others'
+    halved = {**{a: w / 2 for a, w in weights.items()}, "diversity": 0.5}
+    held = composite_se({**lists, "diversity": None}, norms, halved, resamples=4000)
+    assert held == pytest.approx(exact / 2, rel=0.05)
+    # missing images are left out of an axis's mean; too little to say anything gives None
+    assert composite_se({"alignment": [30.0, None, 25.0, 35.0]}, norms, {"alignment": 1.0}) > 0
+    assert composite_se({"alignment": [30.0]}, norms, {"alignment": 1.0}) is None
+    assert composite_se({"alignment": None}, norms, {"alignment": 1.0}) is None

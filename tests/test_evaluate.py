@@ -63,6 +63,16 @@ def test_evaluate_writes_all_axes_and_composite(generated, tiny_models, tmp_path
     assert scores["versions"]["torch"] and scores["n_images"] == 8
     rows = list(csv.DictReader(io.StringIO((out_dir / "per_image.csv").read_text())))
     assert len(rows) == 8 and rows[0]["prompt"].endswith("in a town")
+    # The standard error is the bootstrap over exactly these per-image values, normalised as the axes are.
+    from loratune.metrics.composite import composite_se, normalise
+
+    def norm(axis):
+        n = scores["axes"][axis]["normalisation"]
+        return lambda v: normalise(v, n["range"][0], n["range"][1], n["higher_is_better"])
+
+    per_image = {a: [float(r[f"{a}_raw"]) if r[f"{a}_raw"] else None for r in rows] for a in used}
+    assert scores["composite_se"] > 0
+    assert scores["composite_se"] == pytest.approx(composite_se(per_image, {a: norm(a) for a in used}, used))
 
 
 def test_evaluate_json_flag(generated, tiny_models, tmp_path, capsys):

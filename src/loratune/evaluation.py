@@ -29,7 +29,7 @@ from loratune.images import is_image_file, list_images, load_image
 from loratune.learning.meters import LearningMeters
 from loratune.manifest import match_prompts
 from loratune.metrics.base import AxisResult, Backend, EvalImage, Normalisation, References, Runtime
-from loratune.metrics.composite import composite
+from loratune.metrics.composite import composite, composite_se
 from loratune.metrics.embedding_cache import EmbeddingCache
 from loratune.metrics.registry import AXES, create_backend
 from loratune.progress import progress_bar
@@ -56,6 +56,7 @@ class EvaluationResult:
     warnings: list[str] = field(default_factory=list)
     copy_risk: Any = None  # loratune.learning.copy_risk.CopyRisk: not an axis, the search's constraint
     cmmd: dict[str, Any] | None = None  # CMMD to the held-out images
+    composite_se: float | None = None  # the composite's standard error over the images (bootstrap)
 
     @property
     def stand_in(self) -> bool:
@@ -109,6 +110,7 @@ class EvaluationResult:
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "n_images": len(self.samples),
             "composite": self.composite,
+            "composite_se": self.composite_se,
             "composite_weights_used": self.weights_used,
             "missing_axes": self.missing,
             "composite_note": note,
@@ -328,6 +330,8 @@ class Evaluator:
         normalised = {axis: norms[axis].apply(r.value) for axis, r in results.items()}
         weights = dict(self.config.evaluation.weights)
         comp = composite({a: normalised.get(a) for a in weights}, weights)
+        spread = composite_se({a: r.per_image for a, r in results.items()},
+                              {a: norm.apply for a, norm in norms.items()}, comp.weights_used)
         warnings = [f"{axis} ({r.backend}) {STAND_IN_WARNING}" for axis, r in results.items() if r.stand_in]
         warnings += [f"{axis} ({r.backend}) missing: {r.missing_reason}" for axis, r in results.items() if r.value is None]
         if copy_risk is not None and copy_risk.stand_in:
@@ -349,6 +353,7 @@ class Evaluator:
             warnings=warnings,
             copy_risk=copy_risk,
             cmmd=cmmd,
+            composite_se=spread,
         )
 
 

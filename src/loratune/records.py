@@ -65,6 +65,7 @@ class EpochScore:
     seconds: dict[str, float] = field(default_factory=dict)
     device: str | None = None
     skipped: str | None = None  # why the epoch was not sampled and scored (``loratune.search.gating``): no candidate
+    composite_se: float | None = None  # the composite's standard error over its images (what the pruner allows for)
 
     @property
     def feasible(self) -> bool:

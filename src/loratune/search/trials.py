@@ -142,7 +142,7 @@ class TrainAndScore:
                           constraint=risk.constraint if risk else None,
                           cmmd=result.cmmd["value"] if result.cmmd else None, validation_loss=validation_loss,
                           seconds={**(seconds or {}), **watch.take()},
-                          device=device or device_label(evaluator.runtime.device))
+                          device=device or device_label(evaluator.runtime.device), composite_se=result.composite_se)
 
     def train(self, config: Config, out_dir: Path, on_epoch: Callable[[EpochScore], None]) -> None:
         from loratune.sampling import BASE_SAMPLES
