@@ -278,3 +278,5 @@ def test_per_epoch_plot_has_a_legend_and_whole_epochs(run_dir):
     plot = html.split('id="plot-intermediate"')[1].split("</script>")[0]
     assert '"showlegend":true' in plot and '"tickvals":[1,2,3]' in plot and '"title":{"text":"epoch"}' in plot
     assert '"name":"trial #2 (search) pruned"' in plot and '"name":"trial #4 (refine)"' in plot
+    # the trial with recorded standard errors gets error bars of exactly those, the others none
+    assert plot.count('"error_y":{"array"') == 1 and '"error_y":{"array":[0.01,0.02,0.03]' in plot

@@ -24,6 +24,8 @@ from loratune.search.selection import ranked
 CURVES: dict[int, list[float | None]] = {}
 # Trial number -> validation loss per epoch (none: not measured).
 VALIDATION: dict[int, list[float | None]] = {}
+# Trial number -> the composite's standard error per epoch (none: not measured).
+SPREAD: dict[int, list[float | None]] = {}
 # (trial, epoch) -> composite on all of a finalist's samples; the calls made.
 FINALISTS: dict[tuple[int, int], float] = {}
 FINALIST_CALLS: list[tuple[int, int, list[int], Path]] = []
@@ -48,7 +50,8 @@ class ScriptedBackend:
             samples.mkdir(parents=True)
             try:
                 on_epoch(EpochScore(epoch, value, {"alignment": value}, lora, samples,
-                                    validation_loss=VALIDATION.get(number, [None] * 9)[epoch - 1]))
+                                    validation_loss=VALIDATION.get(number, [None] * 9)[epoch - 1],
+                                    composite_se=SPREAD.get(number, [None] * 9)[epoch - 1]))
             except StopTraining:
                 return
 
@@ -91,6 +94,29 @@ def test_a_pruned_trials_best_epoch_is_run_best(tmp_path) -> None:
     assert (best["trial"], best["state"], best["best_epoch"], best["composite"]) == (1, "pruned", 1, 0.9)
     source = run / "trials" / "0001" / "checkpoints" / "epoch-0001" / "lora.safetensors"
     assert (run / "best" / "lora.safetensors").read_bytes() == source.read_bytes()
+
+
+def test_the_pruner_allows_for_each_epochs_noise(tmp_path) -> None:
+    # Trial 1 has a lucky high at epoch 1 and then scores within the noise of it: with its standard errors recorded
+    # (0.05 each: a difference must exceed 0.071) and search.noise_margin 1 it runs on; with the default margin (0)
+    # or no standard errors recorded, the plain patient rule stops it.
+    curves = {0: [0.5, 0.5, 0.5, 0.5], 1: [0.9, 0.85, 0.86, 0.95]}
+    for name in ("noisy", "margin0", "unmeasured"):
+        (tmp_path / name).mkdir()
+    SPREAD.clear()
+    SPREAD.update({0: [0.05] * 4, 1: [0.05] * 4})
+    try:
+        run, trials = _run(tmp_path / "noisy", curves, epochs=4, patience=1, noise_margin=1)
+        assert trials[1].state == TrialState.COMPLETE and trials[1].user_attrs["best_epoch"] == 4
+        assert trials[1].user_attrs["composite_se"] == {"1": 0.05, "2": 0.05, "3": 0.05, "4": 0.05}
+        scores = json.loads((run / "trials" / "0001" / "scores.json").read_text())
+        assert [e["composite_se"] for e in scores["epochs"]] == [0.05] * 4
+        _, trials = _run(tmp_path / "margin0", curves, epochs=4, patience=1)  # the default: Optuna's rule
+        assert trials[1].state == TrialState.PRUNED and trials[1].intermediate_values == {1: 0.9, 2: 0.85, 3: 0.86}
+    finally:
+        SPREAD.clear()
+    _, trials = _run(tmp_path / "unmeasured", curves, epochs=4, patience=1, noise_margin=1)
+    assert trials[1].state == TrialState.PRUNED
 
 
 def test_a_trial_that_failed_after_scoring_is_still_a_candidate(tmp_path) -> None:

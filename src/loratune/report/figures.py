@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from loratune.errors import first_line
+from loratune.search.pruning import COMPOSITE_SE
 
 if TYPE_CHECKING:
     import optuna
@@ -81,7 +82,8 @@ def build_figures(run: RunData) -> list[Figure]:
         figures.append(_figure(
             "intermediate", "Composite per epoch",
             lambda: _per_epoch(run),
-            note="each line is a trial; every epoch's checkpoint is scored, pruned trials stop early (dashed)",
+            note="each line is a trial; every epoch's checkpoint is scored, pruned trials stop early (dashed); bars: "
+                 "± one standard error of the composite over the epoch's samples",
         ))
         figures.append(_figure("best-axes", "RUN/best's trial: every axis per epoch", lambda: _best_axes(run),
                                note="normalised 0–1; the composite is their weighted mean"))
@@ -127,9 +129,14 @@ def _per_epoch(run: RunData) -> go.Figure | None:
     for info in rows:
         values = sorted(info.trial.intermediate_values.items())
         pruned = info.trial.state.name == "PRUNED"
+        # ± one standard error over the epoch's samples (``composite_se``): how far apart two epochs must be to differ
+        spread = info.trial.user_attrs.get(COMPOSITE_SE) or {}
+        bars = [spread.get(str(e)) for e, _ in values]
+        error = {"type": "data", "array": [b if b is not None else 0.0 for b in bars], "thickness": 1, "width": 3}
         fig.add_trace(go.Scatter(x=[e for e, _ in values], y=[v for _, v in values], mode="lines+markers",
                                  name=trial_label(info) + (" pruned" if pruned else ""),
-                                 line={"dash": "dash" if pruned else "solid"}))
+                                 line={"dash": "dash" if pruned else "solid"},
+                                 error_y=error if any(b is not None for b in bars) else None))
     epochs = sorted({e for info in rows for e in info.trial.intermediate_values})
     fig.update_layout(xaxis={"title": "epoch", "tickmode": "array", "tickvals": epochs},
                       yaxis_title="composite", showlegend=True, legend_title_text="trial")

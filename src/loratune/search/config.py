@@ -145,6 +145,9 @@ class SearchSection(_Strict):
     pruner: Literal["hyperband", "median", "patient", "none"] = Field(
         "patient", description="patient: stop a trial `patience` epochs after its composite stopped improving")
     patience: int = Field(2, ge=0, description="patient pruner: epochs without improvement tolerated")
+    noise_margin: float = Field(
+        0.0, ge=0, description="patient pruner: a decline counts only when larger than this many standard errors of "
+        "the two epochs' composites (measured from their samples); 0: any decline (measured: README, Cost)")
     space: dict[str, ParamSpec] = Field(default_factory=default_space)
     phases: PhasesSection = Field(default_factory=PhasesSection)
     storage: str | None = Field(None, description="RDB URL (postgresql://, mysql://); default sqlite RUN/study.db")

@@ -37,6 +37,7 @@ from loratune.search.phases import (
     next_action,
     refine_space,
 )
+from loratune.search.pruning import COMPOSITE_SE
 from loratune.search.samplers import make_pruner, make_sampler, max_epochs
 from loratune.search.selection import objective_values
 from loratune.search.space import apply_params, baseline_params, suggest
@@ -195,6 +196,7 @@ class Worker:
         trial.set_user_attr("epochs_planned", config.train.epochs)
 
         recorded: dict[str, Any] = {}
+        spreads: dict[str, float | None] = {}  # the pruner's view of each reported epoch's noise
 
         def on_epoch(score: EpochScore, attrs: dict[str, Any], last: bool) -> bool:
             for key, value in attrs.items():
@@ -203,6 +205,9 @@ class Worker:
                     recorded[key] = value
             if self.search.directions or score.composite is None:
                 return False
+            if score.composite_se is not None:
+                spreads[str(score.epoch)] = score.composite_se
+                trial.set_user_attr(COMPOSITE_SE, dict(spreads))
             trial.report(score.composite, score.epoch)
             return not last and trial.should_prune()  # the last epoch is never pruned: that would save nothing
 
@@ -269,8 +274,12 @@ class Worker:
         epochs = [EpochScore(int(e["epoch"]), e.get("composite"), e.get("axes") or {}, copy_rate=e.get("copy_rate"),
                              constraint=e.get("constraint"), cmmd=e.get("cmmd"), validation_loss=e.get("validation_loss"),
                              diverged=e.get("diverged"), seconds=e.get("seconds") or {}, device=e.get("device"),
-                             skipped=e.get("skipped")) for e in scores.get("epochs", [])]
+                             skipped=e.get("skipped"), composite_se=e.get("composite_se"))
+                  for e in scores.get("epochs", [])]
         if not self.search.directions:
+            spreads = {str(e.epoch): e.composite_se for e in epochs if e.composite is not None}
+            if any(v is not None for v in spreads.values()):
+                trial.set_user_attr(COMPOSITE_SE, spreads)
             for e in epochs:
                 if e.composite is not None:
                     trial.report(e.composite, e.epoch)

@@ -11,6 +11,7 @@ from optuna.trial import FrozenTrial
 
 from loratune.config import Config
 from loratune.search.config import ParamSpec, SearchSection
+from loratune.search.pruning import NoisyPatientPruner
 from loratune.search.scored_view import ScoredTrialsSampler
 
 
@@ -28,8 +29,8 @@ def make_pruner(search: SearchSection, epochs: int) -> optuna.pruners.BasePruner
         return optuna.pruners.HyperbandPruner(min_resource=1, max_resource=max(epochs, 1), reduction_factor=3)
     if search.pruner == "median":
         return optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=1)
-    # search.patience counts epochs; Optuna's PatientPruner counts reported (scored) epochs: every k-th with a gate.
-    return optuna.pruners.PatientPruner(None, patience=math.ceil(search.patience / search.gating.every))
+    # search.patience counts epochs; the pruner counts reported (scored) epochs: every k-th with a gate.
+    return NoisyPatientPruner(math.ceil(search.patience / search.gating.every), margin=search.noise_margin)
 
 
 def _grid(space: dict[str, ParamSpec]) -> dict[str, list[Any]]:

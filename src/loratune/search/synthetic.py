@@ -140,6 +140,12 @@ class LoraSurface:
             (self.snr_bonus if p.min_snr_gamma else 1.0)
         return 0.9 * a["consistency"] * (0.4 + 0.6 * a["alignment"]) * scale + 0.05
 
+    @property
+    def epoch_se(self) -> float:
+        """The standard error an epoch's own samples would show: the AR noise's stationary spread (the per-run
+        offset is shared by every epoch of a run, so it never separates two of them)."""
+        return self.ar_sd / math.sqrt(1 - self.ar_rho**2)
+
     def observed(self, rng: np.random.Generator, p: Point, epochs: int) -> list[float]:
         """One run's scores per epoch 1..epochs: the truth plus a per-run offset and AR(1) noise."""
         offset, ar, out = float(rng.normal(0, self.offset_sd)), 0.0, []
@@ -196,7 +202,8 @@ class SyntheticTrials:
             if wants is not None and not wants(epoch, None, last):
                 score = EpochScore(epoch, None, lora=lora, seconds={"train": self.COST["train"]})
             else:
-                score = EpochScore(epoch, value, self.surface.axes(point, epoch), lora, seconds=dict(self.COST))
+                score = EpochScore(epoch, value, self.surface.axes(point, epoch), lora, seconds=dict(self.COST),
+                                   composite_se=self.surface.epoch_se)
             try:
                 on_epoch(score)
             except StopTraining:
