@@ -159,7 +159,8 @@ def score(store: Path, table: Path, target: str, overrides: list[str], subsets: 
                 for k in subsets:
                     few = [x for x in search if x.seed in first["search_seeds"][:k]]
                     at_few, at_few_finalist = evaluator.score(few), evaluator.score(few + fresh)
-                    seeds[str(k)] = {"composite": at_few.composite, "axes": at_few.normalised, "images": len(few),
+                    seeds[str(k)] = {"composite": at_few.composite, "composite_se": at_few.composite_se,
+                                     "axes": at_few.normalised, "images": len(few),
                                      "score_seconds": round(at_few.seconds, 3),
                                      "finalist": {"composite": at_few_finalist.composite,
                                                   "axes": at_few_finalist.normalised,
@@ -167,7 +168,8 @@ def score(store: Path, table: Path, target: str, overrides: list[str], subsets: 
                                                   "score_seconds": round(at_few_finalist.seconds, 3)}}
                 rows.append({
                     "learning_rate": meta["learning_rate"], "rank": meta["rank"], "epoch": epoch_row["epoch"],
-                    "composite": at_search.composite, "axes": at_search.normalised,
+                    "composite": at_search.composite, "composite_se": at_search.composite_se,
+                    "axes": at_search.normalised,
                     "validation_loss": epoch_row["validation_loss"], "train_loss": epoch_row["train_loss"],
                     "oracle": _judge(search, target).as_dict(),
                     "finalist": {"composite": at_finalist.composite, "axes": at_finalist.normalised,
@@ -293,7 +295,8 @@ class TableTrials:
             else:
                 scored = self.table.scored_on(row, config.search.gating.seeds)
                 score = EpochScore(epoch, scored["composite"], scored["axes"], lora, validation_loss=loss,
-                                   seconds=self.costs.epoch(rank, epoch == 1, images), device="replay")
+                                   seconds=self.costs.epoch(rank, epoch == 1, images), device="replay",
+                                   composite_se=scored.get("composite_se"))
             try:
                 on_epoch(score)
             except StopTraining:
@@ -462,6 +465,7 @@ def agreement(table: Table) -> dict[str, Any]:
         truth = [table.verdict(r)["score"] for r in rows]
         out["finalist_spearman"] = spearmanr([r["finalist"]["composite"] for r in rows], truth).statistic
         out["search_spearman_vs_all"] = spearmanr(composite, truth).statistic
+    out["exhaustive_pick"] = exhaustive_pick(table)
     if all(r.get("validation_loss") is not None for r in rows):
         out["validation_spearman"] = spearmanr([-r["validation_loss"] for r in rows], oracle).statistic
         within = []
@@ -473,6 +477,30 @@ def agreement(table: Table) -> dict[str, Any]:
                                             [r["oracle"]["score"] for r in trial]).statistic)
         out["validation_spearman_within_trials"] = float(np.nanmedian(within)) if within else None
     return out
+
+
+def exhaustive_pick(table: Table, finalists: int = 3, validation_rise: float = 0.10) -> dict[str, Any]:
+    """What the product's pick would hand back had every epoch of every grid point been trained and scored: each
+    run's best epoch by composite (an epoch whose validation loss rose over ``validation_rise`` is no candidate), the
+    top ``finalists`` of those re-ranked on their finalist scores. No search that ends in this composite's pick can
+    expect much better: it is the floor of a search's regret, unless the search misses the composite's favourites
+    by luck."""
+    from loratune.learning.diagnosis import diverged
+
+    candidates = []
+    for lr in table.lrs:
+        for rank in RANKS:
+            run = sorted((r for r in table.rows.values() if r["learning_rate"] == lr and r["rank"] == rank),
+                         key=lambda r: r["epoch"])
+            losses = [r["validation_loss"] for r in run]
+            feasible = [r for i, r in enumerate(run) if diverged(losses[i], losses[:i], validation_rise) is None]
+            if feasible:
+                candidates.append(max(feasible, key=lambda r: r["composite"]))
+    top = sorted(candidates, key=lambda r: -r["composite"])[:finalists]
+    pick = max(top, key=lambda r: (r.get("finalist") or r)["composite"])
+    truth = float(table.verdict(pick)["score"])
+    where = {k: pick[k] for k in ("learning_rate", "rank", "epoch")}
+    return where | {"oracle": truth, "regret": table.optimum() - truth}
 
 
 def _composite_vs_truth(table: Table) -> None:
