@@ -61,7 +61,10 @@ def test_optimize_three_phases_on_the_tiny_model(tiny_models, small_dataset, tmp
         assert abs(seconds["wall"] - spent) < 0.05 * seconds["wall"] + 0.1, seconds
         for e in scores["epochs"]:
             assert (folder / "samples" / f"epoch-{e['epoch']:04d}").is_dir()
-            assert (folder / "scores" / f"epoch-{e['epoch']:04d}" / "scores.json").is_file()
+            epoch_scores = json.loads((folder / "scores" / f"epoch-{e['epoch']:04d}" / "scores.json").read_text())
+            # the composite's standard error travels from the evaluation to the trial's record and to the pruner
+            assert e["composite_se"] == epoch_scores["composite_se"] > 0
+            assert t.user_attrs["composite_se"][str(e["epoch"])] == e["composite_se"]
         best = max(scores["epochs"], key=lambda e: e["composite"])
         assert t.user_attrs["best_epoch"] == best["epoch"]
         if t.state == TrialState.COMPLETE:
