@@ -71,7 +71,7 @@ def test_evaluate_writes_all_axes_and_composite(generated, tiny_models, tmp_path
         return lambda v: normalise(v, n["range"][0], n["range"][1], n["higher_is_better"])
 
     per_image = {a: [float(r[f"{a}_raw"]) if r[f"{a}_raw"] else None for r in rows] for a in used}
-    assert scores["composite_se"] > 0
+    assert scores["composite_se"] > 0 and f"± {scores['composite_se']:.3f}" in out
     assert scores["composite_se"] == pytest.approx(composite_se(per_image, {a: norm(a) for a in used}, used))
 
 

@@ -53,15 +53,16 @@ def test_search_status_at_80_columns(tmp_path):
     assert " ".join(status.split()) == "#6 search: training epoch 2 (step 25/40), last scored 0.432; 1 pruned"
 
 
-def _result(composite: float) -> EvaluationResult:
+def _result(composite: float, se: float | None = None) -> EvaluationResult:
     axes = ("alignment", "consistency", "aesthetics", "quality", "diversity")
     return EvaluationResult(samples=[], axes={}, normalised=dict.fromkeys(axes, 0.5), composite=composite,
-                            weights_used={}, missing=[], backends=[], runtime={}, seconds=0.0, normalisations={})
+                            weights_used={}, missing=[], backends=[], runtime={}, seconds=0.0, normalisations={},
+                            composite_se=se)
 
 
 def test_ranking_never_breaks_a_file_name(tmp_path):
     names = [f"luca_character_lora_v2-{e:06d}.safetensors" for e in (1, 2, 3)]
-    ranked = [RankedLora(tmp_path / n, e, _result(0.5 - e / 100), tmp_path) for e, n in enumerate(names, 1)]
+    ranked = [RankedLora(tmp_path / n, e, _result(0.5 - e / 100, 0.01 * e), tmp_path) for e, n in enumerate(names, 1)]
     console, out = _console()
     print_ranking(ranked, None, console)
     text = out.getvalue()
@@ -69,6 +70,8 @@ def test_ranking_never_breaks_a_file_name(tmp_path):
     for rank, name in enumerate(names, 1):
         assert f"   {rank}  {name}\n" in text  # whole, on one line, by rank
     assert "alignment" in text and "diversity" in text and "0.490" in text
+    # the median standard error (0.02 of 0.01, 0.02, 0.03) and the difference it takes to tell two LoRAs apart
+    assert "standard error over the images: 0.020 (median); two LoRAs closer than about 0.028" in " ".join(text.split())
     wide = io.StringIO()
     print_ranking(ranked, None, Console(file=wide, width=200))
     assert all(name in wide.getvalue() for name in names) and "rank  LoRA file" not in wide.getvalue()

@@ -51,8 +51,12 @@ def print_scores(result: EvaluationResult, json_path: Path | None = None, consol
             note.append(f"[red]missing[/]: {r.missing_reason}")
         table.add_row(axis, r.backend, str(r.model_id or ""), _fmt(r.value), _fmt(result.normalised.get(axis)),
                       _fmt(result.weights_used.get(axis, 0.0), 2), " ".join(note))
-    table.add_row("[bold]composite[/]", "", "", "", f"[bold]{_fmt(result.composite)}[/]", "1.00",
-                  f"renormalised without {', '.join(result.missing)}" if result.missing else "")
+    note = []
+    if result.composite_se is not None:
+        note.append(f"± {result.composite_se:.3f} (standard error)")
+    if result.missing:
+        note.append(f"renormalised without {', '.join(result.missing)}")
+    table.add_row("[bold]composite[/]", "", "", "", f"[bold]{_fmt(result.composite)}[/]", "1.00", "; ".join(note))
     console.print(table)
     for line in learning_lines(result):
         console.print(line, soft_wrap=True)
@@ -98,6 +102,11 @@ def print_ranking(ranked: list, ranking_path: Path | None = None, console: Conso
         console.print("[bold]rank  LoRA file")
         for i, r in enumerate(ranked, 1):
             console.print(f"{i:>4}  {r.path.name}", soft_wrap=True)
+    spreads = sorted(r.result.composite_se for r in ranked if r.result.composite_se is not None)
+    if spreads:
+        typical = spreads[len(spreads) // 2]
+        console.print(f"composite's standard error over the images: {typical:.3f} (median); two LoRAs closer than "
+                      f"about {typical * 2 ** 0.5:.3f} are not told apart by these samples")
     if any(r.result.stand_in for r in ranked):
         console.print("[bold yellow]warning:[/] some backends ran on stand-in (random) weights; their scores mean nothing.")
     if ranking_path is not None:
