@@ -79,6 +79,7 @@ def test_optimize_three_phases_on_the_tiny_model(tiny_models, small_dataset, tmp
     assert {f["trial"] for f in finalists["finalists"]} == {t.number for t in top}
     per_epoch = len(list((run / "trials" / f"{top[0].number:04d}" / "samples" / "epoch-0001").glob("*.png")))
     assert all(f["images"] == 5 * per_epoch for f in finalists["finalists"])  # + 4 x as many fresh samples
+    assert all(f["composite_se"] > 0 for f in finalists["finalists"])  # each with its noise, as the report shows it
     winner = max(finalists["finalists"], key=lambda f: (f["composite"], -f["trial"]))
     assert (best["trial"], best["best_epoch"]) == (winner["trial"], winner["epoch"])
     assert (run / "best" / best["lora"]).is_file() and list((run / "best" / "finalist").rglob("*.png"))

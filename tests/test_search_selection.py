@@ -29,6 +29,7 @@ SPREAD: dict[int, list[float | None]] = {}
 # (trial, epoch) -> composite on all of a finalist's samples; the calls made.
 FINALISTS: dict[tuple[int, int], float] = {}
 FINALIST_CALLS: list[tuple[int, int, list[int], Path]] = []
+FINALIST_SE: dict[tuple[int, int], float] = {}  # a finalist composite's standard error (none: not measured)
 
 
 class ScriptedBackend:
@@ -65,7 +66,8 @@ class ScriptedBackend:
         (out_dir / "samples").mkdir(parents=True)
         (out_dir / "samples" / "fresh.txt").write_text("fresh")
         value = FINALISTS.get((trial, epoch), CURVES[trial][epoch - 1])  # unlisted: the search saw it right
-        return EpochScore(0, value, {"alignment": value}, lora, out_dir / "samples")
+        return EpochScore(0, value, {"alignment": value}, lora, out_dir / "samples",
+                          composite_se=FINALIST_SE.get((trial, epoch)))
 
 
 sys.modules[__name__].make = ScriptedBackend
@@ -203,6 +205,29 @@ def test_finalists_are_scored_again_and_the_lucky_epoch_loses(tmp_path) -> None:
     # A resumed run re-scores nobody it has scored: the pick is the same, and no call is made.
     config = load_config(run / "config.yaml")
     assert finish_run(run, config, lambda m: None, ScriptedBackend()).number == 1 and len(FINALIST_CALLS) == 2
+
+
+@pytest.mark.parametrize(("spread", "close"), [(0.1, False), (0.2, True)])
+def test_the_report_says_when_the_finalists_are_too_close_to_call(tmp_path, spread: float, close: bool) -> None:
+    # Finalists 0.8 and 0.55 on their samples: a lead of 0.25, against one standard error of the difference of
+    # 0.141 (0.1 each: told apart) or 0.283 (0.2 each: not).
+    from loratune.report import build_report
+
+    FINALISTS.clear()
+    FINALIST_SE.clear()
+    FINALISTS.update({(0, 2): 0.55, (1, 2): 0.8})
+    FINALIST_SE.update({(0, 2): spread, (1, 2): spread})
+    try:
+        run, _ = _run(tmp_path, {0: [0.5, 0.9, 0.5], 1: [0.8, 0.85, 0.8]}, epochs=3, pruner="none", finalists=2)
+    finally:
+        FINALIST_SE.clear()
+    listed = json.loads((run / "finalists.json").read_text())["finalists"]
+    assert [f["composite_se"] for f in listed] == [spread, spread]
+    pick = build_report(run).path.read_text().split("id='pick'")[1].split("</section>")[0]
+    assert f"0.8 ± {spread:g}</td>" in pick and f"0.55 ± {spread:g}</td>" in pick
+    assert ("id='finalists-close'" in pick) == close
+    if close:
+        assert "by 0.250, within the noise of the two scores (one standard error of the difference: 0.283)" in pick
 
 
 def test_without_finalists_the_lucky_epoch_wins(tmp_path) -> None:

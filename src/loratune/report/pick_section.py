@@ -37,13 +37,15 @@ def _finalists(run: RunFolder, best: dict[str, Any] | None) -> str:
         return ""
     chosen = (best or {}).get("trial"), (best or {}).get("best_epoch")
     body = []
-    for r in sorted(rows, key=lambda r: -(r.get("composite") or 0.0)):
+    ordered = sorted(rows, key=lambda r: -(r.get("composite") or 0.0))
+    for r in ordered:
         mark = " class='best-row'" if (r.get("trial"), r.get("epoch")) == chosen else ""
         delta = (r["composite"] - r["search_composite"]) if None not in (r.get("composite"),
                                                                           r.get("search_composite")) else None
+        spread = f" ± {fmt(r['composite_se'], 3)}" if r.get("composite_se") is not None else ""
         body.append(f"<tr{mark}><td><a href='#trial-{r['trial']}'>#{r['trial']}</a></td><td class='num'>{r['epoch']}"
                     f"</td><td class='num'>{fmt(r.get('search_composite'), 4)}</td><td class='num'>"
-                    f"{fmt(r.get('composite'), 4)}</td><td class='num'>{fmt(delta, 3)}</td><td class='num'>"
+                    f"{fmt(r.get('composite'), 4)}{spread}</td><td class='num'>{fmt(delta, 3)}</td><td class='num'>"
                     f"{fmt(r.get('images'))}</td><td class='num'>{fmt(r.get('seconds'), 3)}</td></tr>")
     total = sum(float(r.get("seconds") or 0.0) for r in rows)
     seeds = (data or {}).get("seeds") or [0]
@@ -53,7 +55,25 @@ def _finalists(run: RunFolder, best: dict[str, Any] | None) -> str:
             f"tends to fall when measured again. Re-scoring took {total:.0f} s in all.</p>"
             "<table id='finalists' style='width:auto'><thead><tr><th>trial</th><th>epoch</th><th>search-time "
             "composite</th><th>finalist composite</th><th>change</th><th>images</th><th>seconds</th></tr></thead>"
-            f"<tbody>{''.join(body)}</tbody></table>")
+            f"<tbody>{''.join(body)}</tbody></table>{_too_close(ordered)}")
+
+
+def _too_close(ordered: list[dict[str, Any]]) -> str:
+    """A warning when the best finalist's lead over the next is within the noise of the two scores (one standard
+    error of their difference, from each one's ``composite_se``): the samples do not tell the two apart."""
+    if len(ordered) < 2:
+        return ""
+    first, second = ordered[0], ordered[1]
+    values = (first.get("composite"), second.get("composite"), first.get("composite_se"), second.get("composite_se"))
+    if any(v is None for v in values):
+        return ""
+    lead, noise = values[0] - values[1], (values[2] ** 2 + values[3] ** 2) ** 0.5
+    if lead > noise:
+        return ""
+    return (f"<div class='banner' id='finalists-close'><strong>⚠ Too close to call.</strong> The best finalist leads "
+            f"the next (trial #{second['trial']}, epoch {second['epoch']}) by {lead:.3f}, within the noise of the two "
+            f"scores (one standard error of the difference: {noise:.3f}). On these samples the two are not told "
+            "apart: look at both before you ship one.</div>")
 
 
 def _checks(run: RunFolder) -> str:

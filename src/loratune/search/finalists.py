@@ -89,13 +89,14 @@ def score_finalists(run_dir: RunFolder, config: Config, backend: Any, trials: Se
         seconds = time.perf_counter() - started
         images = len(score.result.samples) if score.result is not None else 0
         finalist = Finalist(t.number, candidate.epoch, score.composite, dict(score.normalised), candidate.composite,
-                            images, round(seconds, 3), run.relative(run.finalists / name))
+                            images, round(seconds, 3), run.relative(run.finalists / name), score.composite_se)
         new.append(finalist)
         kept.append(finalist)
         atomic_write_json(run.finalists_file, {"seeds": seeds, "factor": config.search.finalist_samples,
                                                "finalists": [asdict(f) for f in kept]})
+        spread = f" ± {score.composite_se:.4f}" if score.composite_se is not None else ""
         say(f"finalist trial {t.number} epoch {candidate.epoch}: composite {_fmt(candidate.composite)} at search "
-            f"time, {_fmt(score.composite)} on {images} samples ({seconds:.0f} s)")
+            f"time, {_fmt(score.composite)}{spread} on {images} samples ({seconds:.0f} s)")
     return new
 
 

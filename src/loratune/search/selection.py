@@ -100,12 +100,13 @@ class Finalist:
     images: int
     seconds: float  # sampling + scoring the fresh samples
     folder: str  # relative to the run folder
+    composite_se: float | None = None  # the finalist composite's standard error over its images
 
     @classmethod
     def from_json(cls, row: dict[str, Any]) -> Finalist:
         return cls(int(row["trial"]), int(row["epoch"]), row.get("composite"), dict(row.get("axes") or {}),
                    row.get("search_composite"), int(row.get("images") or 0), float(row.get("seconds") or 0.0),
-                   str(row.get("folder") or ""))
+                   str(row.get("folder") or ""), row.get("composite_se"))
 
 
 @dataclass(frozen=True)
