@@ -41,13 +41,14 @@ def test_without_standard_errors_it_is_optunas_patient_pruner(direction: str) ->
 def test_a_decline_counts_only_beyond_the_noise_of_both_scores() -> None:
     # patience 1: at epoch 3 the window is epochs 2-3 against epoch 1's 0.80.
     se = 0.03  # the difference's standard error: 0.03 * sqrt(2) = 0.0424
-    assert _asks(NoisyPatientPruner(1), [0.80, 0.76, 0.77], [se] * 3) == [False, False, False]  # 0.03 < 0.0424
-    assert _asks(NoisyPatientPruner(1), [0.80, 0.74, 0.75], [se] * 3) == [False, False, True]  # 0.05 > 0.0424
+    one_se = NoisyPatientPruner(1, margin=1)
+    assert _asks(one_se, [0.80, 0.76, 0.77], [se] * 3) == [False, False, False]  # 0.03 < 0.0424
+    assert _asks(one_se, [0.80, 0.74, 0.75], [se] * 3) == [False, False, True]  # 0.05 > 0.0424
     # two standard errors: 0.05 is within the noise again
     assert _asks(NoisyPatientPruner(1, margin=2), [0.80, 0.74, 0.75], [se] * 3) == [False, False, False]
     # the margin uses the two scores compared (the earlier best and the window's best), not the others
     noisy_other = [se, se, 1.0]  # epoch 3 is very noisy, but epoch 2 (0.70) is the window's best
-    assert _asks(NoisyPatientPruner(1), [0.80, 0.70, 0.69], noisy_other) == [False, False, True]
+    assert _asks(one_se, [0.80, 0.70, 0.69], noisy_other) == [False, False, True]
 
 
 def test_bad_settings_raise() -> None:

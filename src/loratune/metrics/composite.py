@@ -40,7 +40,6 @@ def composite(normalised: Mapping[str, float | None], weights: Mapping[str, floa
     return Composite(sum(used[a] * float(normalised[a]) for a in used), used, missing)  # type: ignore[arg-type]
 
 
-
 BOOTSTRAP_RESAMPLES = 200
 
 

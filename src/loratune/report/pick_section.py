@@ -5,6 +5,7 @@ finalist scores side by side with what re-scoring them cost, and what the scorer
 from __future__ import annotations
 
 import json
+import math
 from html import escape
 from typing import Any
 
@@ -67,7 +68,7 @@ def _too_close(ordered: list[dict[str, Any]]) -> str:
     values = (first.get("composite"), second.get("composite"), first.get("composite_se"), second.get("composite_se"))
     if any(v is None for v in values):
         return ""
-    lead, noise = values[0] - values[1], (values[2] ** 2 + values[3] ** 2) ** 0.5
+    lead, noise = values[0] - values[1], math.hypot(values[2], values[3])
     if lead > noise:
         return ""
     return (f"<div class='banner' id='finalists-close'><strong>⚠ Too close to call.</strong> The best finalist leads "

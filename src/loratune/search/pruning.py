@@ -34,7 +34,7 @@ class NoisyPatientPruner(optuna.pruners.BasePruner):
     """Prune a trial whose last ``patience + 1`` reported epochs all fall short of its earlier best by more than the
     noise in the two scores (see the module docstring)."""
 
-    def __init__(self, patience: int, margin: float = 1.0) -> None:
+    def __init__(self, patience: int, margin: float = 0.0) -> None:
         if patience < 0:
             raise ValueError(f"patience must be >= 0 (got {patience})")
         if margin < 0:

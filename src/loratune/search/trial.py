@@ -127,8 +127,8 @@ def record_scores(folder: Path, epochs: list[EpochScore], state: str | None = No
     atomic_write_json(folder / "scores.json", {
         **attrs, "state": state, "fail_reason": failure, "seconds": trial_seconds(epochs, wall, search),
         "epochs": [{"epoch": e.epoch, "composite": e.composite, "composite_se": e.composite_se, "axes": e.normalised,
-                    "copy_rate": e.copy_rate,
-                    "constraint": e.constraint, "cmmd": e.cmmd, "validation_loss": e.validation_loss,
+                    "copy_rate": e.copy_rate, "constraint": e.constraint, "cmmd": e.cmmd,
+                    "validation_loss": e.validation_loss,
                     "diverged": e.diverged, "diagnosis": d, "skipped": e.skipped, "seconds": e.seconds,
                     "device": e.device}
                    for e, d in zip(epochs, diagnoses)],
