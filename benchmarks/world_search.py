@@ -132,7 +132,8 @@ def score(store: Path, table: Path, target: str, overrides: list[str], subsets: 
 
     from loratune.atomic import atomic_write_json
     from loratune.config import load_config
-    from loratune.evaluation import Evaluator, collect_samples, identity_calibration, load_references, quality_check
+    from loratune.evaluation import Evaluator, collect_samples, load_references
+    from loratune.scorer_checks import identity_calibration, quality_check
     from loratune.world.folder import write_world
 
     torch.set_num_threads(2)

@@ -101,8 +101,9 @@ def test_the_scorer_checks_name_what_the_worlds_scorers_cannot_see(world, tmp_pa
     CLIP's identity similarity is the palette (the references cut into shuffled tiles score as high as the references
     themselves), and PIQE rates the flat-shaded references below the base model's grainy samples."""
     from loratune.config import load_config
-    from loratune.evaluation import Evaluator, identity_calibration, load_references, quality_check
+    from loratune.evaluation import Evaluator, load_references
     from loratune.sampling import render_base_samples
+    from loratune.scorer_checks import identity_calibration, quality_check
     from loratune.train.cache import BaseCache
     from loratune.train.model import training_precision
 

@@ -16,6 +16,8 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 from loratune.errors import LoratuneError
 from loratune.metrics.composite import normalise
 
+STAND_IN_WARNING = "ran on stand-in (randomly initialised) weights: its scores mean nothing"
+
 if TYPE_CHECKING:
     from PIL import Image
 

@@ -5,7 +5,7 @@ levels (0-255), averaged over the colour channels. Weight-free and real everywhe
 Why it is offered beside PIQE: grain and speckle are what an over-trained LoRA adds, and this estimate sees only
 those. PIQE and its kin judge an image by natural-photo statistics, so on flat-shaded styles (3D animation, anime,
 cel shading) they read clean flat regions as missing detail or blocking and rate the clean image worse than a grainy
-one; the study's quality check (``evaluation.quality_check``) says when the configured metric does that. Smooth
+one; the study's quality check (``scorer_checks.quality_check``) says when the configured metric does that. Smooth
 regions and straight edges leave the finest wavelet band almost empty, so a flat-shaded image scores near 0 here.
 It does not see blur: pair it with alignment and identity, which do.
 """

@@ -92,8 +92,8 @@ class TrainAndScore:
         scorer learned (its threshold and how well it tells the character from the base model's images) and what the
         quality check found, which also go to ``RUN/scorer-checks.json``."""
         from loratune.atomic import atomic_write_json
-        from loratune.evaluation import identity_calibration, quality_check
         from loratune.sampling import BASE_SAMPLES, render_base_samples
+        from loratune.scorer_checks import identity_calibration, quality_check
         from loratune.train.model import training_precision
 
         key = (config.model_dump_json(exclude={"train", "search"}, warnings=False), run_dir)
