@@ -27,11 +27,12 @@ import numpy as np
 from loratune.audit import checks
 from loratune.audit.references import character_presence, leak_warning, reference_leaks
 from loratune.audit.scan import DatasetEntry, scan_for_audit
-from loratune.config import BackendConfig, Config
+from loratune.config import Config
 from loratune.errors import LoratuneError
 from loratune.evaluation import evaluation_runtime
 from loratune.images import load_image
 from loratune.metrics.base import Backend, EvalImage, References, Runtime
+from loratune.metrics.config import BackendConfig
 
 
 @dataclass

@@ -53,7 +53,7 @@ def run_weights(config: dict[str, Any]) -> dict[str, float]:
     """The run's composite weights as its config states them (the seed weights where it is silent)."""
     from pydantic import ValidationError
 
-    from loratune.config import SEED_WEIGHTS, EvaluationSection
+    from loratune.metrics.config import SEED_WEIGHTS, EvaluationSection
 
     evaluation = config.get("evaluation") if isinstance(config.get("evaluation"), dict) else {}
     try:

@@ -25,7 +25,7 @@ class SscdModel(BaseModel):
 
 
 def _backend(value: Any, info: ValidationInfo, field: str, names: tuple[str, ...]) -> Any:
-    from loratune.config import BackendConfig
+    from loratune.metrics.config import BackendConfig
 
     if value is None:
         return None

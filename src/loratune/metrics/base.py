@@ -21,7 +21,7 @@ STAND_IN_WARNING = "ran on stand-in (randomly initialised) weights: its scores m
 if TYPE_CHECKING:
     from PIL import Image
 
-    from loratune.config import BackendConfig
+    from loratune.metrics.config import BackendConfig
     from loratune.metrics.embedding_cache import EmbeddingCache
     from loratune.metrics.registry import BackendSpec
 

@@ -90,7 +90,8 @@ class FaceIdentity(Backend):
     def _build_fallback(self) -> Backend | None:
         if self.options.fallback is None:
             return None
-        from loratune.config import BackendConfig, format_validation_error
+        from loratune.config import format_validation_error
+        from loratune.metrics.config import BackendConfig
         from loratune.metrics.registry import backend_class, get_spec
 
         # Built under its own field path, so a bad fallback model or option names `...fallback.<field>`.

@@ -13,8 +13,8 @@ from typing import TYPE_CHECKING
 from loratune.errors import LoratuneError
 
 if TYPE_CHECKING:
-    from loratune.config import BackendConfig
     from loratune.metrics.base import Backend, Runtime
+    from loratune.metrics.config import BackendConfig
 
 AXES = ("alignment", "consistency", "aesthetics", "quality", "diversity")
 
