@@ -2,7 +2,8 @@
 
 Everything the user can get wrong is checked in ``prepare`` before a model loads. The loop then runs epochs of
 bucketed batches; strategies (curriculum resolution, progressive rank) act at each epoch start; every
-``save_every_epochs`` a checkpoint is written, sampled and handed to ``on_checkpoint``.
+``save_every_epochs`` a checkpoint is written (``loratune.train.epoch_checkpoint``, which also resumes from one),
+sampled and handed to ``on_checkpoint``.
 """
 
 from __future__ import annotations
@@ -14,12 +15,13 @@ from contextlib import closing
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from loratune.atomic import atomic_write_json, atomic_write_text
+from loratune.atomic import atomic_write_json
 from loratune.config import Config
 from loratune.errors import LoratuneError
 from loratune.residency.policy import Residency
 from loratune.sampling import BASE_SAMPLES
 from loratune.train.data import Item
+from loratune.train.epoch_checkpoint import drop_log_after, restore_training_state, save_epoch_checkpoint
 from loratune.train.epochs import count_steps, epoch_batches
 from loratune.train.loss import diffusion_loss
 from loratune.timing import Stopwatch, device_label
@@ -161,12 +163,12 @@ def _train(
     from loratune.train.model import (
         add_lora,
         enable_checkpointing,
-        load_state_dict,
         place,
         trainable_parameters,
         upcast_lora,
     )
     from loratune.train.optim import build_optimizer, build_scheduler, carry_over, restore_scheduler
+    from loratune.train.validation import run_validation_loss
 
     t = config.train
     device, weight_dtype = precision.device, precision.weight_dtype
@@ -195,7 +197,7 @@ def _train(
     text_cache = TextCache(models, device, None if t.shuffle_captions else base.texts) if frozen_text else None
     latent_cache = LatentCache(models.vae, items, device, torch.float32, base.latents) if t.cache_latents else None
 
-    validation = _validation(config, models, items, device, weight_dtype, accelerator)
+    validation = run_validation_loss(config, models, items, device, weight_dtype, accelerator)
     curriculum = CurriculumResolution(t.curriculum, config.dataset.resolution)
     strategies = [curriculum, ProgressiveRank(t.rank_schedule, t.rank)]
     total_steps = count_steps(config, items, curriculum)
@@ -233,19 +235,10 @@ def _train(
         if folder is None:
             raise LoratuneError(f"--resume: no checkpoint to resume from in {out_dir / 'checkpoints'}")
         state = ckpt.load_training_state(folder)
-        if state["rank"] > run.rank:
+        if state["rank"] > run.rank:  # first: growing the rank rebuilds the optimizer the state then loads into
             run.grow_rank(state["rank"])
-        load_state_dict(models.denoiser, state["lora"]["unet"])
-        for i in models.trained_text_encoders:
-            load_state_dict(models.text_encoders[i], state["lora"][f"te{i}"])
-        optimizer.load_state_dict(state["optimizer"])
-        restore_scheduler(lr_scheduler, state["lr_scheduler"])
-        generator.set_state(state["generator"])
-        step, start_epoch = int(state["step"]), int(state["epoch"]) + 1
-        if history.is_file():  # steps after the checkpoint are trained again: drop their old log lines
-            kept = [line for line in history.read_text(encoding="utf-8", errors="replace").splitlines()
-                    if _logged_step(line) <= step]
-            atomic_write_text(history, "".join(line + "\n" for line in kept))
+        step, start_epoch = restore_training_state(state, models, optimizer, lr_scheduler, generator)
+        drop_log_after(history, step)
     (out_dir / FAILED_MARKER).unlink(missing_ok=True)
     step_log.start(step)
 
@@ -334,9 +327,9 @@ def _train(
         last = epoch == t.epochs or bool(t.max_steps and step >= t.max_steps)
         if epoch % t.save_every_epochs and not last:
             continue
-        info = _save(
-            config, out_dir, models, run, strategies, epoch, step, optimizer, lr_scheduler, generator, precision,
-            items, len(batches), started,
+        info = save_epoch_checkpoint(
+            config, out_dir, models, run.rank, run.resolution, strategies, epoch, step, optimizer, lr_scheduler,
+            generator, precision, items, len(batches), started,
         )
         watch.lap("train")
         info.train_loss = sum(epoch_losses) / len(epoch_losses) if epoch_losses else None
@@ -364,77 +357,3 @@ def _train(
         watch.lap("checkpoint")  # the callback's time (scoring) is its own to count: not the next epoch's training
         watch.take()
     return TrainResult(out_dir, checkpoints, step, epochs_done, stopped_early=stopped, final_loss=loss_value)
-
-
-def _validation(config: Config, models: Any, items: list[Item], device: Any, dtype: Any,
-                accelerator: Any) -> Callable[[], float] | None:
-    """The run's deterministic validation loss (``loratune.train.validation``), or None when it is off."""
-    from loratune.train.validation import ValidationLoss, validation_images
-
-    from loratune.families.base import Family
-
-    images = validation_images(config, items)
-    if images is None or type(models.family).validation_loss is Family.validation_loss:  # the family has none
-        return None
-    return ValidationLoss(config, models, images, device, dtype, accelerator.autocast)
-
-
-def _save(
-    config: Config,
-    out_dir: Path,
-    models: Any,
-    run: _Run,
-    strategies: list[Any],
-    epoch: int,
-    step: int,
-    optimizer: Any,
-    lr_scheduler: Any,
-    generator: Any,
-    precision: Precision,
-    items: list[Item],
-    batches_per_epoch: int,
-    started: float,
-) -> CheckpointInfo:
-    """Write the epoch's checkpoint (sampled by the caller, after its validation loss)."""
-    from loratune.train import checkpoint as ckpt
-    from loratune.train.metadata import checkpoint_metadata
-
-    t = config.train
-    alpha = float(models.denoiser.peft_config["default"].lora_alpha)
-    now = time.time()
-    metadata = checkpoint_metadata(config, models, out_dir, run.rank, run.resolution, strategies, epoch, step, items,
-                                   batches_per_epoch, started, now, precision.mixed)
-    info = {
-        "epoch": epoch,
-        "step": step,
-        "rank": run.rank,
-        "alpha": alpha,
-        "resolution": run.resolution,
-        "optimizer": t.optimizer,
-        "family": config.model.family,
-        "time": time.time(),
-        "curriculum": {str(k): v for k, v in t.curriculum.items()},
-        "rank_schedule": {str(k): v for k, v in t.rank_schedule.items()},
-    }
-    state = {
-        "epoch": epoch,
-        "step": step,
-        "rank": run.rank,
-        "optimizer": optimizer.state_dict(),
-        "lr_scheduler": lr_scheduler.state_dict(),
-        "generator": generator.get_state(),
-    }
-    folder, diffusers_path, kohya_path = ckpt.save_checkpoint(
-        out_dir, models, epoch, t.output_name, info, metadata, state
-    )
-    return CheckpointInfo(
-        epoch, step, diffusers_path, kohya_path, [], rank=run.rank, resolution=run.resolution, folder=folder
-    )
-
-
-def _logged_step(line: str) -> float:
-    """A train_log.jsonl line's step; a line cut off by a kill (normal after Ctrl-C or OOM) counts as after any."""
-    try:
-        return float(json.loads(line)["step"])
-    except (ValueError, KeyError, TypeError):
-        return float("inf")

@@ -12,6 +12,7 @@ the training's random state: the noise comes from a generator of its own and tor
 from __future__ import annotations
 
 import random
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -98,3 +99,14 @@ class ValidationLoss:
         finally:
             for module, mode in zip(modules, modes):
                 module.train(mode)
+
+
+def run_validation_loss(config: Config, models: Any, items: list[Item], device: Any, dtype: Any,
+                        accelerator: Any) -> Callable[[], float] | None:
+    """The run's deterministic validation loss, or None when it is off."""
+    from loratune.families.base import Family
+
+    images = validation_images(config, items)
+    if images is None or type(models.family).validation_loss is Family.validation_loss:  # the family has none
+        return None
+    return ValidationLoss(config, models, images, device, dtype, accelerator.autocast)
