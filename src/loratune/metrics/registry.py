@@ -71,7 +71,7 @@ _SPECS = [
         "DINO-style: cosine similarity of a self-supervised vision model's embeddings (HF or timm)",
     ),
     BackendSpec(
-        "insightface", "consistency", "loratune.metrics.face_identity:InsightFaceIdentity", (-1.0, 1.0), True,
+        "insightface", "consistency", "loratune.metrics.insightface_identity:InsightFaceIdentity", (-1.0, 1.0), True,
         (0.0, 0.8), False, False,
         "MIT (insightface code); its model packs (buffalo_l, antelopev2): non-commercial research use only",
         "buffalo_l",
