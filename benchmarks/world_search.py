@@ -467,6 +467,7 @@ def agreement(table: Table) -> dict[str, Any]:
         out["finalist_spearman"] = spearmanr([r["finalist"]["composite"] for r in rows], truth).statistic
         out["search_spearman_vs_all"] = spearmanr(composite, truth).statistic
     out["exhaustive_pick"] = exhaustive_pick(table)
+    out["if_identity_were_exact"] = identity_ceiling(table)
     if all(r.get("validation_loss") is not None for r in rows):
         out["validation_spearman"] = spearmanr([-r["validation_loss"] for r in rows], oracle).statistic
         within = []
@@ -478,6 +479,29 @@ def agreement(table: Table) -> dict[str, Any]:
                                             [r["oracle"]["score"] for r in trial]).statistic)
         out["validation_spearman_within_trials"] = float(np.nanmedian(within)) if within else None
     return out
+
+
+def identity_ceiling(table: Table) -> dict[str, Any]:
+    """How far the composite would agree with the oracle were its identity scorer exact: the consistency axis
+    replaced by the oracle's identity rate, every other axis and weight as scored. A diagnosis, never a setting: it
+    says how much of the disagreement is the identity scorer's and how much the composite's other axes'."""
+    from scipy.stats import spearmanr
+
+    from loratune.config import SEED_WEIGHTS
+    from loratune.metrics.composite import composite
+
+    rows = list(table.rows.values())
+    weights = dict(SEED_WEIGHTS, aesthetics=0.0)  # the world's config keeps its stand-in aesthetic MLP out
+    as_scored = [composite(r["axes"], weights).value for r in rows]
+    if not np.allclose(as_scored, [r["composite"] for r in rows], atol=1e-6):
+        raise SystemExit("identity_ceiling: the table was not scored with the world's weights")
+    exact = [composite(r["axes"] | {"consistency": r["oracle"]["identity_rate"]}, weights).value for r in rows]
+    oracle = [r["oracle"]["score"] for r in rows]
+    by_exact = sorted(range(len(rows)), key=lambda i: -exact[i])
+    by_oracle = sorted(range(len(rows)), key=lambda i: -oracle[i])
+    return {"spearman": spearmanr(exact, oracle).statistic,
+            "top10_overlap": len(set(by_exact[:10]) & set(by_oracle[:10])),
+            "favourite_oracle": oracle[by_exact[0]]}
 
 
 def exhaustive_pick(table: Table, finalists: int = 3, validation_rise: float = 0.10) -> dict[str, Any]:
