@@ -32,14 +32,14 @@ def prefix_picks(run_root: Path, search: Any, trials: Sequence[Any],
     """Per prefix of ``trials`` (sorted by number): ``regret`` = ``optimum`` - ``truth(trial, epoch)`` of the pick
     (``optimum`` when nothing is a candidate yet) and ``cost`` = the trials' paid seconds + ``finalist_seconds`` per
     finalist re-scored; ``finalist(trial, epoch)`` gives a finalist's (composite, axes)."""
-    from loratune.search.selection import Finalist, Ranking, finalists_to_score, pick
+    from loratune.search.selection import Finalist, Ranking, finalists_to_score, pick, read_ranking
 
     spent, out = 0.0, []
     for k, t in enumerate(trials, 1):
         spent += trial_seconds(run_root, t)
         sub = list(trials[:k])
-        finals = []
-        for c in finalists_to_score(sub, search, Ranking(), search.finalists):
+        finals, epochs = [], read_ranking(run_root, sub).epochs  # each trial's scored epochs: its runners-up
+        for c in finalists_to_score(sub, search, Ranking(epochs=epochs), search.finalists):
             composite, axes = finalist(c.trial, c.epoch)
             finals.append(Finalist(c.number, c.epoch, composite, axes, c.composite, 0, 0.0, ""))
         picked = pick(sub, search, Ranking(finalists=tuple(finals)))

@@ -504,6 +504,28 @@ def identity_ceiling(table: Table) -> dict[str, Any]:
             "favourite_oracle": oracle[by_exact[0]]}
 
 
+def exact_identity_table(source: Path, out: Path) -> None:
+    """A copy of ``source`` whose consistency axis is the oracle's identity rate (search-time: the oracle on the
+    search samples; finalists: on all of them), the composites recomputed with the world's weights. A diagnosis of
+    the search, never a setting: replayed by ``compare`` or ``world_cost.py``, it shows what the search and its gates
+    would do were the identity scorer exact. The 2-seed subsets are dropped (the oracle was not read on them)."""
+    from loratune.atomic import atomic_write_json
+    from loratune.config import SEED_WEIGHTS
+    from loratune.metrics.composite import composite
+
+    data = json.loads(source.read_text())
+    weights = dict(SEED_WEIGHTS, aesthetics=0.0)
+    for row in data["rows"]:
+        row["axes"]["consistency"] = row["oracle"]["identity_rate"]
+        row["composite"] = composite(row["axes"], weights).value
+        if "finalist" in row:
+            row["finalist"]["axes"]["consistency"] = row["oracle_all"]["identity_rate"]
+            row["finalist"]["composite"] = composite(row["finalist"]["axes"], weights).value
+        row.pop("seeds", None)
+    data["overrides"] = [*data.get("overrides", []), "consistency := the oracle's identity rate (a diagnosis)"]
+    atomic_write_json(out, data)
+
+
 def exhaustive_pick(table: Table, finalists: int = 3, validation_rise: float = 0.10) -> dict[str, Any]:
     """What the product's pick would hand back had every epoch of every grid point been trained and scored: each
     run's best epoch by composite (an epoch whose validation loss rose over ``validation_rise`` is no candidate), the
@@ -560,7 +582,8 @@ def overtraining(table: Table, min_lr: float = 5e-3) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("what", choices=("measure", "score", "compare", "agreement"))
+    parser.add_argument("what", choices=("measure", "score", "compare", "agreement", "exact-identity"))
+    parser.add_argument("--out", type=Path, help="exact-identity: where the diagnostic table goes")
     parser.add_argument("--store", type=Path, default=STORE, help="where `measure` keeps LoRAs and samples")
     parser.add_argument("--target", default="lucaboy", help="the world's target character (lucaboy, albertoboy)")
     parser.add_argument("--table", type=Path, default=TABLE)
@@ -581,6 +604,8 @@ def main() -> None:
         measure(args.store, args.epochs, args.sample_seeds, args.target)
     elif args.what == "score":
         score(args.store, args.table, args.target, args.overrides, tuple(args.subsets or [2]))
+    elif args.what == "exact-identity":
+        exact_identity_table(args.table, args.out)
     elif args.what == "agreement":
         print(json.dumps(agreement(Table(args.table)), indent=1, default=float))
     else:

@@ -207,6 +207,48 @@ def test_finalists_are_scored_again_and_the_lucky_epoch_loses(tmp_path) -> None:
     assert finish_run(run, config, lambda m: None, ScriptedBackend()).number == 1 and len(FINALIST_CALLS) == 2
 
 
+@pytest.mark.parametrize(("per_trial", "calls", "picked"), [
+    (2, [(0, 2), (0, 3), (1, 2)], (0, 3, 0.85)),  # trial 0's runner-up is sampled again, and it holds
+    (1, [(0, 2), (1, 2)], (1, 2, 0.75)),  # each trial's best epoch only: trial 0 is judged on its lucky epoch alone
+])
+def test_a_trials_runner_up_epoch_is_a_finalist(tmp_path, per_trial: int, calls: list, picked: tuple) -> None:
+    # Trial 0's epoch 2 is a lucky draw (0.9; 0.6 on fresh samples); its epoch 3, a hair behind at search time
+    # (0.88), is the better LoRA (0.85). A trial's best epoch is itself the maximum of its noisy epochs.
+    FINALISTS.clear()
+    FINALIST_CALLS.clear()
+    FINALISTS.update({(0, 2): 0.6, (0, 3): 0.85, (1, 2): 0.75})
+    run, _ = _run(tmp_path, {0: [0.5, 0.9, 0.88], 1: [0.7, 0.8, 0.7]}, epochs=3, pruner="none", finalists=3,
+                  finalists_per_trial=per_trial)
+    assert [c[:2] for c in FINALIST_CALLS] == calls
+    best = json.loads((run / "best" / "best.json").read_text())
+    assert (best["trial"], best["best_epoch"], best["composite"]) == picked
+    from safetensors.torch import load_file
+
+    weights = load_file(str(run / "best" / best["lora"]))["m.lora_down.weight"]  # the scripted file of (trial, epoch)
+    assert float(weights[0, 0]) == picked[0] * 10 + picked[1]
+
+
+@pytest.mark.parametrize("weights", [None, {"alignment": 1.0}])
+def test_runners_up_skip_diverged_and_infeasible_epochs(weights) -> None:
+    # Trial 0: best epoch 3 (0.7); its epoch 2 diverged and its epoch 4 breaks a constraint, so its runner-up is
+    # epoch 1. Under weights the values come from the axes (alignment alone here, equal to the composites).
+    from loratune.search.selection import Ranking, finalists_to_score
+
+    def row(epoch: int, value: float, **extra) -> dict:
+        return {"epoch": epoch, "composite": value, "axes": {"alignment": value}, **extra}
+
+    a = create_trial(value=0.7, user_attrs={"composite": 0.7, "best_epoch": 3, "lora": "a", "axes": {"alignment": 0.7}})
+    b = create_trial(value=0.6, user_attrs={"composite": 0.6, "best_epoch": 2, "lora": "b", "axes": {"alignment": 0.6}})
+    a._number, b._number = 0, 1
+    epochs = {0: [row(1, 0.5), row(2, 0.69, diverged="validation loss rose"), row(3, 0.7),
+                  row(4, 0.65, constraint=1.0)],
+              1: [row(1, 0.55), row(2, 0.6)]}
+    ranking = Ranking(weights=weights, epochs=epochs)
+    top = finalists_to_score([a, b], SearchSection(finalists_per_trial=2), ranking, 4)
+    assert [(c.number, c.epoch, c.composite) for c in top] == [(0, 3, 0.7), (1, 2, 0.6), (1, 1, 0.55), (0, 1, 0.5)]
+    assert [(c.number, c.epoch) for c in finalists_to_score([a, b], SearchSection(), ranking, 4)] == [(0, 3), (1, 2)]
+
+
 @pytest.mark.parametrize(("spread", "close"), [(0.1, False), (0.2, True)])
 def test_the_report_says_when_the_finalists_are_too_close_to_call(tmp_path, spread: float, close: bool) -> None:
     # Finalists 0.8 and 0.55 on their samples: a lead of 0.25, against one standard error of the difference of

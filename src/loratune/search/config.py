@@ -165,6 +165,11 @@ class SearchSection(_Strict):
         description="before RUN/best is written, the top candidates sampled again with fresh seeds and picked on all "
         "their samples (a search-time score is the maximum of noisy epochs); 0 = off",
     )
+    finalists_per_trial: int = Field(
+        1, ge=1, le=50,
+        description="at most this many finalists from one trial: its best epoch and then its runners-up (a trial's "
+        "best epoch is itself the maximum of its noisy epochs); 1 = each trial's best epoch only",
+    )
     finalist_samples: int = Field(
         4, ge=1, le=64, description="fresh seeds per finalist, as a multiple of sampling.seeds (same prompts)")
     gating: GatingSection = Field(default_factory=GatingSection)

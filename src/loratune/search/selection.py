@@ -113,8 +113,8 @@ class Finalist:
 class Ranking:
     """What ranks a run's candidates for RUN/best besides the trials: the weights (None: the composite each epoch
     was scored with, i.e. the config's ``evaluation.weights``; else the calibrated weights of ``loratune calibrate``),
-    the finalists, and — with other weights — every scored epoch's axes per trial (to find each trial's best epoch
-    under them). ``loratune.runfolder.read_ranking`` reads all of it from the run folder."""
+    the finalists, and every scored epoch's axes per trial (each trial's best epoch under other weights; its
+    runners-up for the finalists). ``loratune.runfolder.read_ranking`` reads all of it from the run folder."""
 
     weights: dict[str, float] | None = None
     weights_source: str = "evaluation.weights"
@@ -213,14 +213,35 @@ def finalists_to_score(trials: Sequence[FrozenTrial], search: SearchSection, ran
     if count <= 0 or search.directions:
         return []
     done = {(f.trial, f.epoch) for f in ranking.finalists}
-    top = pick(trials, search, ranking.without_finalists())[:count]
+    candidates = []
+    for best in pick(trials, search, ranking.without_finalists()):
+        candidates.append(best)
+        candidates += _runners_up(best, ranking, search.finalists_per_trial - 1)
+    top = sorted(candidates, key=lambda c: (-c.composite, c.number, c.epoch))[:count]
     return [c for c in top if (c.number, c.epoch) not in done]
+
+
+def _runners_up(best: Candidate, ranking: Ranking, count: int) -> list[Candidate]:
+    """The trial's next ``count`` feasible scored epochs after ``best`` under the ranking's weights: two epochs of
+    one run closer than their noise are as worth sampling again as two runs (``ranking.epochs``; none without it)."""
+    from loratune.metrics.composite import composite
+
+    if count <= 0:
+        return []
+    others = []
+    for row in ranking.epochs.get(best.number, []):
+        axes = dict(row.get("axes") or {})
+        v = row.get("composite") if ranking.weights is None else composite(axes, ranking.weights).value
+        if (v is not None and row["epoch"] != best.epoch and (row.get("constraint") or 0.0) <= 0
+                and not row.get("diverged")):
+            others.append(Candidate(best.trial, int(row["epoch"]), float(v), axes))
+    return sorted(others, key=lambda c: (-c.composite, c.epoch))[:count]
 
 
 def read_ranking(run_dir: str | Path, trials: Sequence[FrozenTrial]) -> Ranking:
     """The run folder's ranking inputs: the calibrated weights when ``loratune calibrate --apply`` wrote them
-    (``RUN/calibration.json``), the finalists (``RUN/finalists.json``) and, with calibrated weights, every scored
-    epoch whose LoRA file is still on disk."""
+    (``RUN/calibration.json``), the finalists (``RUN/finalists.json``) and every scored epoch whose LoRA file is
+    still on disk."""
     import json
 
     from loratune.runfolder import RunFolder
@@ -239,13 +260,12 @@ def read_ranking(run_dir: str | Path, trials: Sequence[FrozenTrial]) -> Ranking:
         rows = json.loads(run.finalists_file.read_text(encoding="utf-8")).get("finalists") or []
         finalists = tuple(Finalist.from_json(r) for r in rows if isinstance(r, dict))
     epochs: dict[int, list[dict[str, Any]]] = {}
-    if weights is not None:
-        for t in trials:
-            folder = run.root / t.user_attrs["trial_dir"] if t.user_attrs.get("trial_dir") else None
-            scores = folder / "scores.json" if folder is not None else None
-            if scores is None or not scores.is_file():
-                continue
-            rows = json.loads(scores.read_text(encoding="utf-8")).get("epochs") or []
-            epochs[t.number] = [r for r in rows if isinstance(r, dict) and isinstance(r.get("epoch"), int)
-                                and epoch_lora(folder, r["epoch"], t.user_attrs) is not None]
+    for t in trials:
+        folder = run.root / t.user_attrs["trial_dir"] if t.user_attrs.get("trial_dir") else None
+        scores = folder / "scores.json" if folder is not None else None
+        if scores is None or not scores.is_file():
+            continue
+        rows = json.loads(scores.read_text(encoding="utf-8")).get("epochs") or []
+        epochs[t.number] = [r for r in rows if isinstance(r, dict) and isinstance(r.get("epoch"), int)
+                            and epoch_lora(folder, r["epoch"], t.user_attrs) is not None]
     return Ranking(weights, source, finalists, epochs, answers)
