@@ -243,6 +243,9 @@ def _print_equal_cost(result: dict[str, Any]) -> None:
 
 
 def main() -> None:
+    from loratune.chatter import quiet_libraries
+
+    quiet_libraries()  # the libraries' notices on import (bitsandbytes' offline kernel lookup) would bury the tables
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("what", choices=("costs", "equal-cost", "gating"))
     parser.add_argument("--store", type=Path, default=STORE / "albertoboy")

@@ -581,6 +581,9 @@ def overtraining(table: Table, min_lr: float = 5e-3) -> None:
 
 
 def main() -> None:
+    from loratune.chatter import quiet_libraries
+
+    quiet_libraries()  # the libraries' notices on import (bitsandbytes' offline kernel lookup) would bury the tables
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("what", choices=("measure", "score", "compare", "agreement", "exact-identity"))
     parser.add_argument("--out", type=Path, help="exact-identity: where the diagnostic table goes")
