@@ -226,6 +226,10 @@ def test_a_trials_runner_up_epoch_is_a_finalist(tmp_path, per_trial: int, calls:
 
     weights = load_file(str(run / "best" / best["lora"]))["m.lora_down.weight"]  # the scripted file of (trial, epoch)
     assert float(weights[0, 0]) == picked[0] * 10 + picked[1]
+    from loratune.report import build_report
+
+    pick = build_report(run).path.read_text().split("id='pick'")[1].split("</section>")[0]
+    assert ("up to 2 epochs of one trial: its best and its runners-up" in pick) == (per_trial == 2)
 
 
 @pytest.mark.parametrize("weights", [None, {"alignment": 1.0}])

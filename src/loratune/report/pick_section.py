@@ -50,10 +50,13 @@ def _finalists(run: RunFolder, best: dict[str, Any] | None) -> str:
                     f"{fmt(r.get('images'))}</td><td class='num'>{fmt(r.get('seconds'), 3)}</td></tr>")
     total = sum(float(r.get("seconds") or 0.0) for r in rows)
     seeds = (data or {}).get("seeds") or [0]
-    return (f"<h3>Finalists</h3><p class='muted'>The top candidates by search-time score were sampled again with "
-            f"{len(seeds)} fresh seeds per prompt ({seeds[0]}–{seeds[-1]}, the same for each) and scored on all of their "
-            f"samples; RUN/best is the best of them. A search-time score is the best of a trial's noisy epochs, so it "
-            f"tends to fall when measured again. Re-scoring took {total:.0f} s in all.</p>"
+    per_trial = int((data or {}).get("per_trial") or 1)
+    which = (f" (up to {per_trial} epochs of one trial: its best and its runners-up, search.finalists_per_trial)"
+             if per_trial > 1 else "")
+    return (f"<h3>Finalists</h3><p class='muted'>The top candidates by search-time score{which} were sampled "
+            f"again with {len(seeds)} fresh seeds per prompt ({seeds[0]}–{seeds[-1]}, the same for each) and scored "
+            f"on all of their samples; RUN/best is the best of them. A search-time score is the best of a trial's "
+            f"noisy epochs, so it tends to fall when measured again. Re-scoring took {total:.0f} s in all.</p>"
             "<table id='finalists' style='width:auto'><thead><tr><th>trial</th><th>epoch</th><th>search-time "
             "composite</th><th>finalist composite</th><th>change</th><th>images</th><th>seconds</th></tr></thead>"
             f"<tbody>{''.join(body)}</tbody></table>{_too_close(ordered)}")

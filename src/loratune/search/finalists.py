@@ -93,6 +93,7 @@ def score_finalists(run_dir: RunFolder, config: Config, backend: Any, trials: Se
         new.append(finalist)
         kept.append(finalist)
         atomic_write_json(run.finalists_file, {"seeds": seeds, "factor": config.search.finalist_samples,
+                                               "per_trial": config.search.finalists_per_trial,
                                                "finalists": [asdict(f) for f in kept]})
         spread = f" ± {score.composite_se:.4f}" if score.composite_se is not None else ""
         say(f"finalist trial {t.number} epoch {candidate.epoch}: composite {_fmt(candidate.composite)} at search "
