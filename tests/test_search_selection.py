@@ -232,6 +232,21 @@ def test_a_trials_runner_up_epoch_is_a_finalist(tmp_path, per_trial: int, calls:
     assert ("up to 2 epochs of one trial: its best and its runners-up" in pick) == (per_trial == 2)
 
 
+def test_resuming_with_runners_up_scores_only_the_new_finalist(tmp_path) -> None:
+    # Finished with 1 per trial (trial 1 picked); `--resume --set search.finalists_per_trial=2` samples trial 0's
+    # runner-up, and only it, and the pick moves to it.
+    FINALISTS.clear()
+    FINALIST_CALLS.clear()
+    FINALISTS.update({(0, 2): 0.6, (0, 3): 0.85, (1, 2): 0.75})
+    run, _ = _run(tmp_path, {0: [0.5, 0.9, 0.88], 1: [0.7, 0.8, 0.7]}, epochs=3, pruner="none", finalists=3)
+    assert json.loads((run / "best" / "best.json").read_text())["trial"] == 1
+    run_optimize(None, run, resume=True, backend=BACKEND, overrides=["search.finalists_per_trial=2"],
+                 say=lambda m: None)
+    assert [c[:2] for c in FINALIST_CALLS] == [(0, 2), (1, 2), (0, 3)]
+    best = json.loads((run / "best" / "best.json").read_text())
+    assert (best["trial"], best["best_epoch"], best["composite"]) == (0, 3, 0.85)
+
+
 @pytest.mark.parametrize("weights", [None, {"alignment": 1.0}])
 def test_runners_up_skip_diverged_and_infeasible_epochs(weights) -> None:
     # Trial 0: best epoch 3 (0.7); its epoch 2 diverged and its epoch 4 breaks a constraint, so its runner-up is

@@ -43,8 +43,8 @@ from loratune.search.warm import read_sources
 # Keys that ``--resume --set`` may change: how the study goes on, not what a finished trial's numbers mean.
 RESUMABLE_KEYS = ("search.n_trials", "search.workers", "search.heartbeat_interval", "search.grace_period",
                   "search.max_retry", "search.backend", "search.pruner", "search.patience", "search.noise_margin",
-                  "search.phases.", "search.ray.", "search.finalists", "search.finalist_samples", "evaluation.device",
-                  "evaluation.batch_size")
+                  "search.phases.", "search.ray.", "search.finalists", "search.finalists_per_trial",
+                  "search.finalist_samples", "evaluation.device", "evaluation.batch_size")
 # Evaluation keys that may also change while no epoch has been scored yet (e.g. a mistyped backend that failed
 # every trial): no finished trial's value would change meaning.
 UNSCORED_KEYS = ("evaluation.",)
