@@ -266,6 +266,13 @@ def test_runners_up_skip_diverged_and_infeasible_epochs(weights) -> None:
     top = finalists_to_score([a, b], SearchSection(finalists_per_trial=2), ranking, 4)
     assert [(c.number, c.epoch, c.composite) for c in top] == [(0, 3, 0.7), (1, 2, 0.6), (1, 1, 0.55), (0, 1, 0.5)]
     assert [(c.number, c.epoch) for c in finalists_to_score([a, b], SearchSection(), ranking, 4)] == [(0, 3), (1, 2)]
+    # With standard errors measured, a runner-up its own samples tell apart from the best is no coin flip: trial 0's
+    # epoch 1 trails by 0.2 against one standard error of the difference of 0.071; trial 1's epoch 1 by 0.05, within.
+    for rows in epochs.values():
+        for r in rows:
+            r["composite_se"] = 0.05
+    top = finalists_to_score([a, b], SearchSection(finalists_per_trial=2), ranking, 4)
+    assert [(c.number, c.epoch) for c in top] == [(0, 3), (1, 2), (1, 1)]
 
 
 @pytest.mark.parametrize(("spread", "close"), [(0.1, False), (0.2, True)])

@@ -222,19 +222,25 @@ def finalists_to_score(trials: Sequence[FrozenTrial], search: SearchSection, ran
 
 
 def _runners_up(best: Candidate, ranking: Ranking, count: int) -> list[Candidate]:
-    """The trial's next ``count`` feasible scored epochs after ``best`` under the ranking's weights: two epochs of
-    one run closer than their noise are as worth sampling again as two runs (``ranking.epochs``; none without it)."""
+    """The trial's next ``count`` feasible scored epochs after ``best`` under the ranking's weights, each within one
+    standard error of its difference from ``best`` when both were measured (``composite_se``): two epochs of one run
+    closer than their noise are as worth sampling again as two runs (``ranking.epochs``; none without it)."""
     from loratune.metrics.composite import composite
 
     if count <= 0:
         return []
+    rows = ranking.epochs.get(best.number, [])
+    best_se = next((r.get("composite_se") for r in rows if r["epoch"] == best.epoch), None)
     others = []
-    for row in ranking.epochs.get(best.number, []):
+    for row in rows:
         axes = dict(row.get("axes") or {})
         v = row.get("composite") if ranking.weights is None else composite(axes, ranking.weights).value
-        if (v is not None and row["epoch"] != best.epoch and (row.get("constraint") or 0.0) <= 0
-                and not row.get("diverged")):
-            others.append(Candidate(best.trial, int(row["epoch"]), float(v), axes))
+        if (v is None or row["epoch"] == best.epoch or (row.get("constraint") or 0.0) > 0 or row.get("diverged")):
+            continue
+        se = row.get("composite_se")
+        if best_se is not None and se is not None and best.composite - v > math.hypot(best_se, se):
+            continue  # told apart from the trial's best by its own samples: not a coin flip worth re-sampling
+        others.append(Candidate(best.trial, int(row["epoch"]), float(v), axes))
     return sorted(others, key=lambda c: (-c.composite, c.epoch))[:count]
 
 
