@@ -481,20 +481,28 @@ def agreement(table: Table) -> dict[str, Any]:
     return out
 
 
+def world_weights(rows: list[dict[str, Any]]) -> dict[str, float]:
+    """The weights the world's config scores with (its stand-in aesthetic MLP left out), checked against the
+    table: every stored composite must come back from its axes."""
+    from loratune.config import SEED_WEIGHTS
+    from loratune.metrics.composite import composite
+
+    weights = dict(SEED_WEIGHTS, aesthetics=0.0)
+    if not np.allclose([composite(r["axes"], weights).value for r in rows], [r["composite"] for r in rows], atol=1e-6):
+        raise SystemExit("the table was not scored with the world's weights")
+    return weights
+
+
 def identity_ceiling(table: Table) -> dict[str, Any]:
     """How far the composite would agree with the oracle were its identity scorer exact: the consistency axis
     replaced by the oracle's identity rate, every other axis and weight as scored. A diagnosis, never a setting: it
     says how much of the disagreement is the identity scorer's and how much the composite's other axes'."""
     from scipy.stats import spearmanr
 
-    from loratune.config import SEED_WEIGHTS
     from loratune.metrics.composite import composite
 
     rows = list(table.rows.values())
-    weights = dict(SEED_WEIGHTS, aesthetics=0.0)  # the world's config keeps its stand-in aesthetic MLP out
-    as_scored = [composite(r["axes"], weights).value for r in rows]
-    if not np.allclose(as_scored, [r["composite"] for r in rows], atol=1e-6):
-        raise SystemExit("identity_ceiling: the table was not scored with the world's weights")
+    weights = world_weights(rows)
     exact = [composite(r["axes"] | {"consistency": r["oracle"]["identity_rate"]}, weights).value for r in rows]
     oracle = [r["oracle"]["score"] for r in rows]
     by_exact = sorted(range(len(rows)), key=lambda i: -exact[i])
@@ -510,11 +518,10 @@ def exact_identity_table(source: Path, out: Path) -> None:
     the search, never a setting: replayed by ``compare`` or ``world_cost.py``, it shows what the search and its gates
     would do were the identity scorer exact. The 2-seed subsets are dropped (the oracle was not read on them)."""
     from loratune.atomic import atomic_write_json
-    from loratune.config import SEED_WEIGHTS
     from loratune.metrics.composite import composite
 
     data = json.loads(source.read_text())
-    weights = dict(SEED_WEIGHTS, aesthetics=0.0)
+    weights = world_weights(data["rows"])
     for row in data["rows"]:
         row["axes"]["consistency"] = row["oracle"]["identity_rate"]
         row["composite"] = composite(row["axes"], weights).value

@@ -6,14 +6,14 @@ validates. Relative paths are taken relative to the config file. Errors name the
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
+from pydantic import Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from loratune.caption.config import CaptionSection
+from loratune.config_base import Strict, resolve_model, resolve_path  # noqa: F401  (re-exported)
 from loratune.errors import LoratuneError, first_line
 from loratune.families import DEFAULT_FAMILY, FAMILIES, get_family
 from loratune.kohya_prompts import parse_kohya_prompts
@@ -27,34 +27,6 @@ from loratune.metrics.config import (  # noqa: F401  (re-exported: callers and t
 )
 from loratune.search.config import SearchSection
 from loratune.train.config import TrainSection
-
-
-class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
-
-
-def resolve_path(value: str | None, info: ValidationInfo, must_exist: bool = False) -> str | None:
-    """Resolve ``value`` against the config file's folder (passed as validation context ``base_dir``)."""
-    if value is None:
-        return None
-    base = (info.context or {}).get("base_dir")
-    path = Path(os.path.expanduser(value))
-    if not path.is_absolute() and base is not None:
-        path = Path(base) / path
-    return str(path)
-
-
-def resolve_model(value: str | None, info: ValidationInfo) -> str | None:
-    """A model reference stays a hub id unless a file or folder of that name exists next to the config."""
-    if value is None:
-        return None
-    expanded = Path(os.path.expanduser(value))
-    if expanded.is_absolute():
-        return str(expanded)
-    base = (info.context or {}).get("base_dir")
-    if base is not None and (Path(base) / expanded).exists():
-        return str(Path(base) / expanded)
-    return value
 
 
 class ModelSection(Strict):

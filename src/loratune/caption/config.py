@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from loratune.config_base import resolve_model
 
 
 class CaptionSection(BaseModel):
@@ -26,12 +28,7 @@ class CaptionSection(BaseModel):
             raise ValueError(f"unknown captioner {v!r} (known: {', '.join(CAPTIONERS)})")
         return v
 
-    @field_validator("model")
-    @classmethod
-    def _resolve(cls, v: str | None, info: ValidationInfo) -> str | None:
-        from loratune.config import resolve_model
-
-        return resolve_model(v, info)
+    _resolve = field_validator("model")(resolve_model)
 
     @model_validator(mode="before")
     @classmethod

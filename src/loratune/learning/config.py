@@ -11,6 +11,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
+from loratune.config_base import resolve_model, resolve_path
+
 # Consistency backends whose model is a plain image embedder (``embed``); ``sscd`` is a TorchScript copy detector.
 EMBEDDERS = ("dino", "clip_i")
 
@@ -40,8 +42,6 @@ def _backend(value: Any, info: ValidationInfo, field: str, names: tuple[str, ...
 def check_holdout(v: float | str | None, info: ValidationInfo) -> float | str | None:
     """``dataset.holdout``: a fraction in (0, 0.5], or a folder (resolved next to the config)."""
     if isinstance(v, str):
-        from loratune.config import resolve_path
-
         return resolve_path(v, info)
     if v is not None and not 0 < v <= 0.5:
         raise ValueError(f"a fraction must be in (0, 0.5] (got {v}), or give a folder")
@@ -79,8 +79,6 @@ class LearningSection(BaseModel):
     @classmethod
     def _copy(cls, v: Any, info: ValidationInfo) -> Any:
         if isinstance(v, dict) and v.get("name") == "sscd":
-            from loratune.config import resolve_model
-
             if not v.get("model"):
                 raise ValueError("copy_embedder: sscd needs model: the TorchScript file (e.g. sscd_disc_mixup.torchscript.pt)")
             return SscdModel.model_validate({**v, "model": resolve_model(str(v["model"]), info)})

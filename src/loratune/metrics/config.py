@@ -12,13 +12,9 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
+from loratune.config_base import Strict, resolve_model
 from loratune.learning.config import LearningSection
 from loratune.metrics.registry import BACKENDS, backends_for_axis
-
-
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
-
 
 AxisName = Literal["alignment", "consistency", "aesthetics", "quality", "diversity"]
 
@@ -34,13 +30,7 @@ class BackendConfig(BaseModel):
     model: str | None = None
     norm_range: tuple[float, float] | None = Field(None, description="raw scores mapped onto [0, 1]; registry default")
 
-    @field_validator("model")
-    @classmethod
-    def _resolve(cls, v: str | None, info: ValidationInfo) -> str | None:
-        # Imported here: loratune.config imports this module.
-        from loratune.config import resolve_model
-
-        return resolve_model(v, info)
+    _resolve = field_validator("model")(resolve_model)
 
     @model_validator(mode="before")
     @classmethod
@@ -48,7 +38,6 @@ class BackendConfig(BaseModel):
         """Every option value that names a file or folder next to the config (``clip_model``, ``detector``, a nested
         ``fallback.model``, ...) resolves like ``model``, so a config folder can be moved as a whole. Values that
         are not such paths (hub ids, tags, choices) stay as written."""
-        from loratune.config import resolve_model
 
         def resolve(value: Any) -> Any:
             if isinstance(value, str):
@@ -91,7 +80,7 @@ def _default_backends() -> dict[str, BackendConfig | None]:
     }
 
 
-class IdentitySection(_Strict):
+class IdentitySection(Strict):
     """Identity as a rate (``loratune.metrics.identity_rate``)."""
 
     rate: bool = Field(
@@ -106,7 +95,7 @@ class IdentitySection(_Strict):
     )
 
 
-class EvaluationSection(_Strict):
+class EvaluationSection(Strict):
     backends: dict[AxisName, BackendConfig | None] = Field(default_factory=_default_backends)
     weights: dict[AxisName, float] = Field(default_factory=lambda: dict(SEED_WEIGHTS))
     device: Literal["auto", "cpu", "cuda", "mps"] = "auto"

@@ -9,14 +9,12 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
+
+from loratune.config_base import Strict
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
-
-
-class ParamSpec(_Strict):
+class ParamSpec(Strict):
     """One search dimension: a float/int range (optionally log or stepped) or a list of categorical choices."""
 
     type: Literal["float", "int", "categorical"]
@@ -81,7 +79,7 @@ def default_space() -> dict[str, ParamSpec]:
     }
 
 
-class PhasesSection(_Strict):
+class PhasesSection(Strict):
     baseline: bool = Field(True, description="phase 1: enqueue the config's own train values as the first trial")
     refine_trials: int = Field(4, ge=0, description="phase 3 trials in a narrowed space around the best")
     refine_width: float = Field(0.25, gt=0, le=1, description="narrowed range as a fraction of the original width")
@@ -95,7 +93,7 @@ class PhasesSection(_Strict):
     ensemble_rank: int | None = Field(None, ge=1, description="target rank for svd; default the largest member rank")
 
 
-class GatingSection(_Strict):
+class GatingSection(Strict):
     """Which epochs are sampled and scored (``loratune.search.gating``); an epoch not scored is no candidate."""
 
     every: int = Field(1, ge=1, description="sample and score every k-th epoch (the last always)")
@@ -115,7 +113,7 @@ class GatingSection(_Strict):
 _ASHA_DEFAULTS = {"grace_period": 1, "reduction_factor": 3}
 
 
-class RaySection(_Strict):
+class RaySection(Strict):
     address: str | None = Field(None, description="existing Ray cluster; default: start a local one")
     num_cpus: int | None = Field(None, ge=1, description="CPUs for a local Ray")
     cpus_per_trial: float = Field(1.0, gt=0)
@@ -138,7 +136,7 @@ class RaySection(_Strict):
         return {k: v for k, v in data.items() if k not in _ASHA_DEFAULTS}
 
 
-class SearchSection(_Strict):
+class SearchSection(Strict):
     n_trials: int = Field(20, ge=1, description="trials over phases 1-3 (the ensemble trial comes on top)")
     sampler: Literal["tpe", "gp", "random", "grid"] = "tpe"
     seed: int = 0

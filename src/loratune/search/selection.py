@@ -128,6 +128,12 @@ class Ranking:
     def with_finalists(self, finalists: Sequence[Finalist]) -> Ranking:
         return Ranking(self.weights, self.weights_source, tuple(finalists), self.epochs, self.answers)
 
+    def value(self, axes: dict[str, float | None], recorded: float | None) -> float | None:
+        """A composite under these weights: ``recorded`` (what it was scored with) when there are none."""
+        from loratune.metrics.composite import composite
+
+        return recorded if self.weights is None else composite(axes, self.weights).value
+
 
 @dataclass(frozen=True)
 class Candidate:
@@ -162,48 +168,49 @@ def pick(trials: Sequence[FrozenTrial], search: SearchSection, ranking: Ranking 
     >>> [(c.number, c.epoch, c.composite) for c in pick([a, b], SearchSection(), Ranking(finalists=fin))]
     [(1, 2, 0.58), (0, 3, 0.5)]
     """
-    from loratune.metrics.composite import composite
-
     ranking = ranking or Ranking()
     order = ranked(trials, search)
     if search.directions:
         return [Candidate(t, int(t.user_attrs.get("best_epoch") or 0), float(t.user_attrs.get("composite") or 0.0),
                           dict(t.user_attrs.get("axes") or {})) for t in order]
 
-    def value(axes: dict[str, float | None], recorded: float | None) -> float | None:
-        return recorded if ranking.weights is None else composite(axes, ranking.weights).value
-
     finalists: dict[int, Candidate] = {}
     for f in ranking.finalists:
         t = next((t for t in order if t.number == f.trial), None)
-        v = value(f.axes, f.composite)
+        v = ranking.value(f.axes, f.composite)
         if t is not None and v is not None and (f.trial not in finalists or v > finalists[f.trial].composite):
             finalists[f.trial] = Candidate(t, f.epoch, v, f.axes, f)
     rest: list[Candidate] = []
     for t in order:
         if t.number in finalists:
             continue
-        best = _best_epoch(t, ranking, value)
+        best = _best_epoch(t, ranking)
         if best is not None:
             rest.append(best)
     head = sorted(finalists.values(), key=lambda c: (-c.composite, c.number, c.epoch))
     return head + sorted(rest, key=lambda c: (-c.composite, c.number, c.epoch))
 
 
-def _best_epoch(t: FrozenTrial, ranking: Ranking, value: Any) -> Candidate | None:
+def _best_epoch(t: FrozenTrial, ranking: Ranking) -> Candidate | None:
     """The trial's best feasible epoch under the ranking's weights (its recorded best epoch under the search's)."""
     attrs = t.user_attrs
     if ranking.weights is None or t.number not in ranking.epochs:
         v = attrs.get("composite")
         return None if v is None else Candidate(t, int(attrs.get("best_epoch") or 0), float(v),
                                                 dict(attrs.get("axes") or {}))
-    scored = []
-    for row in ranking.epochs[t.number]:
-        axes = row.get("axes") or {}
-        v = value(axes, row.get("composite"))
+    return max(_feasible_epochs(t, ranking), key=lambda c: (c.composite, -c.epoch), default=None)
+
+
+def _feasible_epochs(t: FrozenTrial, ranking: Ranking) -> list[Candidate]:
+    """The trial's scored epochs that may be RUN/best (no constraint broken, not diverged), valued under the
+    ranking's weights (``ranking.epochs``; none without it)."""
+    out = []
+    for row in ranking.epochs.get(t.number, []):
+        axes = dict(row.get("axes") or {})
+        v = ranking.value(axes, row.get("composite"))
         if v is not None and (row.get("constraint") or 0.0) <= 0 and not row.get("diverged"):
-            scored.append(Candidate(t, int(row["epoch"]), float(v), dict(axes)))
-    return max(scored, key=lambda c: (c.composite, -c.epoch), default=None)
+            out.append(Candidate(t, int(row["epoch"]), float(v), axes))
+    return out
 
 
 def finalists_to_score(trials: Sequence[FrozenTrial], search: SearchSection, ranking: Ranking,
@@ -224,23 +231,16 @@ def finalists_to_score(trials: Sequence[FrozenTrial], search: SearchSection, ran
 def _runners_up(best: Candidate, ranking: Ranking, count: int) -> list[Candidate]:
     """The trial's next ``count`` feasible scored epochs after ``best`` under the ranking's weights, each within one
     standard error of its difference from ``best`` when both were measured (``composite_se``): two epochs of one run
-    closer than their noise are as worth sampling again as two runs (``ranking.epochs``; none without it)."""
-    from loratune.metrics.composite import composite
-
+    closer than their noise are as worth sampling again as two runs."""
     if count <= 0:
         return []
-    rows = ranking.epochs.get(best.number, [])
-    best_se = next((r.get("composite_se") for r in rows if r["epoch"] == best.epoch), None)
-    others = []
-    for row in rows:
-        axes = dict(row.get("axes") or {})
-        v = row.get("composite") if ranking.weights is None else composite(axes, ranking.weights).value
-        if (v is None or row["epoch"] == best.epoch or (row.get("constraint") or 0.0) > 0 or row.get("diverged")):
-            continue
-        se = row.get("composite_se")
-        if best_se is not None and se is not None and best.composite - v > math.hypot(best_se, se):
-            continue  # told apart from the trial's best by its own samples: not a coin flip worth re-sampling
-        others.append(Candidate(best.trial, int(row["epoch"]), float(v), axes))
+    se = {r["epoch"]: r.get("composite_se") for r in ranking.epochs.get(best.number, [])}
+
+    def within_noise(c: Candidate) -> bool:  # unmeasured noise: no reason to leave it out
+        a, b = se.get(best.epoch), se.get(c.epoch)
+        return a is None or b is None or best.composite - c.composite <= math.hypot(a, b)
+
+    others = [c for c in _feasible_epochs(best.trial, ranking) if c.epoch != best.epoch and within_noise(c)]
     return sorted(others, key=lambda c: (-c.composite, c.epoch))[:count]
 
 
