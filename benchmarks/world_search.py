@@ -26,8 +26,14 @@ backend replays the table: a trial's learning rate is snapped to the nearest gri
 validation losses are the measured ones, a finalist's score is the measured finalist composite. Studies differ only by
 sampler, seed and ``--set`` overrides. Regret = the best oracle score anywhere in the table minus the oracle score of
 the (trial, epoch) the study copied to RUN/best, both read on all 80 samples of an epoch; a pick is *collapsed* when
-the oracle finds the target in fewer than one sample in four. Replaying a measured table is what makes 30 seeds per
-setting affordable; each real world trial takes about four minutes here.
+the oracle finds the target in fewer than one sample in four; *scored it*: the study sampled and scored the optimum's
+epoch at all (so what it lost there was the pick's, not the search's). Replaying a measured table is what makes 30
+seeds per setting affordable; each real world trial takes about four minutes here.
+
+``exact-identity`` and ``oracle-composite`` write diagnostic tables (``--out``) for ``compare`` to replay: the
+consistency axis replaced by the oracle's identity rate, or the whole composite by the oracle's score. They say how
+much of the regret is the identity scorer's, and how much is left to the search when the scorer is perfect but for
+its samples' noise. Never settings: nothing in the product reads the oracle.
 """
 
 from __future__ import annotations
@@ -207,6 +213,7 @@ class Table:
         self.rows = {(r["learning_rate"], r["rank"], r["epoch"]): r for r in data["rows"]}
         self.checks = data.get("scorer_checks")
         self.seeds = int(data.get("seeds") or 4)  # search-time seeds per prompt
+        self.diagnosis = any("(a diagnosis)" in o for o in data.get("overrides", []))
 
     def scored_on(self, row: dict[str, Any], seeds: int | None) -> dict[str, Any]:
         """The row's search-time scores on its first ``seeds`` seeds per prompt (``search.gating.seeds``; None:
@@ -355,6 +362,14 @@ def one_study(root: Path, table: Table, sampler: str, pruner: str, seed: int, tr
     anytime = prefix_picks(run, config, table, done)
     scores = [json.loads((run.root / t.user_attrs["trial_dir"] / "scores.json").read_text())
               for t in done if t.user_attrs.get("trial_dir")]
+    # exploration: the best truth among the epochs the study scored (what a perfect pick among them would get)
+    reached = []
+    for t in done:
+        if t.user_attrs.get("trial_dir"):
+            train = json.loads((run.root / t.user_attrs["trial_dir"] / "params.json").read_text())["train"]
+            sc = json.loads((run.root / t.user_attrs["trial_dir"] / "scores.json").read_text())
+            reached += [table.truth(train["learning_rate"], int(train["rank"]), int(e["epoch"]))
+                        for e in sc["epochs"] if not e.get("skipped") and e.get("composite") is not None]
     from anytime import PAID
 
     seconds = {k: sum(float(sc["seconds"].get(k) or 0.0) for sc in scores) for k in PAID}
@@ -362,6 +377,7 @@ def one_study(root: Path, table: Table, sampler: str, pruner: str, seed: int, tr
     if not keep:
         shutil.rmtree(run.root)
     return {"regret": table.optimum() - table.truth(lr, rank, epoch),
+            "explore": table.optimum() - max(reached, default=0.0),
             "collapsed": float(table.identity(lr, rank, epoch) < COLLAPSED),
             "epochs": sum(len(sc["epochs"]) for sc in scores),
             "scored": sum(1 for sc in scores for e in sc["epochs"] if not e.get("skipped")),
@@ -423,14 +439,15 @@ def compare(table_path: Path, seeds: int, trials: int, samplers: list[str], prun
         print(json.dumps({f"{s}+{p}": runs for (s, p), runs in results.items()}))
     out = RichTable(title=f"World: {trials} trials, {seeds} seeds{' ' + ' '.join(overrides) if overrides else ''}; "
                           f"regret on the oracle (optimum {table.optimum():.3f}; {len(table.rows)} measured epochs)")
-    for col in ("sampler", "pruner", "median regret", "mean regret", "collapsed", "found optimum", "epochs",
-                "finalists"):
+    for col in ("sampler", "pruner", "median regret", "mean regret", "collapsed", "found optimum", "scored it",
+                "epochs", "finalists"):
         out.add_column(col, justify="left" if col in ("sampler", "pruner") else "right")
     for (sampler, pruner), runs in results.items():
         regrets = np.array([r["regret"] for r in runs])
         out.add_row(sampler, pruner, f"{np.median(regrets):.3f}", f"{regrets.mean():.3f}",
                     f"{int(sum(r['collapsed'] for r in runs))}/{len(runs)}",
-                    f"{int((regrets <= 1e-9).sum())}/{len(runs)}", f"{np.median([r['epochs'] for r in runs]):.0f}",
+                    f"{int((regrets <= 1e-9).sum())}/{len(runs)}",
+                    f"{sum(r['explore'] <= 1e-9 for r in runs)}/{len(runs)}", f"{np.median([r['epochs'] for r in runs]):.0f}",
                     f"{np.median([r['finalists'] for r in runs]):.0f}")
     Console(width=110).print(out)
     _composite_vs_truth(table)
@@ -467,7 +484,8 @@ def agreement(table: Table) -> dict[str, Any]:
         out["finalist_spearman"] = spearmanr([r["finalist"]["composite"] for r in rows], truth).statistic
         out["search_spearman_vs_all"] = spearmanr(composite, truth).statistic
     out["exhaustive_pick"] = exhaustive_pick(table)
-    out["if_identity_were_exact"] = identity_ceiling(table)
+    if not table.diagnosis:  # a diagnostic table's composites no longer come from the world's weights
+        out["if_identity_were_exact"] = identity_ceiling(table)
     if all(r.get("validation_loss") is not None for r in rows):
         out["validation_spearman"] = spearmanr([-r["validation_loss"] for r in rows], oracle).statistic
         within = []
@@ -533,6 +551,26 @@ def exact_identity_table(source: Path, out: Path) -> None:
     atomic_write_json(out, data)
 
 
+def oracle_composite_table(source: Path, out: Path) -> None:
+    """A copy of ``source`` whose composite is the oracle's score itself (search-time: the oracle on the search
+    samples; finalists: on all of them), with no standard errors. A diagnosis of the search alone, never a setting:
+    replayed by ``compare`` or ``world_cost.py``, it is the regret a search would get were its scorer perfect but
+    for the samples' own noise, so what is left is the search's (which runs it trains, where it stops them)."""
+    from loratune.atomic import atomic_write_json
+
+    data = json.loads(source.read_text())
+    world_weights(data["rows"])  # the same check as exact-identity: the table is the world's as scored
+    for row in data["rows"]:
+        row["composite"] = row["oracle"]["score"]
+        row.pop("composite_se", None)
+        if "finalist" in row:
+            row["finalist"]["composite"] = row["oracle_all"]["score"]
+            row["finalist"].pop("composite_se", None)
+        row.pop("seeds", None)
+    data["overrides"] = [*data.get("overrides", []), "composite := the oracle's score (a diagnosis)"]
+    atomic_write_json(out, data)
+
+
 def exhaustive_pick(table: Table, finalists: int = 3, validation_rise: float = 0.10) -> dict[str, Any]:
     """What the product's pick would hand back had every epoch of every grid point been trained and scored: each
     run's best epoch by composite (an epoch whose validation loss rose over ``validation_rise`` is no candidate), the
@@ -592,8 +630,9 @@ def main() -> None:
 
     quiet_libraries()  # the libraries' notices on import (bitsandbytes' offline kernel lookup) would bury the tables
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("what", choices=("measure", "score", "compare", "agreement", "exact-identity"))
-    parser.add_argument("--out", type=Path, help="exact-identity: where the diagnostic table goes")
+    parser.add_argument("what", choices=("measure", "score", "compare", "agreement", "exact-identity",
+                                             "oracle-composite"))
+    parser.add_argument("--out", type=Path, help="exact-identity, oracle-composite: where the diagnostic table goes")
     parser.add_argument("--store", type=Path, default=STORE, help="where `measure` keeps LoRAs and samples")
     parser.add_argument("--target", default="lucaboy", help="the world's target character (lucaboy, albertoboy)")
     parser.add_argument("--table", type=Path, default=TABLE)
@@ -616,6 +655,8 @@ def main() -> None:
         score(args.store, args.table, args.target, args.overrides, tuple(args.subsets or [2]))
     elif args.what == "exact-identity":
         exact_identity_table(args.table, args.out)
+    elif args.what == "oracle-composite":
+        oracle_composite_table(args.table, args.out)
     elif args.what == "agreement":
         print(json.dumps(agreement(Table(args.table)), indent=1, default=float))
     else:
