@@ -18,7 +18,7 @@ EXTRAS := dev postgres
 pin = $(or $(shell sed -n 's/^\($(1)==[^ ;]*\).*/\1/p' $(LOCK)),$(1))
 PIP_PIN := $(call pin,pip)
 
-.PHONY: demo test install lock clean browser postgres
+.PHONY: demo test lint install lock clean browser postgres
 
 # One line per step: pip runs quiet and the big step takes minutes, so say what is happening and how long it takes.
 # The lock is installed as it is (hash-checked, nothing resolved), then loratune itself without dependencies.
@@ -40,8 +40,13 @@ demo: $(STAMP)
 	@echo "running: loratune demo (the known-truth world, offline)"
 	$(BIN)/loratune demo
 
-test: $(STAMP) browser postgres
+# The lint runs first (seconds): a finding stops `make test` before the suite's minutes.
+test: $(STAMP) lint browser postgres
 	$(BIN)/python -m pytest -q
+
+# ruff's default rules (its version is the lock's; pyproject.toml's [tool.ruff] says what differs). Not `ruff format`.
+lint: $(STAMP)
+	$(BIN)/ruff check src tests benchmarks
 
 # Debian's chromium + chromedriver for the report's browser test (tests/test_browser.py skips without them).
 browser:

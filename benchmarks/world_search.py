@@ -53,7 +53,7 @@ from typing import Any
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-import numpy as np  # noqa: E402
+import numpy as np
 
 TABLE = Path(__file__).parent / "data" / "world_grid.json"
 COSTS = Path(__file__).parent / "data" / "world_costs.json"  # the replay's cost model (world_cost.py costs)

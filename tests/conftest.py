@@ -20,7 +20,10 @@ REPO = Path(__file__).resolve().parents[1]
 
 def sigint_default() -> None:
     """``preexec_fn`` for a child a test will Ctrl-C: a shell that starts the suite in the background ignores SIGINT,
-    children inherit that, and Python then installs no KeyboardInterrupt handler. Restore the terminal's default."""
+    children inherit that, and Python then installs no KeyboardInterrupt handler. Restore the terminal's default.
+    No Popen keyword does this (restore_signals resets only SIGPIPE, SIGXFZ and SIGXFSZ; start_new_session and
+    process_group move the child to another process group, which leaves its signal dispositions as they are), hence
+    ``preexec_fn`` and the callers' ``noqa: PLW1509``; it makes one signal.signal call between fork and exec."""
     import signal
 
     signal.signal(signal.SIGINT, signal.SIG_DFL)

@@ -14,8 +14,8 @@ from safetensors.torch import save_file
 
 from loratune.config import Config
 from loratune.lora.merge import load_lora
-from loratune.search.synthetic import Surface
 from loratune.records import EpochScore
+from loratune.search.synthetic import Surface
 
 
 class SyntheticBackend:

@@ -14,10 +14,9 @@ from loratune.atomic import atomic_dir, atomic_path, atomic_write_json
 def test_interrupted_write_leaves_old_file_and_no_temp(tmp_path):
     target = tmp_path / "scores.json"
     atomic_write_json(target, {"v": 1})
-    with pytest.raises(RuntimeError):
-        with atomic_path(target) as tmp:
-            tmp.write_text('{"v": 2, "half')
-            raise RuntimeError("killed mid-write")
+    with pytest.raises(RuntimeError), atomic_path(target) as tmp:
+        tmp.write_text('{"v": 2, "half')
+        raise RuntimeError("killed mid-write")
     assert json.loads(target.read_text()) == {"v": 1}
     assert sorted(p.name for p in tmp_path.iterdir()) == ["scores.json"]
 
@@ -38,9 +37,8 @@ def test_atomic_dir_replaces_only_when_complete(tmp_path):
     target = tmp_path / "trial"
     with atomic_dir(target) as d:
         (d / "params.json").write_text("{}")
-    with pytest.raises(RuntimeError):
-        with atomic_dir(target) as d:
-            (d / "partial").write_text("x")
-            raise RuntimeError("crash")
+    with pytest.raises(RuntimeError), atomic_dir(target) as d:
+        (d / "partial").write_text("x")
+        raise RuntimeError("crash")
     assert sorted(p.name for p in target.iterdir()) == ["params.json"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["trial"]

@@ -127,7 +127,7 @@ def test_killed_server_loses_no_answer(tmp_path):
     def start() -> tuple[subprocess.Popen, str]:
         proc = subprocess.Popen([sys.executable, "-m", "loratune.cli", "calibrate", str(run), "--port", "0",
                                  "--who", "kill"], stdout=subprocess.PIPE, text=True, env=env,
-                                preexec_fn=sigint_default)
+                                preexec_fn=sigint_default)  # noqa: PLW1509  no Popen option resets SIGINT
         line = proc.stdout.readline()
         assert line.startswith("calibrate: http://127.0.0.1:"), line
         return proc, line.split()[1]

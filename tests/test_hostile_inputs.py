@@ -167,7 +167,7 @@ def test_ctrl_c_during_train_says_where_and_how_to_resume(tiny_models, data, tmp
         [sys.executable, "-c", "import sys; from loratune.cli import main; sys.exit(main())", "train",
          str(tiny_models.config), *sets(f"dataset.path={data}", "train.epochs=500", "train.sample_checkpoints=false"),
          "--out", str(out)],
-        stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True, preexec_fn=sigint_default)
+        stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True, preexec_fn=sigint_default)  # noqa: PLW1509  no Popen option resets SIGINT
     assert proc.stderr is not None
     for line in proc.stderr:  # the first checkpoint: training is under way
         if line.startswith("epoch 1:"):

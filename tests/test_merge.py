@@ -117,7 +117,7 @@ def test_merge_files_writes_loadable_safetensors_with_metadata(tmp_path) -> None
                       method="svd", rank=3, weights=[0.6, 0.4])
     with safe_open(str(out), framework="pt") as fh:
         got_meta = fh.metadata()
-        tensors = {k: fh.get_tensor(k) for k in fh.keys()}
+        tensors = {k: fh.get_tensor(k) for k in fh.keys()}  # noqa: SIM118  safe_open has no __iter__
     assert got_meta["ss_network_dim"] == "3" and got_meta["ss_network_alpha"] == "3"
     assert got_meta["ss_base_model_version"] == "sd_v1" and "other" not in got_meta
     assert json.loads(got_meta["loratune_merge"]) == {"method": "svd", "weights": [0.6, 0.4], "rank": 3,

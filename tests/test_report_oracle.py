@@ -67,7 +67,7 @@ def test_section_headline_and_table(tmp_path):
     best = rank_trials(data)[0]
     html = oracle_section(data, (best.number, best.best_epoch))  # what RUN/best holds: best.json's trial and epoch
     assert (best.number, best.best_epoch) == (4, 2) and 'id="oracle"' in html
-    headline = re.search(r"id='oracle-headline'.*?</table>", html, re.S).group(0)
+    headline = re.search(r"id='oracle-headline'.*?</table>", html, re.DOTALL).group(0)
     assert "base model, no LoRA" in headline and "baseline trial #0" in headline
     assert re.search(r"RUN/best: trial #4, epoch 2</td><td class='num'>1\.00</td>", headline)
     assert html.count("<tr") - headline.count("<tr") - 1 == 15  # the per-epoch table: a row per judged epoch

@@ -3,8 +3,6 @@ and against published parameter counts), the choice of residency, and the swap p
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 
 from loratune.config import load_config

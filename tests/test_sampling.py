@@ -7,8 +7,8 @@ import shutil
 from pathlib import Path
 
 import numpy as np
-import torch
 import pytest
+import torch
 from PIL import Image
 
 from loratune.config import load_config

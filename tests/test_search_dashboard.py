@@ -11,8 +11,8 @@ import time
 import urllib.request
 
 import pytest
-from test_search_runner import BACKEND, TESTS, write_config
 from conftest import sigint_default
+from test_search_runner import BACKEND, TESTS, write_config
 
 from loratune.cli import main
 from loratune.config import load_config
@@ -43,7 +43,7 @@ def test_dashboard_serves_the_run_on_loopback(tmp_path, monkeypatch) -> None:
     port = _free_port()
     proc = subprocess.Popen([sys.executable, "-c", "import sys; from loratune.cli import main; sys.exit(main(sys.argv[1:]))",
                              "dashboard", str(run), "--port", str(port)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, preexec_fn=sigint_default)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, preexec_fn=sigint_default)  # noqa: PLW1509  no Popen option resets SIGINT
     try:
         deadline = time.monotonic() + 60
         while True:

@@ -29,8 +29,8 @@ def test_optimize_three_phases_on_the_tiny_model(tiny_models, small_dataset, tmp
         "--set", f"dataset.path={small_dataset}", "--set", "train.batch_size=2", "--set", "sampling.steps=2",
         "--set", "train.epochs=2",
         "--set", "search.n_trials=6", "--set", "search.seed=0",
-        "--set", "search.space={learning_rate: {type: float, low: 1.0e-4, high: 1.0e-2, log: true}, "
-                 "rank: {type: categorical, choices: [2, 4]}}",
+        "--set", ("search.space={learning_rate: {type: float, low: 1.0e-4, high: 1.0e-2, log: true}, "
+                  "rank: {type: categorical, choices: [2, 4]}}"),
         "--set", "search.phases={refine_trials: 2, ensemble_top_k: 2, ensemble_method: svd, ensemble_rank: 4}",
     ]
     assert main(args) == 0, capsys.readouterr().err

@@ -7,6 +7,7 @@ import json
 import re
 from collections.abc import Callable
 from pathlib import Path
+from typing import ClassVar
 
 import optuna
 import torch
@@ -30,7 +31,7 @@ CURVES = {
 class CurveTrials:
     """A backend that asks the trial's gate like the real trainer does (``on_epoch.wants_samples``)."""
 
-    sampled: list[tuple[float, int]] = []
+    sampled: ClassVar[list[tuple[float, int]]] = []
 
     def train(self, config, out_dir: Path, on_epoch: Callable[[EpochScore], None]) -> None:
         from loratune.train import StopTraining

@@ -14,8 +14,8 @@ from pathlib import Path
 import optuna
 import pytest
 import yaml
-from optuna.trial import TrialState
 from conftest import sigint_default
+from optuna.trial import TrialState
 
 from loratune.config import load_config
 from loratune.errors import LoratuneError
@@ -280,7 +280,7 @@ def _run_script(run: Path, config: Path) -> str:
 def _start_until(script: str, markers: Path, pattern: str, timeout: float = 120) -> subprocess.Popen:
     """Start the optimizer script in a child process and return once the synthetic backend has touched ``pattern``
     (a trial's epoch has begun): the moment to kill or interrupt it."""
-    proc = subprocess.Popen([sys.executable, "-c", script], stderr=subprocess.DEVNULL, preexec_fn=sigint_default)
+    proc = subprocess.Popen([sys.executable, "-c", script], stderr=subprocess.DEVNULL, preexec_fn=sigint_default)  # noqa: PLW1509  no Popen option resets SIGINT
     deadline = time.monotonic() + timeout
     while not list(markers.glob(pattern)):
         if proc.poll() is not None or time.monotonic() > deadline:

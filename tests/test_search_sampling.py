@@ -49,7 +49,7 @@ def test_as_scored_changes_only_pruned_trials_with_a_score() -> None:
 
 def test_the_synthetic_surface_has_the_shape_it_claims() -> None:
     s = LoraSurface()
-    value, best, epoch = s.optimum()
+    _value, _best, epoch = s.optimum()
     assert 1 < epoch < 20  # an interior peak: over-training is visible
     adamw = Point(1.5e-4, 16, 1.0, "adamw")
     # Lion at 0.3x the lr (the default space's scale) lands near AdamW's step.

@@ -16,8 +16,7 @@ from loratune.config import load_config
 from loratune.records import EpochScore
 from loratune.search.config import ParamSpec, SearchSection
 from loratune.search.phases import refine_space
-from loratune.search.runner import run_optimize
-from loratune.search.runner import finish_run
+from loratune.search.runner import finish_run, run_optimize
 from loratune.search.selection import ranked
 
 # Trial number -> composite per epoch; None: the trainer diverges at that epoch.
@@ -34,8 +33,8 @@ FINALIST_SE: dict[tuple[int, int], float] = {}  # a finalist composite's standar
 
 class ScriptedBackend:
     def train(self, config, out_dir: Path, on_epoch) -> None:
-        from safetensors.torch import save_file
         import torch
+        from safetensors.torch import save_file
 
         from loratune.train import StopTraining, TrainingDiverged
 
@@ -190,8 +189,8 @@ def test_finalists_are_scored_again_and_the_lucky_epoch_loses(tmp_path) -> None:
     FINALISTS.clear()
     FINALIST_CALLS.clear()
     FINALISTS.update({(0, 2): 0.55, (1, 2): 0.8, (2, 1): 0.1})
-    run, trials = _run(tmp_path, {0: [0.5, 0.9, 0.5], 1: [0.8, 0.85, 0.8], 2: [0.2, 0.1, 0.1]}, epochs=3,
-                       pruner="none", finalists=2)
+    run, _trials = _run(tmp_path, {0: [0.5, 0.9, 0.5], 1: [0.8, 0.85, 0.8], 2: [0.2, 0.1, 0.1]}, epochs=3,
+                        pruner="none", finalists=2)
     assert [c[:2] for c in FINALIST_CALLS] == [(0, 2), (1, 2)]  # the top two by search-time score, nothing else
     assert FINALIST_CALLS[0][2] == [2, 3, 4, 5, 6, 7, 8, 9]  # fresh seeds: 4 x sampling.seeds [0, 1], none reused
     assert FINALIST_CALLS[0][3] == Path("samples/epoch-0002")  # scored together with the epoch's own samples

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import hashlib
 import shutil
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -16,8 +15,8 @@ from PIL import Image
 
 from loratune.cli import main
 from loratune.config import load_config
-from loratune.families import get_family
 from loratune.errors import LoratuneError
+from loratune.families import get_family
 
 
 @pytest.mark.parametrize("family", ["sd15", "sdxl", "flux"])

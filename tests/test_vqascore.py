@@ -357,10 +357,10 @@ def _tiny_llava(folder: Path, vlm: Path) -> Path:
 
     tok = AutoTokenizer.from_pretrained(vlm)
     tok.add_special_tokens({"additional_special_tokens": ["<image>"]})
-    vision = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2, image_size=56,
-                  patch_size=14, projection_dim=32)  # fmt: skip
-    text = dict(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
-                num_key_value_heads=1)  # fmt: skip
+    vision = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1, "num_attention_heads": 2,
+              "image_size": 56, "patch_size": 14, "projection_dim": 32}  # fmt: skip
+    text = {"vocab_size": len(tok), "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
+            "num_attention_heads": 2, "num_key_value_heads": 1}  # fmt: skip
     image_token = tok.convert_tokens_to_ids("<image>")
     config = LlavaConfig(vision_config=vision, text_config=text, image_token_index=image_token, image_seq_length=16)
     torch.manual_seed(0)
@@ -391,11 +391,12 @@ def _tiny_qwen2_vl(folder: Path, vlm: Path) -> Path:
     specials = ["<|vision_start|>", "<|vision_end|>", "<|image_pad|>", "<|video_pad|>"]
     tok.add_special_tokens({"additional_special_tokens": specials})
     start, end, image, video = (tok.convert_tokens_to_ids(t) for t in specials)
-    vision = dict(depth=1, embed_dim=32, hidden_size=32, num_heads=2, patch_size=14, spatial_merge_size=2,
-                  temporal_patch_size=2)  # fmt: skip
+    vision = {"depth": 1, "embed_dim": 32, "hidden_size": 32, "num_heads": 2, "patch_size": 14,
+              "spatial_merge_size": 2, "temporal_patch_size": 2}  # fmt: skip
     rope = {"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [2, 2, 4]}
-    text = dict(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
-                num_key_value_heads=1, rope_parameters=rope, bos_token_id=None, eos_token_id=None)  # fmt: skip
+    text = {"vocab_size": len(tok), "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
+            "num_attention_heads": 2, "num_key_value_heads": 1, "rope_parameters": rope, "bos_token_id": None,
+            "eos_token_id": None}  # fmt: skip
     config = Qwen2VLConfig(
         vision_config=vision,
         text_config=text,

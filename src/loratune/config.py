@@ -13,7 +13,7 @@ import yaml
 from pydantic import Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from loratune.caption.config import CaptionSection
-from loratune.config_base import Strict, resolve_model, resolve_path  # noqa: F401  (re-exported)
+from loratune.config_base import Strict, resolve_model, resolve_path
 from loratune.errors import LoratuneError, first_line
 from loratune.families import DEFAULT_FAMILY, FAMILIES, get_family
 from loratune.kohya_prompts import parse_kohya_prompts

@@ -40,8 +40,8 @@ DEMO_OVERRIDES = [
     "search.phases.ensemble_top_k=2",
     "search.phases.ensemble_method=svd",
     "search.heartbeat_interval=5",
-    "search.space={learning_rate: {type: float, low: 0.0001, high: 0.003, log: true},"
-    " rank: {type: categorical, choices: [4, 8]}}",
+    ("search.space={learning_rate: {type: float, low: 0.0001, high: 0.003, log: true},"
+     " rank: {type: categorical, choices: [4, 8]}}"),
     "train.learning_rate=1e-4",
     "train.epochs=4",
 ]

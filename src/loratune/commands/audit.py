@@ -4,22 +4,22 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
 
 def command(
     dataset: Annotated[
-        Optional[Path],
+        Path | None,
         typer.Argument(metavar="DATASET", help="kohya-layout folder (N_name/ sub-folders) or plain folder; default: dataset.path"),
     ] = None,
     config: Annotated[
-        Optional[Path], typer.Option("--config", "-c", help="loratune YAML config (backends, characters)")
+        Path | None, typer.Option("--config", "-c", help="loratune YAML config (backends, characters)")
     ] = None,
-    out: Annotated[Optional[Path], typer.Option(help="folder for audit.json (default: the dataset folder)")] = None,
+    out: Annotated[Path | None, typer.Option(help="folder for audit.json (default: the dataset folder)")] = None,
     set_: Annotated[
-        Optional[list[str]], typer.Option("--set", metavar="KEY=VALUE", help="override a config key, e.g. evaluation.device=cpu")
+        list[str] | None, typer.Option("--set", metavar="KEY=VALUE", help="override a config key, e.g. evaluation.device=cpu")
     ] = None,
     alignment: Annotated[bool, typer.Option(show_default=False, help="score captions against images with the alignment backend (on by default)")] = True,
     faces: Annotated[bool, typer.Option(show_default=False, help="detect faces (on by default)")] = True,

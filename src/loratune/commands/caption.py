@@ -3,22 +3,22 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
 
 def command(
     dataset: Annotated[
-        Optional[Path],
+        Path | None,
         typer.Argument(metavar="DATASET", help="kohya-layout folder (N_name/ sub-folders) or plain folder; default: dataset.path"),
     ] = None,
-    config: Annotated[Optional[Path], typer.Option("--config", "-c", help="loratune YAML config (captioner, characters)")] = None,
+    config: Annotated[Path | None, typer.Option("--config", "-c", help="loratune YAML config (captioner, characters)")] = None,
     set_: Annotated[
-        Optional[list[str]], typer.Option("--set", metavar="KEY=VALUE", help="override a config key, e.g. caption.backend=wd14")
+        list[str] | None, typer.Option("--set", metavar="KEY=VALUE", help="override a config key, e.g. caption.backend=wd14")
     ] = None,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="replace existing captions too")] = False,
-    trigger: Annotated[Optional[str], typer.Option(help="trigger words for every image (default: the character's token, or the kohya folder's words)")] = None,
+    trigger: Annotated[str | None, typer.Option(help="trigger words for every image (default: the character's token, or the kohya folder's words)")] = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="show the captions without writing them")] = False,
 ) -> None:
     """Caption the images that have none: the trigger words first, then pose, framing, background and clothing —

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -12,8 +12,8 @@ def command(
     loras: Annotated[list[Path], typer.Argument(metavar="LORA", help="kohya-format .safetensors LoRAs to merge")],
     out: Annotated[Path, typer.Option("--out", "-o", help="merged .safetensors file (written atomically)")],
     method: Annotated[str, typer.Option(help="avg (same ranks, parameter average) | concat (exact) | svd (to --rank)")] = "concat",
-    weights: Annotated[Optional[str], typer.Option(help="comma-separated weights, one per LoRA (default 1/n each)")] = None,
-    rank: Annotated[Optional[int], typer.Option(help="svd: target rank (default the largest input rank)")] = None,
+    weights: Annotated[str | None, typer.Option(help="comma-separated weights, one per LoRA (default 1/n each)")] = None,
+    rank: Annotated[int | None, typer.Option(help="svd: target rank (default the largest input rank)")] = None,
 ) -> None:
     """Merge LoRAs: concat computes exactly the weighted sum of the inputs; svd is its best rank-k approximation."""
     from loratune.errors import LoratuneError

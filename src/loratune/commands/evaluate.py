@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -31,11 +31,11 @@ def ranking_folder(loras: Path) -> Path:
 
 def command(
     images: Annotated[Path, typer.Argument(metavar="IMAGES", help="folder of generated images (or one image), or LoRA file(s) to rank")],
-    prompts: Annotated[Optional[Path], typer.Option(help="JSONL/CSV manifest: file, prompt[, seed, character]")] = None,
-    references: Annotated[Optional[Path], typer.Option(help="reference images (one sub-folder per character, or flat)")] = None,
-    config: Annotated[Optional[Path], typer.Option("--config", "-c", help="loratune YAML config")] = None,
-    out: Annotated[Optional[Path], typer.Option(help="where scores.json and per_image.csv go (default: IMAGES; for LoRAs, a folder beside them)")] = None,
-    set_: Annotated[Optional[list[str]], typer.Option("--set", metavar="KEY=VALUE", help="override a config key, e.g. evaluation.batch_size=4")] = None,
+    prompts: Annotated[Path | None, typer.Option(help="JSONL/CSV manifest: file, prompt[, seed, character]")] = None,
+    references: Annotated[Path | None, typer.Option(help="reference images (one sub-folder per character, or flat)")] = None,
+    config: Annotated[Path | None, typer.Option("--config", "-c", help="loratune YAML config")] = None,
+    out: Annotated[Path | None, typer.Option(help="where scores.json and per_image.csv go (default: IMAGES; for LoRAs, a folder beside them)")] = None,
+    set_: Annotated[list[str] | None, typer.Option("--set", metavar="KEY=VALUE", help="override a config key, e.g. evaluation.batch_size=4")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="print scores.json (or ranking.json) to stdout")] = False,
     strict: Annotated[bool, typer.Option("--strict", help="ranking LoRAs: stop at the first unreadable file instead of skipping it")] = False,
 ) -> None:

@@ -5,23 +5,23 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
 
 def command(
-    config: Annotated[Optional[Path], typer.Argument(metavar="CONFIG", help="loratune YAML config (not needed with --resume)")] = None,
-    run: Annotated[Optional[Path], typer.Option("--run", "-r", help="run directory (default runs/<config name>)")] = None,
+    config: Annotated[Path | None, typer.Argument(metavar="CONFIG", help="loratune YAML config (not needed with --resume)")] = None,
+    run: Annotated[Path | None, typer.Option("--run", "-r", help="run directory (default runs/<config name>)")] = None,
     resume: Annotated[bool, typer.Option("--resume", help="continue the run in --run: finished trials stay, crashed ones retry")] = False,
-    workers: Annotated[Optional[int], typer.Option(
+    workers: Annotated[int | None, typer.Option(
         min=1, help="worker processes on this machine (one per GPU); with ray: Ray workers (default search.ray.max_concurrent)")] = None,
-    backend: Annotated[Optional[str], typer.Option(
+    backend: Annotated[str | None, typer.Option(
         help="local (worker processes) or ray (the same workers as Ray actors); default: the config's search.backend")] = None,
-    storage: Annotated[Optional[str], typer.Option(help="postgresql:// or mysql:// URL shared by many machines")] = None,
-    set_: Annotated[Optional[list[str]], typer.Option(
+    storage: Annotated[str | None, typer.Option(help="postgresql:// or mysql:// URL shared by many machines")] = None,
+    set_: Annotated[list[str] | None, typer.Option(
         "--set", metavar="KEY=VALUE", help="override a config key, e.g. search.n_trials=30 (with --resume: search settings only)")] = None,
-    warm_start: Annotated[Optional[list[Path]], typer.Option(
+    warm_start: Annotated[list[Path] | None, typer.Option(
         "--warm-start", metavar="RUN", help="an earlier run (same model family) whose trials seed this study; "
         "repeat for several (search.warm_start)")] = None,
 ) -> None:

@@ -4,15 +4,15 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import Annotated, Any
 
 import typer
 
 
 def command(
     config: Annotated[Path, typer.Argument(metavar="CONFIG", help="loratune YAML config")],
-    set_: Annotated[Optional[list[str]], typer.Option("--set", metavar="KEY=VALUE", help="override a config key, e.g. train.rank=8")] = None,
-    out: Annotated[Optional[Path], typer.Option(help="run folder (default: runs/<train.output_name>)")] = None,
+    set_: Annotated[list[str] | None, typer.Option("--set", metavar="KEY=VALUE", help="override a config key, e.g. train.rank=8")] = None,
+    out: Annotated[Path | None, typer.Option(help="run folder (default: runs/<train.output_name>)")] = None,
     resume: Annotated[bool, typer.Option("--resume", help="continue from the newest checkpoint in the run folder")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="print the result as JSON instead of a table")] = False,
 ) -> None:

@@ -133,7 +133,7 @@ class Flux(Family):
         """Flow matching: regress the transformer's raw output on ``noise - latents`` at a drawn noise level."""
         import torch
 
-        b, c, h, w = latents.shape
+        b, _c, h, w = latents.shape
         noise = torch.randn(latents.shape, generator=generator).to(latents)
         sigmas = flow_sigmas(
             train.timestep_sampling or TIMESTEP_SAMPLING, b, generator, train.discrete_flow_shift or DISCRETE_FLOW_SHIFT,

@@ -173,7 +173,7 @@ def load_lora(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, str]
     try:
         with safe_open(str(path), framework="pt") as fh:
             meta = dict(fh.metadata() or {})
-            return {k: fh.get_tensor(k) for k in fh.keys()}, meta
+            return {k: fh.get_tensor(k) for k in fh.keys()}, meta  # noqa: SIM118  safe_open has no __iter__
     except (SafetensorError, OSError) as err:
         raise LoratuneError(f"{path}: not a readable safetensors file ({first_line(err)})") from None
 

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
+from itertools import pairwise
 from typing import Any
 
 MIN_POSITIVES = 2  # leave-one-out needs one reference to compare with
@@ -75,7 +76,7 @@ def fit_threshold(positives: Sequence[float], negatives: Sequence[float],
     count = len(negatives)
     negatives = [*negatives, *probes]  # the threshold keeps the palette out too
     values = sorted(set(positives) | set(negatives))
-    cuts = [values[0] - 1e-6] + [(a + b) / 2 for a, b in zip(values, values[1:])] + [values[-1] + 1e-6]
+    cuts = [values[0] - 1e-6] + [(a + b) / 2 for a, b in pairwise(values)] + [values[-1] + 1e-6]
 
     def rates(cut: float) -> tuple[float, float]:
         return (sum(p >= cut for p in positives) / len(positives), sum(n >= cut for n in negatives) / len(negatives))

@@ -163,7 +163,7 @@ def vlm_config(ref: str) -> tuple[Any, str]:
 
     try:
         return AutoConfig.from_pretrained(ref), ref
-    except Exception:  # noqa: BLE001
+    except Exception:
         key = ref.removesuffix("-hf") + "-hf" if ref.endswith("-hf") else ref
         if key in published.VLMS:
             return InternVLConfig(**published.VLMS[key]), f"published config of {ref} (built here)"
@@ -221,7 +221,7 @@ def scorer_parts(config: Config, dtype_bytes: int) -> tuple[list[Part], list[str
                 from loratune.metrics.aesthetic import AestheticMLP
 
                 clip = open_clip.create_model(sources[0][0], device="meta", load_weights=False)
-                mlp = on_meta(lambda: AestheticMLP(clip.visual.output_dim))
+                mlp = on_meta(lambda clip=clip: AestheticMLP(clip.visual.output_dim))
                 parts["laion mlp"] = part(f"{axis}: laion_aesthetic MLP", mlp, 4, "its CLIP's width")
             elif name == "musiq":
                 from pyiqa.archs.musiq_arch import MUSIQ

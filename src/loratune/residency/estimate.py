@@ -123,7 +123,7 @@ def estimate(config: Config, device_type: str = "cuda") -> Estimate:
                     skipped)
 
 
-def gib(n: int | float) -> str:
+def gib(n: float) -> str:
     return f"{n / GIB:.1f} GiB" if n >= 0.1 * GIB else f"{n / 2**20:.1f} MiB"
 
 
@@ -132,10 +132,10 @@ def describe(e: Estimate) -> list[str]:
     lines = ["estimated peak device memory (weights exact from the configs, activations rough):",
              f"  {'phase':<8}{'keep':>10}{'swap':>10}"]
     lines += [f"  {p:<8}{gib(e.phase(p, 'keep')):>10}{gib(e.phase(p, 'swap')):>10}" for p in PHASES]
-    for part in [*e.base, *e.lora, *e.scorers]:
-        size = f"{part.numel / 1e6:,.1f} M" + (f" × {part.dtype_bytes} B" if part.dtype_bytes else " stored")
-        lines.append(f"  {part.name}: {size} = {gib(part.bytes)}"
-                     + (f" [{part.source}]" if "published" in part.source else ""))
+    for item in [*e.base, *e.lora, *e.scorers]:
+        size = f"{item.numel / 1e6:,.1f} M" + (f" × {item.dtype_bytes} B" if item.dtype_bytes else " stored")
+        lines.append(f"  {item.name}: {size} = {gib(item.bytes)}"
+                     + (f" [{item.source}]" if "published" in item.source else ""))
     if e.not_estimated:
         lines.append(f"  not estimated: {', '.join(e.not_estimated)}")
     return lines

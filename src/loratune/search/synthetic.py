@@ -182,8 +182,8 @@ class SyntheticTrials:
         self.surface = surface or LoraSurface()
 
     def train(self, config: Any, out_dir: Path, on_epoch: Callable[[Any], None]) -> None:
-        from safetensors.torch import save_file
         import torch
+        from safetensors.torch import save_file
 
         from loratune.records import EpochScore
         from loratune.runfolder import building_number

@@ -129,7 +129,7 @@ def express(config: Config, space: Mapping[str, ParamSpec]) -> tuple[dict[str, A
             if not isinstance(value, (int, float)) or not low * (1 - 1e-9) <= float(value) <= high * (1 + 1e-9):
                 return None, f"{name} {value} is outside {spec.low:g}..{spec.high:g}"
             value = min(high, max(low, float(value)))
-            value = int(round(value)) if spec.type == "int" else value
+            value = round(value) if spec.type == "int" else value
         params[name] = value
     return params, ""
 

@@ -44,8 +44,8 @@ def unet_prefix_map(config: Mapping[str, Any]) -> list[tuple[str, str]]:
             pairs.append((f"up_blocks.{i}.resnets.{j}.", f"output_blocks.{block}.0."))
             pairs.append((f"up_blocks.{i}.attentions.{j}.", f"output_blocks.{block}.1."))
         if i < levels - 1:
-            pairs.append((f"up_blocks.{i}.upsamplers.0.", f"output_blocks.{(per + 1) * i + per}."
-                                                          f"{2 if has_attention else 1}."))
+            pairs.append((f"up_blocks.{i}.upsamplers.0.", (f"output_blocks.{(per + 1) * i + per}."
+                                                           f"{2 if has_attention else 1}.")))
     pairs += [("mid_block.resnets.0.", "middle_block.0."), ("mid_block.attentions.0.", "middle_block.1."),
               ("mid_block.resnets.1.", "middle_block.2.")]
     return pairs
@@ -121,7 +121,6 @@ def clip_to_ldm(state_dict: Mapping[str, Any], prefix: str) -> dict[str, Any]:
 def openclip_to_ldm(state_dict: Mapping[str, Any], prefix: str) -> dict[str, Any]:
     """A transformers CLIPTextModelWithProjection in OpenCLIP's names, as SDXL files store their second encoder."""
     import torch
-
     from diffusers.loaders.single_file_utils import DIFFUSERS_TO_LDM_MAPPING
 
     table = DIFFUSERS_TO_LDM_MAPPING["openclip"]

@@ -147,8 +147,8 @@ def _build_all(tmp: Path, say: Progress) -> None:
     from loratune.tiny.clip import OPEN_CLIP_EMBED_DIM, build_hf_clip, build_open_clip
     from loratune.tiny.dataset import make_character_dataset
     from loratune.tiny.face_detector import build_face_detector
-    from loratune.tiny.preference import build_hpsv2, build_imagereward
     from loratune.tiny.florence import build_florence2
+    from loratune.tiny.preference import build_hpsv2, build_imagereward
     from loratune.tiny.tagger import build_tagger
     from loratune.tiny.vlm import build_vlm
 

@@ -20,11 +20,11 @@ from loratune.config import Config
 from loratune.errors import LoratuneError
 from loratune.residency.policy import Residency
 from loratune.sampling import BASE_SAMPLES
+from loratune.timing import Stopwatch, device_label
 from loratune.train.data import Item
 from loratune.train.epoch_checkpoint import drop_log_after, restore_training_state, save_epoch_checkpoint
 from loratune.train.epochs import count_steps, epoch_batches
 from loratune.train.loss import diffusion_loss
-from loratune.timing import Stopwatch, device_label
 from loratune.train.records import (
     FAILED_MARKER,
     CheckpointInfo,

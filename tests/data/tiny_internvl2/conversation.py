@@ -1,7 +1,6 @@
 """The part of InternVL2's conversation.py that VQAScore needs: the "Hermes-2" (ChatML, MPT separator) template."""
 
 import dataclasses
-from typing import List, Optional, Tuple
 
 
 @dataclasses.dataclass
@@ -9,8 +8,8 @@ class Conversation:
     name: str
     system_template: str = "{system_message}"
     system_message: str = ""
-    roles: Tuple[str, str] = ("USER", "ASSISTANT")
-    messages: List[List[Optional[str]]] = dataclasses.field(default_factory=list)
+    roles: tuple[str, str] = ("USER", "ASSISTANT")
+    messages: list[list[str | None]] = dataclasses.field(default_factory=list)
     sep: str = "\n"
 
     def get_prompt(self) -> str:
@@ -19,7 +18,7 @@ class Conversation:
             ret += role + message + self.sep if message else role
         return ret
 
-    def append_message(self, role: str, message: Optional[str]) -> None:
+    def append_message(self, role: str, message: str | None) -> None:
         self.messages.append([role, message])
 
     def copy(self) -> "Conversation":
