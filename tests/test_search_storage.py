@@ -42,3 +42,46 @@ def test_server_urls_and_errors(tmp_path) -> None:
     assert "pw" not in str(err.value)
     with pytest.raises(LoratuneError, match="search.storage"):
         storage_url(tmp_path, SearchSection(storage="redis://localhost"))
+
+
+@pytest.mark.filterwarnings("ignore:Heartbeat of storage is supposed to be used with Study.optimize")
+def test_a_heartbeat_outlasts_a_locked_database(tmp_path) -> None:
+    """SQLite refuses a write while another connection holds the database ("database is locked"); Optuna's heartbeat
+    thread then dies on its first beat, the trial never gets a heartbeat, and the stale check, which only sees trials
+    that have one, never fails it: a resume after the worker's death waited forever. BeatingStorage tries again."""
+    import sqlite3
+    import threading
+    import time
+
+    from optuna.storages import RDBStorage
+
+    from loratune.search.storage import BeatingStorage
+
+    def locked_beat(kind: type, name: str) -> tuple[optuna.Study, int, BaseException | None]:
+        db = tmp_path / f"{name}.db"
+        # a short busy timeout, so the lock fails the write at once, as SQLite does on a lock upgrade
+        storage = kind(f"sqlite:///{db}", engine_kwargs={"connect_args": {"timeout": 0.05}}, heartbeat_interval=1,
+                       grace_period=1)
+        study = optuna.create_study(storage=storage, study_name=name)
+        trial = study.ask()
+        other = sqlite3.connect(db, isolation_level=None, check_same_thread=False)
+        other.execute("BEGIN EXCLUSIVE")
+        release = threading.Timer(0.25, lambda: other.execute("COMMIT"))
+        release.start()
+        error = None
+        try:
+            storage.record_heartbeat(trial._trial_id)
+        except Exception as err:  # noqa: BLE001 - the reference storage's failure is what the test shows
+            error = err
+        release.join()
+        other.close()
+        return study, trial.number, error
+
+    plain, plain_number, plain_error = locked_beat(RDBStorage, "plain")
+    beating, beating_number, beating_error = locked_beat(BeatingStorage, "beating")
+    assert isinstance(plain_error, optuna.exceptions.StorageInternalError) and beating_error is None
+    time.sleep(1.5)  # past the grace period: the dead worker's trial should be failed now
+    optuna.storages.fail_stale_trials(plain)
+    optuna.storages.fail_stale_trials(beating)
+    assert plain.trials[plain_number].state == TrialState.RUNNING  # without a heartbeat it is never found stale
+    assert beating.trials[beating_number].state == TrialState.FAIL

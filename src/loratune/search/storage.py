@@ -12,6 +12,8 @@ mysqlclient; ``postgresql+psycopg2://`` and ``mysql+pymysql://`` name other driv
 
 from __future__ import annotations
 
+import logging
+import time
 import warnings
 from pathlib import Path
 from typing import Any
@@ -33,6 +35,29 @@ except ImportError:  # pragma: no cover - optuna < 4.9
     _CALLBACK_ARG = "failed_trial_callback"
 
 
+_log = logging.getLogger(__name__)
+HEARTBEAT_RETRIES = (0.1, 0.2, 0.4, 0.8)  # seconds between a failed heartbeat write and the next try
+
+
+class BeatingStorage(RDBStorage):
+    """``RDBStorage`` whose heartbeat writes survive a failure. Optuna's heartbeat thread writes in a bare loop, so
+    one exception ends it: SQLite answers a write that would have to wait on another connection's lock upgrade with
+    "database is locked" at once, whatever its timeout. A trial whose first beat failed then has no heartbeat at all,
+    and Optuna's stale check, which only looks at trials that have one, never fails it: a resume waits for it forever.
+    Here a failed write is tried again a few times and then left to the next beat; the thread keeps beating."""
+
+    def record_heartbeat(self, trial_id: int) -> None:
+        for pause in (*HEARTBEAT_RETRIES, None):
+            try:
+                super().record_heartbeat(trial_id)
+                return
+            except Exception as err:  # noqa: BLE001 - any failure: the thread must not end (see the class)
+                if pause is None:
+                    _log.warning("trial %d: heartbeat not recorded (%s); the next beat tries again", trial_id,
+                                 first_line(err))
+                    return
+                time.sleep(pause)
+
 
 def storage_url(run_dir: str | Path, search: SearchSection) -> str:
     return RunFolder(Path(run_dir)).storage_url(search.storage)
@@ -46,7 +71,7 @@ def open_storage(run_dir: str | Path, search: SearchSection, heartbeat: bool = T
     try:
         with warnings.catch_warnings():  # heartbeats are "experimental" in name only; they are the crash detector
             warnings.simplefilter("ignore", ExperimentalWarning)
-            return RDBStorage(
+            return BeatingStorage(
                 url,
                 engine_kwargs=engine_kwargs,
                 heartbeat_interval=search.heartbeat_interval if heartbeat else None,
