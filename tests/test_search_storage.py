@@ -80,7 +80,9 @@ def test_a_heartbeat_outlasts_a_locked_database(tmp_path) -> None:
     plain, plain_number, plain_error = locked_beat(RDBStorage, "plain")
     beating, beating_number, beating_error = locked_beat(BeatingStorage, "beating")
     assert isinstance(plain_error, optuna.exceptions.StorageInternalError) and beating_error is None
-    time.sleep(1.5)  # past the grace period: the dead worker's trial should be failed now
+    # past the grace period (1 s) on SQLite's CURRENT_TIMESTAMP, which counts whole seconds: the dead worker's trial
+    # should be failed now
+    time.sleep(3.0)
     optuna.storages.fail_stale_trials(plain)
     optuna.storages.fail_stale_trials(beating)
     assert plain.trials[plain_number].state == TrialState.RUNNING  # without a heartbeat it is never found stale
