@@ -213,7 +213,7 @@ class Table:
         self.rows = {(r["learning_rate"], r["rank"], r["epoch"]): r for r in data["rows"]}
         self.checks = data.get("scorer_checks")
         self.seeds = int(data.get("seeds") or 4)  # search-time seeds per prompt
-        self.diagnosis = any("(a diagnosis)" in o for o in data.get("overrides", []))
+        self.diagnosis = bool(data.get("diagnosis"))  # exact-identity / oracle-composite: not the world as scored
 
     def scored_on(self, row: dict[str, Any], seeds: int | None) -> dict[str, Any]:
         """The row's search-time scores on its first ``seeds`` seeds per prompt (``search.gating.seeds``; None:
@@ -360,16 +360,13 @@ def one_study(root: Path, table: Table, sampler: str, pruner: str, seed: int, tr
                   key=lambda t: t.number)
     finalists = json.loads(run.finalists_file.read_text())["finalists"] if run.finalists_file.is_file() else []
     anytime = prefix_picks(run, config, table, done)
-    scores = [json.loads((run.root / t.user_attrs["trial_dir"] / "scores.json").read_text())
-              for t in done if t.user_attrs.get("trial_dir")]
+    folders = [run.root / t.user_attrs["trial_dir"] for t in done if t.user_attrs.get("trial_dir")]
+    scores = [json.loads((f / "scores.json").read_text()) for f in folders]
+    trained = [json.loads((f / "params.json").read_text())["train"] for f in folders]
     # exploration: the best truth among the epochs the study scored (what a perfect pick among them would get)
-    reached = []
-    for t in done:
-        if t.user_attrs.get("trial_dir"):
-            train = json.loads((run.root / t.user_attrs["trial_dir"] / "params.json").read_text())["train"]
-            sc = json.loads((run.root / t.user_attrs["trial_dir"] / "scores.json").read_text())
-            reached += [table.truth(train["learning_rate"], int(train["rank"]), int(e["epoch"]))
-                        for e in sc["epochs"] if not e.get("skipped") and e.get("composite") is not None]
+    reached = [table.truth(train["learning_rate"], int(train["rank"]), int(e["epoch"]))
+               for train, sc in zip(trained, scores, strict=True)
+               for e in sc["epochs"] if not e.get("skipped") and e.get("composite") is not None]
     from anytime import PAID
 
     seconds = {k: sum(float(sc["seconds"].get(k) or 0.0) for sc in scores) for k in PAID}
@@ -548,6 +545,7 @@ def exact_identity_table(source: Path, out: Path) -> None:
             row["finalist"]["composite"] = composite(row["finalist"]["axes"], weights).value
         row.pop("seeds", None)
     data["overrides"] = [*data.get("overrides", []), "consistency := the oracle's identity rate (a diagnosis)"]
+    data["diagnosis"] = True
     atomic_write_json(out, data)
 
 
@@ -568,6 +566,7 @@ def oracle_composite_table(source: Path, out: Path) -> None:
             row["finalist"].pop("composite_se", None)
         row.pop("seeds", None)
     data["overrides"] = [*data.get("overrides", []), "composite := the oracle's score (a diagnosis)"]
+    data["diagnosis"] = True
     atomic_write_json(out, data)
 
 
