@@ -127,3 +127,25 @@ def test_the_scorer_checks_name_what_the_worlds_scorers_cannot_see(world, tmp_pa
     noise.load()
     check = quality_check(noise)
     assert check["references"] > check["base_samples"] and not check["warnings"]
+
+
+def test_clip_training_can_show_colours_and_figures_apart() -> None:
+    """The optional training images (``Settings.anonymous_share``, ``collage_share``): a figure of no one captioned
+    without a name, a character's colours with no figure; with both at 0 none of them."""
+    from loratune.world.oracle import _mask
+    from loratune.world.scorers import palette_collage, world_pairs
+
+    _, texts, labels = world_pairs(3, 200, 0.1, anonymous_share=0.3, collage_share=0.3)
+    anonymous = [i for i, lab in enumerate(labels) if lab.startswith("?/")]
+    assert 40 <= len(anonymous) <= 80
+    for i in anonymous:  # named by what it shows, never by a character's token
+        _, scene, pose = labels[i].split("/")
+        assert texts[i] in ([f"a boy, {pose} {SCENES[scene].phrase}"], [f"a girl, {pose} {SCENES[scene].phrase}"])
+    assert sum(lab.startswith("-/") for lab in labels) >= 60 + 10  # the collages and the empty scenes (~0.3 + 0.04)
+    rng, luca = random.Random(0), CHARACTERS["lucaboy"]
+    for k in range(20):  # the patches carry the character's colours where the empty scene has none of them
+        image, _ = render(None, SCENES["town"], Jitter.draw(k))
+        assert _mask(image, luca.shirt).sum() == 0
+        palette_collage(image, luca, rng)
+        assert _mask(image, luca.shirt).sum() + _mask(image, luca.hair).sum() >= 9  # a patch is at least 3x3
+    assert not any(lab.startswith("?/") for lab in world_pairs(3, 50, 0.1)[2])
