@@ -141,7 +141,8 @@ def test_clip_training_can_show_colours_and_figures_apart() -> None:
     for i in anonymous:  # named by what it shows, never by a character's token
         _, scene, pose = labels[i].split("/")
         assert texts[i] in ([f"a boy, {pose} {SCENES[scene].phrase}"], [f"a girl, {pose} {SCENES[scene].phrase}"])
-    assert sum(lab.startswith("-/") for lab in labels) >= 60 + 10  # the collages and the empty scenes (~0.3 + 0.04)
+    # the collages (0.3 of 200) and the empty scenes (0.1 of the other 0.4): about 68, never fewer than 45
+    assert sum(lab.startswith("-/") for lab in labels) >= 45
     rng, luca = random.Random(0), CHARACTERS["lucaboy"]
     for k in range(20):  # the patches carry the character's colours where the empty scene has none of them
         image, _ = render(None, SCENES["town"], Jitter.draw(k))
