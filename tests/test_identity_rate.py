@@ -245,22 +245,3 @@ def test_face_linear_rate_decides_on_the_face_embeddings(tiny_models, tmp_path) 
     assert result.per_image == [float(d >= 0) for d in decisions]
     assert result.details["per_image_decision"] == pytest.approx(decisions, abs=1e-3)
     assert backend.normalisation().kind == "share"
-
-
-def test_the_linear_decision_learns_each_character_from_its_own_images_only(tmp_path) -> None:
-    """alberto has references, luca only training images: luca's positives never include alberto's references
-    (they are its negatives), a training image that is also a reference counts once, and both are decided."""
-    paths = []
-    for i in range(3):
-        paths.append(tmp_path / f"{i}.png")
-        picture(i).save(paths[-1])
-    alberto = [picture(10), picture(11)]
-    refs = References(images={"alberto": alberto}, paths={"alberto": [paths[2]]},
-                      negatives={"luca": [picture(20)], "alberto": [picture(21)]},
-                      decision="linear", training_paths={"luca": paths[:2], "alberto": paths[2:]})
-    assert refs.own_references("luca") == [] and refs.own_references("alberto") == alberto
-    assert refs.training_for("luca") == paths[:2] and refs.training_for("alberto") == []  # paths[2] is a reference
-    assert refs.negatives_for("luca")[1:] == alberto
-    assert refs.characters_to_decide() == ["alberto", "luca"]
-    refs.decision = "similarity"
-    assert refs.characters_to_decide() == ["alberto"]

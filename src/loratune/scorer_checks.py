@@ -75,10 +75,8 @@ def identity_calibration(evaluator: Evaluator) -> dict[str, Any] | None:
                  "the colours scores as the character; a structure-aware backend (dino with DINOv2, dreamsim, a "
                  "face backend) sees more" for c, t in thresholds.items()
                  if t.structure_auc is not None and t.structure_auc < min_auc]
-    too_few = ("fewer than two images of it and two of the base model's (faces, for a face backend) to learn from"
-               if evaluator.config.evaluation.identity.decision == "linear" else "fewer than two usable references")
-    warnings += [f"identity ({name}): {c or 'untied references'!r} has {too_few}, so no threshold: its samples are "
-                 "left out of the consistency rate" for c, t in fitted.items() if t is None]
+    warnings += [f"identity ({name}): {c or 'untied references'!r} has fewer than two usable references, so no "
+                 "threshold: its samples are left out of the consistency rate" for c, t in fitted.items() if t is None]
     if producer.stand_in:
         warnings = [f"{w} ({STAND_IN_WARNING})" for w in warnings]
     return {"backend": producer.spec.name, "stand_in": producer.stand_in, "min_auc": min_auc, "warnings": warnings,

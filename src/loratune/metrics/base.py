@@ -77,34 +77,14 @@ class References:
         others = [img for name, imgs in self.images.items() if name not in (None, character) for img in imgs]
         return self.negatives.get(character, []) + self.negatives.get(None, []) + others
 
-    def own_references(self, character: str | None) -> list[Image.Image]:
-        """The character's own references, else the untied ones: never another character's (for the linear decision
-        those are negatives). Images naming no character: as ``for_character``."""
-        if character in self.images:
-            return self.images[character]
-        if None in self.images:
-            return self.images[None]
-        return self.for_character(None) if character is None else []
-
     def training_for(self, character: str | None) -> list[Path]:
-        """The character's training images (``decision: linear``), else the untied ones, else none (all of them for
-        images naming no character); without the ones that are also its references."""
+        """The character's training images (``decision: linear``), else the untied ones, else none (all of them
+        for images naming no character)."""
         if character in self.training_paths:
-            paths = self.training_paths[character]
-        elif None in self.training_paths:
-            paths = self.training_paths[None]
-        else:
-            paths = [p for ps in self.training_paths.values() for p in ps] if character is None else []
-        references = {Path(p).resolve() for ps in self.paths.values() for p in ps}
-        return [p for p in paths if Path(p).resolve() not in references]
-
-    def characters_to_decide(self) -> list[str | None]:
-        """Whose identity is learned in ``setup``: every character with references, and with the linear decision
-        every one with training images too."""
-        keys = list(self.images)
-        if self.decision == "linear":
-            keys += [c for c in self.training_paths if c not in keys]
-        return keys
+            return self.training_paths[character]
+        if None in self.training_paths:
+            return self.training_paths[None]
+        return [p for paths in self.training_paths.values() for p in paths] if character is None else []
 
     def __bool__(self) -> bool:
         return any(self.images.values())

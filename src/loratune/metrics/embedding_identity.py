@@ -68,7 +68,6 @@ class _EmbeddingIdentity(Backend):
         self._reference_embeddings: dict[str | None, torch.Tensor | None] = {}
         self.thresholds: dict[str | None, IdentityThreshold | None] = {}
         self.linear: dict[str | None, LinearIdentity] = {}  # ``decision: linear``: per character, its decision
-        self._learned: dict[Any, Any] = {}  # linear fits by their inputs
         self.rated = False
         self.reset()
 
@@ -80,13 +79,13 @@ class _EmbeddingIdentity(Backend):
         return embed_images(self.runtime, self.encoder, images)
 
     def setup(self, references: References) -> None:
-        self.references = references if references is not None else References()
+        self.references = references or References()
         self._reference_embeddings = {}
         for character in self.references.images:
             self._references_for(character)
-        self.thresholds, self.linear, self._learned = {}, {}, {}
+        self.thresholds, self.linear = {}, {}
         if any(self.references.negatives.values()):
-            self.thresholds = {c: self.threshold_for(c) for c in self.references.characters_to_decide()}
+            self.thresholds = {c: self.threshold_for(c) for c in self.references.images}
         # A character without a threshold (one reference) is left out of the rate, and said; the others are rated.
         self.rated = any(t is not None for t in self.thresholds.values())
 
@@ -97,8 +96,8 @@ class _EmbeddingIdentity(Backend):
             refs = self._references_for(character)
             negatives = self.references.negatives_for(character)
             fitted = None
-            if negatives and self.references.decision == "linear":
-                fitted = self._fit_linear(character, negatives)
+            if refs is not None and negatives and self.references.decision == "linear":
+                fitted = self._fit_linear(character, refs, negatives)
             elif refs is not None and negatives:
                 positives = leave_one_out_mean(refs @ refs.T)
                 probes = structure_probes(self.references.for_character(character))
@@ -107,22 +106,18 @@ class _EmbeddingIdentity(Backend):
             self.thresholds[character] = fitted
         return self.thresholds[character]
 
-    def _fit_linear(self, character: str | None, negatives: list[Any]) -> IdentityThreshold | None:
-        """The linear decision from the character's own references and training images (positives), the negatives
-        and the positives cut into shuffled tiles; its out-of-fold threshold (decision value 0). Characters with the
-        same images share one fit."""
+    def _fit_linear(self, character: str | None, refs: torch.Tensor, negatives: list[Any]) -> IdentityThreshold | None:
+        """The linear decision from the training images and references (positives), the negatives and both cut
+        into shuffled tiles; its out-of-fold threshold (decision value 0)."""
+        import torch
+
         from loratune.images import load_image
 
-        own, paths = self.references.own_references(character), self.references.training_for(character)
-        key = (tuple(map(id, own)), tuple(map(str, paths)), tuple(map(id, negatives)))
-        if key not in self._learned:
-            images = [*own, *(load_image(p) for p in paths)]
-            found = None
-            if images:
-                found = fit_linear_identity(self.embed(images).float().numpy(), self.embed(negatives).float().numpy(),
-                                            self.embed(structure_probes(images)).float().numpy())
-            self._learned[key] = found
-        found = self._learned[key]
+        images = [load_image(p) for p in self.references.training_for(character)]
+        positives = torch.cat([refs, self.embed(images)]) if images else refs
+        tiles = self.embed(structure_probes([*self.references.for_character(character), *images]))
+        found = fit_linear_identity(positives.float().numpy(), self.embed(negatives).float().numpy(),
+                                    tiles.float().numpy())
         if found is None:
             return None
         self.linear[character] = found[0]

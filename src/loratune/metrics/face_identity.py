@@ -32,7 +32,6 @@ from loratune.errors import LoratuneError
 from loratune.metrics.base import AxisResult, Backend, EvalImage, Normalisation, References
 from loratune.metrics.embedding_identity import mean_or_none, mean_pairwise_cosine
 from loratune.metrics.identity_rate import (
-    SHUFFLES,
     IdentityThreshold,
     LinearIdentity,
     fit_linear_identity,
@@ -125,7 +124,7 @@ class FaceIdentity(Backend):
 
     def setup(self, references: References) -> None:
 
-        self.references = references if references is not None else References()
+        self.references = references or References()
         self.centroids, self.reference_faces, self.faces = {}, {}, {}
         every_face: list[torch.Tensor] = []
         for character, images in self.references.images.items():
@@ -138,7 +137,7 @@ class FaceIdentity(Backend):
         self._choose_backend()
         self.thresholds, self.linear = {}, {}
         if not self.use_fallback and any(self.references.negatives.values()):
-            self.thresholds = {c: self.threshold_for(c) for c in self.references.characters_to_decide()}
+            self.thresholds = {c: self.threshold_for(c) for c in self.references.images}
         # A character without a threshold (one reference) is left out of the rate, and said; the others are rated.
         self.rated = any(t is not None for t in self.thresholds.values())
 
@@ -152,8 +151,8 @@ class FaceIdentity(Backend):
             faces = self.faces.get(key) if key != "*" else [f for fs in self.faces.values() for f in fs]
             centroid, fitted = self._centroid(character), None
             negatives = self.references.negatives_for(character)
-            if negatives and self.references.decision == "linear":
-                fitted = self._fit_linear(character, negatives)
+            if faces and centroid is not None and negatives and self.references.decision == "linear":
+                fitted = self._fit_linear(character, faces, negatives)
             elif faces and len(faces) >= 2 and centroid is not None and negatives:
                 total = torch.stack(faces).sum(0)
                 positives = [float(f @ torch.nn.functional.normalize(total - f, dim=0)) for f in faces]
@@ -166,27 +165,24 @@ class FaceIdentity(Backend):
             self.thresholds[character] = fitted
         return self.thresholds[character]
 
-    def _fit_linear(self, character: str | None, negatives: list[Image.Image]) -> IdentityThreshold | None:
-        """The linear decision on face embeddings: the faces in the character's own references and training images
-        against the negatives' faces and the faces found in the positives cut into shuffled tiles."""
+    def _fit_linear(self, character: str | None, faces: list[torch.Tensor],
+                    negatives: list[Image.Image]) -> IdentityThreshold | None:
+        """The linear decision on face embeddings: the reference and training images' faces against the negatives'
+        faces and the faces found in all of them cut into shuffled tiles."""
         import torch
 
         from loratune.images import load_image
 
-        images = [*self.references.own_references(character),
-                  *(load_image(p) for p in self.references.training_for(character))]
-        faces = self._normalised(self.embed_faces(images)) if images else []
-        index = {i: k for k, i in enumerate(i for i, f in enumerate(faces) if f is not None)}  # image -> positive row
-        positives = [f for f in faces if f is not None]
+        training = [load_image(p) for p in self.references.training_for(character)]
+        positives = faces + [e for e in self._normalised(self.embed_faces(training)) if e is not None]
         found = [e for e in self._normalised(self.embed_faces(negatives)) if e is not None]
-        tiles = self._normalised(self.embed_faces(structure_probes(images))) if positives else []
-        shuffled = [e for e in tiles if e is not None]
-        sources = [index.get(j // SHUFFLES) for j, e in enumerate(tiles) if e is not None]
+        tiles = structure_probes([*self._references_of(character), *training])
+        shuffled = [e for e in self._normalised(self.embed_faces(tiles)) if e is not None]
 
         def rows(faces: list[torch.Tensor]) -> Any:
             return torch.stack(faces).numpy() if faces else []
 
-        fitted = fit_linear_identity(rows(positives), rows(found), rows(shuffled), probe_sources=sources)
+        fitted = fit_linear_identity(rows(positives), rows(found), rows(shuffled))
         if fitted is None:
             return None
         self.linear[character] = fitted[0]

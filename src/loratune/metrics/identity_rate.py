@@ -189,7 +189,7 @@ class LinearIdentity:
         return (np.asarray(rows, dtype=np.float64) @ self.weights + self.bias).tolist()
 
 
-def fit_linear_identity(positives: Any, negatives: Any, probes: Any, probe_sources: Sequence[int | None] | None = None,
+def fit_linear_identity(positives: Any, negatives: Any, probes: Any,
                         seed: int = 0) -> tuple[LinearIdentity, IdentityThreshold] | None:
     """A logistic regression (scikit-learn, balanced class weights, its C chosen from ``REGULARISATION_GRID`` by
     cross-validated log-loss) that tells the character's images (``positives``: embeddings of the training images
@@ -198,14 +198,12 @@ def fit_linear_identity(positives: Any, negatives: Any, probes: Any, probe_sourc
     every feature alike, so colour, which fills most of an image, outvotes shape; a learned direction weighs what
     tells these images apart here.
 
-    The ``IdentityThreshold`` is measured out of fold (each image decided by a model that never saw it, nor its own
-    tiles), at the model's own boundary 0: its AUCs and rates are what the decision does on images it has not
-    learned. ``probe_sources``: for each probe, the index of the positive it was cut from (None: from an image that is
-    not among the positives); by default ``structure_probes``' order, ``SHUFFLES`` per positive. None with too few
-    positives or negatives for two folds."""
+    The ``IdentityThreshold`` is measured out of fold (each image decided by a model that never saw it), at the
+    model's own boundary 0: its AUCs and rates are what the decision does on images it has not learned. None with
+    too few positives or negatives for two folds."""
     import numpy as np
     from sklearn.linear_model import LogisticRegression
-    from sklearn.model_selection import GridSearchCV, StratifiedGroupKFold, cross_val_predict
+    from sklearn.model_selection import GridSearchCV, StratifiedKFold, cross_val_predict
 
     pos = np.asarray(positives, dtype=np.float64)
     neg, tiles = (np.asarray(a, dtype=np.float64).reshape(len(a), pos.shape[-1]) for a in (negatives, probes))
@@ -213,17 +211,13 @@ def fit_linear_identity(positives: Any, negatives: Any, probes: Any, probe_sourc
         return None
     x = np.concatenate([pos, neg, tiles])
     y = np.r_[np.ones(len(pos)), np.zeros(len(neg) + len(tiles))]
-    # An image and its tiles share a fold: a model never judges the tiles of an image it learned from.
-    sources = [j // SHUFFLES for j in range(len(tiles))] if probe_sources is None else list(probe_sources)
-    lone = iter(range(len(pos) + len(neg), len(pos) + len(neg) + len(tiles)))
-    groups = np.r_[np.arange(len(pos) + len(neg)), [next(lone) if s is None else s for s in sources]]
-    folds = min(LINEAR_FOLDS, len(pos), len(neg))
-    split = StratifiedGroupKFold(folds, shuffle=True, random_state=seed)
+    folds = min(LINEAR_FOLDS, len(pos), len(neg) + len(tiles))
+    split = StratifiedKFold(folds, shuffle=True, random_state=seed)
     model = LogisticRegression(class_weight="balanced", max_iter=5000)
-    chosen = GridSearchCV(model, {"C": REGULARISATION_GRID}, cv=split, scoring="neg_log_loss").fit(x, y, groups=groups)
+    chosen = GridSearchCV(model, {"C": REGULARISATION_GRID}, cv=split, scoring="neg_log_loss").fit(x, y)
     c = float(chosen.best_params_["C"])
     model.set_params(C=c)
-    held = cross_val_predict(model, x, y, groups=groups, cv=split, method="decision_function")
+    held = cross_val_predict(model, x, y, cv=split, method="decision_function")
     p, n, t = held[:len(pos)], held[len(pos):len(pos) + len(neg)], held[len(pos) + len(neg):]
     fitted = fit_threshold(p.tolist(), n.tolist(), t.tolist())
     assert fitted is not None

@@ -116,8 +116,7 @@ class TrainAndScore:
         if calibration is not None:
             label = f"identity ({calibration['backend']}{', stand-in weights' if calibration['stand_in'] else ''})"
             lines += [f"{label}: {c or 'character'} {decided_by(t)}; AUC {t['auc']:.2f} against the base "
-                      f"model's samples" + ("" if t.get("structure_auc") is None else
-                                            f", {t['structure_auc']:.2f} against shuffled references")
+                      f"model's samples, {t['structure_auc']:.2f} against shuffled references"
                       for c, t in calibration["characters"].items()]
             lines += calibration["warnings"]
         if quality is not None:
