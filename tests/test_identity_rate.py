@@ -15,14 +15,7 @@ from test_metrics_identity import make, picture, run
 
 from loratune.config import BackendConfig
 from loratune.metrics.base import EvalImage, References, Runtime
-from loratune.metrics.identity_rate import (
-    auc,
-    fit_linear_identity,
-    fit_threshold,
-    leave_one_out_mean,
-    shuffled_tiles,
-    structure_probes,
-)
+from loratune.metrics.identity_rate import auc, fit_threshold, leave_one_out_mean, shuffled_tiles, structure_probes
 from loratune.metrics.registry import create_backend
 
 
@@ -139,109 +132,4 @@ def test_face_rate_uses_the_centroid_of_the_other_reference_faces(tiny_models) -
     assert backend.threshold_for(None).threshold == pytest.approx(expected.threshold, abs=1e-4)
     sims = [float(embed(img.image) @ centroid) for img in images]
     assert result.per_image == [float(s >= expected.threshold) for s in sims]
-    assert backend.normalisation().kind == "share"
-
-
-def _shape_and_palette(seed: int = 0):
-    """Unit embeddings where the character is its palette (dimension 0, most of the vector) plus a little shape
-    (dimension 1); the shuffled tiles keep the palette without the shape and vary less than whole images do."""
-    rng = np.random.default_rng(seed)
-    dim = 12
-
-    def rows(n: int, centre: list[float], spread: float) -> np.ndarray:
-        x = np.zeros(dim)
-        x[:len(centre)] = centre
-        x = x + rng.normal(0, spread, (n, dim))
-        return x / np.linalg.norm(x, axis=1, keepdims=True)
-
-    positives = rows(16, [1.0, 0.5], 0.2)
-    negatives = rows(12, [0.0, 0.5, 1.0], 0.2)  # the base model's figures: the shape, other colours
-    probes = rows(24, [1.0, 0.0], 0.05)
-    return positives, negatives, probes
-
-
-def test_linear_decision_sees_the_shape_that_cosine_to_the_references_misses() -> None:
-    from sklearn.linear_model import LogisticRegression
-
-    positives, negatives, probes = _shape_and_palette()
-    # Cosine to the references (the "similarity" decision) ranks the palette above the character itself ...
-    sims = positives @ positives.T
-    cosine = fit_threshold(leave_one_out_mean(sims), (negatives @ positives.T).mean(1).tolist(),
-                           (probes @ positives.T).mean(1).tolist())
-    assert cosine.structure_auc < 0.5
-    # ... a linear decision learned from the same three sets tells them apart, on images it did not learn from.
-    decision, threshold = fit_linear_identity(positives, negatives, probes)
-    assert threshold.decision == "linear" and threshold.threshold == 0.0
-    assert threshold.structure_auc > 0.95 and threshold.auc > 0.95  # 1.0 and 0.98
-    assert (threshold.positives, threshold.negatives, threshold.probes) == (16, 12, 24)
-    assert threshold.true_positive_rate >= 0.8 and threshold.false_positive_rate <= 0.1
-    # The decision is scikit-learn's balanced logistic regression at the chosen C, refitted on every image.
-    x = np.concatenate([positives, negatives, probes])
-    y = np.r_[np.ones(16), np.zeros(36)]
-    reference = LogisticRegression(C=threshold.regularisation, class_weight="balanced", max_iter=5000).fit(x, y)
-    assert decision.decide(x) == pytest.approx(reference.decision_function(x).tolist(), abs=1e-6)
-    assert decision.decide(probes[:3]) == pytest.approx(reference.decision_function(probes[:3]).tolist(), abs=1e-6)
-    assert fit_linear_identity(positives[:1], negatives, probes) is None
-    assert fit_linear_identity(positives, negatives[:1], []) is None
-
-
-def test_clip_i_linear_rate_is_the_share_its_decision_accepts(tiny_models, tmp_path) -> None:
-    import open_clip
-
-    refs, images = _luca_world()
-    training = []
-    for i in range(4):  # the training images: more positives than the three references
-        training.append(tmp_path / f"train-{i}.png")
-        picture(400 + i).save(training[-1])
-    refs.decision, refs.training_paths = "linear", {"luca": training}
-    backend = make("clip_i", str(tiny_models.open_clip))
-    result = run(backend, images, refs)
-    fitted = backend.threshold_for("luca")
-    assert (fitted.decision, fitted.positives, fitted.negatives, fitted.probes) == ("linear", 7, 5, 14)
-
-    model, _, preprocess = open_clip.create_model_and_transforms(f"local-dir:{tiny_models.open_clip}")
-    model.eval()
-    with torch.no_grad():
-        rows = F.normalize(model.encode_image(torch.stack([preprocess(img.image) for img in images])).float(), dim=-1)
-    decisions = backend.linear["luca"].decide(rows.numpy())
-    assert result.per_image == [float(d >= 0) for d in decisions]
-    assert result.value == pytest.approx(sum(d >= 0 for d in decisions) / 6)
-    assert result.details["per_image_decision"] == pytest.approx(decisions, abs=1e-4)
-    assert "linear decision" in result.details["mode"] and result.details["to_references"] is not None
-    assert backend.producer().normalisation().kind == "share"
-
-
-def test_face_linear_rate_decides_on_the_face_embeddings(tiny_models, tmp_path) -> None:
-    import cv2
-    import onnxruntime
-
-    faces = [_astronaut_face(), _noise(1), _noise(2)]
-    training = []
-    for i in range(3):
-        training.append(tmp_path / f"train-{i}.png")
-        _noise(30 + i).save(training[-1])
-    refs = References(images={None: faces}, negatives={None: [_noise(10 + i) for i in range(4)]},
-                      decision="linear", training_paths={None: training})
-    images = [EvalImage(Path(f"{i}.png"), img) for i, img in enumerate([_noise(20), _astronaut_face(), _noise(21)])]
-    runtime = Runtime(device=torch.device("cpu"), dtype=torch.float32, batch_size=4)
-    backend = create_backend(BackendConfig(name="insightface", model=str(tiny_models.arcface), recogniser_only=True,
-                                           fallback=None), runtime, "consistency")
-    backend.load()
-    backend.setup(refs)
-    backend.update(images)
-    result = backend.compute()
-    fitted = backend.threshold_for(None)
-    # recogniser_only: every image is a face, the shuffled tiles too (2 per reference and training image)
-    assert (fitted.decision, fitted.positives, fitted.negatives, fitted.probes) == ("linear", 6, 4, 12)
-
-    session = onnxruntime.InferenceSession(str(tiny_models.arcface), providers=["CPUExecutionProvider"])
-
-    def embed(img) -> np.ndarray:
-        x = cv2.resize(np.asarray(img), (112, 112)).astype(np.float32)
-        e = session.run(None, {session.get_inputs()[0].name: ((x - 127.5) / 127.5).transpose(2, 0, 1)[None]})[0][0]
-        return e / np.linalg.norm(e)
-
-    decisions = backend.linear[None].decide(np.stack([embed(img.image) for img in images]))
-    assert result.per_image == [float(d >= 0) for d in decisions]
-    assert result.details["per_image_decision"] == pytest.approx(decisions, abs=1e-3)
     assert backend.normalisation().kind == "share"

@@ -184,11 +184,6 @@ def load_references(config: Config, references_dir: str | Path | None = None,
         for name, info in read_manifest(folder / SAMPLES_MANIFEST).items():
             refs.negative_paths.setdefault(info.character, []).append(folder / Path(name).name)
         refs.negatives = {key: [load_image(p) for p in paths] for key, paths in refs.negative_paths.items()}
-        refs.decision = config.evaluation.identity.decision
-        if refs.decision == "linear":
-            from loratune.learning.holdout import training_by_character
-
-            refs.training_paths = training_by_character(config)  # loaded when the decision is learned, then dropped
     return refs
 
 

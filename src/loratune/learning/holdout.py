@@ -69,31 +69,13 @@ def holdout_references(config: Config, held: list[Path]) -> dict[str | None, lis
         return {}
     if len(characters) <= 1:
         return {lacking[0] if lacking else None: held}
-    return by_caption_token(config, held, lacking)
-
-
-def by_caption_token(config: Config, paths: list[Path], names: list[str]) -> dict[str | None, list[Path]]:
-    """``paths`` per character of ``names`` whose token their caption file names (else under None)."""
-    characters = config.dataset.characters
-    owned: dict[str | None, list[Path]] = {}
-    for path in paths:
+    refs: dict[str | None, list[Path]] = {}
+    for path in held:
         caption = path.with_suffix(config.dataset.caption_extension)
         text = caption.read_text(encoding="utf-8", errors="replace").lower() if caption.is_file() else ""
-        owner = next((n for n in names if characters[n].token.lower() in text), None)
-        owned.setdefault(owner, []).append(path)
-    return owned
-
-
-def training_by_character(config: Config) -> dict[str | None, list[Path]]:
-    """The images that train, per character: one character (or none named) takes them all; with several, each
-    image goes to the character whose token its caption names."""
-    training = training_and_holdout(config)[0]
-    names = list(config.dataset.characters)
-    if not training:
-        return {}
-    if len(names) <= 1:
-        return {names[0] if names else None: training}
-    return by_caption_token(config, training, names)
+        owner = next((n for n in lacking if characters[n].token.lower() in text), None)
+        refs.setdefault(owner, []).append(path)
+    return refs
 
 
 def training_and_holdout(config: Config) -> tuple[list[Path], list[Path]]:

@@ -54,10 +54,6 @@ class References:
     # no character). With them, identity backends learn a "character present" threshold (``identity_rate``).
     negatives: dict[str | None, list[Image.Image]] = field(default_factory=dict)
     negative_paths: dict[str | None, list[Path]] = field(default_factory=dict)
-    # ``evaluation.identity.decision``: "similarity" (mean cosine to the references against a learned threshold) or
-    # "linear" (a logistic regression per character that also learns from the training images, ``training_paths``).
-    decision: str = "similarity"
-    training_paths: dict[str | None, list[Path]] = field(default_factory=dict)
 
     def for_character(self, character: str | None) -> list[Image.Image]:
         """The character's references, else the untied ones, else all of them."""
@@ -76,15 +72,6 @@ class References:
             return [img for imgs in self.negatives.values() for img in imgs]
         others = [img for name, imgs in self.images.items() if name not in (None, character) for img in imgs]
         return self.negatives.get(character, []) + self.negatives.get(None, []) + others
-
-    def training_for(self, character: str | None) -> list[Path]:
-        """The character's training images (``decision: linear``), else the untied ones, else none (all of them
-        for images naming no character)."""
-        if character in self.training_paths:
-            return self.training_paths[character]
-        if None in self.training_paths:
-            return self.training_paths[None]
-        return [p for paths in self.training_paths.values() for p in paths] if character is None else []
 
     def __bool__(self) -> bool:
         return any(self.images.values())

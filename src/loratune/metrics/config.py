@@ -88,12 +88,6 @@ class IdentitySection(Strict):
         description="consistency = share of samples that pass a 'character present' threshold learned from the "
         "references and the base model's own samples; false: the mean similarity to the references",
     )
-    decision: Literal["similarity", "linear"] = Field(
-        "similarity",
-        description="how a sample is decided to show the character. similarity: its mean cosine to the references "
-        "against a threshold; linear: a logistic regression per character on the backend's embeddings, learned "
-        "from the training images and references against the base model's samples and the shuffled-tile references",
-    )
     min_auc: float = Field(
         0.8, ge=0.5, le=1.0,
         description="below this separation of references from the base model's samples the study warns that the "

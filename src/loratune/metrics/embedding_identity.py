@@ -26,8 +26,6 @@ from loratune.metrics.base import AxisResult, Backend, EvalImage, Normalisation,
 from loratune.metrics.embedding_cache import embed_images
 from loratune.metrics.identity_rate import (
     IdentityThreshold,
-    LinearIdentity,
-    fit_linear_identity,
     fit_threshold,
     leave_one_out_mean,
     rate_details,
@@ -67,7 +65,6 @@ class _EmbeddingIdentity(Backend):
         self.references = References()
         self._reference_embeddings: dict[str | None, torch.Tensor | None] = {}
         self.thresholds: dict[str | None, IdentityThreshold | None] = {}
-        self.linear: dict[str | None, LinearIdentity] = {}  # ``decision: linear``: per character, its decision
         self.rated = False
         self.reset()
 
@@ -83,7 +80,7 @@ class _EmbeddingIdentity(Backend):
         self._reference_embeddings = {}
         for character in self.references.images:
             self._references_for(character)
-        self.thresholds, self.linear = {}, {}
+        self.thresholds = {}
         if any(self.references.negatives.values()):
             self.thresholds = {c: self.threshold_for(c) for c in self.references.images}
         # A character without a threshold (one reference) is left out of the rate, and said; the others are rated.
@@ -96,32 +93,13 @@ class _EmbeddingIdentity(Backend):
             refs = self._references_for(character)
             negatives = self.references.negatives_for(character)
             fitted = None
-            if refs is not None and negatives and self.references.decision == "linear":
-                fitted = self._fit_linear(character, refs, negatives)
-            elif refs is not None and negatives:
+            if refs is not None and negatives:
                 positives = leave_one_out_mean(refs @ refs.T)
                 probes = structure_probes(self.references.for_character(character))
                 fitted = fit_threshold(positives, (self.embed(negatives) @ refs.T).mean(1).tolist(),
                                        (self.embed(probes) @ refs.T).mean(1).tolist())
             self.thresholds[character] = fitted
         return self.thresholds[character]
-
-    def _fit_linear(self, character: str | None, refs: torch.Tensor, negatives: list[Any]) -> IdentityThreshold | None:
-        """The linear decision from the training images and references (positives), the negatives and both cut
-        into shuffled tiles; its out-of-fold threshold (decision value 0)."""
-        import torch
-
-        from loratune.images import load_image
-
-        images = [load_image(p) for p in self.references.training_for(character)]
-        positives = torch.cat([refs, self.embed(images)]) if images else refs
-        tiles = self.embed(structure_probes([*self.references.for_character(character), *images]))
-        found = fit_linear_identity(positives.float().numpy(), self.embed(negatives).float().numpy(),
-                                    tiles.float().numpy())
-        if found is None:
-            return None
-        self.linear[character] = found[0]
-        return found[1]
 
     def normalisation(self) -> Normalisation:
         if self.rated:
@@ -138,17 +116,12 @@ class _EmbeddingIdentity(Backend):
         self._characters: list[str | None] = []
         self._embeddings: list[torch.Tensor] = []
         self._to_references: list[float | None] = []
-        self._decisions: list[float | None] = []  # ``decision: linear``: each image's decision value
 
     def update(self, batch: list[EvalImage]) -> None:
         embeddings = self.embed([img.image for img in batch])
         for img, emb in zip(batch, embeddings):
             refs = self._references_for(img.character)
             self._to_references.append(None if refs is None else float((refs @ emb).mean()))
-            if self.rated and self.references.decision == "linear":
-                self.threshold_for(img.character)  # learned once per character, before its first decision
-            linear = self.linear.get(img.character)
-            self._decisions.append(None if linear is None else linear.decide(emb.float().numpy()[None])[0])
             self._characters.append(img.character)
             self._embeddings.append(emb)
 
@@ -180,17 +153,10 @@ class _EmbeddingIdentity(Backend):
             "across_generations": mean_or_none(across_values),
             "per_character": per_character,
         }
-        if self.rated and self.references.decision == "linear":
-            value, passes, rated = rate_details(self._decisions, self._characters, self.threshold_for,
-                                                per_image="per_image_decision")
-            details.update(rated, mode="rate: share of images the character's linear decision accepts (a logistic "
-                           "regression learned from the training images and references against the base model's "
-                           "samples and shuffled tiles)")
-        elif self.rated:  # the scale chosen in setup holds for every image set: a share, never a similarity
+        if self.rated:  # the scale chosen in setup holds for every image set: a share, never a similarity
             value, passes, rated = rate_details(self._to_references, self._characters, self.threshold_for)
             details.update(rated, mode="rate: share of images whose mean similarity to the references passes the "
                            "character's threshold (learned from the references and the base model's samples)")
-        if self.rated:
             if value is None:
                 return self.missing("no image could be rated against a threshold", per_image=passes, details=details)
             return self.result(value, per_image=passes, details=details)

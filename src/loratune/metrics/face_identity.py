@@ -31,14 +31,7 @@ from pydantic import Field, ValidationError, field_validator
 from loratune.errors import LoratuneError
 from loratune.metrics.base import AxisResult, Backend, EvalImage, Normalisation, References
 from loratune.metrics.embedding_identity import mean_or_none, mean_pairwise_cosine
-from loratune.metrics.identity_rate import (
-    IdentityThreshold,
-    LinearIdentity,
-    fit_linear_identity,
-    fit_threshold,
-    rate_details,
-    structure_probes,
-)
+from loratune.metrics.identity_rate import IdentityThreshold, fit_threshold, rate_details, structure_probes
 
 if TYPE_CHECKING:
     import numpy as np
@@ -84,7 +77,6 @@ class FaceIdentity(Backend):
         self.decision: dict[str, Any] = {"backend": self.spec.name, "reason": "references not seen yet"}
         self.faces: dict[str | None, list[torch.Tensor]] = {}
         self.thresholds: dict[str | None, IdentityThreshold | None] = {}
-        self.linear: dict[str | None, LinearIdentity] = {}  # ``decision: linear``: per character, its decision
         self.rated = False
         self.reset()
 
@@ -135,7 +127,7 @@ class FaceIdentity(Backend):
             every_face += faces
         self.all_centroid = self._mean_direction(every_face)
         self._choose_backend()
-        self.thresholds, self.linear = {}, {}
+        self.thresholds = {}
         if not self.use_fallback and any(self.references.negatives.values()):
             self.thresholds = {c: self.threshold_for(c) for c in self.references.images}
         # A character without a threshold (one reference) is left out of the rate, and said; the others are rated.
@@ -151,9 +143,7 @@ class FaceIdentity(Backend):
             faces = self.faces.get(key) if key != "*" else [f for fs in self.faces.values() for f in fs]
             centroid, fitted = self._centroid(character), None
             negatives = self.references.negatives_for(character)
-            if faces and centroid is not None and negatives and self.references.decision == "linear":
-                fitted = self._fit_linear(character, faces, negatives)
-            elif faces and len(faces) >= 2 and centroid is not None and negatives:
+            if faces and len(faces) >= 2 and centroid is not None and negatives:
                 total = torch.stack(faces).sum(0)
                 positives = [float(f @ torch.nn.functional.normalize(total - f, dim=0)) for f in faces]
                 found = [e for e in self._normalised(self.embed_faces(negatives)) if e is not None]
@@ -164,29 +154,6 @@ class FaceIdentity(Backend):
                                        [float(e @ centroid) for e in shuffled])
             self.thresholds[character] = fitted
         return self.thresholds[character]
-
-    def _fit_linear(self, character: str | None, faces: list[torch.Tensor],
-                    negatives: list[Image.Image]) -> IdentityThreshold | None:
-        """The linear decision on face embeddings: the reference and training images' faces against the negatives'
-        faces and the faces found in all of them cut into shuffled tiles."""
-        import torch
-
-        from loratune.images import load_image
-
-        training = [load_image(p) for p in self.references.training_for(character)]
-        positives = faces + [e for e in self._normalised(self.embed_faces(training)) if e is not None]
-        found = [e for e in self._normalised(self.embed_faces(negatives)) if e is not None]
-        tiles = structure_probes([*self._references_of(character), *training])
-        shuffled = [e for e in self._normalised(self.embed_faces(tiles)) if e is not None]
-
-        def rows(faces: list[torch.Tensor]) -> Any:
-            return torch.stack(faces).numpy() if faces else []
-
-        fitted = fit_linear_identity(rows(positives), rows(found), rows(shuffled))
-        if fitted is None:
-            return None
-        self.linear[character] = fitted[0]
-        return fitted[1]
 
     def _references_of(self, character: str | None) -> list[Image.Image]:
         return self.references.for_character(character)
@@ -287,13 +254,9 @@ class FaceIdentity(Backend):
             "reference_faces": self.reference_faces,
         }
         per_image: list[float | None] = []
-        decisions: list[float | None] = []  # ``decision: linear``: each face's decision value
-        linear = self.rated and self.references.decision == "linear"
         for item, emb in zip(self.items, self.embeddings):
             centroid = self._centroid(item.character)
             per_image.append(None if emb is None or centroid is None else float(emb @ centroid))
-            decider = self.linear.get(item.character) if linear and self.threshold_for(item.character) else None
-            decisions.append(None if emb is None or decider is None else decider.decide(emb.numpy()[None])[0])
         per_character: dict[str, dict[str, Any]] = {}
         across_values: list[float] = []
         for character in dict.fromkeys(item.character for item in self.items):
@@ -313,17 +276,10 @@ class FaceIdentity(Backend):
             to_reference_centroid=mean_or_none(scored),
             across_generations=mean_or_none(across_values),
         )
-        if linear:
-            value, passes, rated = rate_details(decisions, [item.character for item in self.items],
-                                                self.threshold_for, per_image="per_image_decision")
-            details.update(rated, mode="rate: share of faces the character's linear decision accepts (learned from "
-                           "the training images' and references' faces against the base model's); images without a "
-                           "face left out")
-        elif self.rated:  # the scale chosen in setup holds for every image set
+        if self.rated:  # the scale chosen in setup holds for every image set
             value, passes, rated = rate_details(per_image, [item.character for item in self.items], self.threshold_for)
             details.update(rated, mode="rate: share of faces whose similarity to the reference centroid passes the "
                            "character's threshold; images without a face left out")
-        if self.rated:
             if value is None:
                 return self.missing(f"faces found in {found} of {n} images; none could be rated", per_image=passes,
                                     details=details)

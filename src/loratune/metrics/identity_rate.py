@@ -25,7 +25,7 @@ cannot see this character, and the study says so before its first trial. Nothing
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 from itertools import pairwise
 from typing import Any
 
@@ -47,10 +47,6 @@ class IdentityThreshold:
     false_positive_rate: float  # share of negatives and probes at or above it
     structure_auc: float | None = None  # positives against the shuffled-tile references (the probes) only
     probes: int = 0
-    # What ``threshold`` and the means are on: "similarity" (mean cosine to the references) or "linear" (the
-    # logistic regression's decision value, measured out of fold; 0 is its boundary).
-    decision: str = "similarity"
-    regularisation: float | None = None  # linear: the C that cross-validation chose
 
     def to_json(self) -> dict[str, Any]:
         return {k: round(v, 6) if isinstance(v, float) else v for k, v in asdict(self).items()}
@@ -101,15 +97,6 @@ def fit_threshold(positives: Sequence[float], negatives: Sequence[float],
     )
 
 
-def decided_by(threshold: dict[str, Any]) -> str:
-    """How a sample is decided to show the character (a threshold's ``to_json``), in words for the console."""
-    if threshold.get("decision") == "linear":
-        return (f"by a linear decision on {threshold['positives']} images of it (C {threshold['regularisation']:.3g}; "
-                f"out of fold {threshold['true_positive_rate']:.0%} of them pass, "
-                f"{threshold['false_positive_rate']:.0%} of the rest)")
-    return f"above similarity {threshold['threshold']:.3f}"
-
-
 SHUFFLE_GRID = 8  # tiles per side: at ViT-B/16's 224 px a tile is ~2 patches; at the world's 64 px, one 8-px patch
 SHUFFLES = 2  # shuffled copies per reference
 
@@ -146,8 +133,8 @@ def rate_of(similarities: Sequence[float | None], thresholds: Sequence[IdentityT
     return [None if s is None or t is None else float(s >= t.threshold) for s, t in zip(similarities, thresholds)]
 
 
-def rate_details(similarities: Sequence[float | None], characters: Sequence[str | None], threshold_for: Any,
-                 per_image: str = "per_image_similarity") -> tuple[float | None, list[float | None], dict[str, Any]]:
+def rate_details(similarities: Sequence[float | None], characters: Sequence[str | None],
+                 threshold_for: Any) -> tuple[float | None, list[float | None], dict[str, Any]]:
     """(rate over the images with a similarity and a threshold, per-image pass/fail, details for scores.json)."""
     thresholds = [threshold_for(c) for c in characters]
     passes = rate_of(similarities, thresholds)
@@ -163,66 +150,8 @@ def rate_details(similarities: Sequence[float | None], characters: Sequence[str 
     details = {
         "identity_rate": sum(scored) / len(scored) if scored else None,
         "rate_per_character": per_character,
-        per_image: [None if s is None else round(float(s), 6) for s in similarities],
+        "per_image_similarity": [None if s is None else round(float(s), 6) for s in similarities],
     }
     if len(scored) < len(passes):
         details["images_not_rated"] = len(passes) - len(scored)
     return (sum(scored) / len(scored) if scored else None), passes, details
-
-
-LINEAR_FOLDS = 5  # out-of-fold decisions for the honest AUCs (fewer when there are fewer positives)
-REGULARISATION_GRID = [10.0 ** k for k in range(-4, 5)]  # logistic regression's C, chosen by cross-validation
-
-
-@dataclass(frozen=True)
-class LinearIdentity:
-    """A character's linear "is it there?" decision on one backend's embeddings: ``decide(rows)`` is the logistic
-    regression's decision value (>= 0: the character is there)."""
-
-    weights: Any  # numpy (dim,)
-    bias: float
-    regularisation: float  # the C that cross-validation chose
-
-    def decide(self, rows: Any) -> list[float]:
-        import numpy as np
-
-        return (np.asarray(rows, dtype=np.float64) @ self.weights + self.bias).tolist()
-
-
-def fit_linear_identity(positives: Any, negatives: Any, probes: Any,
-                        seed: int = 0) -> tuple[LinearIdentity, IdentityThreshold] | None:
-    """A logistic regression (scikit-learn, balanced class weights, its C chosen from ``REGULARISATION_GRID`` by
-    cross-validated log-loss) that tells the character's images (``positives``: embeddings of the training images
-    and the references) from what is not the character (``negatives``: the base model's samples and other
-    characters' references; ``probes``: the positives cut into shuffled tiles). Cosine to the references weighs
-    every feature alike, so colour, which fills most of an image, outvotes shape; a learned direction weighs what
-    tells these images apart here.
-
-    The ``IdentityThreshold`` is measured out of fold (each image decided by a model that never saw it), at the
-    model's own boundary 0: its AUCs and rates are what the decision does on images it has not learned. None with
-    too few positives or negatives for two folds."""
-    import numpy as np
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.model_selection import GridSearchCV, StratifiedKFold, cross_val_predict
-
-    pos = np.asarray(positives, dtype=np.float64)
-    neg, tiles = (np.asarray(a, dtype=np.float64).reshape(len(a), pos.shape[-1]) for a in (negatives, probes))
-    if len(pos) < MIN_POSITIVES or len(neg) < MIN_NEGATIVES:
-        return None
-    x = np.concatenate([pos, neg, tiles])
-    y = np.r_[np.ones(len(pos)), np.zeros(len(neg) + len(tiles))]
-    folds = min(LINEAR_FOLDS, len(pos), len(neg) + len(tiles))
-    split = StratifiedKFold(folds, shuffle=True, random_state=seed)
-    model = LogisticRegression(class_weight="balanced", max_iter=5000)
-    chosen = GridSearchCV(model, {"C": REGULARISATION_GRID}, cv=split, scoring="neg_log_loss").fit(x, y)
-    c = float(chosen.best_params_["C"])
-    model.set_params(C=c)
-    held = cross_val_predict(model, x, y, cv=split, method="decision_function")
-    p, n, t = held[:len(pos)], held[len(pos):len(pos) + len(neg)], held[len(pos) + len(neg):]
-    fitted = fit_threshold(p.tolist(), n.tolist(), t.tolist())
-    assert fitted is not None
-    rejected = np.concatenate([n, t])
-    threshold = replace(fitted, threshold=0.0, true_positive_rate=float((p >= 0).mean()),
-                        false_positive_rate=float((rejected >= 0).mean()), decision="linear", regularisation=c)
-    model.fit(x, y)
-    return LinearIdentity(model.coef_[0].copy(), float(model.intercept_[0]), c), threshold

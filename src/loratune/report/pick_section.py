@@ -80,13 +80,6 @@ def _too_close(ordered: list[dict[str, Any]]) -> str:
             "apart: look at both before you ship one.</div>")
 
 
-def _threshold_cell(threshold: dict[str, Any]) -> str:
-    if threshold.get("decision") == "linear":
-        c = threshold.get("regularisation")
-        return f"linear, C {c:.3g}" if isinstance(c, (int, float)) else "linear"
-    return fmt(threshold.get("threshold"), 3)
-
-
 def _checks(run: RunFolder) -> str:
     data = _read(run.scorer_checks)
     if not data:
@@ -94,27 +87,19 @@ def _checks(run: RunFolder) -> str:
     parts = []
     identity = data.get("identity") if isinstance(data.get("identity"), dict) else None
     if identity:
-        characters = identity.get("characters") or {}
-        linear = any(t.get("decision") == "linear" for t in characters.values())
         rows = "".join(
-            f"<tr><td>{escape(c or '(all)')}</td><td class='num'>{_threshold_cell(t)}</td><td class='num'>"
+            f"<tr><td>{escape(c or '(all)')}</td><td class='num'>{fmt(t.get('threshold'), 3)}</td><td class='num'>"
             f"{fmt(t.get('auc'), 3)}</td><td class='num'>{fmt(t.get('positive_mean'), 3)}</td><td class='num'>"
             f"{fmt(t.get('negative_mean'), 3)}</td><td class='num'>{fmt(t.get('structure_auc'), 3)}</td>"
             f"<td class='num'>{t.get('positives')} / {t.get('negatives')} / {t.get('probes', 0)}</td>"
-            "</tr>" for c, t in characters.items())
-        how = ("a linear decision learned in this run accepts it: a logistic regression on the backend's embeddings "
-               "of the training images and references against the base model's own samples of the same prompts "
-               "(which never show the character) and all of them cut into shuffled tiles (the colours without the "
-               "character). Every number in the table is measured out of fold, on images the decision did not learn "
-               "from; the means are decision values (0 is the boundary)" if linear else
-               "its similarity to the references passes a threshold learned in this run from the references (each "
-               "against the others) and the base model's own samples of the same prompts, which never show the "
-               "character")
+            "</tr>" for c, t in (identity.get("characters") or {}).items())
         parts.append(
-            f"<p>Identity ({escape(str(identity.get('backend')))}) is a rate: a sample counts when {how}. AUC is how "
-            "well the two sets separate (1 = perfectly).</p><table id='identity-threshold' style='width:auto'><thead>"
-            "<tr><th>character</th><th>threshold</th><th>AUC</th><th>references' mean</th><th>base samples' mean</th>"
-            "<th>structure AUC (vs shuffled tiles)</th><th>positives / negatives / tiles</th></tr></thead>"
+            f"<p>Identity ({escape(str(identity.get('backend')))}) is a rate: a sample counts when its similarity to "
+            "the references passes a threshold learned in this run from the references (each against the others) "
+            "and the base model's own samples of the same prompts, which never show the character. AUC is how well "
+            "the two sets separate (1 = perfectly).</p><table id='identity-threshold' style='width:auto'><thead><tr>"
+            "<th>character</th><th>threshold</th><th>AUC</th><th>references' mean</th><th>base samples' mean</th>"
+            "<th>structure AUC (vs shuffled tiles)</th><th>references / negatives / tiles</th></tr></thead>"
             f"<tbody>{rows}</tbody></table>")
     quality = data.get("quality") if isinstance(data.get("quality"), dict) else None
     if quality:

@@ -22,7 +22,6 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from loratune.config import Config
 from loratune.errors import LoratuneError
-from loratune.metrics.identity_rate import decided_by
 from loratune.records import EpochScore
 from loratune.runfolder import RunFolder
 
@@ -115,8 +114,8 @@ class TrainAndScore:
         lines, self._estimate = self._estimate, []
         if calibration is not None:
             label = f"identity ({calibration['backend']}{', stand-in weights' if calibration['stand_in'] else ''})"
-            lines += [f"{label}: {c or 'character'} {decided_by(t)}; AUC {t['auc']:.2f} against the base "
-                      f"model's samples, {t['structure_auc']:.2f} against shuffled references"
+            lines += [f"{label}: {c or 'character'} above similarity {t['threshold']:.3f}; AUC {t['auc']:.2f} "
+                      f"against the base model's samples, {t['structure_auc']:.2f} against shuffled references"
                       for c, t in calibration["characters"].items()]
             lines += calibration["warnings"]
         if quality is not None:
