@@ -133,3 +133,20 @@ def test_face_rate_uses_the_centroid_of_the_other_reference_faces(tiny_models) -
     sims = [float(embed(img.image) @ centroid) for img in images]
     assert result.per_image == [float(s >= expected.threshold) for s in sims]
     assert backend.normalisation().kind == "share"
+
+
+def test_the_console_line_holds_without_a_structure_auc() -> None:
+    """A face backend whose shuffled references hold no face has no structure AUC; the console says so (it used to
+    raise formatting None)."""
+    from loratune.scorer_checks import identity_lines
+
+    faces = fit_threshold([0.9, 0.8], [0.3, 0.4]).to_json()
+    clip = fit_threshold([0.9, 0.8], [0.3, 0.4], [0.85, 0.2]).to_json()
+    lines = identity_lines({"backend": "insightface", "stand_in": False, "warnings": ["w"],
+                            "characters": {"luca": faces, "": clip}})
+    head = "above similarity 0.600; AUC 1.00 against the base model's samples"
+    assert lines == [
+        f"identity (insightface): luca {head}, no shuffled reference was scored (none held a face)",
+        f"identity (insightface): character {head}, 0.75 against shuffled references",
+        "w",
+    ]

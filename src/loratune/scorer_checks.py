@@ -81,3 +81,16 @@ def identity_calibration(evaluator: Evaluator) -> dict[str, Any] | None:
         warnings = [f"{w} ({STAND_IN_WARNING})" for w in warnings]
     return {"backend": producer.spec.name, "stand_in": producer.stand_in, "min_auc": min_auc, "warnings": warnings,
             "characters": {c or "": t.to_json() for c, t in thresholds.items()}}
+
+
+def identity_lines(calibration: dict[str, Any]) -> list[str]:
+    """``identity_calibration``'s result as the console prints it before the first trial: a line per character,
+    then the warnings. A face backend whose shuffled tiles hold no face has no structure AUC, and says so."""
+    label = f"identity ({calibration['backend']}{', stand-in weights' if calibration['stand_in'] else ''})"
+    lines = []
+    for character, t in calibration["characters"].items():
+        structure = ("no shuffled reference was scored (none held a face)" if t.get("structure_auc") is None
+                     else f"{t['structure_auc']:.2f} against shuffled references")
+        lines.append(f"{label}: {character or 'character'} above similarity {t['threshold']:.3f}; AUC {t['auc']:.2f} "
+                     f"against the base model's samples, {structure}")
+    return lines + list(calibration["warnings"])

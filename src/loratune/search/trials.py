@@ -93,7 +93,7 @@ class TrainAndScore:
         quality check found, which also go to ``RUN/scorer-checks.json``."""
         from loratune.atomic import atomic_write_json
         from loratune.sampling import BASE_SAMPLES, render_base_samples
-        from loratune.scorer_checks import identity_calibration, quality_check
+        from loratune.scorer_checks import identity_calibration, identity_lines, quality_check
         from loratune.train.model import training_precision
 
         key = (config.model_dump_json(exclude={"train", "search"}, warnings=False), run_dir)
@@ -113,11 +113,7 @@ class TrainAndScore:
         self._prepared = key
         lines, self._estimate = self._estimate, []
         if calibration is not None:
-            label = f"identity ({calibration['backend']}{', stand-in weights' if calibration['stand_in'] else ''})"
-            lines += [f"{label}: {c or 'character'} above similarity {t['threshold']:.3f}; AUC {t['auc']:.2f} "
-                      f"against the base model's samples, {t['structure_auc']:.2f} against shuffled references"
-                      for c, t in calibration["characters"].items()]
-            lines += calibration["warnings"]
+            lines += identity_lines(calibration)
         if quality is not None:
             lines += quality["warnings"]
         if calibration is not None or quality is not None:
