@@ -6,7 +6,8 @@ references and the base model's own samples (the negatives), never on a trial's.
 - ``quality_check``: the quality axis on the references against the base model's samples, with a warning when it
   rates what the user wants below an untrained model's output.
 
-The study prints both, ``RUN/scorer-checks.json`` keeps them and the report shows them.
+The study prints both (``identity_lines`` words the first), ``RUN/scorer-checks.json`` keeps them and the report
+shows them.
 """
 
 from __future__ import annotations
