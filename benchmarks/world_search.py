@@ -34,6 +34,10 @@ seeds per setting affordable; each real world trial takes about four minutes her
 consistency axis replaced by the oracle's identity rate, or the whole composite by the oracle's score. They say how
 much of the regret is the identity scorer's, and how much is left to the search when the scorer is perfect but for
 its samples' noise. Never settings: nothing in the product reads the oracle.
+
+``rejections`` says why the oracle finds no character in the samples of the composite's favourite epochs (the
+table's top 10 and 20, and all of them): each sample's first failing trait, and how far its shirt's colour is off.
+It reads the samples ``measure`` kept (``--store``, ``--target``) and the table that ranks them.
 """
 
 from __future__ import annotations
@@ -624,13 +628,63 @@ def overtraining(table: Table, min_lr: float = 5e-3) -> None:
     Console(width=120).print(out)
 
 
+def rejections(table: Table, store: Path, target: str, tops: tuple[int, ...] = (10, 20)) -> dict[str, Any]:
+    """Why the oracle finds no character in the search-time samples of the composite's favourite epochs (its top
+    ``tops`` and all of them): each sample's first failing trait (``oracle.rejection``) and how far its shirt's
+    colour is off (``oracle.shirt_offset``, RGB; the oracle accepts up to ``TRAIT_TOLERANCE``). Reads the samples
+    ``measure`` kept under ``store``."""
+    from PIL import Image
+
+    from loratune.evaluation import collect_samples
+    from loratune.world import oracle
+
+    rows = sorted(table.rows.values(), key=lambda r: -r["composite"])
+    out: dict[str, Any] = {"target": target, "tolerance": oracle.TRAIT_TOLERANCE, "sets": {}}
+    for n in (*tops, len(rows)):
+        counts = dict.fromkeys(("accepted", *oracle.REJECTIONS), 0)
+        offsets: dict[str, list[float]] = {"accepted": [], "rejected": []}
+        for row in rows[:n]:
+            folder = store / target / f"lr{row['learning_rate']:.1e}-r{row['rank']}" / f"epoch-{row['epoch']:04d}"
+            for sample in collect_samples(folder / "search", folder / "search" / "samples.jsonl"):
+                image = Image.open(sample.path).convert("RGB")
+                reason = oracle.rejection(image, target)
+                counts[reason or "accepted"] += 1
+                offsets["rejected" if reason else "accepted"].append(oracle.shirt_offset(image, target))
+        label = f"top {n}" if n < len(rows) else "all"
+        out["sets"][label] = {"samples": sum(counts.values()), **counts,
+                              "median_shirt_offset": {k: float(np.median(v)) if v else None
+                                                      for k, v in offsets.items()}}
+    return out
+
+
+def _print_rejections(found: dict[str, Any]) -> None:
+    from rich.console import Console
+    from rich.table import Table as RichTable
+
+    from loratune.world.oracle import REJECTIONS
+
+    short = dict(zip(REJECTIONS, ("colour", "pieces", "big", "no hair", "hair low"), strict=True))
+    out = RichTable(title=f"{found['target']}: why the oracle rejects the samples of the composite's favourites",
+                    caption="n: search-time samples; ok: the oracle finds the character; the rest by the first trait "
+                            "that fails (shirt colour, shirt in pieces, shirt too big, no hair, hair not above "
+                            "shirt); offset: median RGB distance of the shirt's colour in accepted / rejected samples "
+                            f"(the oracle allows {found['tolerance']:g})")
+    for column in ("epochs", "n", "ok", *short.values(), "offset"):
+        out.add_column(column, justify="left" if column == "epochs" else "right")
+    for label, s in found["sets"].items():
+        median = s["median_shirt_offset"]
+        out.add_row(label, str(s["samples"]), str(s["accepted"]), *(str(s[r]) for r in REJECTIONS),
+                    "/".join("–" if median[k] is None else f"{median[k]:.0f}" for k in ("accepted", "rejected")))
+    Console(width=80).print(out)
+
+
 def main() -> None:
     from loratune.chatter import quiet_libraries
 
     quiet_libraries()  # the libraries' notices on import (bitsandbytes' offline kernel lookup) would bury the tables
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("what", choices=("measure", "score", "compare", "agreement", "exact-identity",
-                                             "oracle-composite"))
+                                             "oracle-composite", "rejections"))
     parser.add_argument("--out", type=Path, help="exact-identity, oracle-composite: where the diagnostic table goes")
     parser.add_argument("--store", type=Path, default=STORE, help="where `measure` keeps LoRAs and samples")
     parser.add_argument("--target", default="lucaboy", help="the world's target character (lucaboy, albertoboy)")
@@ -658,6 +712,11 @@ def main() -> None:
         oracle_composite_table(args.table, args.out)
     elif args.what == "agreement":
         print(json.dumps(agreement(Table(args.table)), indent=1, default=float))
+    elif args.what == "rejections":
+        found = rejections(Table(args.table), args.store, args.target)
+        _print_rejections(found)
+        if args.json:
+            print(json.dumps(found, indent=1))
     else:
         compare(args.table, args.seeds, args.trials, args.samplers.split(","), args.pruners.split(","),
                 args.first_seed, args.overrides)

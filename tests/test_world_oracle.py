@@ -77,3 +77,39 @@ def test_prompt_scene_and_judge() -> None:
     assert oracle.diversity([images[0]] * 3) == 0.0
     with pytest.raises(ValueError, match="one prompt per image"):
         oracle.judge(images, prompts[:1])
+
+
+def _masked(image: np.ndarray, colour: tuple[int, int, int]) -> np.ndarray:
+    return np.all(image == np.array(colour, np.uint8), axis=-1)
+
+
+def test_rejection_names_the_trait_that_failed() -> None:
+    luca = CHARACTERS["lucaboy"]
+    image, _ = render(luca, SCENES["beach"], Jitter.draw(2))
+    assert oracle.rejection(image, "lucaboy") is None and oracle.shirt_offset(image, "lucaboy") == 0.0
+    shirt = _masked(image, luca.shirt)
+    # The same render with its shirt darkened beyond the tolerance: the figure is all there, its colour is not.
+    darker = image.copy()
+    darker[shirt] = (np.array(luca.shirt) * 0.6).astype(np.uint8)  # RGB distance 0.4 * |teal| = 96
+    assert not oracle.has_character(darker, "lucaboy") and oracle.rejection(darker, "lucaboy") == "shirt colour"
+    offset = np.linalg.norm(np.subtract(luca.shirt, darker[shirt][0]))
+    assert oracle.shirt_offset(darker, "lucaboy") == pytest.approx(offset) and offset > oracle.TRAIT_TOLERANCE
+    # Every other row of the shirt in the sand's colour: as many teal pixels, in rows no blob joins.
+    rows = image.copy()
+    ys, xs = np.nonzero(shirt)
+    cut = ys % 2 == 0
+    rows[ys[cut], xs[cut]] = SCENES["beach"].palette[-1]
+    assert int(_masked(rows, luca.shirt).sum()) >= oracle.MIN_SHIRT_PIXELS
+    assert oracle.rejection(rows, "lucaboy") == "shirt in pieces"
+    # No hair: painted over in the sky's colour.
+    bald = image.copy()
+    bald[_masked(image, luca.hair)] = SCENES["beach"].palette[0]
+    assert oracle.rejection(bald, "lucaboy") == "no hair"
+    # A sea of the shirt's colour: a blob larger than any shirt is a piece of background.
+    flooded = image.copy()
+    flooded[40:, :] = luca.shirt
+    assert oracle.rejection(flooded, "lucaboy") == "shirt too big"
+    # Albertoboy is not in lucaboy's render at all.
+    assert oracle.rejection(image, "albertoboy") == "shirt colour"
+    for reason in ("shirt colour", "shirt in pieces", "no hair"):
+        assert reason in oracle.REJECTIONS

@@ -132,6 +132,36 @@ def has_character(image: Any, token: str) -> bool:
     return checks["shirt"] and checks["hair"] and checks["hair_above_shirt"]
 
 
+REJECTIONS = ("shirt colour", "shirt in pieces", "shirt too big", "no hair", "hair not above shirt")
+
+
+def rejection(image: Any, token: str) -> str | None:
+    """Why ``has_character`` is False for this image (None when it is True): the first of ``REJECTIONS`` that holds.
+
+    "shirt colour": fewer than ``MIN_SHIRT_PIXELS`` pixels anywhere lie within ``TRAIT_TOLERANCE`` of the shirt's
+    colour (another colour, or no shirt); "shirt in pieces": there are enough, but no 8-connected blob of them is as
+    large as a shirt. A diagnosis for the benchmarks (what the composite's favourites get wrong); the verdict itself
+    stays ``has_character``'s.
+    """
+    checks = trait_checks(image, token)
+    if checks["shirt"] and checks["hair"] and checks["hair_above_shirt"]:
+        return None
+    if not checks["shirt"]:
+        mask = _mask(as_array(image), CHARACTERS[token].shirt)
+        if int(mask.sum()) < MIN_SHIRT_PIXELS:
+            return "shirt colour"
+        return "shirt too big" if int(_shirt_blob(mask).sum()) > MAX_SHIRT_PIXELS else "shirt in pieces"
+    return "no hair" if not checks["hair"] else "hair not above shirt"
+
+
+def shirt_offset(image: Any, token: str) -> float:
+    """How far the image's best shirt-coloured pixels are from the shirt's colour: the RGB distance within which
+    ``MIN_SHIRT_PIXELS`` pixels lie (0 for a clean render; the oracle accepts a shirt up to ``TRAIT_TOLERANCE``)."""
+    pixels = as_array(image).reshape(-1, 3)
+    d = _distance(pixels, np.array([CHARACTERS[token].shirt]))[:, 0]
+    return float(np.partition(d, MIN_SHIRT_PIXELS - 1)[MIN_SHIRT_PIXELS - 1])
+
+
 def noise_residual(image: Any) -> float:
     """Mean over pixels of the distance (mean |ΔRGB|, 0–1) to the most similar of the 8 neighbours.
 
