@@ -168,6 +168,9 @@ GATES = {
     "every 2nd + stop diverged": ["search.gating={every: 2, skip_diverged: true, stop_diverged: true}"],
     "2 seeds + stop diverged": ["search.gating={every: 1, skip_diverged: true, stop_diverged: true, seeds: 2}"],
     "every 2nd + 2 seeds + stop": ["search.gating={every: 2, skip_diverged: true, stop_diverged: true, seeds: 2}"],
+    "2 seeds race 2": ["search.gating={every: 1, skip_diverged: false, stop_diverged: false, seeds: 2, race: 2}"],
+    "2 seeds race 2 + stop": ["search.gating={every: 1, skip_diverged: true, stop_diverged: true, seeds: 2, race: 2}"],
+    "2 seeds race 1 + stop": ["search.gating={every: 1, skip_diverged: true, stop_diverged: true, seeds: 2, race: 1}"],
 }
 
 

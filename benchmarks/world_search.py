@@ -306,9 +306,17 @@ class TableTrials:
                                    seconds=self.costs.epoch(rank, epoch == 1, None), device="replay")
             else:
                 scored = self.table.scored_on(row, config.search.gating.seeds)
+                seconds = self.costs.epoch(rank, epoch == 1, images)
+                more = getattr(on_epoch, "wants_more", None)
+                if more is not None and more(epoch, scored["composite"], scored.get("composite_se")):
+                    # search.gating.race: the rest of the seeds drawn, then all of them scored
+                    extra = len(config.sampling.prompts) * len(on_epoch.more_seeds)
+                    scored = self.table.scored_on(row, None)
+                    if seconds:
+                        seconds["sample"] += self.costs._line("sample", extra)
+                        seconds["score"] += self.costs._line("score", images + extra)
                 score = EpochScore(epoch, scored["composite"], scored["axes"], lora, validation_loss=loss,
-                                   seconds=self.costs.epoch(rank, epoch == 1, images), device="replay",
-                                   composite_se=scored.get("composite_se"))
+                                   seconds=seconds, device="replay", composite_se=scored.get("composite_se"))
             try:
                 on_epoch(score)
             except StopTraining:
@@ -320,7 +328,8 @@ class TableTrials:
         train = json.loads((lora.parents[1] / "params.json").read_text())["train"]
         epoch = int(lora.stem.split("-")[-1])
         row = self.table.rows[self.table.snap(train["learning_rate"]), int(train["rank"]), epoch]
-        scored = self.table.scored_on(row, config.search.gating.seeds)
+        raced = config.search.gating.race is not None  # a finalist ran the race: scored on all its seeds
+        scored = self.table.scored_on(row, None if raced else config.search.gating.seeds)
         finalist = scored.get("finalist") or {"composite": scored["composite"], "axes": scored["axes"]}
         return EpochScore(0, finalist["composite"], finalist["axes"], lora)
 

@@ -6,6 +6,7 @@ results without importing each other (``train/`` never imports a metric to name 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -42,6 +43,9 @@ class CheckpointInfo:
     # files), validation and sampling (``loratune.timing``), and the device they ran on.
     seconds: dict[str, float] = field(default_factory=dict)
     device: str | None = None
+    # sample_more(seeds) -> the checkpoint's samples for more seeds, drawn into the same folder (its manifest then
+    # lists all of them): what a search's race (``search.gating.race``) asks for an epoch still in it.
+    sample_more: Callable[[list[int]], list[Sample]] | None = field(default=None, repr=False, compare=False)
 
 
 @dataclass
@@ -66,6 +70,7 @@ class EpochScore:
     device: str | None = None
     skipped: str | None = None  # why the epoch was not sampled and scored (``loratune.search.gating``): no candidate
     composite_se: float | None = None  # the composite's standard error over its images (what the pruner allows for)
+    raced: str | None = None  # why it was scored on the gate's first seeds only (``search.gating.race``)
 
     @property
     def feasible(self) -> bool:

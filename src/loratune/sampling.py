@@ -69,10 +69,17 @@ def pipeline_from_models(config: Config, models: Models) -> Any:
     return models.family.pipeline(models, sampling_scheduler(config))
 
 
+def with_seeds(config: Config, seeds: list[int]) -> Config:
+    """``config`` drawing ``seeds`` instead of ``sampling.seeds``."""
+    return config.model_copy(update={"sampling": config.sampling.model_copy(update={"seeds": list(seeds)})})
+
+
 def render_samples(
-    config: Config, models: Models, precision: Precision, out_dir: str | Path, lora: str | Path | None = None
+    config: Config, models: Models, precision: Precision, out_dir: str | Path, lora: str | Path | None = None,
+    append: bool = False,
 ) -> list[Sample]:
     """Render the sample set with a LoRA: the adapter already in ``models`` (training), or the file ``lora``.
+    ``append``: more seeds for a folder that holds some already (``render``).
 
     The models are in eval mode while drawing and get their modes back afterwards; a file's adapter is removed again.
     A file's LoRA loads in the base's dtype while a trained one is float32; under mixed precision autocast rounds both
@@ -87,7 +94,7 @@ def render_samples(
         if lora is not None:
             apply_lora(pipe, lora, models)
         with precision.autocast():
-            return render(pipe, config, out_dir, models)
+            return render(pipe, config, out_dir, models, append=append)
     finally:
         if lora is not None:
             pipe.unload_lora_weights()
@@ -113,11 +120,14 @@ def render_base_samples(config: Config, models: Models, precision: Precision, ou
 
 
 def render(
-    pipe: Any, config: Config, out_dir: str | Path, models: Models, lora_scale: float | None = None
+    pipe: Any, config: Config, out_dir: str | Path, models: Models, lora_scale: float | None = None,
+    append: bool = False,
 ) -> list[Sample]:
     """Render every prompt × seed into ``out_dir`` (PNG files + ``samples.jsonl``), returning the records.
 
-    Steps and cfg left unset take the family's defaults for this base (``Family.sampling_defaults``).
+    Steps and cfg left unset take the family's defaults for this base (``Family.sampling_defaults``). ``append``:
+    ``sampling.seeds`` are more seeds for a folder drawn before (a raced epoch, ``search.gating.race``): the manifest
+    keeps its rows and gains the new ones, and a prompt with its own seed (drawn then) is not drawn again.
     """
     import torch
 
@@ -131,6 +141,8 @@ def render(
     samples: list[Sample] = []
     for index, prompt in enumerate(sample_prompts(config)):
         # A prompt's own settings (imported from a kohya prompt file) override the section's.
+        if append and prompt.seed is not None:
+            continue
         seeds = [prompt.seed] if prompt.seed is not None else sampling.seeds
         width, height = prompt.width or sampling.width, prompt.height or sampling.height
         negative = sampling.negative_prompt if prompt.negative_prompt is None else prompt.negative_prompt
@@ -160,7 +172,8 @@ def render(
         | ({"note": "stand-in weights"} if stand_in else {})
         for s in samples
     ]
-    atomic_write_text(out_dir / SAMPLES_MANIFEST, "".join(json.dumps(r) + "\n" for r in rows))
+    earlier = (out_dir / SAMPLES_MANIFEST).read_text() if append and (out_dir / SAMPLES_MANIFEST).is_file() else ""
+    atomic_write_text(out_dir / SAMPLES_MANIFEST, earlier + "".join(json.dumps(r) + "\n" for r in rows))
     return samples
 
 

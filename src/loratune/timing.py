@@ -72,9 +72,10 @@ def by_phase(trials: Iterable[tuple[str, dict[str, Any]]], finalists: float = 0.
     """
     rows: dict[str, dict[str, float]] = {}
     for phase, seconds in trials:
-        row = rows.setdefault(phase, {"trials": 0, "epochs": 0, "scored": 0, **{k: 0.0 for k in KINDS}})
+        row = rows.setdefault(phase, {"trials": 0, "epochs": 0, "scored": 0, "raced": 0, **{k: 0.0 for k in KINDS}})
         row["trials"] += 1
         row["scored"] += int(seconds.get("scored_epochs") or 0)
+        row["raced"] += int(seconds.get("raced_epochs") or 0)
         row["epochs"] += int(seconds.get("scored_epochs") or 0) + int(seconds.get("skipped_epochs") or 0)
         for kind in KINDS:
             row[kind] += float(seconds.get(kind) or 0.0)
@@ -82,7 +83,7 @@ def by_phase(trials: Iterable[tuple[str, dict[str, Any]]], finalists: float = 0.
     order = ("baseline", "search", "refine", "ensemble")
     rows = dict(sorted(rows.items(), key=lambda kv: order.index(kv[0]) if kv[0] in order else len(order)))
     if finalists:
-        rows["finalists"] = {"trials": 0, "epochs": 0, "scored": 0, **{k: 0.0 for k in KINDS},
+        rows["finalists"] = {"trials": 0, "epochs": 0, "scored": 0, "raced": 0, **{k: 0.0 for k in KINDS},
                              "sample+score": finalists}
     for row in rows.values():
         row["total"] = sum(row[k] for k in KINDS) + row.get("sample+score", 0.0)

@@ -65,6 +65,9 @@ def _time(run: RunData) -> str:
     skipped = int(sum(r["epochs"] - r["scored"] for r in rows.values()))
     gate = (f" The epoch gate (<code>search.gating</code>) left {skipped} trained epoch{'s' * (skipped != 1)} "
             "unsampled and unscored: no candidates for RUN/best." if skipped else "")
+    raced = int(sum(r.get("raced", 0) for r in rows.values()))
+    gate += (f" {raced} scored epoch{'s' * (raced != 1)} kept the first seeds only: clearly below the best so far "
+             "(<code>search.gating.race</code>)." if raced else "")
     where = f" on {escape(', '.join(devices))}" if devices else ""
     return (f"<h3>Where the time went</h3><p class='muted'>{escape(summary(rows))} ({fmt(total, 4)} s){where}."
             f"{gate}</p><table id='time-table' style='width:auto'><thead><tr><th>phase</th><th>trials</th>"

@@ -107,6 +107,16 @@ class GatingSection(Strict):
     seeds: int | None = Field(
         None, ge=1, description="sample a searched epoch with only the first k of sampling.seeds (finalists keep "
         "search.finalist_samples x all of them)")
+    race: float | None = Field(
+        None, ge=0, description="with seeds: k, an epoch whose k-seed composite comes within `race` standard errors "
+        "of the best composite so far (the study's finished trials and this trial's epochs) is sampled with the rest "
+        "of sampling.seeds and scored on all of them; one clearly below keeps its k seeds")
+
+    @model_validator(mode="after")
+    def _race_needs_seeds(self) -> GatingSection:
+        if self.race is not None and self.seeds is None:
+            raise ValueError("search.gating.race: set search.gating.seeds too (the seeds an epoch is first scored on)")
+        return self
 
 
 # The ASHA settings of the Ray Tune backend, with the defaults every run folder written then holds in config.yaml.

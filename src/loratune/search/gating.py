@@ -13,6 +13,11 @@ epoch is sampled (``search.gating``):
 * the trial's last epoch is always sampled, so every trial that runs to the end has a candidate;
 * ``seeds: k`` samples a searched epoch with the first k of ``sampling.seeds`` only: fewer samples for the many epochs
   a search looks at, all of them and ``search.finalist_samples`` times as many fresh ones for the few finalists.
+* ``race: z`` (with ``seeds: k``) races each epoch against the best so far: scored on its k seeds first, it is
+  sampled with the rest of the seeds and scored on all of them unless its composite plus z standard errors stays below
+  the best composite the study has (its finished and pruned trials, when the trial started) or this trial has. An
+  epoch clearly below cannot become RUN/best, so its k-seed score is enough for the pruner and the sampler; the epochs
+  that could are compared on all their samples (racing, as in F-race and irace).
 
 An epoch that is not scored is no candidate for RUN/best (``search.selection``): its composite is None, and
 ``scores.json`` says why it was skipped.
@@ -43,6 +48,10 @@ class EpochGate:
     validation_rise: float | None
     losses: list[float | None] = field(default_factory=list)
     skipped: dict[int, str] = field(default_factory=dict)  # epoch -> why it was not sampled
+    incumbent: float | None = None  # the study's best composite when the trial started (``race``)
+    trial_best: float | None = None  # this trial's best composite so far
+    raced: dict[int, str] = field(default_factory=dict)  # epoch -> why it kept its first seeds only
+    more_seeds: tuple[int, ...] = ()  # the seeds a raced epoch that stays in the race is sampled with next
 
     def wants_samples(self, epoch: int, validation_loss: float | None, last: bool) -> bool:
         why = self._skip(epoch, validation_loss, last)
@@ -62,6 +71,28 @@ class EpochGate:
         if k > 1 and epoch % k:
             return f"scored every {k} epochs"
         return None
+
+    def wants_more(self, epoch: int, composite: float | None, composite_se: float | None) -> bool:
+        """After ``epoch`` was scored on the first ``seeds``: sample the rest of the seeds and score it on all?
+        Yes unless ``race`` is set and the composite plus ``race`` standard errors stays below the best so far; yes
+        too when there is nothing to race against or no standard error to race with."""
+        race = self.gating.race
+        if race is None or composite is None:
+            return False
+        known = [v for v in (self.incumbent, self.trial_best) if v is not None]
+        if not known or composite_se is None:
+            return True
+        best = max(known)
+        if composite + race * composite_se >= best:
+            return True
+        self.raced[epoch] = (f"{self.gating.seeds} seeds only: {composite:.4f} + {race:g} x {composite_se:.4f} "
+                             f"is below the best so far ({best:.4f})")
+        return False
+
+    def scored(self, composite: float | None) -> None:
+        """An epoch's final composite, for the race against this trial's own best."""
+        if composite is not None and (self.trial_best is None or composite > self.trial_best):
+            self.trial_best = composite
 
     def stop(self, epoch: int) -> str | None:
         """Why the trial should stop after ``epoch`` on the cheap signal alone (``stop_diverged``), or None."""
@@ -85,3 +116,17 @@ def epoch_config(config: Config) -> Config:
         return config
     sampling = config.sampling.model_copy(update={"seeds": list(config.sampling.seeds[:k])})
     return config.model_copy(update={"sampling": sampling})
+
+
+def more_seeds(config: Config) -> tuple[int, ...]:
+    """The seeds of ``sampling.seeds`` after the first ``search.gating.seeds``: what an epoch still in the race
+    (``search.gating.race``) is sampled with next; none without a race.
+
+    >>> from loratune.config import validate_config
+    >>> more_seeds(validate_config({"sampling": {"seeds": [0, 1, 2, 3]}, "search": {"gating": {"seeds": 2, "race": 2}}}))
+    (2, 3)
+    """
+    k = config.search.gating.seeds
+    if config.search.gating.race is None or k is None:
+        return ()
+    return tuple(config.sampling.seeds[k:])

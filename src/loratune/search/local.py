@@ -211,11 +211,21 @@ class Worker:
             trial.report(score.composite, score.epoch)
             return not last and trial.should_prune()  # the last epoch is never pruned: that would save nothing
 
+        incumbent = self._incumbent(trial)
         outcome = self._guarded(trial, building, lambda: run_trial(
-            self.backend, config, params, trial.number, phase, building, on_epoch))
+            self.backend, config, params, trial.number, phase, building, on_epoch, incumbent))
         publish(building, final)
         fault_point("after-publish")
         return self._finish(trial, phase, outcome)
+
+    def _incumbent(self, trial: optuna.Trial) -> float | None:
+        """The best composite of the study's finished trials (complete or pruned: a pruned trial's best epoch is a
+        candidate too), which ``search.gating.race`` races this trial's epochs against; None without a race."""
+        if self.search.gating.race is None or self.search.directions:
+            return None
+        done = trial.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED))
+        values = [t.user_attrs.get("composite") for t in done]
+        return max((v for v in values if v is not None), default=None)
 
     def _guarded(self, trial: optuna.Trial, building: Path, work: Callable[[], TrialOutcome]) -> TrialOutcome:
         """Run ``work``; on Ctrl-C the trial is marked for a retry on resume and its folder set aside."""

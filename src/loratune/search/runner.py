@@ -310,4 +310,6 @@ def time_spent(run: RunFolder, trials: Sequence[FrozenTrial]) -> str | None:
     rows = by_phase(timed, finalists)
     skipped = int(sum(r["epochs"] - r["scored"] for r in rows.values()))
     epochs = int(sum(r["epochs"] for r in rows.values()))
-    return summary(rows) + (f"; {skipped} of {epochs} epochs not sampled (search.gating)" if skipped else "")
+    raced = int(sum(r.get("raced", 0) for r in rows.values()))
+    return (summary(rows) + (f"; {skipped} of {epochs} epochs not sampled (search.gating)" if skipped else "")
+            + (f"; {raced} scored on their first seeds only (search.gating.race)" if raced else ""))

@@ -27,7 +27,7 @@ from loratune.errors import LoratuneError, first_line
 from loratune.learning.config import LearningSection
 from loratune.learning.diagnosis import EpochMeasures, diagnose, diverged
 from loratune.records import EpochScore
-from loratune.search.gating import EpochGate, epoch_config
+from loratune.search.gating import EpochGate, epoch_config, more_seeds
 from loratune.search.trials import TrialBackend
 from loratune.timing import KINDS
 
@@ -93,7 +93,8 @@ def trial_seconds(epochs: list[EpochScore], wall: float | None = None, search: f
     out: dict[str, Any] = {**totals, "search": round(search, 3),
                            "devices": sorted({e.device for e in epochs if e.device}),
                            "scored_epochs": sum(1 for e in epochs if not e.skipped),
-                           "skipped_epochs": sum(1 for e in epochs if e.skipped)}
+                           "skipped_epochs": sum(1 for e in epochs if e.skipped),
+                           "raced_epochs": sum(1 for e in epochs if e.raced)}
     if wall is not None:
         out["wall"] = round(wall, 3)
     return out
@@ -129,7 +130,7 @@ def record_scores(folder: Path, epochs: list[EpochScore], state: str | None = No
         "epochs": [{"epoch": e.epoch, "composite": e.composite, "composite_se": e.composite_se, "axes": e.normalised,
                     "copy_rate": e.copy_rate, "constraint": e.constraint, "cmmd": e.cmmd,
                     "validation_loss": e.validation_loss,
-                    "diverged": e.diverged, "diagnosis": d, "skipped": e.skipped, "seconds": e.seconds,
+                    "diverged": e.diverged, "diagnosis": d, "skipped": e.skipped, "raced": e.raced, "seconds": e.seconds,
                     "device": e.device}
                    for e, d in zip(epochs, diagnoses)],
     })
@@ -171,15 +172,25 @@ class EpochSink:
     def wants_samples(self, epoch: int, validation_loss: float | None, last: bool) -> bool:
         return self.gate.wants_samples(epoch, validation_loss, last)
 
+    def wants_more(self, epoch: int, composite: float | None, composite_se: float | None) -> bool:
+        """After the epoch was scored on the gate's first seeds: should the backend sample the rest and score it on
+        all of them (``search.gating.race``)? ``more_seeds`` are those seeds."""
+        return self.gate.wants_more(epoch, composite, composite_se)
+
+    @property
+    def more_seeds(self) -> list[int]:
+        return list(self.gate.more_seeds)
+
     def __call__(self, score: EpochScore) -> None:
         self._receive(score)
 
 
 def run_trial(backend: TrialBackend, config: Config, params: dict[str, Any], number: int, phase: str,
-              folder: Path, on_epoch: EpochHook) -> TrialOutcome:
+              folder: Path, on_epoch: EpochHook, incumbent: float | None = None) -> TrialOutcome:
     """Train ``config`` (the params already applied) into ``folder``; each epoch the gate lets through is sampled
     and scored, and every epoch is handed to ``on_epoch``. A failure is returned, not raised (its best epoch so far
-    stays a candidate); Ctrl-C propagates."""
+    stays a candidate); Ctrl-C propagates. ``incumbent``: the study's best composite so far (``search.gating.race``
+    races the trial's epochs against it)."""
     from loratune.train import StopTraining
 
     started = time.perf_counter()
@@ -190,7 +201,8 @@ def run_trial(backend: TrialBackend, config: Config, params: dict[str, Any], num
     log = [f"trial {number} ({phase}) params {json.dumps(params)}"]
     last_epoch = config.train.epochs
     learning = config.evaluation.learning
-    gate = EpochGate(config.search.gating, last_epoch, learning.validation_rise)
+    gate = EpochGate(config.search.gating, last_epoch, learning.validation_rise, incumbent=incumbent,
+                     more_seeds=more_seeds(config))
 
     def hook(score: EpochScore) -> None:
         entered = time.perf_counter()
@@ -204,6 +216,8 @@ def run_trial(backend: TrialBackend, config: Config, params: dict[str, Any], num
                                   learning.validation_rise)
         if score.result is None and score.composite is None and score.epoch in gate.skipped:
             score.skipped = gate.skipped[score.epoch]
+        score.raced = gate.raced.get(score.epoch)
+        gate.scored(score.composite)
         outcome.epochs.append(score)
         outcome.attrs = record_scores(folder, outcome.epochs, learning=learning, search=outcome.search)
         diagnosis = epoch_diagnoses(outcome.epochs, learning)[-1]

@@ -171,6 +171,7 @@ def train_external(
                     info = _sample_checkpoint(config, cache, out_dir, epoch, path, sample)
                     if info.samples:
                         watch.lap("sample")
+                        info.sample_more = _sampler_for_more(config, cache, out_dir, epoch, path)
                     info.seconds = watch.take()
                     checkpoints.append(info)
                     if progress is not None:
@@ -229,6 +230,22 @@ def _sample_checkpoint(config: Config, cache: BaseCache, out_dir: Path, epoch: i
     kohya = path if any(k.startswith("lora_unet_") for k in _keys(path)) else None
     return CheckpointInfo(epoch, steps, None if kohya else path, kohya, samples, rank=rank, folder=path.parent,
                           device=device_label(precision.device))
+
+
+def _sampler_for_more(config: Config, cache: BaseCache, out_dir: Path, epoch: int,
+                      path: Path) -> Callable[[list[int]], list[Any]]:
+    """``CheckpointInfo.sample_more`` for a checkpoint file: more seeds drawn into the epoch's samples folder."""
+
+    def sample_more(seeds: list[int]) -> list[Any]:
+        from loratune.sampling import render_samples, with_seeds
+        from loratune.train.model import training_precision
+
+        precision = training_precision(config.train)
+        with cache.borrow(config, precision) as base:
+            return render_samples(with_seeds(config, seeds), base.models, precision,
+                                  out_dir / "samples" / f"epoch-{epoch:04d}", lora=path, append=True)
+
+    return sample_more
 
 
 def _keys(path: Path) -> list[str]:

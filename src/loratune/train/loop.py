@@ -338,11 +338,18 @@ def _train(
             watch.lap("validation")
         # The cheap signal first: a gate that finds nothing to learn from this epoch saves its sampling and scoring.
         if t.sample_checkpoints and (last or sample_when is None or sample_when(epoch, info.validation_loss, last)):
-            from loratune.sampling import render_samples
+            from loratune.sampling import render_samples, with_seeds
 
             residency.enter("sample", models, optimizer)
-            info.samples = render_samples(config, models, precision, out_dir / "samples" / f"epoch-{epoch:04d}")
+            folder = out_dir / "samples" / f"epoch-{epoch:04d}"
+            info.samples = render_samples(config, models, precision, folder)
             watch.lap("sample")
+
+            def sample_more(seeds: list[int], folder: Path = folder) -> list[Any]:
+                residency.enter("sample", models, optimizer)  # the callback may have moved the models to score
+                return render_samples(with_seeds(config, seeds), models, precision, folder, append=True)
+
+            info.sample_more = sample_more
         info.seconds, info.device = watch.take(), device_name
         step_log.epoch(epoch, step, info.validation_loss, info.train_loss)
         checkpoints.append(info)
