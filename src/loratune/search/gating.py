@@ -85,7 +85,8 @@ class EpochGate:
         best = max(known)
         if composite + race * composite_se >= best:
             return True
-        self.raced[epoch] = (f"{self.gating.seeds} seeds only: {composite:.4f} + {race:g} x {composite_se:.4f} "
+        k = self.gating.seeds
+        self.raced[epoch] = (f"{k} seed{'s' * (k != 1)} only: {composite:.4f} + {race:g} x {composite_se:.4f} "
                              f"is below the best so far ({best:.4f})")
         return False
 
