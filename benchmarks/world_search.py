@@ -328,7 +328,7 @@ class TableTrials:
         train = json.loads((lora.parents[1] / "params.json").read_text())["train"]
         epoch = int(lora.stem.split("-")[-1])
         row = self.table.rows[self.table.snap(train["learning_rate"]), int(train["rank"]), epoch]
-        raced = config.search.gating.race is not None  # a finalist ran the race: scored on all its seeds
+        raced = config.search.gating.race is not None  # a raced finalist draws the seeds it skipped: all of them
         scored = self.table.scored_on(row, None if raced else config.search.gating.seeds)
         finalist = scored.get("finalist") or {"composite": scored["composite"], "axes": scored["axes"]}
         return EpochScore(0, finalist["composite"], finalist["axes"], lora)

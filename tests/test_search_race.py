@@ -28,11 +28,54 @@ def test_an_epoch_stays_in_the_race_unless_it_is_clearly_below_the_best_so_far()
     assert not gate.wants_more(3, 0.45, 0.07)  # 0.59 does not
     assert gate.raced[3] == "2 seeds only: 0.4500 + 2 x 0.0700 is below the best so far (0.6000)"
     assert gate.wants_more(4, 0.10, None)  # no standard error: no race
-    ahead = EpochGate(GatingSection(seeds=2, race=1), last_epoch=4, validation_rise=0.1, incumbent=0.8)
+    ahead = EpochGate(GatingSection(seeds=2, race=1), last_epoch=4, validation_rise=0.1, incumbent=0.8,
+                      more_seeds=(2, 3))
     ahead.scored(0.5)
     assert not ahead.wants_more(2, 0.7, 0.05) and ahead.wants_more(3, 0.7, 0.12)  # the study's 0.8 is the bar
     with pytest.raises(ValueError, match="search.gating.race: set search.gating.seeds too"):
         GatingSection(race=2)
+    # seeds: k already takes every seed (k >= len(sampling.seeds)): nothing left to draw, so no top-up.
+    assert not EpochGate(GatingSection(seeds=2, race=2), last_epoch=4, validation_rise=0.1).wants_more(1, 0.5, 0.1)
+
+
+class CopyThenLearn:
+    """Epoch 1 scores 0.90 but copies a training image (over the copy constraint); epoch 2 scores 0.69 on its first
+    seeds (0.70 on all), standard error 0.01."""
+
+    def train(self, config, out_dir: Path, on_epoch) -> None:
+        from loratune.records import EpochScore
+
+        for epoch, (first, full, constraint) in enumerate([(0.90, 0.90, 0.5), (0.69, 0.70, -0.1)], 1):
+            on_epoch.wants_samples(epoch, None, epoch == 2)
+            composite = full if on_epoch.wants_more(epoch, first, 0.01) else first
+            on_epoch(EpochScore(epoch, composite, {"alignment": composite}, out_dir / f"e{epoch}.safetensors",
+                                constraint=constraint, composite_se=0.01))
+
+
+def test_an_epoch_that_cannot_be_the_best_sets_no_bar(tmp_path) -> None:
+    from loratune.search.trial import run_trial
+
+    config = load_config(None, ["train.epochs=2", "sampling.seeds=[0, 1, 2, 3]",
+                                "search.gating={every: 1, seeds: 2, race: 2}"])
+    outcome = run_trial(CopyThenLearn(), config, {}, 0, "search", tmp_path / "trial",
+                        lambda score, attrs, last: False)
+    # The copying epoch is no candidate, so the learning epoch races nothing in this trial and is scored on all seeds.
+    assert [e.composite for e in outcome.epochs] == [0.90, 0.70] and outcome.epochs[1].raced is None
+    assert outcome.best.epoch == 2
+
+
+def test_a_finalist_that_kept_its_first_seeds_draws_the_rest_with_the_fresh_ones(tmp_path) -> None:
+    from loratune.search.finalists import skipped_seeds
+
+    folder = tmp_path / "samples"
+    folder.mkdir()
+    (folder / "samples.jsonl").write_text("".join(json.dumps({"file": f"p00-s{s}.png", "prompt": "a", "seed": s})
+                                                  + "\n" for s in (0, 1)))
+    raced = load_config(None, ["sampling.seeds=[0, 1, 2, 3]", "search.gating={seeds: 2, race: 2}"])
+    assert skipped_seeds(raced, folder) == [2, 3]
+    assert skipped_seeds(load_config(None, ["sampling.seeds=[0, 1, 2, 3]", "search.gating={seeds: 2}"]),
+                         folder) == []  # plain seeds: k: every finalist has the same k search seeds anyway
+    assert skipped_seeds(raced, tmp_path / "nowhere") == []
 
 
 def _pixels(path: Path) -> np.ndarray:

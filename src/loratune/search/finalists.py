@@ -17,6 +17,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict
+from pathlib import Path
 from typing import Any
 
 from optuna.trial import FrozenTrial
@@ -24,6 +25,7 @@ from optuna.trial import FrozenTrial
 from loratune.atomic import atomic_dir, atomic_write_json
 from loratune.config import Config
 from loratune.runfolder import RunFolder
+from loratune.sampling import with_seeds
 from loratune.search.selection import Finalist, finalists_to_score, read_ranking
 from loratune.search.trial import epoch_lora, epoch_samples
 
@@ -46,6 +48,17 @@ def finalist_config(config: Config) -> Config:
     prompts = [p.model_copy(update={"seed": None}) for p in config.sampling.prompts]
     sampling = config.sampling.model_copy(update={"seeds": fresh_seeds(config), "prompts": prompts})
     return config.model_copy(update={"sampling": sampling})
+
+
+def skipped_seeds(config: Config, samples_dir: Path | None) -> list[int]:
+    """Under ``search.gating.race``, the search seeds an epoch's folder lacks (it kept its first seeds): its finalist
+    draws them with the fresh ones, so that every finalist is scored on the same seeds."""
+    from loratune.manifest import SAMPLES_MANIFEST, read_manifest
+
+    if config.search.gating.race is None or samples_dir is None or not (samples_dir / SAMPLES_MANIFEST).is_file():
+        return []
+    held = {row.seed for row in read_manifest(samples_dir / SAMPLES_MANIFEST).values()}
+    return [s for s in config.sampling.seeds if s not in held]
 
 
 def score_finalists(run_dir: RunFolder, config: Config, backend: Any, trials: Sequence[FrozenTrial],
@@ -83,9 +96,12 @@ def score_finalists(run_dir: RunFolder, config: Config, backend: Any, trials: Se
         if lora is None:
             continue
         name = f"{t.number:04d}-e{candidate.epoch:04d}"
+        earlier = epoch_samples(trial_dir, candidate.epoch, t.user_attrs)
+        missing = skipped_seeds(config, earlier)
+        drawn = with_seeds(fresh, [*fresh.sampling.seeds, *missing]) if missing else fresh
         started = time.perf_counter()
         with atomic_dir(run.finalists / name) as tmp:
-            score = scorer(fresh, lora, epoch_samples(trial_dir, candidate.epoch, t.user_attrs), tmp)
+            score = scorer(drawn, lora, earlier, tmp)
         seconds = time.perf_counter() - started
         images = len(score.result.samples) if score.result is not None else 0
         finalist = Finalist(t.number, candidate.epoch, score.composite, dict(score.normalised), candidate.composite,

@@ -75,9 +75,10 @@ class EpochGate:
     def wants_more(self, epoch: int, composite: float | None, composite_se: float | None) -> bool:
         """After ``epoch`` was scored on the first ``seeds``: sample the rest of the seeds and score it on all?
         Yes unless ``race`` is set and the composite plus ``race`` standard errors stays below the best so far; yes
-        too when there is nothing to race against or no standard error to race with."""
+        too when there is nothing to race against or no standard error to race with; no when ``seeds`` already
+        takes every seed."""
         race = self.gating.race
-        if race is None or composite is None:
+        if race is None or composite is None or not self.more_seeds:  # no race, or no seeds left to draw
             return False
         known = [v for v in (self.incumbent, self.trial_best) if v is not None]
         if not known or composite_se is None:

@@ -39,7 +39,7 @@ from loratune.search.phases import (
 )
 from loratune.search.pruning import COMPOSITE_SE
 from loratune.search.samplers import make_pruner, make_sampler, max_epochs
-from loratune.search.selection import objective_values
+from loratune.search.selection import candidate_values, objective_values
 from loratune.search.space import apply_params, baseline_params, suggest
 from loratune.search.storage import open_storage
 from loratune.search.trial import BEST_ATTRS, TrialFailed, TrialOutcome, epoch_diagnoses, run_ensemble, run_trial
@@ -219,13 +219,13 @@ class Worker:
         return self._finish(trial, phase, outcome)
 
     def _incumbent(self, trial: optuna.Trial) -> float | None:
-        """The best composite of the study's finished trials (complete or pruned: a pruned trial's best epoch is a
-        candidate too), which ``search.gating.race`` races this trial's epochs against; None without a race."""
+        """The best composite among the study's candidates for RUN/best so far (``selection.candidate_values``: a
+        pruned or failed trial's best epoch counts, one that copies does not), which ``search.gating.race`` races
+        this trial's epochs against; None without a race."""
         if self.search.gating.race is None or self.search.directions:
             return None
-        done = trial.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED))
-        values = [t.user_attrs.get("composite") for t in done]
-        return max((v for v in values if v is not None), default=None)
+        values = [candidate_values(t, self.search) for t in trial.study.get_trials(deepcopy=False)]
+        return max((v[0] for v in values if v is not None and v[0] is not None), default=None)
 
     def _guarded(self, trial: optuna.Trial, building: Path, work: Callable[[], TrialOutcome]) -> TrialOutcome:
         """Run ``work``; on Ctrl-C the trial is marked for a retry on resume and its folder set aside."""
@@ -284,7 +284,7 @@ class Worker:
         epochs = [EpochScore(int(e["epoch"]), e.get("composite"), e.get("axes") or {}, copy_rate=e.get("copy_rate"),
                              constraint=e.get("constraint"), cmmd=e.get("cmmd"), validation_loss=e.get("validation_loss"),
                              diverged=e.get("diverged"), seconds=e.get("seconds") or {}, device=e.get("device"),
-                             skipped=e.get("skipped"), composite_se=e.get("composite_se"))
+                             skipped=e.get("skipped"), composite_se=e.get("composite_se"), raced=e.get("raced"))
                   for e in scores.get("epochs", [])]
         if not self.search.directions:
             spreads = {str(e.epoch): e.composite_se for e in epochs if e.composite is not None}

@@ -216,8 +216,8 @@ def run_trial(backend: TrialBackend, config: Config, params: dict[str, Any], num
                                   learning.validation_rise)
         if score.result is None and score.composite is None and score.epoch in gate.skipped:
             score.skipped = gate.skipped[score.epoch]
-        score.raced = gate.raced.get(score.epoch)
-        gate.scored(score.composite)
+        score.raced = gate.raced.get(score.epoch) or score.raced
+        gate.scored(score.composite if score.feasible else None)  # an epoch that cannot be the best sets no bar
         outcome.epochs.append(score)
         outcome.attrs = record_scores(folder, outcome.epochs, learning=learning, search=outcome.search)
         diagnosis = epoch_diagnoses(outcome.epochs, learning)[-1]

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 from loratune.config import Config
-from loratune.errors import LoratuneError
+from loratune.errors import LoratuneError, first_line
 from loratune.records import EpochScore
 from loratune.runfolder import RunFolder
 
@@ -31,19 +31,6 @@ if TYPE_CHECKING:
 
 class TrialBackend(Protocol):
     def train(self, config: Config, out_dir: Path, on_epoch: Callable[[EpochScore], None]) -> None: ...
-
-    def _score_more(self, config: Config, info: Any, first: EpochScore, seeds: list[int], samples_dir: Path,
-                    out_dir: Path) -> EpochScore:
-        """An epoch still in the race (``search.gating.race``): the rest of the seeds drawn into its folder, then all
-        of its samples scored; its seconds are both draws and both scorings."""
-        started = time.perf_counter()
-        more = info.sample_more(seeds)
-        drawn = time.perf_counter() - started
-        score = self._score(config, info.samples + more, info.epoch, info.kohya_path, samples_dir, out_dir,
-                            info.validation_loss, dict(info.seconds), info.device)
-        score.seconds["sample"] = round(first.seconds.get("sample", 0.0) + drawn, 3)
-        score.seconds["score"] = round(first.seconds.get("score", 0.0) + score.seconds.get("score", 0.0), 3)
-        return score
 
     def score_lora(self, config: Config, lora: Path, out_dir: Path) -> EpochScore: ...
 
@@ -175,7 +162,10 @@ class TrainAndScore:
             more = getattr(on_epoch, "wants_more", None)
             if info.sample_more is not None and more is not None and more(info.epoch, score.composite,
                                                                            score.composite_se):
-                score = self._score_more(config, info, score, list(on_epoch.more_seeds), samples_dir, out_dir)
+                try:
+                    score = self._score_more(config, info, score, list(on_epoch.more_seeds), samples_dir, out_dir)
+                except Exception as err:  # noqa: BLE001 - the first seeds' score stands; the trial goes on
+                    score.raced = f"the rest of the seeds failed: {first_line(err)}"
             on_epoch(score)
 
         train(config, out_dir, on_checkpoint=on_checkpoint, cache=self.cache, base_samples=run_dir / BASE_SAMPLES,

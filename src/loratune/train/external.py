@@ -177,7 +177,10 @@ def train_external(
                     if progress is not None:
                         progress({"epoch": epoch, "step": None, "checkpoint": str(path)})
                     if on_checkpoint is not None:
-                        on_checkpoint(info)
+                        try:
+                            on_checkpoint(info)
+                        finally:
+                            info.sample_more = None  # only this checkpoint's callback draws more seeds
                     watch.lap("checkpoint")  # scoring is the callback's to count
                     watch.take()
                 if exited:

@@ -360,6 +360,8 @@ def _train(
             except StopTraining:
                 stopped = True
                 break
+            finally:
+                info.sample_more = None  # it holds the live models: only this epoch's callback may draw with them
         residency.enter("train", models, optimizer)
         watch.lap("checkpoint")  # the callback's time (scoring) is its own to count: not the next epoch's training
         watch.take()
