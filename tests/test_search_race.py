@@ -208,3 +208,23 @@ def test_a_study_races_each_trial_against_the_best_of_the_trials_before(tmp_path
     assert best["best_epoch"] == 3 and best["composite"] == 0.95  # the peak, scored on all of its seeds
     html = build_report(tmp_path / "run").path.read_text()
     assert f"{count} scored epochs kept the first seeds only: clearly below the best so far" in html
+
+
+def test_a_top_up_that_fails_keeps_the_first_seeds_score(tiny_models, small_dataset_factory, tmp_path,
+                                                         monkeypatch) -> None:
+    import loratune.sampling
+
+    drawn = loratune.sampling.render_samples
+
+    def out_of_memory_on_more(*args, append: bool = False, **kwargs):
+        if append:
+            raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return drawn(*args, **kwargs)
+
+    monkeypatch.setattr(loratune.sampling, "render_samples", out_of_memory_on_more)
+    race = "{every: 1, skip_diverged: false, stop_diverged: false, seeds: 2, race: 1000}"
+    outcome, _ = _trial(tiny_models, small_dataset_factory(1), tmp_path / "run" / "trials" / "0000", race, None)
+    assert outcome.failure is None and [e.epoch for e in outcome.epochs] == [1, 2]
+    for epoch in outcome.epochs:
+        assert epoch.composite is not None and epoch.raced.startswith("the rest of the seeds failed: RuntimeError: CUDA")
+        assert sorted(p.name for p in epoch.samples_dir.glob("*.png")) == ["p00-s0.png", "p00-s1.png"]
