@@ -91,8 +91,10 @@ def test_unscored_epochs_are_no_candidates_and_a_diverging_trial_stops_on_its_va
         "search.gating={every: 2, stop_diverged: true}"])
     lines: list[str] = []
     run_optimize(config, tmp_path / "run", backend="test_search_gating:make", say=lines.append)
-    said = re.compile(r"time: 1\d s: training \d+%, validation \d+%, sampling \d+%, scoring \d+%, search "
-                      r"bookkeeping \d+%; 4 of 8 epochs not sampled \(search.gating\)")
+    # The search's bookkeeping (files, the study) is named only when it reaches 0.5% of the time: on a quiet
+    # machine these 13 s of stand-in epochs can leave it below that.
+    said = re.compile(r"time: 1\d s: training \d+%, validation \d+%, sampling \d+%, scoring \d+%(, search "
+                      r"bookkeeping \d+%)?; 4 of 8 epochs not sampled \(search.gating\)")
     assert any(said.fullmatch(line) for line in lines), lines
     study = optuna.load_study(study_name="loratune", storage=f"sqlite:///{tmp_path / 'run' / 'study.db'}")
     slow, fast = sorted(study.trials, key=lambda t: t.params["learning_rate"])
