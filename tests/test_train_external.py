@@ -117,3 +117,31 @@ def test_template_errors_are_clear(tiny_models, tmp_path) -> None:
     failing = _config(tiny_models, "{python} -c 'import sys; sys.exit(3)'")
     with pytest.raises(LoratuneError, match="exited with code 3"):
         train(failing, tmp_path / "fail")
+
+
+def test_an_external_checkpoint_draws_more_seeds_into_its_folder(tiny_models, template, tmp_path) -> None:
+    """``CheckpointInfo.sample_more`` (a search's race, ``search.gating.race``) for a checkpoint file: seed 1 drawn
+    into the epoch's folder beside seed 0, the manifest listing both, the image the file gives seed 1 on its own."""
+    from loratune.manifest import SAMPLES_MANIFEST, read_manifest
+    from loratune.sampling import render_samples, with_seeds
+    from loratune.train.cache import BaseCache
+    from loratune.train.model import training_precision
+
+    config = _config(tiny_models, _fake(template), "train.epochs=1")
+    more: list = []
+    seen = []
+
+    def on_checkpoint(info) -> None:
+        more.extend(info.sample_more([1]))
+        seen.append(info)
+
+    train(config, tmp_path / "run", on_checkpoint=on_checkpoint)
+    folder = tmp_path / "run" / "samples" / "epoch-0001"
+    assert [s.seed for s in more] == [1] and seen[0].sample_more is None  # dropped once its callback returned
+    assert sorted(p.name for p in folder.glob("*.png")) == ["p00-s0.png", "p00-s1.png"]
+    assert sorted(r.seed for r in read_manifest(folder / SAMPLES_MANIFEST).values()) == [0, 1]
+    precision = training_precision(config.train)
+    with BaseCache().borrow(config, precision) as base:
+        alone = render_samples(with_seeds(config, [1]), base.models, precision, tmp_path / "alone",
+                               lora=seen[0].kohya_path)
+    assert np.array_equal(np.asarray(Image.open(alone[0].path)), np.asarray(Image.open(folder / "p00-s1.png")))
