@@ -109,7 +109,7 @@ class GatingSection(Strict):
         "search.finalist_samples x all of them)")
     race: float | None = Field(
         None, ge=0, description="with seeds: k, an epoch whose k-seed composite comes within `race` standard errors "
-        "of the best composite so far (the study's finished trials and this trial's epochs) is sampled with the rest "
+        "of the best composite so far (the study's candidates for RUN/best and this trial's epochs) is sampled with the rest "
         "of sampling.seeds and scored on all of them; one clearly below keeps its k seeds")
 
     @model_validator(mode="after")

@@ -15,9 +15,10 @@ epoch is sampled (``search.gating``):
   a search looks at, all of them and ``search.finalist_samples`` times as many fresh ones for the few finalists.
 * ``race: z`` (with ``seeds: k``) races each epoch against the best so far: scored on its k seeds first, it is
   sampled with the rest of the seeds and scored on all of them unless its composite plus z standard errors stays below
-  the best composite the study has (its finished and pruned trials, when the trial started) or this trial has. An
-  epoch clearly below cannot become RUN/best, so its k-seed score is enough for the pruner and the sampler; the epochs
-  that could are compared on all their samples (racing, as in F-race and irace).
+  the best so far: the study's candidates for RUN/best when the trial started, and this trial's feasible epochs. An
+  epoch clearly below is unlikely to become RUN/best, so its k-seed score is enough for the pruner and the sampler
+  (should it still be a finalist, its finalist draw adds the seeds it skipped); the epochs that could are compared
+  on all their samples (racing, as in F-race and irace).
 
 An epoch that is not scored is no candidate for RUN/best (``search.selection``): its composite is None, and
 ``scores.json`` says why it was skipped.
@@ -36,6 +37,7 @@ from dataclasses import dataclass, field
 
 from loratune.config import Config
 from loratune.learning.diagnosis import diverged
+from loratune.sampling import with_seeds
 from loratune.search.config import GatingSection
 
 
@@ -116,8 +118,7 @@ def epoch_config(config: Config) -> Config:
     k = config.search.gating.seeds
     if k is None or k >= len(config.sampling.seeds):
         return config
-    sampling = config.sampling.model_copy(update={"seeds": list(config.sampling.seeds[:k])})
-    return config.model_copy(update={"sampling": sampling})
+    return with_seeds(config, config.sampling.seeds[:k])
 
 
 def more_seeds(config: Config) -> tuple[int, ...]:

@@ -216,17 +216,11 @@ def _group_alive(pgid: int) -> bool:
 def _sample_checkpoint(config: Config, cache: BaseCache, out_dir: Path, epoch: int, path: Path,
                       sample: bool = True) -> CheckpointInfo:
     from loratune.lora.kohya import read_metadata
-    from loratune.sampling import render_samples
     from loratune.timing import device_label
     from loratune.train.model import training_precision
 
-    samples: list[Any] = []
     precision = training_precision(config.train)
-    if config.train.sample_checkpoints and sample:
-        with cache.borrow(config, precision) as base:
-            samples = render_samples(
-                config, base.models, precision, out_dir / "samples" / f"epoch-{epoch:04d}", lora=path
-            )
+    samples = _draw(config, cache, out_dir, epoch, path) if config.train.sample_checkpoints and sample else []
     meta = read_metadata(path)
     rank = int(meta["ss_network_dim"]) if meta.get("ss_network_dim", "").isdigit() else None
     steps = int(meta["ss_steps"]) if meta.get("ss_steps", "").isdigit() else 0
@@ -235,20 +229,24 @@ def _sample_checkpoint(config: Config, cache: BaseCache, out_dir: Path, epoch: i
                           device=device_label(precision.device))
 
 
+def _draw(config: Config, cache: BaseCache, out_dir: Path, epoch: int, path: Path, append: bool = False) -> list[Any]:
+    """The checkpoint file's samples for ``config``'s seeds, drawn on the cached base into the epoch's folder
+    (``append``: beside the ones drawn there before)."""
+    from loratune.sampling import render_samples
+    from loratune.train.model import training_precision
+
+    precision = training_precision(config.train)
+    with cache.borrow(config, precision) as base:
+        return render_samples(config, base.models, precision, out_dir / "samples" / f"epoch-{epoch:04d}", lora=path,
+                              append=append)
+
+
 def _sampler_for_more(config: Config, cache: BaseCache, out_dir: Path, epoch: int,
                       path: Path) -> Callable[[list[int]], list[Any]]:
     """``CheckpointInfo.sample_more`` for a checkpoint file: more seeds drawn into the epoch's samples folder."""
+    from loratune.sampling import with_seeds
 
-    def sample_more(seeds: list[int]) -> list[Any]:
-        from loratune.sampling import render_samples, with_seeds
-        from loratune.train.model import training_precision
-
-        precision = training_precision(config.train)
-        with cache.borrow(config, precision) as base:
-            return render_samples(with_seeds(config, seeds), base.models, precision,
-                                  out_dir / "samples" / f"epoch-{epoch:04d}", lora=path, append=True)
-
-    return sample_more
+    return lambda seeds: _draw(with_seeds(config, seeds), cache, out_dir, epoch, path, append=True)
 
 
 def _keys(path: Path) -> list[str]:
